@@ -1,0 +1,242 @@
+"""Deterministic English accent corpus synthesised offline with espeak-ng.
+
+The demo needs English speech from several "dialect groups" without downloading
+a data set, so every sentence of ``accent_sentences.txt`` is spoken by each of
+a few espeak-ng English voices. Speed and pitch vary per utterance, but they are
+derived from a hash of the seed and the utterance ID, so the same seed always
+gives byte-identical audio and manifests. The split is made by sentence, so no
+text is shared between train, valid and test, and every voice speaks every
+sentence of every split.
+
+Usage:
+    python local/accent_corpus.py DATA_FOLDER [--save_folder DIR] [--seed N]
+"""
+
+import argparse
+import csv
+import hashlib
+import logging
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+SENTENCES_FILE = Path(__file__).with_name("accent_sentences.txt")
+VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-gb-x-rp")
+SPLITS = ("train", "valid", "test")
+DEFAULT_SEED = 1234
+
+SAMPLE_RATE = 16000
+SPEED_WPM = (150, 175)  # inclusive range for `espeak-ng -s`
+PITCH = (40, 60)  # inclusive range for `espeak-ng -p` (0-99 scale)
+HEADROOM_DB = 1  # espeak-ng peaks at full scale; resampling would overshoot and clip
+N_WORKERS = 2  # the demo machine has two cores
+
+DATA_ROOT = "$data_root"  # SpeechBrain replaces it with data_folder at load time
+MANIFEST_HEADER = ("ID", "duration", "wav", "spk_id", "dialect", "wrd")
+REQUIRED_TOOLS = ("espeak-ng", "sox")
+INSTALL_HINT = "run `apt-get install espeak-ng sox` (or `make demo`, which installs them)"
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One sentence spoken by one voice."""
+
+    utt_id: str
+    voice: str
+    text: str
+
+    @property
+    def rel_wav(self) -> str:
+        """Path of the audio file relative to the data folder."""
+        return f"wav/{self.voice}/{self.utt_id}.wav"
+
+
+def load_sentences(path: Path = SENTENCES_FILE) -> list[str]:
+    """Return the non-empty lines of the sentence file, in file order."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip()]
+
+
+def split_sentences(
+    n_sentences: int, n_valid: int, n_test: int, n_train: int | None, seed: int
+) -> dict[str, list[int]]:
+    """Split sentence indices: shuffle with ``seed``, then take test, valid, train.
+
+    ``n_train=None`` puts all remaining sentences in train. Each split is sorted
+    so manifests list sentences in file order.
+    """
+    if n_train is None:
+        n_train = n_sentences - n_test - n_valid
+    if min(n_train, n_valid, n_test) < 0 or n_test + n_valid + n_train > n_sentences:
+        raise ValueError(
+            f"cannot take {n_test} test + {n_valid} valid + {n_train} train sentences "
+            f"from {n_sentences}"
+        )
+    order = list(range(n_sentences))
+    random.Random(seed).shuffle(order)
+    bounds = {"test": (0, n_test), "valid": (n_test, n_test + n_valid)}
+    bounds["train"] = (n_test + n_valid, n_test + n_valid + n_train)
+    return {split: sorted(order[start:end]) for split, (start, end) in bounds.items()}
+
+
+def prosody(seed: int, utt_id: str) -> tuple[int, int]:
+    """Deterministic (speed in wpm, pitch) for one utterance, from a hash of seed and ID."""
+    digest = hashlib.sha256(f"{seed}:{utt_id}".encode()).digest()
+    speed = SPEED_WPM[0] + int.from_bytes(digest[:4]) % (SPEED_WPM[1] - SPEED_WPM[0] + 1)
+    pitch = PITCH[0] + int.from_bytes(digest[4:8]) % (PITCH[1] - PITCH[0] + 1)
+    return speed, pitch
+
+
+def check_tools() -> None:
+    """Raise a one-line RuntimeError if a command-line tool needed for synthesis is missing."""
+    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    if missing:
+        raise RuntimeError(f"{' and '.join(missing)} not found: {INSTALL_HINT}")
+
+
+def _run(cmd: list[str], utt_id: str) -> None:
+    """Run one tool, turning a failure into a RuntimeError that shows its stderr."""
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed for {utt_id}: {result.stderr.strip()}")
+
+
+def synthesize(utt: Utterance, data_folder: Path, tmp_dir: Path, seed: int) -> None:
+    """Speak one utterance with espeak-ng and store it as 16 kHz mono 16-bit PCM.
+
+    sox runs without dither (-D) so its output is byte-reproducible, with a little
+    headroom so resampling never clips. The final file appears atomically, so an
+    interrupted run never leaves a truncated wav behind.
+    """
+    speed, pitch = prosody(seed, utt.utt_id)
+    raw = tmp_dir / f"{utt.utt_id}.wav"
+    out = data_folder / utt.rel_wav
+    partial = out.with_suffix(".wav.partial")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    espeak = ["espeak-ng", "-v", utt.voice, "-s", str(speed), "-p", str(pitch), "-w", str(raw)]
+    _run([*espeak, utt.text], utt.utt_id)
+    convert = ["-t", "wav", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", "-e", "signed-integer"]
+    gain = ["gain", f"-{HEADROOM_DB}"]  # applied before sox's automatic rate effect
+    _run(["sox", "-D", "-V1", str(raw), *convert, str(partial), *gain], utt.utt_id)
+    os.replace(partial, out)
+    raw.unlink()
+
+
+def wav_duration(path: Path) -> float:
+    """Duration of a PCM wav file in seconds."""
+    with wave.open(str(path)) as wav:
+        return wav.getnframes() / wav.getframerate()
+
+
+def manifests_current(
+    manifests: dict[str, Path], plan: dict[str, list[Utterance]], data_folder: Path
+) -> bool:
+    """True if every manifest lists exactly the planned utterances and all their wavs exist."""
+    for split, path in manifests.items():
+        if not path.is_file():
+            return False
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        if [(row["ID"], row["wrd"]) for row in rows] != [(u.utt_id, u.text) for u in plan[split]]:
+            return False
+        if not all(Path(row["wav"].replace(DATA_ROOT, str(data_folder))).is_file() for row in rows):
+            return False
+    return True
+
+
+def write_manifest(path: Path, utterances: list[Utterance], data_folder: Path) -> None:
+    """Write a SpeechBrain CSV manifest atomically (temp file, then os.replace)."""
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(MANIFEST_HEADER)
+        for utt in utterances:
+            duration = wav_duration(data_folder / utt.rel_wav)
+            wav = f"{DATA_ROOT}/{utt.rel_wav}"
+            writer.writerow([utt.utt_id, f"{duration:.3f}", wav, utt.voice, utt.voice, utt.text])
+    os.replace(tmp, path)
+
+
+def prepare_accent_corpus(
+    data_folder: str | Path,
+    save_folder: str | Path,
+    n_valid_sentences: int = 20,
+    n_test_sentences: int = 40,
+    n_train_sentences: int | None = None,
+    voices: tuple[str, ...] = VOICES,
+    seed: int = DEFAULT_SEED,
+) -> dict[str, str]:
+    """Synthesise the corpus into ``data_folder/wav`` and write train/valid/test manifests.
+
+    Returns {"train": path, "valid": path, "test": path} of the CSVs in ``save_folder``.
+    If those manifests already describe this configuration and all their wavs exist,
+    returns at once without synthesising anything.
+    """
+    data_folder, save_folder = Path(data_folder), Path(save_folder)
+    manifests = {split: save_folder / f"{split}.csv" for split in SPLITS}
+    sentences = load_sentences()
+    splits = split_sentences(
+        len(sentences), n_valid_sentences, n_test_sentences, n_train_sentences, seed
+    )
+    plan = {
+        split: [
+            Utterance(f"{voice}_s{index:04d}", voice, sentences[index])
+            for index in splits[split]
+            for voice in voices
+        ]
+        for split in SPLITS
+    }
+    result = {split: str(path) for split, path in manifests.items()}
+    if manifests_current(manifests, plan, data_folder):
+        logger.info("Accent corpus already prepared in %s", save_folder)
+        return result
+
+    check_tools()
+    utterances = [utt for split in SPLITS for utt in plan[split]]
+    logger.info("Synthesising %d utterances into %s", len(utterances), data_folder)
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(N_WORKERS) as pool:
+        for _ in pool.map(lambda u: synthesize(u, data_folder, Path(tmp), seed), utterances):
+            pass  # consuming the iterator re-raises the first failure
+    logger.info("Synthesis took %.1f s", time.monotonic() - start)
+
+    save_folder.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        write_manifest(manifests[split], plan[split], data_folder)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: build the corpus and print the size of each split."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data_folder", help="where wav/<voice>/<id>.wav files are written")
+    parser.add_argument("--save_folder", help="where manifests are written (default: data_folder)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        manifests = prepare_accent_corpus(
+            args.data_folder, args.save_folder or args.data_folder, seed=args.seed
+        )
+    except (RuntimeError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for split, path in manifests.items():
+        with open(path, newline="", encoding="utf-8") as f:
+            durations = [float(row["duration"]) for row in csv.DictReader(f)]
+        print(f"{split}: {len(durations)} utterances, {sum(durations) / 60:.1f} min -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,387 @@
+"""Manifest preparation for Whisper fine-tuning.
+
+Turns three dataset layouts (LibriSpeech, Common Voice, a generic folder of audio
+plus a transcript TSV) into SpeechBrain CSV manifests with the columns
+``ID,duration,wav,spk_id,wrd`` followed by dataset-specific grouping columns
+(gender, accent, dialect, ...) used for per-group error rates.
+
+* ``wav`` is written as ``$data_root/<relative path>`` so the manifests stay valid
+  when the corpus moves; the recipe substitutes ``data_folder`` at load time.
+* ``wrd`` keeps the source transcript (only surrounding whitespace is stripped):
+  Whisper is trained on cased, punctuated text, so normalising would hurt it.
+* Rows that cannot be used (missing or unreadable audio, empty transcript, ...)
+  are skipped and counted, never fatal; each manifest gets one summary line.
+* Manifests are written atomically and never rewritten once they exist, so an
+  interrupted or repeated run is safe and cheap.
+"""
+
+import csv
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import NamedTuple
+
+import soundfile
+
+from local.accent_corpus import prepare_accent_corpus
+
+logger = logging.getLogger(__name__)
+
+DATA_ROOT = "$data_root"
+BASE_COLUMNS = ("ID", "duration", "wav", "spk_id", "wrd")
+DURATION_DECIMALS = 3
+
+# Why a row is left out of a manifest; the summary line lists them in this order.
+MISSING_AUDIO = "missing audio"
+UNREADABLE_AUDIO = "unreadable audio"
+EMPTY_TRANSCRIPT = "empty transcript"
+DUPLICATE_ID = "duplicate ID"
+DOLLAR_VARIABLE = "'$name' in text"
+SKIP_REASONS = (MISSING_AUDIO, UNREADABLE_AUDIO, EMPTY_TRANSCRIPT, DUPLICATE_ID, DOLLAR_VARIABLE)
+
+# speechbrain.dataio.dataio.load_data_csv substitutes this pattern in *every*
+# field and raises KeyError for names it was not given, so such a row would
+# crash training at load time.
+DOLLAR_VARIABLE_PATTERN = re.compile(r"\$[\w.]+")
+
+LIBRISPEECH_SPEAKERS_FILE = "SPEAKERS.TXT"
+COMMON_VOICE_CLIPS_DIR = "clips"
+COMMON_VOICE_ACCENT_COLUMNS = ("accents", "accent")  # newer releases use "accents"
+
+TSV_PATH_COLUMN = "path"
+TSV_TEXT_COLUMN = "text"
+TSV_SPEAKER_COLUMN = "speaker"
+# Accepted values of the split column, mapped to the manifest they go to.
+SPLIT_NAMES = {"train": "train", "valid": "valid", "dev": "valid", "test": "test"}
+# Hash-based split when the TSV has no split column: bucket < 80 -> train,
+# < 90 -> valid, else test (80/10/10).
+HASH_BUCKETS = 100
+TRAIN_BUCKETS = 80
+VALID_BUCKETS = 10
+
+
+class Utterance(NamedTuple):
+    """One candidate manifest row before its audio has been checked."""
+
+    id: str
+    path: str  # relative to data_folder, with "/" separators
+    spk_id: str
+    wrd: str
+    extras: dict[str, str]  # grouping columns, e.g. gender/accent/dialect
+
+
+def audio_duration(path: str) -> float | None:
+    """Return the duration of ``path`` in seconds, or None if it cannot be read.
+
+    soundfile (libsndfile >= 1.1 also reads mp3) is tried first because it only
+    parses the header; torchaudio is the fallback for formats libsndfile lacks.
+    """
+    try:
+        return soundfile.info(path).duration
+    except (soundfile.SoundFileError, RuntimeError, OSError):
+        return _torchaudio_duration(path)
+
+
+def _torchaudio_duration(path: str) -> float | None:
+    """Duration via ``torchaudio.info``; None if unavailable (removed in 2.9) or failing."""
+    try:
+        import torchaudio  # slow import, only paid when soundfile cannot read a file
+
+        meta = torchaudio.info(path)
+        return meta.num_frames / meta.sample_rate
+    except (ImportError, AttributeError, RuntimeError, OSError, ValueError, ZeroDivisionError):
+        return None
+
+
+def write_manifest(
+    csv_path: str,
+    data_folder: str,
+    utterances: Iterable[Utterance],
+    extra_columns: Iterable[str] = (),
+) -> str:
+    """Write the usable ``utterances`` to ``csv_path`` and return ``csv_path``.
+
+    Does nothing if ``csv_path`` exists (``utterances`` is then not consumed, so
+    callers can pass a lazy generator). Unusable rows are skipped and counted.
+    """
+    if os.path.exists(csv_path):
+        logger.info("%s exists, skipping, already prepared", csv_path)
+        return csv_path
+    extra_columns = tuple(extra_columns)
+    skipped = Counter()
+    seen_ids = set()
+    rows = []
+    for utt in utterances:
+        reason = _skip_reason(utt, data_folder, seen_ids)
+        if reason is None:
+            duration = audio_duration(os.path.join(data_folder, utt.path))
+            if duration is None:
+                reason = UNREADABLE_AUDIO
+        if reason is not None:
+            skipped[reason] += 1
+            logger.debug("%s: skipping %s (%s)", csv_path, utt.id, reason)
+            continue
+        seen_ids.add(utt.id)
+        rows.append(
+            [
+                utt.id,
+                f"{duration:.{DURATION_DECIMALS}f}",
+                f"{DATA_ROOT}/{utt.path}",
+                utt.spk_id,
+                utt.wrd,
+                *(utt.extras.get(column, "") for column in extra_columns),
+            ]
+        )
+    _write_csv_atomically(csv_path, [*BASE_COLUMNS, *extra_columns], rows)
+    logger.info("%s: wrote %d rows", csv_path, len(rows))
+    if not rows:
+        logger.warning("%s is empty", csv_path)
+    if skipped:
+        details = ", ".join(f"{skipped[reason]} {reason}" for reason in SKIP_REASONS)
+        logger.warning("%s: skipped %d rows: %s", csv_path, skipped.total(), details)
+    return csv_path
+
+
+def _skip_reason(utt: Utterance, data_folder: str, seen_ids: set[str]) -> str | None:
+    """Why ``utt`` cannot be used, checking the cheap conditions before reading audio."""
+    if not utt.wrd:
+        return EMPTY_TRANSCRIPT
+    if not os.path.isfile(os.path.join(data_folder, utt.path)):
+        return MISSING_AUDIO
+    if utt.id in seen_ids:
+        return DUPLICATE_ID
+    fields = (utt.id, utt.path, utt.spk_id, utt.wrd, *utt.extras.values())
+    if any(DOLLAR_VARIABLE_PATTERN.search(field) for field in fields):
+        return DOLLAR_VARIABLE
+    return None
+
+
+def _write_csv_atomically(csv_path: str, header: list[str], rows: list[list[str]]) -> None:
+    """Write via a temporary file and ``os.replace`` so no half-written CSV is ever seen."""
+    folder = os.path.dirname(os.path.abspath(csv_path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=".", suffix=".csv.tmp")
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as tmp:
+            writer = csv.writer(tmp)
+            writer.writerow(header)
+            writer.writerows(rows)
+        os.replace(tmp_path, csv_path)
+    except BaseException:
+        os.unlink(tmp_path)
+        raise
+
+
+def _require(path: str | Path, what: str) -> None:
+    """Raise a one-line FileNotFoundError if ``path`` does not exist."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+
+
+def _read_tsv(path: str | Path, quoting: int = csv.QUOTE_MINIMAL):
+    """Read a tab-separated file with a header row: ``(column names, rows as dicts)``.
+
+    Fields missing from a short row come back as None.
+    """
+    with open(path, newline="", encoding="utf-8") as tsv:
+        reader = csv.DictReader(tsv, delimiter="\t", quoting=quoting)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def _outputs(save_folder: str, test_names: Iterable[str] = ("test",)) -> dict:
+    """The return value shared by all preparers: manifest paths by role."""
+    return {
+        "train": os.path.join(save_folder, "train.csv"),
+        "valid": os.path.join(save_folder, "valid.csv"),
+        "test": [os.path.join(save_folder, f"{name}.csv") for name in test_names],
+    }
+
+
+def prepare_librispeech(
+    data_folder,
+    save_folder,
+    train_splits=("train-clean-100",),
+    valid_splits=("dev-clean",),
+    test_splits=("test-clean", "test-other"),
+) -> dict:
+    """Prepare LibriSpeech (``<split>/<spk>/<chapter>/<spk>-<chapter>.trans.txt`` + flac).
+
+    Train splits are concatenated into ``train.csv``, valid splits into
+    ``valid.csv``; each test split gets ``<split>.csv``. The upper-case,
+    unpunctuated transcripts are kept as they are. ``gender`` comes from
+    ``SPEAKERS.TXT`` when the corpus root has it.
+    """
+    _require(data_folder, "LibriSpeech data_folder")
+    transcripts = {}
+    for split in (*train_splits, *valid_splits, *test_splits):
+        _require(os.path.join(data_folder, split), f"LibriSpeech split '{split}'")
+        transcripts[split] = sorted(Path(data_folder, split).glob("*/*/*.trans.txt"))
+        if not transcripts[split]:
+            raise FileNotFoundError(f"no */*/*.trans.txt under {Path(data_folder, split)}")
+    genders = _librispeech_genders(Path(data_folder, LIBRISPEECH_SPEAKERS_FILE))
+
+    def utterances(splits):
+        for split in splits:
+            for trans_file in transcripts[split]:
+                chapter_dir = trans_file.parent
+                speaker = chapter_dir.parent.name
+                for line in trans_file.read_text(encoding="utf-8").splitlines():
+                    utt_id, _, text = line.strip().partition(" ")
+                    if utt_id:
+                        yield Utterance(
+                            utt_id,
+                            f"{split}/{speaker}/{chapter_dir.name}/{utt_id}.flac",
+                            speaker,
+                            text.strip(),
+                            {"gender": genders.get(speaker, "")},
+                        )
+
+    outputs = _outputs(save_folder, test_splits)
+    groups = [(outputs["train"], train_splits), (outputs["valid"], valid_splits)]
+    groups += [
+        (csv_path, (split,)) for csv_path, split in zip(outputs["test"], test_splits, strict=True)
+    ]
+    for csv_path, splits in groups:
+        write_manifest(csv_path, data_folder, utterances(splits), ["gender"])
+    return outputs
+
+
+def _librispeech_genders(speakers_file: Path) -> dict[str, str]:
+    """Map speaker ID to gender (F/M) from LibriSpeech's ``SPEAKERS.TXT``, if present.
+
+    Lines look like ``19   | F | train-clean-100  | 25.19 | Kara Shallenberg``;
+    lines starting with ``;`` are comments.
+    """
+    if not speakers_file.is_file():
+        return {}
+    genders = {}
+    for line in speakers_file.read_text(encoding="utf-8").splitlines():
+        fields = [field.strip() for field in line.split("|")]
+        if not line.startswith(";") and len(fields) >= 2:
+            genders[fields[0]] = fields[1]
+    return genders
+
+
+def prepare_common_voice(
+    data_folder, save_folder, train_tsv="train.tsv", valid_tsv="dev.tsv", test_tsv="test.tsv"
+) -> dict:
+    """Prepare a Common Voice release (``<x>.tsv`` files and ``clips/*.mp3``).
+
+    ``spk_id`` is the ``client_id``; ``accent`` (from ``accents`` or ``accent``)
+    and ``gender`` are carried for per-group scoring, empty when absent.
+    """
+    _require(data_folder, "Common Voice data_folder")
+    tsv_paths = [os.path.join(data_folder, name) for name in (train_tsv, valid_tsv, test_tsv)]
+    for tsv_path in tsv_paths:
+        _require(tsv_path, "Common Voice TSV")
+
+    def utterances(tsv_path):
+        # Common Voice TSVs are unquoted: a sentence may start with a literal '"'.
+        _, rows = _read_tsv(tsv_path, quoting=csv.QUOTE_NONE)
+        for row in rows:
+            accent = next((row[c] for c in COMMON_VOICE_ACCENT_COLUMNS if row.get(c)), "")
+            clip = row["path"] or ""
+            yield Utterance(
+                Path(clip).stem,
+                f"{COMMON_VOICE_CLIPS_DIR}/{clip}",
+                row["client_id"] or "",
+                (row["sentence"] or "").strip(),
+                {"accent": accent, "gender": row.get("gender") or ""},
+            )
+
+    outputs = _outputs(save_folder)
+    csv_paths = [outputs["train"], outputs["valid"], *outputs["test"]]
+    for csv_path, tsv_path in zip(csv_paths, tsv_paths, strict=True):
+        write_manifest(csv_path, data_folder, utterances(tsv_path), ["accent", "gender"])
+    return outputs
+
+
+def prepare_tsv_folder(
+    data_folder, save_folder, transcripts="transcripts.tsv", split_column="split"
+) -> dict:
+    """Prepare a folder of audio files described by one transcript TSV.
+
+    The TSV needs ``path`` (relative to ``data_folder``) and ``text`` columns;
+    ``speaker`` and ``split_column`` (train/valid/test, or dev) are optional and
+    every other column is carried into the manifests. Standard CSV quoting
+    applies (as written by ``csv`` or pandas). Without a split column the
+    rows are split 80/10/10 by a stable hash of the speaker (of the path when
+    there is no speaker), so speakers never straddle splits and reruns agree.
+    """
+    _require(data_folder, "data_folder")
+    tsv_path = os.path.join(data_folder, transcripts)
+    _require(tsv_path, "transcript TSV")
+    columns, rows = _read_tsv(tsv_path)
+    for required in (TSV_PATH_COLUMN, TSV_TEXT_COLUMN):
+        if required not in columns:
+            raise ValueError(f"{tsv_path} has no '{required}' column (columns: {columns})")
+    special = {TSV_PATH_COLUMN, TSV_TEXT_COLUMN, TSV_SPEAKER_COLUMN, split_column}
+    extra_columns = [column for column in columns if column not in special]
+    clashes = set(extra_columns) & set(BASE_COLUMNS)
+    if clashes:
+        raise ValueError(f"{tsv_path}: columns {sorted(clashes)} clash with manifest columns")
+
+    by_split = {"train": [], "valid": [], "test": []}
+    for row in rows:
+        relative_path = row[TSV_PATH_COLUMN] or ""
+        by_split[_split_of(row, split_column, tsv_path)].append(
+            Utterance(
+                _tsv_id(relative_path),
+                relative_path,
+                row.get(TSV_SPEAKER_COLUMN) or "",
+                (row[TSV_TEXT_COLUMN] or "").strip(),
+                {column: row[column] or "" for column in extra_columns},
+            )
+        )
+
+    outputs = _outputs(save_folder)
+    csv_paths = [outputs["train"], outputs["valid"], *outputs["test"]]
+    for csv_path, utterances in zip(csv_paths, by_split.values(), strict=True):
+        write_manifest(csv_path, data_folder, utterances, extra_columns)
+    return outputs
+
+
+def _tsv_id(relative_path: str) -> str:
+    """Utterance ID from a relative audio path: ``a/b/c.wav`` -> ``a_b_c``."""
+    return os.path.splitext(relative_path)[0].replace("/", "_")
+
+
+def _split_of(row: dict[str, str], split_column: str, tsv_path: str) -> str:
+    """The manifest a TSV row belongs to: its split column, else a stable speaker hash."""
+    if split_column in row:
+        value = (row[split_column] or "").strip().lower()
+        if value not in SPLIT_NAMES:
+            raise ValueError(
+                f"{tsv_path}: unknown {split_column} '{value}' for {row[TSV_PATH_COLUMN]}; "
+                f"expected one of: {', '.join(SPLIT_NAMES)}"
+            )
+        return SPLIT_NAMES[value]
+    return hash_split(row.get(TSV_SPEAKER_COLUMN) or row[TSV_PATH_COLUMN] or "")
+
+
+def hash_split(key: str) -> str:
+    """Assign ``key`` to train/valid/test (80/10/10) by SHA-1, stable across runs and hosts."""
+    bucket = int(hashlib.sha1(key.encode("utf-8")).hexdigest(), 16) % HASH_BUCKETS
+    if bucket < TRAIN_BUCKETS:
+        return "train"
+    return "valid" if bucket < TRAIN_BUCKETS + VALID_BUCKETS else "test"
+
+
+PREPARERS = {
+    "librispeech": prepare_librispeech,
+    "common_voice": prepare_common_voice,
+    "tsv_folder": prepare_tsv_folder,
+    "accent_corpus": prepare_accent_corpus,
+}
+
+
+def prepare(dataset: str, data_folder, save_folder, **options) -> dict:
+    """Prepare ``dataset`` (a key of ``PREPARERS``) with the preparer's keyword ``options``."""
+    if dataset not in PREPARERS:
+        raise ValueError(f"unknown dataset '{dataset}'; choose one of: {', '.join(PREPARERS)}")
+    return PREPARERS[dataset](data_folder, save_folder, **options)

@@ -1,0 +1,128 @@
+"""Batched greedy and beam search over a ``WhisperASR`` with a key/value cache.
+
+Both searchers start from the model's prompt (start of transcript, language, task, no
+timestamps), reuse encoder outputs that were computed once, and suppress the tokens the
+checkpoint's generation config suppresses, the way ``transformers``' ``generate`` does, so a
+fine-tuned checkpoint decodes here exactly as its exported copy decodes in a pipeline.
+"""
+
+import torch
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+
+def _new_cache():
+    """An empty self-attention + cross-attention cache."""
+    return EncoderDecoderCache(DynamicCache(), DynamicCache())
+
+
+def _suppress(logits, model, first_step):
+    """Mask the generation config's suppressed tokens (and, on the first step, its begin set)."""
+    config = model.generation_config
+    suppressed = list(config.suppress_tokens or [])
+    if first_step:
+        suppressed += list(config.begin_suppress_tokens or [])
+    if suppressed:
+        logits[..., suppressed] = -torch.inf
+    return logits
+
+
+def _max_new_tokens(model, max_new_tokens):
+    """Cap the length so prompt plus transcript fit the decoder's positions."""
+    limit = model.model.config.max_target_positions - len(model.prefix_tokens)
+    return limit if max_new_tokens is None else min(max_new_tokens, limit)
+
+
+@torch.no_grad()
+def greedy_search(model, encoder_out, max_new_tokens=None):
+    """Most likely token at each step, for a batch; returns token lists without the prompt."""
+    batch = encoder_out.shape[0]
+    device = encoder_out.device
+    tokens = torch.tensor([model.prefix_tokens] * batch, device=device)
+    cache = _new_cache()
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    hyps = []
+    step_input = tokens
+    for step in range(_max_new_tokens(model, max_new_tokens)):
+        logits = model.forward_decoder(step_input, encoder_out, cache)[:, -1].float()
+        next_tokens = _suppress(logits, model, step == 0).argmax(dim=-1)
+        next_tokens = torch.where(finished, model.eot, next_tokens)
+        hyps.append(next_tokens)
+        finished |= next_tokens == model.eot
+        if finished.all():
+            break
+        step_input = next_tokens[:, None]
+    return [_until_eot(seq, model.eot) for seq in torch.stack(hyps, dim=1).tolist()]
+
+
+@torch.no_grad()
+def beam_search(model, encoder_out, beam_size=5, max_new_tokens=None, length_penalty=1.0):
+    """Beam search for a batch; returns the best token list per utterance, without the prompt.
+
+    Hypotheses are ranked by their summed log-probability divided by ``length ** length_penalty``
+    (``transformers``' convention); an utterance stops once it has ``beam_size`` finished
+    hypotheses and none of its live beams can still beat the best of them.
+    """
+    batch = encoder_out.shape[0]
+    device = encoder_out.device
+    encoder_out = encoder_out.repeat_interleave(beam_size, dim=0)
+    cache = _new_cache()
+    step_input = torch.tensor([model.prefix_tokens] * batch * beam_size, device=device)
+    # Only the first beam of each utterance is live at the start, so the beams differ.
+    scores = torch.full((batch, beam_size), -torch.inf, device=device)
+    scores[:, 0] = 0.0
+    sequences = torch.empty(batch * beam_size, 0, dtype=torch.long, device=device)
+    finished = [[] for _ in range(batch)]
+    done = [False] * batch
+    max_steps = _max_new_tokens(model, max_new_tokens)
+    for step in range(max_steps):
+        logits = model.forward_decoder(step_input, encoder_out, cache)[:, -1].float()
+        log_probs = _suppress(logits, model, step == 0).log_softmax(dim=-1)
+        vocab = log_probs.shape[-1]
+        candidates = (scores.reshape(-1, 1) + log_probs).reshape(batch, beam_size * vocab)
+        top_scores, top_ids = candidates.topk(2 * beam_size, dim=-1)
+        beam_origin, next_tokens = top_ids // vocab, top_ids % vocab
+        new_scores = torch.full_like(scores, -torch.inf)
+        new_rows = (torch.arange(batch, device=device) * beam_size)[:, None].repeat(1, beam_size)
+        new_tokens = torch.full((batch, beam_size), model.eot, dtype=torch.long, device=device)
+        for b in range(batch):
+            kept = 0
+            for score, origin, token in zip(
+                top_scores[b].tolist(),
+                beam_origin[b].tolist(),
+                next_tokens[b].tolist(),
+                strict=True,
+            ):
+                row = b * beam_size + origin
+                if done[b] or score == -torch.inf:
+                    break
+                if token == model.eot:
+                    length = sequences.shape[1] + 1
+                    finished[b].append((score / length**length_penalty, sequences[row].tolist()))
+                    continue
+                new_scores[b, kept], new_rows[b, kept], new_tokens[b, kept] = score, row, token
+                kept += 1
+                if kept == beam_size:
+                    break
+            if len(finished[b]) >= beam_size:
+                best_finished = max(s for s, _ in finished[b])
+                best_live = new_scores[b].max().item() / (sequences.shape[1] + 1) ** length_penalty
+                done[b] = done[b] or best_finished >= best_live
+        if all(done):
+            break
+        scores = new_scores.masked_fill(torch.tensor(done, device=device)[:, None], -torch.inf)
+        rows = new_rows.reshape(-1)
+        cache.reorder_cache(rows)
+        sequences = torch.cat([sequences[rows], new_tokens.reshape(-1, 1)], dim=1)
+        step_input = new_tokens.reshape(-1, 1)
+    best = []
+    for b in range(batch):
+        if not finished[b]:  # ran out of steps: take the best live beam
+            row = b * beam_size + int(scores[b].argmax())
+            finished[b].append((0.0, sequences[row].tolist()))
+        best.append(max(finished[b], key=lambda item: item[0])[1])
+    return best
+
+
+def _until_eot(tokens, eot):
+    """Tokens before the first end-of-text."""
+    return tokens[: tokens.index(eot)] if eot in tokens else tokens

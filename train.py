@@ -1,0 +1,302 @@
+#!/usr/bin/env python3
+"""Fine-tune Whisper with SpeechBrain and keep the checkpoint with the lowest valid WER.
+
+Training minimises a label-smoothed NLL over the transcript tokens; validation decodes
+greedily and scores WER, which chooses the one checkpoint kept; the test sets are decoded with
+beam search by that checkpoint. Loss and WER can disagree: the checkpoint is chosen by WER.
+
+Example:
+    python train.py hparams/whisper_small.yaml --data_folder=/path/to/data
+
+Any hyperparameter can be overridden on the command line (``--lr=1e-4``).
+"""
+
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+import speechbrain as sb
+import torch
+from speechbrain.utils.distributed import run_on_main
+
+from local import data_prep, dataio, encoder_cache, evaluation
+from local.config import HparamsError, load_hparams
+from local.decoding import beam_search, greedy_search
+
+logger = logging.getLogger(__name__)
+
+LOSS_EMA_DECAY = 0.98
+
+
+def min_wer_earliest(ckpt):
+    """Checkpoint importance: lowest valid WER first, the earlier epoch on ties."""
+    if "WER" not in ckpt.meta:
+        return (-math.inf, 0)
+    return (-ckpt.meta["WER"], -ckpt.meta["epoch"])
+
+
+class WhisperFineTuning(sb.Brain):
+    """Fine-tunes Whisper on manifests; selects checkpoints by valid WER."""
+
+    def compute_forward(self, batch, stage):
+        """Augment, encode, teacher-force the decoder, and search transcripts outside training."""
+        batch = batch.to(self.device)
+        whisper = self.modules.whisper
+        tokens_bos, tokens_bos_lens = batch.tokens_bos
+        if "frozen_out" in batch.__dict__:
+            frozen_out, _ = batch.frozen_out
+        else:
+            wavs, wav_lens = batch.sig
+            if stage == sb.Stage.TRAIN and self.hparams.augment:
+                wavs, wav_lens = self.hparams.wav_augment(wavs, wav_lens)
+                tokens_bos = self.hparams.wav_augment.replicate_labels(tokens_bos)
+                tokens_bos_lens = self.hparams.wav_augment.replicate_labels(tokens_bos_lens)
+            with torch.no_grad():
+                frozen_out = whisper.encode_frozen(whisper.features(wavs, wav_lens))
+        encoder_out = whisper.encode_trainable(frozen_out)
+
+        # Positions past each sequence's end hold Whisper's pad token, not SpeechBrain's 0.
+        positions = torch.arange(tokens_bos.shape[1], device=self.device)
+        lengths = torch.round(tokens_bos_lens * tokens_bos.shape[1])
+        tokens_bos = tokens_bos.masked_fill(positions[None] >= lengths[:, None], whisper.pad)
+
+        logits = whisper.forward_decoder(tokens_bos, encoder_out)
+        log_probs = torch.nn.functional.log_softmax(logits.float(), dim=-1)
+
+        hyps = None
+        if stage == sb.Stage.VALID:
+            hyps = greedy_search(whisper, encoder_out, self.hparams.decode_max_tokens)
+        elif stage == sb.Stage.TEST:
+            hyps = beam_search(
+                whisper,
+                encoder_out,
+                self.hparams.test_beam_size,
+                self.hparams.decode_max_tokens,
+                self.hparams.length_penalty,
+            )
+        return log_probs, hyps
+
+    def compute_objectives(self, predictions, batch, stage):
+        """Label-smoothed NLL over transcript tokens; WER/CER of the searched transcripts."""
+        log_probs, hyps = predictions
+        tokens_eos, tokens_eos_lens = batch.tokens_eos
+        if stage == sb.Stage.TRAIN and self.hparams.augment and "sig" in batch.__dict__:
+            tokens_eos = self.hparams.wav_augment.replicate_labels(tokens_eos)
+            tokens_eos_lens = self.hparams.wav_augment.replicate_labels(tokens_eos_lens)
+        # The last prompt position predicts the first transcript token.
+        first = len(self.modules.whisper.prefix_tokens) - 1
+        loss = self.hparams.nll_loss(log_probs[:, first:], tokens_eos, length=tokens_eos_lens)
+        if hyps is not None:
+            groups = {c: getattr(batch, c) for c in self.group_columns if c in batch.__dict__}
+            texts = [self.modules.whisper.decode_text(h) for h in hyps]
+            self.scorer.append(batch.id, texts, batch.wrd, groups)
+        return loss
+
+    def update_average(self, loss, avg_loss):
+        """Progress-bar loss: a moving average that, unlike a per-epoch mean, never resets."""
+        loss = float(loss)
+        self.epoch_loss_sum += loss
+        self.epoch_batches += 1
+        self.loss_ema = (
+            loss
+            if self.loss_ema is None
+            else (LOSS_EMA_DECAY * self.loss_ema + (1 - LOSS_EMA_DECAY) * loss)
+        )
+        return self.loss_ema
+
+    def on_fit_start(self):
+        """Start the moving average, then recover the latest checkpoint."""
+        self.loss_ema = None
+        self.epoch_loss_sum, self.epoch_batches = 0.0, 0
+        super().on_fit_start()
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        """Step the Noam schedule once per optimizer step, not per accumulated batch."""
+        if should_step:
+            self.hparams.lr_annealing(self.optimizer)
+
+    def on_evaluate_start(self, max_key=None, min_key=None):
+        """Load the min-WER checkpoint (ties: the earlier epoch); ``min_key=None`` keeps weights."""
+        if min_key == "WER":
+            self.checkpointer.recover_if_possible(importance_key=min_wer_earliest)
+
+    def on_stage_start(self, stage, epoch=None):
+        """Start a fresh scorer for validation and test."""
+        if stage != sb.Stage.TRAIN:
+            self.scorer = evaluation.Scorer(self.normalize, self.group_columns)
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Log the epoch; keep the min-WER checkpoint; write test summaries."""
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = {"loss": self.epoch_loss_sum / max(self.epoch_batches, 1)}
+            self.epoch_loss_sum, self.epoch_batches = 0.0, 0
+            return
+        summary = self.scorer.summary(epoch)
+        stats = {"loss": stage_loss, "WER": summary["wer"], "CER": summary["cer"]}
+        if stage == sb.Stage.VALID:
+            self.scorer.write(
+                os.path.join(self.hparams.output_folder, "valid"), f"epoch{epoch}", epoch
+            )
+            self.hparams.train_logger.log_stats(
+                stats_meta={
+                    "epoch": epoch,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "optimizer_steps": self.optimizer_step,
+                },
+                train_stats=self.train_stats,
+                valid_stats=stats,
+            )
+            meta = {**stats, "epoch": epoch}
+            last_epoch = epoch == self.hparams.epoch_counter.limit
+            self.checkpointer.save_and_keep_only(
+                meta=meta,
+                importance_keys=[min_wer_earliest],
+                num_to_keep=1,
+                keep_recent=not last_epoch,
+            )
+        else:
+            name = self.test_name
+            summary = self.scorer.write(self.test_folder, name, self.selected_epoch())
+            self.hparams.train_logger.log_stats(
+                stats_meta={"test set": name, "epoch": summary["epoch"]}, test_stats=stats
+            )
+            lo, hi = summary["wer_ci95"]
+            logger.info("%s: WER %.2f%% (95%% CI %.2f-%.2f)", name, summary["wer"], lo, hi)
+
+    def selected_epoch(self):
+        """The epoch of the checkpoint the test stage uses (None when zero-shot)."""
+        best = self.checkpointer.find_checkpoint(importance_key=min_wer_earliest)
+        return (
+            None
+            if best is None or self.test_folder != self.hparams.output_folder
+            else best.meta["epoch"]
+        )
+
+
+def dataio_prepare(hparams, whisper):
+    """Manifests -> checked datasets with audio (or cached encoder output) and token pipelines."""
+    datasets = {"train": hparams["train_csv"], "valid": hparams["valid_csv"]}
+    datasets.update({Path(csv).stem: csv for csv in hparams["test_csv"]})
+    datasets = {
+        name: dataio.check_rows(
+            dataio.load_manifest(csv, hparams["data_folder"]), name, whisper, hparams["on_bad_row"]
+        )
+        for name, csv in datasets.items()
+    }
+
+    @sb.utils.data_pipeline.takes("wav")
+    @sb.utils.data_pipeline.provides("sig")
+    def audio_pipeline(wav):
+        """Mono 16 kHz waveform."""
+        return dataio.read_audio(wav)
+
+    @sb.utils.data_pipeline.takes("wrd")
+    @sb.utils.data_pipeline.provides("wrd", "tokens_bos", "tokens_eos")
+    def text_pipeline(wrd):
+        """Transcript, prompt + transcript tokens (decoder input), transcript + EOT (targets)."""
+        yield wrd
+        tokens = whisper.encode_text(wrd)
+        yield torch.LongTensor(whisper.prefix_tokens + tokens)
+        yield torch.LongTensor(tokens + [whisper.eot])
+
+    cache_train = encoder_cache.use_cache(hparams["encoder_cache"], whisper, hparams["augment"])
+    cache_eval = encoder_cache.use_cache(hparams["encoder_cache"], whisper, augment=False)
+    cache = encoder_cache.EncoderCache(hparams["encoder_cache_folder"], whisper)
+    for name, dataset in datasets.items():
+        dataset.add_dynamic_item(text_pipeline)
+        audio_key = "sig"
+        if cache_train if name == "train" else cache_eval:
+            entries = cache.prepare(dataset)
+            dataset.add_dynamic_item(
+                lambda utt_id, entries=entries: encoder_cache.load_entry(entries[utt_id]),
+                takes="id",
+                provides="frozen_out",
+            )
+            audio_key = "frozen_out"
+        else:
+            dataset.add_dynamic_item(audio_pipeline)
+        group_keys = [c for c in hparams["group_columns"] if c in dataio.columns(dataset)]
+        dataset.set_output_keys(["id", audio_key, "wrd", "tokens_bos", "tokens_eos", *group_keys])
+    if hparams["sorting"] in ("ascending", "descending"):
+        datasets["train"] = datasets["train"].filtered_sorted(
+            sort_key="duration", reverse=hparams["sorting"] == "descending"
+        )
+        hparams["train_loader_kwargs"]["shuffle"] = False
+    return datasets
+
+
+def main(argv):
+    """Prepare data, fine-tune, then evaluate every test set with the min-WER checkpoint."""
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    try:
+        hparams, base_file, merged_overrides = load_hparams(hparams_file, overrides)
+    except HparamsError as error:
+        sys.exit(f"error: {error}")
+    sb.utils.distributed.ddp_init_group(run_opts)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=str(base_file),
+        overrides=merged_overrides,
+    )
+    if hparams["precision"] == "fp16" and not torch.cuda.is_available():
+        sys.exit("error: precision fp16 needs a CUDA GPU; use --precision=bf16 or fp32 on CPU")
+
+    if not hparams["skip_prep"]:
+        run_on_main(
+            data_prep.prepare,
+            args=[hparams["dataset"], hparams["data_folder"], hparams["manifest_folder"]],
+            kwargs=hparams["prep_options"],
+        )
+    whisper = hparams["whisper"]
+    try:
+        datasets = dataio_prepare(hparams, whisper)
+    except (dataio.DataError, ValueError) as error:
+        sys.exit(f"error: {error}")
+
+    asr_brain = WhisperFineTuning(
+        modules=hparams["modules"],
+        opt_class=hparams["optimizer"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    asr_brain.normalize = evaluation.text_normalizer(
+        hparams["normalizer"], whisper.tokenizer, hparams["language"]
+    )
+    asr_brain.group_columns = hparams["group_columns"]
+    test_sets = {name: d for name, d in datasets.items() if name not in ("train", "valid")}
+
+    if hparams["zero_shot_eval"]:
+        evaluate(asr_brain, test_sets, hparams, os.path.join(hparams["output_folder"], "zero_shot"))
+
+    asr_brain.fit(
+        asr_brain.hparams.epoch_counter,
+        datasets["train"],
+        datasets["valid"],
+        train_loader_kwargs=hparams["train_loader_kwargs"],
+        valid_loader_kwargs=hparams["valid_loader_kwargs"],
+    )
+    # Training is over: only the min-WER end-of-epoch checkpoint stays.
+    asr_brain.checkpointer.delete_checkpoints(num_to_keep=1, importance_keys=[min_wer_earliest])
+
+    evaluate(asr_brain, test_sets, hparams, hparams["output_folder"], min_key="WER")
+    if hparams["zero_shot_eval"]:
+        evaluation.write_comparison(hparams["output_folder"], next(iter(test_sets)))
+
+
+def evaluate(asr_brain, test_sets, hparams, folder, min_key=None):
+    """Decode every test set into ``folder``; ``min_key=None`` keeps the current weights."""
+    asr_brain.test_folder = folder
+    for name, dataset in test_sets.items():
+        if min_key is None and os.path.exists(os.path.join(folder, f"summary_{name}.json")):
+            continue  # zero-shot results do not change: computed once
+        asr_brain.test_name = name
+        asr_brain.evaluate(
+            dataset, min_key=min_key, test_loader_kwargs=hparams["test_loader_kwargs"]
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
