@@ -95,15 +95,15 @@ class WhisperFineTuning(sb.Brain):
         return loss
 
     def update_average(self, loss, avg_loss):
-        """Progress-bar loss: a moving average that, unlike a per-epoch mean, never resets."""
+        """Training shows a moving average that, unlike a per-epoch mean, never resets."""
+        if not self.modules.training:
+            return super().update_average(loss, avg_loss)
         loss = float(loss)
         self.epoch_loss_sum += loss
         self.epoch_batches += 1
-        self.loss_ema = (
-            loss
-            if self.loss_ema is None
-            else (LOSS_EMA_DECAY * self.loss_ema + (1 - LOSS_EMA_DECAY) * loss)
-        )
+        if self.loss_ema is None:
+            self.loss_ema = loss
+        self.loss_ema = LOSS_EMA_DECAY * self.loss_ema + (1 - LOSS_EMA_DECAY) * loss
         return self.loss_ema
 
     def on_fit_start(self):
@@ -263,7 +263,7 @@ def main(argv):
         checkpointer=hparams["checkpointer"],
     )
     asr_brain.normalize = evaluation.text_normalizer(
-        hparams["normalizer"], whisper.tokenizer, hparams["language"]
+        hparams["normalizer"], whisper.tokenizer, whisper.is_english
     )
     asr_brain.group_columns = hparams["group_columns"]
     test_sets = {name: d for name, d in datasets.items() if name not in ("train", "valid")}

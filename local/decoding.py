@@ -64,25 +64,24 @@ def beam_search(model, encoder_out, beam_size=5, max_new_tokens=None, length_pen
     """
     batch = encoder_out.shape[0]
     device = encoder_out.device
-    encoder_out = encoder_out.repeat_interleave(beam_size, dim=0)
     cache = _new_cache()
-    step_input = torch.tensor([model.prefix_tokens] * batch * beam_size, device=device)
-    # Only the first beam of each utterance is live at the start, so the beams differ.
-    scores = torch.full((batch, beam_size), -torch.inf, device=device)
-    scores[:, 0] = 0.0
-    sequences = torch.empty(batch * beam_size, 0, dtype=torch.long, device=device)
+    # The first step runs once per utterance (the cross-attention keys are computed once);
+    # choosing its top tokens then widens every row into ``beam_size`` beams.
+    live = 1
+    step_input = torch.tensor([model.prefix_tokens] * batch, device=device)
+    scores = torch.zeros(batch, live, device=device)
+    sequences = torch.empty(batch, 0, dtype=torch.long, device=device)
     finished = [[] for _ in range(batch)]
     done = [False] * batch
-    max_steps = _max_new_tokens(model, max_new_tokens)
-    for step in range(max_steps):
+    for step in range(_max_new_tokens(model, max_new_tokens)):
         logits = model.forward_decoder(step_input, encoder_out, cache)[:, -1].float()
         log_probs = _suppress(logits, model, step == 0).log_softmax(dim=-1)
         vocab = log_probs.shape[-1]
-        candidates = (scores.reshape(-1, 1) + log_probs).reshape(batch, beam_size * vocab)
+        candidates = (scores.reshape(-1, 1) + log_probs).reshape(batch, live * vocab)
         top_scores, top_ids = candidates.topk(2 * beam_size, dim=-1)
         beam_origin, next_tokens = top_ids // vocab, top_ids % vocab
-        new_scores = torch.full_like(scores, -torch.inf)
-        new_rows = (torch.arange(batch, device=device) * beam_size)[:, None].repeat(1, beam_size)
+        new_scores = torch.full((batch, beam_size), -torch.inf, device=device)
+        new_rows = (torch.arange(batch, device=device) * live)[:, None].repeat(1, beam_size)
         new_tokens = torch.full((batch, beam_size), model.eot, dtype=torch.long, device=device)
         for b in range(batch):
             kept = 0
@@ -92,7 +91,7 @@ def beam_search(model, encoder_out, beam_size=5, max_new_tokens=None, length_pen
                 next_tokens[b].tolist(),
                 strict=True,
             ):
-                row = b * beam_size + origin
+                row = b * live + origin
                 if done[b] or score == -torch.inf:
                     break
                 if token == model.eot:
@@ -112,6 +111,9 @@ def beam_search(model, encoder_out, beam_size=5, max_new_tokens=None, length_pen
         scores = new_scores.masked_fill(torch.tensor(done, device=device)[:, None], -torch.inf)
         rows = new_rows.reshape(-1)
         cache.reorder_cache(rows)
+        if live == 1:
+            encoder_out = encoder_out.repeat_interleave(beam_size, dim=0)
+            live = beam_size
         sequences = torch.cat([sequences[rows], new_tokens.reshape(-1, 1)], dim=1)
         step_input = new_tokens.reshape(-1, 1)
     best = []

@@ -23,34 +23,25 @@ BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_SEED = 0
 
 
-def text_normalizer(kind, tokenizer, language=None):
+def text_normalizer(kind, tokenizer, english):
     """The text normaliser named ``kind``: Whisper's English one, its basic one, or none.
 
-    ``auto`` picks English for English-only checkpoints or ``language`` English, and basic
-    otherwise. A local
+    ``auto`` picks English when the transcripts are ``english`` and basic otherwise. A local
     checkpoint without ``normalizer.json`` has no spelling map: English normalisation then
     runs without it, with a warning, rather than failing.
     """
     if kind == "auto":
-        english = _is_english_only(tokenizer) or str(language).lower() in ("en", "english")
         kind = "english" if english else "basic"
     if kind == "english":
         spelling = getattr(tokenizer, "english_spelling_normalizer", None)
         if spelling is None:
-            logger.warning(
-                "no normalizer.json with the checkpoint: English spelling map not applied"
-            )
+            logger.warning("no normalizer.json with the checkpoint: English spelling map not applied")
         return EnglishTextNormalizer(spelling or {})
     if kind == "basic":
         return BasicTextNormalizer()
     if kind == "none":
         return str.strip
     raise ValueError(f"unknown normalizer '{kind}'; choose auto or one of {NORMALIZERS}")
-
-
-def _is_english_only(tokenizer):
-    """English-only Whisper tokenizers have no language tokens."""
-    return tokenizer.convert_tokens_to_ids("<|en|>") in (None, tokenizer.unk_token_id)
 
 
 def _ratio_ci95(utterances, numerator, denominator, block_key):

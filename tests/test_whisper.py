@@ -1,0 +1,119 @@
+"""The Whisper wrapper and the searchers against transformers' own implementation."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import speak
+
+from local.decoding import beam_search, greedy_search
+from local.whisper import WhisperASR
+
+
+@pytest.fixture(scope="module")
+def random_en(random_whisper_dir):
+    return WhisperASR(str(random_whisper_dir)).eval()
+
+
+def test_features_equal_whisper_feature_extractor_and_ignore_batch_mates(random_en):
+    rng = np.random.default_rng(0)
+    quiet = (0.01 * rng.standard_normal(16000 * 2)).astype(np.float32)
+    loud = (0.9 * rng.standard_normal(16000 * 5)).astype(np.float32)
+    batch = torch.zeros(2, len(loud))
+    batch[0, : len(quiet)] = torch.from_numpy(quiet)
+    batch[1] = torch.from_numpy(loud)
+    lens = torch.tensor([len(quiet) / len(loud), 1.0])
+    ours = random_en.features(batch, lens)
+    for i, wav in enumerate((quiet, loud)):
+        reference = random_en.feature_extractor(wav, sampling_rate=16000, return_tensors="pt")
+        torch.testing.assert_close(ours[i], reference.input_features[0], atol=1e-5, rtol=0)
+    alone = random_en.features(torch.from_numpy(quiet)[None])
+    torch.testing.assert_close(ours[0], alone[0], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "options, depth",
+    [
+        ({"freeze_encoder": True}, 4),
+        ({"freeze_encoder": True, "trainable_encoder_layers": 1}, 2),
+        ({"freeze_encoder": False}, 0),
+        ({"trainable_patterns": ["encoder_attn"]}, 4),
+    ],
+)
+def test_split_encoder_equals_transformers_encoder(random_whisper_dir, options, depth):
+    model = WhisperASR(str(random_whisper_dir), **options).eval()
+    assert model.frozen_encoder_depth == depth
+    feats = model.features(torch.randn(1, 16000))
+    with torch.no_grad():
+        reference = model.model.model.encoder(feats).last_hidden_state
+        ours = model.encode_trainable(model.encode_frozen(feats))
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_trainable_patterns_train_only_cross_attention(random_whisper_dir):
+    model = WhisperASR(str(random_whisper_dir), trainable_patterns=["encoder_attn"])
+    trainable = {n for n, p in model.model.named_parameters() if p.requires_grad}
+    assert trainable and all("decoder" in n and "encoder_attn" in n for n in trainable)
+    # q, k, v, out projections and the layer norm of each of the two decoder layers.
+    assert len(trainable) == 2 * (4 * 2 - 1 + 2)
+
+
+def test_freeze_freezes_everything(random_whisper_dir):
+    model = WhisperASR(str(random_whisper_dir), freeze=True)
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_prompt_tokens_for_english_only_and_multilingual(random_en, random_multilingual_dir):
+    tok = random_en.tokenizer
+    assert random_en.prefix_tokens == tok.convert_tokens_to_ids(
+        ["<|startoftranscript|>", "<|notimestamps|>"]
+    )
+    multi = WhisperASR(str(random_multilingual_dir), language="german")
+    assert multi.prefix_tokens == tok.convert_tokens_to_ids(
+        ["<|startoftranscript|>", "<|de|>", "<|transcribe|>", "<|notimestamps|>"]
+    )
+    assert not multi.is_english and random_en.is_english
+    with pytest.raises(ValueError, match="needs a language"):
+        WhisperASR(str(random_multilingual_dir))
+    with pytest.raises(ValueError, match="unknown Whisper language 'klingon'"):
+        WhisperASR(str(random_multilingual_dir), language="klingon")
+
+
+def test_greedy_search_equals_transformers_generate(random_en):
+    feats = random_en.features(torch.randn(3, 16000))
+    with torch.no_grad():
+        encoder_out = random_en.encode(feats)
+        reference = random_en.model.generate(feats, max_new_tokens=12, do_sample=False)
+    ours = greedy_search(random_en, encoder_out, max_new_tokens=12)
+    prompt = random_en.prefix_tokens
+    for hyp, ref in zip(ours, reference.tolist(), strict=True):
+        ref = ref[len(prompt) :] if ref[: len(prompt)] == prompt else ref  # prompt kept or not
+        ref = ref[: ref.index(random_en.eot)] if random_en.eot in ref else ref
+        assert hyp == ref
+
+
+def test_beam_of_one_is_greedy(random_en):
+    feats = random_en.features(torch.randn(2, 16000))
+    with torch.no_grad():
+        encoder_out = random_en.encode(feats)
+    greedy = greedy_search(random_en, encoder_out, max_new_tokens=8)
+    assert beam_search(random_en, encoder_out, beam_size=1, max_new_tokens=8) == greedy
+
+
+@pytest.mark.slow
+def test_searches_on_speech_equal_transformers_generate(tiny_en_dir, tmp_path):
+    model = WhisperASR(str(tiny_en_dir)).eval()
+    texts = ["The quick brown fox jumps over the lazy dog.", "Where is the nearest train station?"]
+    wavs = [sf.read(speak(t, tmp_path / f"{i}.wav"))[0] for i, t in enumerate(texts)]
+    batch = torch.zeros(2, max(len(w) for w in wavs))
+    for i, wav in enumerate(wavs):
+        batch[i, : len(wav)] = torch.from_numpy(wav)
+    lens = torch.tensor([len(w) / batch.shape[1] for w in wavs])
+    feats = model.features(batch, lens)
+    with torch.no_grad():
+        encoder_out = model.encode(feats)
+        for searcher, beams in ((greedy_search, 1), (beam_search, 5)):
+            reference = model.model.generate(feats, num_beams=beams, do_sample=False)
+            expected = model.tokenizer.batch_decode(reference, skip_special_tokens=True)
+            ours = searcher(model, encoder_out) if beams == 1 else searcher(model, encoder_out, 5)
+            assert [model.decode_text(h) for h in ours] == [e.strip() for e in expected]
