@@ -11,8 +11,8 @@ Example:
 Any hyperparameter can be overridden on the command line (``--lr=1e-4``).
 """
 
+import json
 import logging
-import math
 import os
 import sys
 from pathlib import Path
@@ -28,13 +28,6 @@ from local.decoding import beam_search, greedy_search
 logger = logging.getLogger(__name__)
 
 LOSS_EMA_DECAY = 0.98
-
-
-def min_wer_earliest(ckpt):
-    """Checkpoint importance: lowest valid WER first, the earlier epoch on ties."""
-    if "WER" not in ckpt.meta:
-        return (-math.inf, 0)
-    return (-ckpt.meta["WER"], -ckpt.meta["epoch"])
 
 
 class WhisperFineTuning(sb.Brain):
@@ -107,10 +100,28 @@ class WhisperFineTuning(sb.Brain):
         return self.loss_ema
 
     def on_fit_start(self):
-        """Start the moving average, then recover the latest checkpoint."""
+        """Recover the latest checkpoint; a finished run is not trained again."""
         self.loss_ema = None
         self.epoch_loss_sum, self.epoch_batches = 0.0, 0
         super().on_fit_start()
+        counter = self.hparams.epoch_counter
+        if os.path.exists(self.fit_done_file):
+            with open(self.fit_done_file) as f:
+                done_epochs = json.load(f)["epochs"]
+            if done_epochs >= counter.limit:
+                counter.current = counter.limit
+            else:
+                logger.warning(
+                    "training had finished after %d epochs; continuing from the kept min-WER "
+                    "checkpoint (epoch %d)",
+                    done_epochs,
+                    counter.current,
+                )
+
+    @property
+    def fit_done_file(self):
+        """Marks a finished fit: only the min-WER checkpoint is left, not the last state."""
+        return os.path.join(self.hparams.save_folder, "fit_done.json")
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         """Step the Noam schedule once per optimizer step, not per accumulated batch."""
@@ -120,7 +131,7 @@ class WhisperFineTuning(sb.Brain):
     def on_evaluate_start(self, max_key=None, min_key=None):
         """Load the min-WER checkpoint (ties: the earlier epoch); ``min_key=None`` keeps weights."""
         if min_key == "WER":
-            self.checkpointer.recover_if_possible(importance_key=min_wer_earliest)
+            self.checkpointer.recover_if_possible(importance_key=evaluation.min_wer_earliest)
 
     def on_stage_start(self, stage, epoch=None):
         """Start a fresh scorer for validation and test."""
@@ -139,20 +150,23 @@ class WhisperFineTuning(sb.Brain):
             self.scorer.write(
                 os.path.join(self.hparams.output_folder, "valid"), f"epoch{epoch}", epoch
             )
+            stats_meta = {
+                "epoch": epoch,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "optimizer_steps": self.optimizer_step,
+            }
             self.hparams.train_logger.log_stats(
-                stats_meta={
-                    "epoch": epoch,
-                    "lr": self.optimizer.param_groups[0]["lr"],
-                    "optimizer_steps": self.optimizer_step,
-                },
-                train_stats=self.train_stats,
-                valid_stats=stats,
+                stats_meta=stats_meta, train_stats=self.train_stats, valid_stats=stats
+            )
+            evaluation.append_jsonl(
+                os.path.join(self.hparams.output_folder, "epochs.jsonl"),
+                {**stats_meta, "train_loss": self.train_stats["loss"], **stats},
             )
             meta = {**stats, "epoch": epoch}
             last_epoch = epoch == self.hparams.epoch_counter.limit
             self.checkpointer.save_and_keep_only(
                 meta=meta,
-                importance_keys=[min_wer_earliest],
+                importance_keys=[evaluation.min_wer_earliest],
                 num_to_keep=1,
                 keep_recent=not last_epoch,
             )
@@ -167,7 +181,7 @@ class WhisperFineTuning(sb.Brain):
 
     def selected_epoch(self):
         """The epoch of the checkpoint the test stage uses (None when zero-shot)."""
-        best = self.checkpointer.find_checkpoint(importance_key=min_wer_earliest)
+        best = self.checkpointer.find_checkpoint(importance_key=evaluation.min_wer_earliest)
         return (
             None
             if best is None or self.test_folder != self.hparams.output_folder
@@ -279,7 +293,11 @@ def main(argv):
         valid_loader_kwargs=hparams["valid_loader_kwargs"],
     )
     # Training is over: only the min-WER end-of-epoch checkpoint stays.
-    asr_brain.checkpointer.delete_checkpoints(num_to_keep=1, importance_keys=[min_wer_earliest])
+    asr_brain.checkpointer.delete_checkpoints(
+        num_to_keep=1, importance_keys=[evaluation.min_wer_earliest]
+    )
+    if sb.utils.distributed.if_main_process():
+        evaluation.write_json(asr_brain.fit_done_file, {"epochs": hparams["number_of_epochs"]})
 
     evaluate(asr_brain, test_sets, hparams, hparams["output_folder"], min_key="WER")
     if hparams["zero_shot_eval"]:

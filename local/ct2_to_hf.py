@@ -17,10 +17,8 @@ import json
 import math
 import os
 import re
-import shutil
 import struct
 import sys
-import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,7 +29,6 @@ from transformers import (
     WhisperConfig,
     WhisperFeatureExtractor,
     WhisperForConditionalGeneration,
-    WhisperProcessor,
     WhisperTokenizer,
 )
 
@@ -51,7 +48,6 @@ OUTPUT_FILES = (
     "merges.txt",
     "normalizer.json",
 )
-READABLE_FILE, READABLE_DIR = 0o644, 0o755
 SPELLING_MAP = Path(__file__).resolve().parent / "assets" / "english_spelling.json"
 
 # model.bin layout, from ctranslate2's specs/model_spec.py (_serialize) and models.cc (load).
@@ -158,7 +154,7 @@ def _unpack(file: BinaryIO, fmt: str) -> tuple:
 
 
 def _read_exactly(file: BinaryIO, size: int) -> bytearray:
-    """Read ``size`` bytes into a fresh (aligned, writable) buffer; EOFError if the file is short."""
+    """Read ``size`` bytes into a fresh, aligned buffer; EOFError if the file is shorter."""
     if size > os.fstat(file.fileno()).st_size - file.tell():
         raise EOFError
     data = bytearray(size)
@@ -213,12 +209,11 @@ def _hf_state_dict(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             prefix, modules = "", (TOP_MODULES[scope],) if scope in TOP_MODULES else None
         if modules is None or parameter not in PARAMETERS:
             raise ValueError(
-                f"unknown tensor {name!r} in {MODEL_BIN}: this is not a Whisper layout "
-                "this converter knows"
+                f"unknown tensor {name!r} in {MODEL_BIN}: not a Whisper layout this converter "
+                "knows; export the model again with ctranslate2's ct2-transformers-converter"
             )
-        value = tensor.float()
-        if parameter == "weight":
-            value = _dequantize(tensor, tensors.get(f"{scope}/{WEIGHT_SCALE}"))
+        scale = tensors.get(f"{scope}/{WEIGHT_SCALE}") if parameter == "weight" else None
+        value = _dequantize(tensor, scale)
         for module, part in zip(modules, value.chunk(len(modules)), strict=True):
             if not (parameter == "bias" and module.endswith("k_proj")):
                 state[f"{prefix}{module}.{PARAMETERS[parameter]}"] = part.contiguous()
@@ -249,7 +244,7 @@ def _resolve_aliases(
 
 def _required(mapping: dict, key: str):
     if key not in mapping:
-        raise ValueError(f"{MODEL_BIN} lacks {key!r}: it is not a complete Whisper model")
+        raise ValueError(f"{MODEL_BIN} has nothing for {key!r}: it is not a complete Whisper model")
     return mapping[key]
 
 
@@ -364,7 +359,7 @@ def _build_configs(
         generation["alignment_heads"] = ct2_config["alignment_heads"]
     if generation["is_multilingual"]:  # language tokens sit between SOT and <|translate|>
         languages = range(ids[SOT] + 1, ids[TRANSLATE])
-        generation["lang_to_id"] = dict(zip(tokenizer.convert_ids_to_tokens(languages), languages))
+        generation["lang_to_id"] = {tokenizer.convert_ids_to_tokens(i): i for i in languages}
         generation["task_to_id"] = {"translate": ids[TRANSLATE], "transcribe": ids[TRANSCRIBE]}
     return config, GenerationConfig(**generation)
 
@@ -394,10 +389,6 @@ def convert(src_dir: str | os.PathLike, dest_dir: str | os.PathLike) -> Path:
     renamed, so ``dest_dir`` either holds a complete conversion or is left as it was.
     """
     src, dest = Path(src_dir), Path(dest_dir)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise FileExistsError(
-            f"{dest} already exists and is not empty: remove it or pick another DEST_DIR"
-        )
     variables, aliases = read_ct2_model(src / MODEL_BIN)
     tensors = _resolve_aliases(variables, aliases)
     ct2_config = _read_json(src / CT2_CONFIG)
@@ -418,22 +409,9 @@ def convert(src_dir: str | os.PathLike, dest_dir: str | os.PathLike) -> Path:
     model.load_state_dict(state)
     model.generation_config = generation_config
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        model.save_pretrained(staging)
-        processor = WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
-        processor.save_pretrained(staging)
-        feature_extractor.save_pretrained(staging)  # preprocessor_config.json
-        tokenizer.save_vocabulary(str(staging))  # vocab.json, merges.txt, normalizer.json
-        for path in staging.iterdir():  # mkdtemp and save_pretrained make owner-only files
-            path.chmod(READABLE_FILE)
-        staging.chmod(READABLE_DIR)
-        staging.rename(dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return dest
+    from local.export_hf import save_whisper_dir
+
+    return save_whisper_dir(model, tokenizer, feature_extractor, dest)
 
 
 def bundled_tiny_en_dir() -> Path:
@@ -451,7 +429,7 @@ def bundled_tiny_en_dir() -> Path:
 
 
 def ensure_tiny_en(dest_dir: str | os.PathLike) -> Path:
-    """Convert the bundled tiny.en into ``dest_dir`` unless a complete conversion is already there."""
+    """Convert the bundled tiny.en into ``dest_dir`` unless a finished conversion is there."""
     dest = Path(dest_dir)
     if not _is_converted(dest):
         try:
@@ -481,4 +459,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
     sys.exit(main())

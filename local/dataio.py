@@ -97,4 +97,5 @@ def check_rows(dataset, name, whisper, on_bad_row="skip"):
         raise DataError(f"{name}: no usable rows left")
     if not bad:
         return dataset
-    return dataset.filtered(key_test={"id": lambda utt_id: utt_id not in bad})
+    with dataset.output_keys_as(["id"]):
+        return dataset.filtered_sorted(key_test={"id": lambda utt_id: utt_id not in bad})

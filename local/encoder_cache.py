@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from local.dataio import read_audio
 from local.whisper import N_SAMPLES
@@ -89,7 +90,7 @@ class EncoderCache:
         missing = [u for u, path in entries.items() if not path.exists()]
         if missing:
             logger.info("encoder cache: computing %d of %d utterances", len(missing), len(entries))
-        for start in range(0, len(missing), self.batch_size):
+        for start in tqdm(range(0, len(missing), self.batch_size), disable=not missing):
             ids = missing[start : start + self.batch_size]
             self._compute([dataset.data[u]["wav"] for u in ids], [entries[u] for u in ids])
         return entries

@@ -7,6 +7,7 @@ A ``Scorer`` collects one stage's utterances and writes what a user reads afterw
 
 import json
 import logging
+import math
 import os
 import random
 
@@ -35,7 +36,9 @@ def text_normalizer(kind, tokenizer, english):
     if kind == "english":
         spelling = getattr(tokenizer, "english_spelling_normalizer", None)
         if spelling is None:
-            logger.warning("no normalizer.json with the checkpoint: English spelling map not applied")
+            logger.warning(
+                "no normalizer.json with the checkpoint: English spelling map not applied"
+            )
         return EnglishTextNormalizer(spelling or {})
     if kind == "basic":
         return BasicTextNormalizer()
@@ -73,6 +76,13 @@ def _rate(utterances, numerator, denominator):
     """Corpus-level error rate in percent."""
     den = sum(u[denominator] for u in utterances)
     return 100.0 * sum(u[numerator] for u in utterances) / den if den else 0.0
+
+
+def min_wer_earliest(ckpt):
+    """Checkpoint importance: lowest valid WER first, the earlier epoch on ties."""
+    if "WER" not in ckpt.meta:
+        return (-math.inf, 0)
+    return (-ckpt.meta["WER"], -ckpt.meta["epoch"])
 
 
 class Scorer:
@@ -149,14 +159,20 @@ class Scorer:
         summary = self.summary(epoch)
         with open(os.path.join(folder, f"wer_{name}.txt"), "w") as out:
             self.wer.write_stats(out)
-        _write_json(os.path.join(folder, f"summary_{name}.json"), summary)
+        write_json(os.path.join(folder, f"summary_{name}.json"), summary)
         with open(os.path.join(folder, f"utterances_{name}.jsonl"), "w") as out:
             for utt in self.utterances:
                 out.write(json.dumps(utt) + "\n")
         return summary
 
 
-def _write_json(path, data):
+def append_jsonl(path, record):
+    """Append one JSON record as a line (machine-readable logs)."""
+    with open(path, "a") as out:
+        out.write(json.dumps(record) + "\n")
+
+
+def write_json(path, data):
     """Write JSON atomically, so a reader never sees half a file."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as out:
@@ -182,7 +198,7 @@ def write_comparison(output_folder, test_name, group="dialect"):
     ):
         with open(os.path.join(folder, f"summary_{test_name}.json")) as f:
             results[label] = _rates(json.load(f), group)
-    _write_json(os.path.join(output_folder, "demo_results.json"), results)
+    write_json(os.path.join(output_folder, "demo_results.json"), results)
     table = format_comparison(results)
     with open(os.path.join(output_folder, "demo_results.txt"), "w") as out:
         out.write(table + "\n")

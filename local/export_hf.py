@@ -1,0 +1,103 @@
+"""Export the min-WER checkpoint of a run as a Hugging Face Whisper directory (and CTranslate2).
+
+The exported directory loads with ``transformers.pipeline("automatic-speech-recognition",
+model=DEST_DIR)``; with ``--ct2`` and the ``ctranslate2`` package, ``DEST_DIR/ctranslate2``
+holds the same model for faster-whisper.
+
+Usage: python local/export_hf.py EXPERIMENT_FOLDER DEST_DIR [--ct2]
+"""
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+READABLE_FILE, READABLE_DIR = 0o644, 0o755
+CT2_SUBFOLDER = "ctranslate2"
+CT2_COPIED_FILES = ["tokenizer.json", "preprocessor_config.json"]
+
+
+def save_whisper_dir(model, tokenizer, feature_extractor, dest):
+    """Write a complete Hugging Face Whisper directory at ``dest``, all or nothing.
+
+    Files are written into a temporary sibling that is renamed into place, so ``dest`` never
+    holds half an export.
+    """
+    from transformers import WhisperProcessor
+
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise FileExistsError(f"{dest} already exists and is not empty: remove it or pick another")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        model.save_pretrained(staging)
+        WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(
+            staging
+        )
+        feature_extractor.save_pretrained(staging)  # preprocessor_config.json
+        tokenizer.save_vocabulary(str(staging))  # vocab.json, merges.txt, normalizer.json
+        for path in staging.iterdir():  # mkdtemp and save_pretrained make owner-only files
+            path.chmod(READABLE_FILE)
+        staging.chmod(READABLE_DIR)
+        staging.rename(dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return dest
+
+
+def load_best(experiment_folder):
+    """The run's ``WhisperASR`` with its min-WER checkpoint loaded, and that checkpoint."""
+    from hyperpyyaml import load_hyperpyyaml
+
+    from local.evaluation import min_wer_earliest
+
+    hparams_file = Path(experiment_folder) / "hyperparams.yaml"
+    if not hparams_file.is_file():
+        raise FileNotFoundError(f"{hparams_file} not found: is this a train.py output folder?")
+    with open(hparams_file) as f:
+        hparams = load_hyperpyyaml(f)
+    checkpoint = hparams["checkpointer"].recover_if_possible(importance_key=min_wer_earliest)
+    if checkpoint is None:
+        raise FileNotFoundError(f"no checkpoint in {hparams['save_folder']}: train first")
+    return hparams["whisper"], checkpoint
+
+
+def export(experiment_folder, dest_dir, ct2=False):
+    """Export the min-WER checkpoint of ``experiment_folder`` into ``dest_dir``."""
+    whisper, checkpoint = load_best(experiment_folder)
+    whisper.model.generation_config = whisper.generation_config
+    dest = save_whisper_dir(whisper.model, whisper.tokenizer, whisper.feature_extractor, dest_dir)
+    with open(dest / "selected_checkpoint.json", "w") as out:
+        json.dump({"checkpoint": checkpoint.path.name, **checkpoint.meta}, out, indent=2)
+    if ct2:
+        import ctranslate2
+
+        converter = ctranslate2.converters.TransformersConverter(
+            str(dest), copy_files=CT2_COPIED_FILES
+        )
+        converter.convert(str(dest / CT2_SUBFOLDER))
+    return dest
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("experiment_folder", type=Path, help="a train.py output folder")
+    parser.add_argument("dest_dir", type=Path, help="new Hugging Face model directory")
+    parser.add_argument("--ct2", action="store_true", help="also write DEST_DIR/ctranslate2")
+    args = parser.parse_args(argv)
+    try:
+        dest = export(args.experiment_folder, args.dest_dir, args.ct2)
+    except (OSError, ValueError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
+    sys.exit(main())

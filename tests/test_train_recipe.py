@@ -1,0 +1,119 @@
+"""train.py end to end on espeak-ng speech with a tiny random Whisper: schedule, checkpoint
+selection, test outputs, resuming, and one-line errors."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from local import accent_corpus
+
+EPOCHS, LR, WARMUP = 2, 0.002, 4
+TRAIN_UTTERANCES, BATCH, ACCUMULATION = 12, 2, 2
+
+
+def run_train(*args):
+    """Run the recipe as a user would; returns the completed process."""
+    return subprocess.run(
+        [sys.executable, "train.py", *map(str, args)], capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, random_whisper_dir):
+    """One 2-epoch run on 6 train sentences x 2 voices; returns its arguments and folder."""
+    if accent_corpus.shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    root = tmp_path_factory.mktemp("recipe")
+    args = [
+        "hparams/whisper_small.yaml",
+        f"--whisper_hub={random_whisper_dir}",
+        f"--data_folder={root / 'data'}",
+        f"--output_folder={root / 'exp'}",
+        "--dataset=accent_corpus",
+        "--prep_options={n_train_sentences: 6, n_valid_sentences: 2, n_test_sentences: 2, "
+        "voices: [en-us, en-gb-scotland]}",
+        f"--number_of_epochs={EPOCHS}",
+        f"--batch_size={BATCH}",
+        f"--grad_accumulation_factor={ACCUMULATION}",
+        f"--lr={LR}",
+        f"--warmup_steps={WARMUP}",
+        "--decode_max_tokens=8",
+        "--test_beam_size=2",
+        "--num_workers=0",
+        "--freeze_encoder=False",
+        "--encoder_cache=false",
+    ]
+    done = run_train(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return args, root / "exp"
+
+
+def noam(step):
+    """SpeechBrain's Noam schedule, normalised to peak at ``LR`` after the warmup."""
+    return LR * math.sqrt(WARMUP) * min(step**-0.5, step * WARMUP**-1.5)
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def test_noam_steps_once_per_optimizer_step(run):
+    _, exp = run
+    epochs = read_jsonl(exp / "epochs.jsonl")
+    steps_per_epoch = TRAIN_UTTERANCES // BATCH // ACCUMULATION
+    assert [e["optimizer_steps"] for e in epochs] == [steps_per_epoch * (i + 1) for i in range(2)]
+    for record in epochs:
+        assert record["lr"] == pytest.approx(noam(record["optimizer_steps"]), rel=1e-9)
+
+
+def test_exactly_one_checkpoint_left_and_it_is_the_min_wer_epoch(run):
+    _, exp = run
+    checkpoints = sorted((exp / "save").glob("CKPT+*"))
+    assert len(checkpoints) == 1
+    meta = (checkpoints[0] / "CKPT.yaml").read_text()
+    epochs = read_jsonl(exp / "epochs.jsonl")
+    best = min(epochs, key=lambda e: (e["WER"], e["epoch"]))
+    assert f"epoch: {best['epoch']}" in meta
+    assert f"WER: {best['WER']}" in meta
+    for key in ("loss:", "CER:"):
+        assert key in meta
+
+
+def test_test_summary_matches_its_alignments(run):
+    _, exp = run
+    summary = json.loads((exp / "summary_test.json").read_text())
+    epochs = read_jsonl(exp / "epochs.jsonl")
+    assert summary["epoch"] == min(epochs, key=lambda e: (e["WER"], e["epoch"]))["epoch"]
+    assert summary["n_utterances"] == 4
+    utterances = read_jsonl(exp / "utterances_test.jsonl")
+    errors = sum(u["word_errors"] for u in utterances)
+    words = sum(u["words"] for u in utterances)
+    assert summary["wer"] == pytest.approx(100 * errors / words)
+    headline = (exp / "wer_test.txt").read_text().splitlines()[0]
+    assert headline.startswith(f"%WER {summary['wer']:.2f} [ {errors} / {words},")
+    assert set(summary["per_group"]["dialect"]) == {"en-us", "en-gb-scotland"}
+
+
+def test_rerunning_the_same_command_resumes_instead_of_retraining(run):
+    args, exp = run
+    before = sorted(p.name for p in (exp / "save").glob("CKPT+*"))
+    done = run_train(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(read_jsonl(exp / "epochs.jsonl")) == EPOCHS  # no epoch trained again
+    assert sorted(p.name for p in (exp / "save").glob("CKPT+*")) == before
+
+
+def test_unknown_key_and_fp16_on_cpu_are_one_line_errors(run):
+    args, _ = run
+    done = run_train(*args, "--learning_rate=0.1")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "error: unknown hyperparameter 'learning_rate'"
+    )
+    done = run_train(*args, "--precision=fp16")
+    assert done.returncode == 1
+    assert "precision fp16 needs a CUDA GPU" in done.stderr.strip().splitlines()[-1]
