@@ -248,21 +248,24 @@ def main(argv):
         hparams, base_file, merged_overrides = load_hparams(hparams_file, overrides)
     except HparamsError as error:
         sys.exit(f"error: {error}")
+    precision = run_opts.precision if "precision" in run_opts.overridden_args else None
+    if (precision or hparams["precision"]) == "fp16" and not torch.cuda.is_available():
+        sys.exit("error: precision fp16 needs a CUDA GPU; use --precision=bf16 or fp32 on CPU")
     sb.utils.distributed.ddp_init_group(run_opts)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=str(base_file),
         overrides=merged_overrides,
     )
-    if hparams["precision"] == "fp16" and not torch.cuda.is_available():
-        sys.exit("error: precision fp16 needs a CUDA GPU; use --precision=bf16 or fp32 on CPU")
-
     if not hparams["skip_prep"]:
-        run_on_main(
-            data_prep.prepare,
-            args=[hparams["dataset"], hparams["data_folder"], hparams["manifest_folder"]],
-            kwargs=hparams["prep_options"],
-        )
+        try:
+            run_on_main(
+                data_prep.prepare,
+                args=[hparams["dataset"], hparams["data_folder"], hparams["manifest_folder"]],
+                kwargs=hparams["prep_options"],
+            )
+        except (OSError, ValueError, RuntimeError) as error:
+            sys.exit(f"error: data preparation failed: {error}")
     whisper = hparams["whisper"]
     try:
         datasets = dataio_prepare(hparams, whisper)

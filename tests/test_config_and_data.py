@@ -90,3 +90,19 @@ def test_audio_is_read_as_16k_mono(tmp_path, rate, channels):
     n = min(len(wav), len(reference))
     # Same tone after resampling: the spectra peak at the same frequency bin.
     assert torch.fft.rfft(wav[:n]).abs().argmax() == torch.fft.rfft(reference[:n]).abs().argmax()
+
+
+@pytest.mark.parametrize(
+    "hparams_file, expected",
+    [
+        ("recipes/LibriSpeech/ASR/whisper/hparams/whisper_small.yaml", "test-other.csv"),
+        ("recipes/CommonVoice/ASR/whisper/hparams/whisper_small.yaml", "test.csv"),
+        ("hparams/demo_tiny_en.yaml", "test.csv"),
+    ],
+)
+def test_recipe_configs_load(hparams_file, expected, random_whisper_dir, tmp_path):
+    overrides = f"whisper_hub: {random_whisper_dir}\ndata_folder: {tmp_path}\nlanguage: german"
+    hparams, base, _ = load_hparams(hparams_file, overrides)
+    assert base.name == "whisper_small.yaml"
+    assert hparams["test_csv"][-1] == f"{hparams['manifest_folder']}/{expected}"
+    assert hparams["whisper"].prefix_tokens  # the model was built from the override

@@ -1,5 +1,7 @@
 """The encoder-output cache: same loss as computing the encoder, invalidated by content."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import make_random_whisper, speak, write_manifest
@@ -51,7 +53,7 @@ def test_changing_audio_or_model_recomputes(random_whisper_dir, dataset, tmp_pat
     assert all(path.exists() for path in first.values())
     assert cache.prepare(dataset) == first  # nothing to do the second time
     # A changed audio file gets a new entry; the other utterance keeps its own.
-    speak("Something else entirely.", dataset.data["u0"]["wav"])
+    speak("Something else entirely.", Path(dataset.data["u0"]["wav"]))
     second = cache.prepare(dataset)
     assert second["u0"] != first["u0"] and second["u1"] == first["u1"]
     # Another model (other weights) or another freezing boundary: another folder.

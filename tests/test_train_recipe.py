@@ -111,8 +111,10 @@ def test_unknown_key_and_fp16_on_cpu_are_one_line_errors(run):
     args, _ = run
     done = run_train(*args, "--learning_rate=0.1")
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1].startswith(
-        "error: unknown hyperparameter 'learning_rate'"
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: unknown hyperparameter 'learning_rate'")
     )
     done = run_train(*args, "--precision=fp16")
     assert done.returncode == 1

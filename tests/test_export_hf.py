@@ -1,0 +1,81 @@
+"""A short real fine-tune of tiny.en, exported: the pipeline hears what the recipe decoded."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import transformers
+
+from local import accent_corpus, export_hf
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory, tiny_en_dir):
+    """One epoch of cross-attention fine-tuning of the real tiny.en on 8 utterances."""
+    if accent_corpus.shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    root = tmp_path_factory.mktemp("export")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "hparams/demo_tiny_en.yaml",
+            f"--whisper_hub={tiny_en_dir}",
+            f"--data_folder={root / 'data'}",
+            f"--output_folder={root / 'exp'}",
+            "--prep_options={n_train_sentences: 4, n_valid_sentences: 2, n_test_sentences: 1, "
+            "voices: [en-us, en-gb]}",
+            "--number_of_epochs=1",
+            "--zero_shot_eval=False",
+            "--test_beam_size=2",
+            "--num_workers=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root
+
+
+@pytest.mark.slow
+def test_exported_pipeline_transcribes_as_the_recipe_decoded(experiment, tmp_path):
+    dest = export_hf.export(experiment / "exp", tmp_path / "hf", ct2=True)
+    selected = json.loads((dest / "selected_checkpoint.json").read_text())
+    assert selected["epoch"] == 1
+    pipe = transformers.pipeline("automatic-speech-recognition", model=str(dest), device="cpu")
+    valid = [json.loads(line) for line in open(experiment / "exp/valid/utterances_epoch1.jsonl")]
+    manifest = {row["ID"]: row["wav"] for row in _rows(experiment / "exp/manifests/valid.csv")}
+    assert len(valid) == 4
+    for utt in valid:
+        wav = manifest[utt["id"]].replace("$data_root", str(experiment / "data"))
+        audio, rate = sf.read(wav, dtype="float32")
+        heard = pipe({"raw": audio, "sampling_rate": rate})["text"].strip()
+        assert heard == utt["hyp"]
+    import ctranslate2
+
+    ct2_model = ctranslate2.models.Whisper(str(dest / export_hf.CT2_SUBFOLDER))
+    features = pipe.feature_extractor(audio, sampling_rate=16000, return_tensors="np")
+    prompt = pipe.tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", "<|notimestamps|>"])
+    result = ct2_model.generate(
+        ctranslate2.StorageView.from_array(np.ascontiguousarray(features.input_features)),
+        [prompt],
+        beam_size=1,
+    )
+    assert pipe.tokenizer.decode(result[0].sequences_ids[0]).strip() == valid[-1]["hyp"]
+
+
+def test_export_without_checkpoint_is_a_clear_error(tmp_path, capsys):
+    assert export_hf.main([str(tmp_path), str(tmp_path / "out")]) == 1
+    assert "hyperparams.yaml not found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def _rows(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
