@@ -1,5 +1,6 @@
 """A short real fine-tune of tiny.en, exported: the pipeline hears what the recipe decoded."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -30,7 +31,7 @@ def experiment(tmp_path_factory, tiny_en_dir):
             "voices: [en-us, en-gb]}",
             "--number_of_epochs=1",
             "--zero_shot_eval=False",
-            "--test_beam_size=2",
+            "--test_beam_size=5",
             "--num_workers=0",
         ],
         capture_output=True,
@@ -43,18 +44,22 @@ def experiment(tmp_path_factory, tiny_en_dir):
 
 @pytest.mark.slow
 def test_exported_pipeline_transcribes_as_the_recipe_decoded(experiment, tmp_path):
+    """Greedy valid transcripts and beam-5 test transcripts, as the pipeline gives them."""
     dest = export_hf.export(experiment / "exp", tmp_path / "hf", ct2=True)
     selected = json.loads((dest / "selected_checkpoint.json").read_text())
     assert selected["epoch"] == 1
     pipe = transformers.pipeline("automatic-speech-recognition", model=str(dest), device="cpu")
-    valid = [json.loads(line) for line in open(experiment / "exp/valid/utterances_epoch1.jsonl")]
-    manifest = {row["ID"]: row["wav"] for row in _rows(experiment / "exp/manifests/valid.csv")}
-    assert len(valid) == 4
-    for utt in valid:
-        wav = manifest[utt["id"]].replace("$data_root", str(experiment / "data"))
-        audio, rate = sf.read(wav, dtype="float32")
-        heard = pipe({"raw": audio, "sampling_rate": rate})["text"].strip()
-        assert heard == utt["hyp"]
+    for stage, generate_kwargs in (
+        ("valid/utterances_epoch1", {"num_beams": 1}),
+        ("utterances_test", {"num_beams": 5}),
+    ):
+        decoded = _read_jsonl(experiment / f"exp/{stage}.jsonl")
+        assert len(decoded) >= 2
+        for utt in decoded:
+            audio = _audio(experiment, utt["id"])
+            heard = pipe({"raw": audio, "sampling_rate": 16000}, generate_kwargs=generate_kwargs)
+            assert heard["text"].strip() == utt["hyp"]
+
     import ctranslate2
 
     ct2_model = ctranslate2.models.Whisper(str(dest / export_hf.CT2_SUBFOLDER))
@@ -63,9 +68,9 @@ def test_exported_pipeline_transcribes_as_the_recipe_decoded(experiment, tmp_pat
     result = ct2_model.generate(
         ctranslate2.StorageView.from_array(np.ascontiguousarray(features.input_features)),
         [prompt],
-        beam_size=1,
+        beam_size=5,
     )
-    assert pipe.tokenizer.decode(result[0].sequences_ids[0]).strip() == valid[-1]["hyp"]
+    assert pipe.tokenizer.decode(result[0].sequences_ids[0]).strip() == decoded[-1]["hyp"]
 
 
 def test_export_without_checkpoint_is_a_clear_error(tmp_path, capsys):
@@ -74,8 +79,16 @@ def test_export_without_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def _rows(path):
-    import csv
+def _read_jsonl(path):
+    return [json.loads(line) for line in open(path)]
 
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+
+def _audio(experiment, utt_id):
+    """An utterance's audio, found through the run's manifests."""
+    for split in ("valid", "test"):
+        with open(experiment / f"exp/manifests/{split}.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                if row["ID"] == utt_id:
+                    path = row["wav"].replace("$data_root", str(experiment / "data"))
+                    return sf.read(path, dtype="float32")[0]
+    raise KeyError(utt_id)
