@@ -110,8 +110,11 @@ def beam_search(model, encoder_out, beam_size=5, max_new_tokens=None, length_pen
             break
         scores = new_scores.masked_fill(torch.tensor(done, device=device)[:, None], -torch.inf)
         rows = new_rows.reshape(-1)
-        cache.reorder_cache(rows)
+        # Beams only move within their utterance, whose cross-attention keys they share:
+        # the cross-attention cache is widened once, never reordered.
+        cache.self_attention_cache.reorder_cache(rows)
         if live == 1:
+            cache.cross_attention_cache.batch_repeat_interleave(beam_size)
             encoder_out = encoder_out.repeat_interleave(beam_size, dim=0)
             live = beam_size
         sequences = torch.cat([sequences[rows], new_tokens.reshape(-1, 1)], dim=1)
