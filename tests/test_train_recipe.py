@@ -46,6 +46,8 @@ def run(tmp_path_factory, random_whisper_dir):
         "--num_workers=0",
         "--freeze_encoder=False",
         "--encoder_cache=false",
+        "--ckpt_interval_minutes=0",
+        "--ckpt_interval_steps=2",  # intra-epoch checkpoints, which must not survive
     ]
     done = run_train(*args)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -119,3 +121,22 @@ def test_unknown_key_and_fp16_on_cpu_are_one_line_errors(run):
     done = run_train(*args, "--precision=fp16")
     assert done.returncode == 1
     assert "precision fp16 needs a CUDA GPU" in done.stderr.strip().splitlines()[-1]
+
+
+def test_augmentation_and_bf16_train_with_the_cache_serving_evaluation(run, tmp_path):
+    args, exp = run
+    replaced = ("--freeze_encoder", "--encoder_cache", "--output_folder", "--number_of_epochs")
+    cached_args = [a for a in args if not a.startswith(replaced)]
+    done = run_train(
+        *cached_args,
+        f"--output_folder={tmp_path / 'aug'}",
+        "--number_of_epochs=1",
+        "--augment=True",
+        "--precision=bf16",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = (tmp_path / "aug" / "log.txt").read_text()
+    assert "encoder cache off for training: waveform augmentation" in log
+    # Valid and test sets read cached encoder outputs: 4 + 4 utterances were encoded once.
+    assert len(list((tmp_path / "aug" / "encoder_cache").rglob("*.npy"))) == 8
+    assert json.loads((tmp_path / "aug" / "summary_test.json").read_text())["epoch"] == 1
