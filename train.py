@@ -181,12 +181,10 @@ class WhisperFineTuning(sb.Brain):
 
     def selected_epoch(self):
         """The epoch of the checkpoint the test stage uses (None when zero-shot)."""
+        if self.checkpointer is None or self.test_folder != self.hparams.output_folder:
+            return None
         best = self.checkpointer.find_checkpoint(importance_key=evaluation.min_wer_earliest)
-        return (
-            None
-            if best is None or self.test_folder != self.hparams.output_folder
-            else best.meta["epoch"]
-        )
+        return None if best is None else best.meta["epoch"]
 
 
 def dataio_prepare(hparams, whisper):

@@ -39,12 +39,17 @@ def _first_line(error):
 def resolve(hparams_file, overrides=""):
     """The base file and the merged overrides that ``hparams_file`` plus ``overrides`` mean.
 
+    ``overrides`` is YAML text (as ``speechbrain.parse_arguments`` gives it) or a mapping.
+
     Returns ``(base_file, overrides_dict)``; follows chains of ``extends``.
     """
     path = Path(hparams_file)
     if not path.is_file():
         raise HparamsError(f"hyperparameter file not found: {path}")
-    merged = _parse(overrides, "command-line overrides") if overrides else {}
+    if isinstance(overrides, dict):
+        merged = dict(overrides)
+    else:
+        merged = _parse(overrides, "command-line overrides") if overrides else {}
     while True:
         head = path.read_text()
         if f"\n{EXTENDS_KEY}:" not in "\n" + head:
