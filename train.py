@@ -242,10 +242,10 @@ def dataio_prepare(hparams, whisper):
 def main(argv):
     """Prepare data, fine-tune, then evaluate every test set with the min-WER checkpoint."""
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    try:
+    try:  # the yaml builds the model: a wrong checkpoint or language fails here
         hparams, base_file, merged_overrides = load_hparams(hparams_file, overrides)
-    except HparamsError as error:
-        sys.exit(f"error: {error}")
+    except (HparamsError, ValueError, OSError) as error:
+        sys.exit(f"error: {str(error).strip().splitlines()[0]}")
     precision = run_opts.precision if "precision" in run_opts.overridden_args else None
     if (precision or hparams["precision"]) == "fp16" and not torch.cuda.is_available():
         sys.exit("error: precision fp16 needs a CUDA GPU; use --precision=bf16 or fp32 on CPU")

@@ -72,11 +72,17 @@ class WhisperASR(torch.nn.Module):
     ):
         super().__init__()
         source = resolve_source(source, save_path)
-        self.model = WhisperForConditionalGeneration.from_pretrained(source, cache_dir=save_path)
-        self.tokenizer = WhisperTokenizer.from_pretrained(source, cache_dir=save_path)
-        self.feature_extractor = WhisperFeatureExtractor.from_pretrained(
-            source, cache_dir=save_path
-        )
+        try:
+            self.model = WhisperForConditionalGeneration.from_pretrained(
+                source, cache_dir=save_path
+            )
+            self.tokenizer = WhisperTokenizer.from_pretrained(source, cache_dir=save_path)
+            self.feature_extractor = WhisperFeatureExtractor.from_pretrained(
+                source, cache_dir=save_path
+            )
+        except (OSError, ValueError) as error:
+            reason = str(error).strip().splitlines()[0]
+            raise OSError(f"cannot load the Whisper checkpoint '{source}': {reason}") from None
         self.generation_config = _generation_config(source, save_path, self.model)
         self.register_buffer(
             "mel_filters",

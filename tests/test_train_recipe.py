@@ -121,6 +121,11 @@ def test_unknown_key_and_fp16_on_cpu_are_one_line_errors(run):
     done = run_train(*args, "--precision=fp16")
     assert done.returncode == 1
     assert "precision fp16 needs a CUDA GPU" in done.stderr.strip().splitlines()[-1]
+    others = [a for a in args if not a.startswith("--whisper_hub")]
+    done = run_train(*others, "--whisper_hub=/no/such/model")
+    assert done.returncode == 1
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: cannot load the Whisper checkpoint '/no/such/model'")
 
 
 def test_augmentation_and_bf16_train_with_the_cache_serving_evaluation(run, tmp_path):
@@ -140,3 +145,20 @@ def test_augmentation_and_bf16_train_with_the_cache_serving_evaluation(run, tmp_
     # Valid and test sets read cached encoder outputs: 4 + 4 utterances were encoded once.
     assert len(list((tmp_path / "aug" / "encoder_cache").rglob("*.npy"))) == 8
     assert json.loads((tmp_path / "aug" / "summary_test.json").read_text())["epoch"] == 1
+
+
+def test_multilingual_checkpoint_trains_with_language_and_task_prompt(
+    run, tmp_path, random_multilingual_dir
+):
+    args, _ = run
+    replaced = ("--whisper_hub", "--output_folder", "--number_of_epochs")
+    base_args = [a for a in args if not a.startswith(replaced)]
+    out = tmp_path / "multi"
+    common = [*base_args, f"--whisper_hub={random_multilingual_dir}", "--number_of_epochs=1"]
+    done = run_train(*common, f"--output_folder={out}")
+    assert done.returncode == 1
+    assert "needs a language: pass --language" in done.stderr.strip().splitlines()[-1]
+    done = run_train(*common, f"--output_folder={out}", "--language=german")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert read_jsonl(out / "epochs.jsonl")[0]["optimizer_steps"] == 3
+    assert "language: german" in (out / "hyperparams.yaml").read_text()
