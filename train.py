@@ -28,6 +28,7 @@ from local.decoding import beam_search, greedy_search
 logger = logging.getLogger(__name__)
 
 LOSS_EMA_DECAY = 0.98
+SORTINGS = ("random", "ascending", "descending")
 
 
 class WhisperFineTuning(sb.Brain):
@@ -38,7 +39,7 @@ class WhisperFineTuning(sb.Brain):
         batch = batch.to(self.device)
         whisper = self.modules.whisper
         tokens_bos, tokens_bos_lens = batch.tokens_bos
-        if "frozen_out" in batch.__dict__:
+        if hasattr(batch, "frozen_out"):
             frozen_out, _ = batch.frozen_out
         else:
             wavs, wav_lens = batch.sig
@@ -75,14 +76,14 @@ class WhisperFineTuning(sb.Brain):
         """Label-smoothed NLL over transcript tokens; WER/CER of the searched transcripts."""
         log_probs, hyps = predictions
         tokens_eos, tokens_eos_lens = batch.tokens_eos
-        if stage == sb.Stage.TRAIN and self.hparams.augment and "sig" in batch.__dict__:
+        if stage == sb.Stage.TRAIN and self.hparams.augment and hasattr(batch, "sig"):
             tokens_eos = self.hparams.wav_augment.replicate_labels(tokens_eos)
             tokens_eos_lens = self.hparams.wav_augment.replicate_labels(tokens_eos_lens)
         # The last prompt position predicts the first transcript token.
         first = len(self.modules.whisper.prefix_tokens) - 1
         loss = self.hparams.nll_loss(log_probs[:, first:], tokens_eos, length=tokens_eos_lens)
         if hyps is not None:
-            groups = {c: getattr(batch, c) for c in self.group_columns if c in batch.__dict__}
+            groups = {c: getattr(batch, c) for c in self.group_columns if hasattr(batch, c)}
             texts = [self.modules.whisper.decode_text(h) for h in hyps]
             self.scorer.append(batch.id, texts, batch.wrd, groups)
         return loss
@@ -144,12 +145,14 @@ class WhisperFineTuning(sb.Brain):
             self.train_stats = {"loss": self.epoch_loss_sum / max(self.epoch_batches, 1)}
             self.epoch_loss_sum, self.epoch_batches = 0.0, 0
             return
-        summary = self.scorer.summary(epoch)
+        if stage == sb.Stage.VALID:
+            folder, name = os.path.join(self.hparams.output_folder, "valid"), f"epoch{epoch}"
+            summary = self.scorer.write(folder, name, epoch)
+        else:
+            name = self.test_name
+            summary = self.scorer.write(self.test_folder, name, self.selected_epoch())
         stats = {"loss": stage_loss, "WER": summary["wer"], "CER": summary["cer"]}
         if stage == sb.Stage.VALID:
-            self.scorer.write(
-                os.path.join(self.hparams.output_folder, "valid"), f"epoch{epoch}", epoch
-            )
             stats_meta = {
                 "epoch": epoch,
                 "lr": self.optimizer.param_groups[0]["lr"],
@@ -162,17 +165,13 @@ class WhisperFineTuning(sb.Brain):
                 os.path.join(self.hparams.output_folder, "epochs.jsonl"),
                 {**stats_meta, "train_loss": self.train_stats["loss"], **stats},
             )
-            meta = {**stats, "epoch": epoch}
-            last_epoch = epoch == self.hparams.epoch_counter.limit
             self.checkpointer.save_and_keep_only(
-                meta=meta,
+                meta={**stats, "epoch": epoch},
                 importance_keys=[evaluation.min_wer_earliest],
                 num_to_keep=1,
-                keep_recent=not last_epoch,
+                keep_recent=epoch != self.hparams.epoch_counter.limit,
             )
         else:
-            name = self.test_name
-            summary = self.scorer.write(self.test_folder, name, self.selected_epoch())
             self.hparams.train_logger.log_stats(
                 stats_meta={"test set": name, "epoch": summary["epoch"]}, test_stats=stats
             )
@@ -215,7 +214,8 @@ def dataio_prepare(hparams, whisper):
 
     cache_train = encoder_cache.use_cache(hparams["encoder_cache"], whisper, hparams["augment"])
     cache_eval = encoder_cache.use_cache(hparams["encoder_cache"], whisper, augment=False)
-    cache = encoder_cache.EncoderCache(hparams["encoder_cache_folder"], whisper)
+    if cache_train or cache_eval:
+        cache = encoder_cache.EncoderCache(hparams["encoder_cache_folder"], whisper)
     for name, dataset in datasets.items():
         dataset.add_dynamic_item(text_pipeline)
         audio_key = "sig"
@@ -231,7 +231,9 @@ def dataio_prepare(hparams, whisper):
             dataset.add_dynamic_item(audio_pipeline)
         group_keys = [c for c in hparams["group_columns"] if c in dataio.columns(dataset)]
         dataset.set_output_keys(["id", audio_key, "wrd", "tokens_bos", "tokens_eos", *group_keys])
-    if hparams["sorting"] in ("ascending", "descending"):
+    if hparams["sorting"] not in SORTINGS:
+        raise ValueError(f"sorting must be one of {SORTINGS}, not '{hparams['sorting']}'")
+    if hparams["sorting"] != "random":
         datasets["train"] = datasets["train"].filtered_sorted(
             sort_key="duration", reverse=hparams["sorting"] == "descending"
         )
