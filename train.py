@@ -19,6 +19,7 @@ from pathlib import Path
 
 import speechbrain as sb
 import torch
+from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.utils.distributed import run_on_main
 
 from local import data_prep, dataio, encoder_cache, evaluation
@@ -238,6 +239,16 @@ def dataio_prepare(hparams, whisper):
             sort_key="duration", reverse=hparams["sorting"] == "descending"
         )
         hparams["train_loader_kwargs"]["shuffle"] = False
+    if hparams["dynamic_batching"]:
+        # Batches of a bounded total duration, reshuffled every epoch (set_epoch).
+        hparams["train_loader_kwargs"] = {
+            "batch_sampler": DynamicBatchSampler(
+                datasets["train"],
+                length_func=lambda row: float(row["duration"]),
+                **hparams["dynamic_batch_sampler"],
+            ),
+            "num_workers": hparams["num_workers"],
+        }
     return datasets
 
 
@@ -283,6 +294,7 @@ def main(argv):
         hparams["normalizer"], whisper.tokenizer, whisper.is_english
     )
     asr_brain.group_columns = hparams["group_columns"]
+    asr_brain.train_sampler = hparams["train_loader_kwargs"].get("batch_sampler")
     test_sets = {name: d for name, d in datasets.items() if name not in ("train", "valid")}
 
     if hparams["zero_shot_eval"]:

@@ -5,7 +5,8 @@ utterances, with the same batch size, peak learning rate and number of optimizer
 decode the same validation utterances greedily. The baseline is the standard transformers
 setup: log-mel features padded to 30 s computed up front, the encoder run on every step, and
 ``predict_with_generate`` for validation. This recipe's training time includes building its
-encoder-output cache (for the validation utterances too), so the ratios are not flattered.
+encoder-output cache (for the validation utterances too), so the ratios are not flattered;
+a second recipe run shows the throughput of any later experiment that finds the cache built.
 
 Each system runs in its own process, so each peak memory figure is its own.
 
@@ -24,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_PREFIX = "BENCHMARK "
-SYSTEMS = ("recipe", "baseline")
+SYSTEMS = ("recipe", "recipe_warm_cache", "baseline")
 
 
 def parse_args(argv):
@@ -70,8 +71,13 @@ def read_rows(path, data_folder):
     return rows
 
 
-def run_recipe(args, work, model):
-    """This recipe's own Brain, data pipeline and cache; greedy = beam search of width 1."""
+def run_recipe(args, work, model, run_name="recipe"):
+    """This recipe's own Brain, data pipeline and cache; greedy = beam search of width 1.
+
+    The cache lives in ``work/encoder_cache``: the first run builds it (charged to its training
+    time), a second run with another output folder finds it, as a user's next experiment on
+    the same data and model would.
+    """
     sys.argv = ["train.py"]  # SpeechBrain reads nothing from the benchmark's arguments
     import train
     from local import evaluation
@@ -80,7 +86,8 @@ def run_recipe(args, work, model):
     overrides = {
         "whisper_hub": model,
         "data_folder": args.data_folder,
-        "output_folder": str(work / "recipe"),
+        "output_folder": str(work / run_name),
+        "encoder_cache_folder": str(work / "encoder_cache"),
         "skip_prep": True,
         "train_csv": str(work / "train.csv"),
         "valid_csv": str(work / "valid.csv"),
@@ -114,9 +121,9 @@ def run_recipe(args, work, model):
     )
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    train.evaluate(brain, {"valid": datasets["valid"]}, hparams, str(work / "recipe"))
+    train.evaluate(brain, {"valid": datasets["valid"]}, hparams, str(work / run_name))
     valid_seconds = time.perf_counter() - start
-    summary = json.loads((work / "recipe" / "summary_valid.json").read_text())
+    summary = json.loads((work / run_name / "summary_valid.json").read_text())
     return train_seconds, valid_seconds, summary
 
 
@@ -203,9 +210,11 @@ def run_baseline(args, work, model):
 
 def worker(args):
     """Run one system and print its figures as one JSON line."""
-    work = Path(args.work_folder)
-    runner = run_recipe if args.system == "recipe" else run_baseline
-    train_seconds, valid_seconds, summary = runner(args, work, str(work / "model"))
+    work, model = Path(args.work_folder), str(Path(args.work_folder) / "model")
+    if args.system == "baseline":
+        train_seconds, valid_seconds, summary = run_baseline(args, work, model)
+    else:
+        train_seconds, valid_seconds, summary = run_recipe(args, work, model, args.system)
     audio_seconds = (
         sum(float(r["duration"]) for r in read_rows(work / "train.csv", "")) * args.epochs
     )
@@ -237,16 +246,19 @@ def main(argv=None):
             if done.returncode or not lines:
                 sys.exit(f"error: the {system} run failed:\n{done.stderr[-2000:]}")
             results[system] = json.loads(lines[-1][len(RESULT_PREFIX) :])
-    recipe, baseline = results["recipe"], results["baseline"]
+    recipe, warm, baseline = (results[system] for system in SYSTEMS)
     report = {
         "recipe": recipe,
         "baseline": baseline,
         "train_throughput_ratio": recipe["train_audio_seconds_per_second"]
         / baseline["train_audio_seconds_per_second"],
+        "train_throughput_ratio_warm_cache": warm["train_audio_seconds_per_second"]
+        / baseline["train_audio_seconds_per_second"],
         "valid_decode_ratio": recipe["valid_utterances_per_second"]
         / baseline["valid_utterances_per_second"],
         "peak_rss_ratio": recipe["peak_rss_mb"] / baseline["peak_rss_mb"],
         "wer_recipe": recipe["wer"],
+        "wer_recipe_warm_cache": warm["wer"],
         "wer_baseline": baseline["wer"],
     }
     print(f"{'':32}{'recipe':>12}{'baseline':>12}{'ratio':>10}")
@@ -257,6 +269,11 @@ def main(argv=None):
     )
     for label, key, ratio in rows:
         print(f"{label:32}{recipe[key]:>12.2f}{baseline[key]:>12.2f}{report[ratio]:>10.2f}")
+    print(
+        f"{'  ... with the cache already built':32}"
+        f"{warm['train_audio_seconds_per_second']:>12.2f}{'':>12}"
+        f"{report['train_throughput_ratio_warm_cache']:>10.2f}"
+    )
     lo, hi = baseline["wer_ci95"]
     print(f"{'valid WER (%)':32}{recipe['wer']:>12.2f}{baseline['wer']:>12.2f}")
     print(f"baseline WER 95% CI: [{lo:.2f}, {hi:.2f}]")

@@ -162,3 +162,40 @@ def test_multilingual_checkpoint_trains_with_language_and_task_prompt(
     assert done.returncode == 0, done.stderr[-3000:]
     assert read_jsonl(out / "epochs.jsonl")[0]["optimizer_steps"] == 3
     assert "language: german" in (out / "hyperparams.yaml").read_text()
+
+
+def test_dynamic_batches_stay_within_their_duration_bound_and_reshuffle(run, random_whisper_dir):
+    import train
+    from local.config import load_hparams
+
+    args, exp = run
+    bound = 7.0
+    overrides = {
+        "whisper_hub": str(random_whisper_dir),
+        "data_folder": next(a.split("=", 1)[1] for a in args if a.startswith("--data_folder")),
+        "output_folder": str(exp),
+        "skip_prep": True,
+        "dynamic_batching": True,
+        "dynamic_batch_sampler": {
+            "max_batch_length": bound,
+            "num_buckets": 2,
+            "shuffle": True,
+            "batch_ordering": "random",
+        },
+    }
+    hparams, _, _ = load_hparams("hparams/whisper_small.yaml", overrides)
+    datasets = train.dataio_prepare(hparams, hparams["whisper"])
+    sampler = hparams["train_loader_kwargs"]["batch_sampler"]
+    durations = {
+        i: float(datasets["train"].data[u]["duration"])
+        for i, u in enumerate(datasets["train"].data_ids)
+    }
+    orders = []
+    for epoch in (1, 2):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert all(sum(durations[i] for i in batch) <= bound for batch in batches)
+        assert sorted(i for batch in batches for i in batch) == sorted(durations)
+        assert any(len(batch) > 1 for batch in batches)
+        orders.append(batches)
+    assert orders[0] != orders[1]
