@@ -91,7 +91,7 @@ class WhisperFineTuning(sb.Brain):
 
     def update_average(self, loss, avg_loss):
         """Training shows a moving average that, unlike a per-epoch mean, never resets."""
-        if not self.modules.training:
+        if not self.modules.training or not torch.isfinite(loss):
             return super().update_average(loss, avg_loss)
         loss = float(loss)
         self.epoch_loss_sum += loss
@@ -125,8 +125,8 @@ class WhisperFineTuning(sb.Brain):
         """Marks a finished fit: only the min-WER checkpoint is left, not the last state."""
         return os.path.join(self.hparams.save_folder, "fit_done.json")
 
-    def on_fit_batch_end(self, batch, outputs, loss, should_step):
-        """Step the Noam schedule once per optimizer step, not per accumulated batch."""
+    def on_fit_batch_start(self, batch, should_step):
+        """Set the Noam rate before each optimizer step (not per accumulated batch)."""
         if should_step:
             self.hparams.lr_annealing(self.optimizer)
 
@@ -166,11 +166,11 @@ class WhisperFineTuning(sb.Brain):
                 os.path.join(self.hparams.output_folder, "epochs.jsonl"),
                 {**stats_meta, "train_loss": self.train_stats["loss"], **stats},
             )
+            # The latest state stays too, for resuming, until training is over.
             self.checkpointer.save_and_keep_only(
                 meta={**stats, "epoch": epoch},
                 importance_keys=[evaluation.min_wer_earliest],
                 num_to_keep=1,
-                keep_recent=epoch != self.hparams.epoch_counter.limit,
             )
         else:
             self.hparams.train_logger.log_stats(
@@ -190,7 +190,10 @@ class WhisperFineTuning(sb.Brain):
 def dataio_prepare(hparams, whisper):
     """Manifests -> checked datasets with audio (or cached encoder output) and token pipelines."""
     datasets = {"train": hparams["train_csv"], "valid": hparams["valid_csv"]}
-    datasets.update({Path(csv).stem: csv for csv in hparams["test_csv"]})
+    for csv in hparams["test_csv"]:  # outputs are named after each test manifest's stem
+        if Path(csv).stem in datasets:
+            raise ValueError(f"test manifest {csv}: its name '{Path(csv).stem}' is taken")
+        datasets[Path(csv).stem] = csv
     datasets = {
         name: dataio.check_rows(
             dataio.load_manifest(csv, hparams["data_folder"]), name, whisper, hparams["on_bad_row"]
@@ -307,12 +310,12 @@ def main(argv):
         train_loader_kwargs=hparams["train_loader_kwargs"],
         valid_loader_kwargs=hparams["valid_loader_kwargs"],
     )
-    # Training is over: only the min-WER end-of-epoch checkpoint stays.
+    # Training is over: mark it so, then keep only the min-WER end-of-epoch checkpoint.
+    if sb.utils.distributed.if_main_process():
+        evaluation.write_json(asr_brain.fit_done_file, {"epochs": hparams["number_of_epochs"]})
     asr_brain.checkpointer.delete_checkpoints(
         num_to_keep=1, importance_keys=[evaluation.min_wer_earliest]
     )
-    if sb.utils.distributed.if_main_process():
-        evaluation.write_json(asr_brain.fit_done_file, {"epochs": hparams["number_of_epochs"]})
 
     evaluate(asr_brain, test_sets, hparams, hparams["output_folder"], min_key="WER")
     if hparams["zero_shot_eval"]:

@@ -119,13 +119,14 @@ def beam_search(model, encoder_out, beam_size=5, max_new_tokens=None, length_pen
             live = beam_size
         sequences = torch.cat([sequences[rows], new_tokens.reshape(-1, 1)], dim=1)
         step_input = new_tokens.reshape(-1, 1)
-    best = []
+    length = sequences.shape[1]
     for b in range(batch):
-        if not finished[b]:  # ran out of steps: take the best live beam
-            row = b * beam_size + int(scores[b].argmax())
-            finished[b].append((0.0, sequences[row].tolist()))
-        best.append(max(finished[b], key=lambda item: item[0])[1])
-    return best
+        if not done[b]:  # out of steps: live beams compete with the finished ones
+            for k in range(live):
+                if scores[b, k] > -torch.inf:
+                    normalised = scores[b, k].item() / length**length_penalty
+                    finished[b].append((normalised, sequences[b * live + k].tolist()))
+    return [max(hyps, key=lambda item: item[0])[1] for hyps in finished]
 
 
 def _until_eot(tokens, eot):

@@ -86,7 +86,7 @@ class EncoderCache:
 
     def prepare(self, dataset):
         """Compute what is missing for ``dataset``; returns ``{utterance id: entry path}``."""
-        entries = {utt_id: self._entry(row["wav"]) for utt_id, row in dataset.data.items()}
+        entries = {u: self._entry(dataset.data[u]["wav"]) for u in dataset.data_ids}
         missing = [u for u, path in entries.items() if not path.exists()]
         if missing:
             logger.info("encoder cache: computing %d of %d utterances", len(missing), len(entries))

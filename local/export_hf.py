@@ -50,19 +50,27 @@ def save_whisper_dir(model, tokenizer, feature_extractor, dest):
 
 
 def load_best(experiment_folder):
-    """The run's ``WhisperASR`` with its min-WER checkpoint loaded, and that checkpoint."""
+    """The run's ``WhisperASR`` with its min-WER checkpoint loaded, and that checkpoint.
+
+    Works from any directory: the checkpoints are looked up in ``EXPERIMENT_FOLDER/save``, not
+    at the (possibly relative) path the run was started with.
+    """
     from hyperpyyaml import load_hyperpyyaml
+    from speechbrain.utils.checkpoints import Checkpointer
 
     from local.evaluation import min_wer_earliest
 
-    hparams_file = Path(experiment_folder) / "hyperparams.yaml"
+    experiment_folder = Path(experiment_folder)
+    hparams_file = experiment_folder / "hyperparams.yaml"
     if not hparams_file.is_file():
         raise FileNotFoundError(f"{hparams_file} not found: is this a train.py output folder?")
     with open(hparams_file) as f:
-        hparams = load_hyperpyyaml(f)
-    checkpoint = hparams["checkpointer"].recover_if_possible(importance_key=min_wer_earliest)
+        hparams = load_hyperpyyaml(f, {"checkpointer": None})
+    save_folder = experiment_folder / Path(hparams["save_folder"]).name
+    checkpointer = Checkpointer(save_folder, recoverables={"whisper": hparams["whisper"]})
+    checkpoint = checkpointer.recover_if_possible(importance_key=min_wer_earliest)
     if checkpoint is None:
-        raise FileNotFoundError(f"no checkpoint in {hparams['save_folder']}: train first")
+        raise FileNotFoundError(f"no checkpoint in {save_folder}: train first")
     return hparams["whisper"], checkpoint
 
 

@@ -139,6 +139,8 @@ class WhisperASR(torch.nn.Module):
                 for layer in encoder.layers[-trainable_encoder_layers:]:
                     layer.requires_grad_(not freeze)
                 encoder.layer_norm.requires_grad_(not freeze)
+        # The encoder's sinusoidal positions are fixed, as in Whisper itself.
+        encoder.embed_positions.requires_grad_(False)
         # Whisper ties the output projection to the token embedding.
         self.model.proj_out.weight.requires_grad = (
             self.model.model.decoder.embed_tokens.weight.requires_grad

@@ -73,3 +73,11 @@ def test_cache_refuses_when_it_would_be_wrong(random_whisper_dir):
         encoder_cache.use_cache("true", frozen, augment=True)
     assert encoder_cache.use_cache("auto", frozen, augment=False)
     assert not encoder_cache.use_cache("false", frozen, augment=False)
+
+
+def test_rows_skipped_by_the_checks_are_not_cached(random_whisper_dir, dataset, tmp_path):
+    model = WhisperASR(str(random_whisper_dir))
+    Path(dataset.data["u1"]["wav"]).unlink()
+    kept = dataio.check_rows(dataset, "train", model, "skip")
+    entries = EncoderCache(tmp_path / "cache", model).prepare(kept)
+    assert list(entries) == ["u0"] and entries["u0"].exists()
