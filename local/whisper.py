@@ -18,6 +18,11 @@ import re
 from pathlib import Path
 
 import torch
+from speechbrain.utils.checkpoints import (
+    mark_as_loader,
+    mark_as_saver,
+    register_checkpoint_hooks,
+)
 from transformers import (
     GenerationConfig,
     WhisperFeatureExtractor,
@@ -33,8 +38,11 @@ LOG_MEL_DYNAMIC_RANGE = 8.0  # log10 units kept below each utterance's maximum
 BUNDLED_TINY_EN = "bundled:tiny.en"
 
 
+@register_checkpoint_hooks
 class WhisperASR(torch.nn.Module):
     """A Hugging Face Whisper checkpoint arranged for SpeechBrain fine-tuning.
+
+    Checkpoints hold only the parameters that train; the frozen ones come back from ``source``.
 
     Arguments
     ---------
@@ -97,6 +105,25 @@ class WhisperASR(torch.nn.Module):
         self._set_trainable(
             freeze, freeze_encoder, trainable_encoder_layers, list(trainable_patterns)
         )
+
+    @mark_as_saver
+    def _save(self, path):
+        """Save the trainable parameters (for a frozen-encoder large-v3, a fraction of 6 GB)."""
+        trained = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+        torch.save(trained, path)
+
+    @mark_as_loader
+    def _load(self, path, end_of_epoch):
+        """Load saved parameters into the model built from ``source``."""
+        del end_of_epoch  # parameters load the same either way
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        params = dict(self.model.named_parameters())
+        misfits = [k for k, v in saved.items() if k not in params or params[k].shape != v.shape]
+        if misfits:
+            raise ValueError(f"checkpoint {path} does not fit this model (e.g. {misfits[0]})")
+        with torch.no_grad():
+            for name, value in saved.items():
+                params[name].copy_(value)
 
     @property
     def is_multilingual(self):

@@ -117,3 +117,24 @@ def test_searches_on_speech_equal_transformers_generate(tiny_en_dir, tmp_path):
             expected = model.tokenizer.batch_decode(reference, skip_special_tokens=True)
             ours = searcher(model, encoder_out) if beams == 1 else searcher(model, encoder_out, 5)
             assert [model.decode_text(h) for h in ours] == [e.strip() for e in expected]
+
+
+def test_checkpoints_hold_only_trainable_parameters(random_whisper_dir, tmp_path):
+    trained = WhisperASR(str(random_whisper_dir), trainable_patterns=["encoder_attn"])
+    with torch.no_grad():
+        for param in trained.model.parameters():
+            if param.requires_grad:
+                param.add_(1.0)
+    trained._save(tmp_path / "whisper.ckpt")
+    saved = torch.load(tmp_path / "whisper.ckpt", weights_only=True)
+    assert set(saved) == {n for n, p in trained.model.named_parameters() if p.requires_grad}
+    fresh = WhisperASR(str(random_whisper_dir), trainable_patterns=["encoder_attn"])
+    fresh._load(tmp_path / "whisper.ckpt", True)
+    for (name, a), (_, b) in zip(
+        trained.model.state_dict().items(), fresh.model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    # A checkpoint of another model (other names or shapes) is refused, not half-loaded.
+    torch.save({"model.decoder.embed_tokens.weight": torch.zeros(3, 3)}, tmp_path / "bad.ckpt")
+    with pytest.raises(ValueError, match="does not fit this model"):
+        fresh._load(tmp_path / "bad.ckpt", True)
