@@ -151,7 +151,9 @@ class WhisperFineTuning(sb.Brain):
             summary = self.scorer.write(folder, name, epoch)
         else:
             name = self.test_name
-            summary = self.scorer.write(self.test_folder, name, self.selected_epoch())
+            summary = self.scorer.write(
+                self.test_folder, name, self.selected_epoch(), str(self.hparams.whisper_hub)
+            )
         stats = {"loss": stage_loss, "WER": summary["wer"], "CER": summary["cer"]}
         if stage == sb.Stage.VALID:
             stats_meta = {
@@ -326,12 +328,23 @@ def evaluate(asr_brain, test_sets, hparams, folder, min_key=None):
     """Decode every test set into ``folder``; ``min_key=None`` keeps the current weights."""
     asr_brain.test_folder = folder
     for name, dataset in test_sets.items():
-        if min_key is None and os.path.exists(os.path.join(folder, f"summary_{name}.json")):
+        if min_key is None and _decoded_already(folder, name, hparams, dataset):
             continue  # zero-shot results do not change: computed once
         asr_brain.test_name = name
         asr_brain.evaluate(
             dataset, min_key=min_key, test_loader_kwargs=hparams["test_loader_kwargs"]
         )
+
+
+def _decoded_already(folder, name, hparams, dataset):
+    """True if ``folder`` holds this test set's results from the same model and utterances."""
+    path = os.path.join(folder, f"summary_{name}.json")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        summary = json.load(f)
+    same_model = summary.get("model") == str(hparams["whisper_hub"])
+    return same_model and summary["n_utterances"] == len(dataset)
 
 
 if __name__ == "__main__":

@@ -153,10 +153,14 @@ class Scorer:
             summary["per_group"][column] = per_value
         return summary
 
-    def write(self, folder, name, epoch=None):
-        """Write ``wer_NAME.txt``, ``summary_NAME.json`` and ``utterances_NAME.jsonl``."""
+    def write(self, folder, name, epoch=None, model=None):
+        """Write ``wer_NAME.txt``, ``summary_NAME.json`` and ``utterances_NAME.jsonl``.
+
+        ``model`` (the checkpoint's source) is recorded so a summary can be told apart from one
+        of another model.
+        """
         os.makedirs(folder, exist_ok=True)
-        summary = self.summary(epoch)
+        summary = {**self.summary(epoch), "model": model}
         with open(os.path.join(folder, f"wer_{name}.txt"), "w") as out:
             self.wer.write_stats(out)
         write_json(os.path.join(folder, f"summary_{name}.json"), summary)
