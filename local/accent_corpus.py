@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import wave
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,12 +131,6 @@ def synthesize(utt: Utterance, data_folder: Path, tmp_dir: Path, seed: int) -> N
     raw.unlink()
 
 
-def wav_duration(path: Path) -> float:
-    """Duration of a PCM wav file in seconds."""
-    with wave.open(str(path)) as wav:
-        return wav.getnframes() / wav.getframerate()
-
-
 def manifests_current(
     manifests: dict[str, Path], plan: dict[str, list[Utterance]], data_folder: Path
 ) -> bool:
@@ -155,16 +148,21 @@ def manifests_current(
 
 
 def write_manifest(path: Path, utterances: list[Utterance], data_folder: Path) -> None:
-    """Write a SpeechBrain CSV manifest atomically (temp file, then os.replace)."""
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(MANIFEST_HEADER)
-        for utt in utterances:
-            duration = wav_duration(data_folder / utt.rel_wav)
-            wav = f"{DATA_ROOT}/{utt.rel_wav}"
-            writer.writerow([utt.utt_id, f"{duration:.3f}", wav, utt.voice, utt.voice, utt.text])
-    os.replace(tmp, path)
+    """Write a SpeechBrain CSV manifest atomically."""
+    from local.dataio import audio_duration, write_csv_atomically
+
+    rows = [
+        [
+            utt.utt_id,
+            f"{audio_duration(data_folder / utt.rel_wav):.3f}",
+            f"{DATA_ROOT}/{utt.rel_wav}",
+            utt.voice,
+            utt.voice,
+            utt.text,
+        ]
+        for utt in utterances
+    ]
+    write_csv_atomically(path, MANIFEST_HEADER, rows)
 
 
 def prepare_accent_corpus(
@@ -239,4 +237,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
     sys.exit(main())

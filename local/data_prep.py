@@ -20,15 +20,13 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-import soundfile
-
 from local.accent_corpus import prepare_accent_corpus
+from local.dataio import audio_duration, write_csv_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -75,29 +73,6 @@ class Utterance(NamedTuple):
     extras: dict[str, str]  # grouping columns, e.g. gender/accent/dialect
 
 
-def audio_duration(path: str) -> float | None:
-    """Return the duration of ``path`` in seconds, or None if it cannot be read.
-
-    soundfile (libsndfile >= 1.1 also reads mp3) is tried first because it only
-    parses the header; torchaudio is the fallback for formats libsndfile lacks.
-    """
-    try:
-        return soundfile.info(path).duration
-    except (soundfile.SoundFileError, RuntimeError, OSError):
-        return _torchaudio_duration(path)
-
-
-def _torchaudio_duration(path: str) -> float | None:
-    """Duration via ``torchaudio.info``; None if unavailable (removed in 2.9) or failing."""
-    try:
-        import torchaudio  # slow import, only paid when soundfile cannot read a file
-
-        meta = torchaudio.info(path)
-        return meta.num_frames / meta.sample_rate
-    except (ImportError, AttributeError, RuntimeError, OSError, ValueError, ZeroDivisionError):
-        return None
-
-
 def write_manifest(
     csv_path: str,
     data_folder: str,
@@ -137,7 +112,7 @@ def write_manifest(
                 *(utt.extras.get(column, "") for column in extra_columns),
             ]
         )
-    _write_csv_atomically(csv_path, [*BASE_COLUMNS, *extra_columns], rows)
+    write_csv_atomically(csv_path, [*BASE_COLUMNS, *extra_columns], rows)
     logger.info("%s: wrote %d rows", csv_path, len(rows))
     if not rows:
         logger.warning("%s is empty", csv_path)
@@ -159,22 +134,6 @@ def _skip_reason(utt: Utterance, data_folder: str, seen_ids: set[str]) -> str | 
     if any(DOLLAR_VARIABLE_PATTERN.search(field) for field in fields):
         return DOLLAR_VARIABLE
     return None
-
-
-def _write_csv_atomically(csv_path: str, header: list[str], rows: list[list[str]]) -> None:
-    """Write via a temporary file and ``os.replace`` so no half-written CSV is ever seen."""
-    folder = os.path.dirname(os.path.abspath(csv_path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=".", suffix=".csv.tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as tmp:
-            writer = csv.writer(tmp)
-            writer.writerow(header)
-            writer.writerows(rows)
-        os.replace(tmp_path, csv_path)
-    except BaseException:
-        os.unlink(tmp_path)
-        raise
 
 
 def _require(path: str | Path, what: str) -> None:

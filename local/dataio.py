@@ -8,6 +8,8 @@ truncated. Audio at another sample rate or with several channels is converted on
 
 import csv
 import logging
+import os
+import tempfile
 from collections import Counter
 
 import soundfile as sf
@@ -37,6 +39,30 @@ def read_audio(path):
     if rate != SAMPLE_RATE:
         wav = torchaudio.functional.resample(wav, rate, SAMPLE_RATE)
     return wav
+
+
+def audio_duration(path):
+    """Duration of an audio file in seconds from its header (mp3 too), or None if unreadable."""
+    try:
+        return sf.info(path).duration
+    except (sf.LibsndfileError, RuntimeError, OSError):
+        return None
+
+
+def write_csv_atomically(csv_path, header, rows):
+    """Write a CSV via a temporary file and ``os.replace``: never half a manifest on disk."""
+    folder = os.path.dirname(os.path.abspath(csv_path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=".", suffix=".csv.tmp")
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as tmp:
+            writer = csv.writer(tmp)
+            writer.writerow(header)
+            writer.writerows(rows)
+        os.replace(tmp_path, csv_path)
+    except BaseException:
+        os.unlink(tmp_path)
+        raise
 
 
 def load_manifest(csv_path, data_folder):

@@ -10,6 +10,7 @@ import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from local.ct2_to_hf import ensure_tiny_en
+from local.dataio import read_audio
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -82,12 +83,8 @@ def speak(text, path, voice="en-us"):
     ).stdout
     tmp = path.with_suffix(".raw.wav")
     tmp.write_bytes(raw)
-    audio, rate = sf.read(tmp, dtype="float32")
+    audio = read_audio(tmp).numpy()  # espeak-ng's 22.05 kHz -> 16 kHz
     tmp.unlink()
-    audio = torch.from_numpy(audio)
-    import torchaudio
-
-    audio = torchaudio.functional.resample(audio, rate, 16000).numpy()
     sf.write(path, audio, 16000)
     return path
 

@@ -4,8 +4,6 @@ import csv
 import io
 import logging
 import os
-import sys
-import types
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +13,6 @@ import soundfile
 
 from local import data_prep
 from local.data_prep import (
-    audio_duration,
     hash_split,
     prepare,
     prepare_common_voice,
@@ -451,19 +448,6 @@ def test_second_run_does_not_rewrite(speaker_corpus, tmp_path, caplog):
     after = {path: (os.stat(path).st_mtime_ns, os.stat(path).st_ino) for path in manifests}
     assert after == before
     assert sum("skipping, already prepared" in r.getMessage() for r in caplog.records) == 3
-
-
-def test_audio_duration_falls_back_to_torchaudio(tmp_path, monkeypatch):
-    def unreadable(path):
-        raise soundfile.LibsndfileError(0, prefix="no codec: ")
-
-    monkeypatch.setattr(data_prep.soundfile, "info", unreadable)
-    fake_info = types.SimpleNamespace(num_frames=8000, sample_rate=SAMPLE_RATE)
-    monkeypatch.setitem(sys.modules, "torchaudio", types.SimpleNamespace(info=lambda p: fake_info))
-    assert audio_duration(str(tmp_path / "x.opus")) == pytest.approx(0.5)
-    # torchaudio >= 2.9 has no info(): the file then counts as unreadable.
-    monkeypatch.setitem(sys.modules, "torchaudio", types.SimpleNamespace())
-    assert audio_duration(str(tmp_path / "x.opus")) is None
 
 
 def test_unknown_dataset():
