@@ -22,7 +22,7 @@ import torch
 from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.utils.distributed import run_on_main
 
-from local import data_prep, dataio, encoder_cache, evaluation
+from local import data_prep, dataio, distributed, encoder_cache, evaluation, resilience
 from local.config import HparamsError, load_hparams
 from local.decoding import beam_search, greedy_search
 
@@ -32,8 +32,10 @@ LOSS_EMA_DECAY = 0.98
 SORTINGS = ("random", "ascending", "descending")
 
 
-class WhisperFineTuning(sb.Brain):
+class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
     """Fine-tunes Whisper on manifests; selects checkpoints by valid WER."""
+
+    resume_attributes = ("loss_ema", "epoch_loss_sum", "epoch_batches")
 
     def compute_forward(self, batch, stage):
         """Augment, encode, teacher-force the decoder, and search transcripts outside training."""
@@ -143,16 +145,20 @@ class WhisperFineTuning(sb.Brain):
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Log the epoch; keep the min-WER checkpoint; write test summaries."""
         if stage == sb.Stage.TRAIN:
-            self.train_stats = {"loss": self.epoch_loss_sum / max(self.epoch_batches, 1)}
+            self.train_stats = {
+                "loss": distributed.global_ratio(self.epoch_loss_sum, self.epoch_batches)
+            }
             self.epoch_loss_sum, self.epoch_batches = 0.0, 0
             return
+        stage_loss = self.gather_stage(stage_loss)  # under DDP: all processes' utterances
         if stage == sb.Stage.VALID:
             folder, name = os.path.join(self.hparams.output_folder, "valid"), f"epoch{epoch}"
-            summary = self.scorer.write(folder, name, epoch)
+            summary = run_on_main(self.scorer.write, args=[folder, name, epoch])
         else:
             name = self.test_name
-            summary = self.scorer.write(
-                self.test_folder, name, self.selected_epoch(), str(self.hparams.whisper_hub)
+            summary = run_on_main(
+                self.scorer.write,
+                args=[self.test_folder, name, self.selected_epoch(), str(self.hparams.whisper_hub)],
             )
         stats = {"loss": stage_loss, "WER": summary["wer"], "CER": summary["cer"]}
         if stage == sb.Stage.VALID:
@@ -226,7 +232,7 @@ def dataio_prepare(hparams, whisper):
         dataset.add_dynamic_item(text_pipeline)
         audio_key = "sig"
         if cache_train if name == "train" else cache_eval:
-            entries = cache.prepare(dataset)
+            entries = run_on_main(cache.prepare, args=[dataset])  # built once, read by all
             dataset.add_dynamic_item(
                 lambda utt_id, entries=entries: encoder_cache.load_entry(entries[utt_id]),
                 takes="id",
@@ -259,7 +265,7 @@ def dataio_prepare(hparams, whisper):
 
 def main(argv):
     """Prepare data, fine-tune, then evaluate every test set with the min-WER checkpoint."""
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    hparams_file, run_opts, overrides = sb.parse_arguments(distributed.accept_launch_flag(argv))
     try:  # the yaml builds the model: a wrong checkpoint or language fails here
         hparams, base_file, merged_overrides = load_hparams(hparams_file, overrides)
     except (HparamsError, ValueError, OSError) as error:
@@ -267,12 +273,13 @@ def main(argv):
     precision = run_opts.precision if "precision" in run_opts.overridden_args else None
     if (precision or hparams["precision"]) == "fp16" and not torch.cuda.is_available():
         sys.exit("error: precision fp16 needs a CUDA GPU; use --precision=bf16 or fp32 on CPU")
-    sb.utils.distributed.ddp_init_group(run_opts)
+    distributed.init_group(run_opts)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=str(base_file),
         overrides=merged_overrides,
     )
+    resilience.install_one_line_errors()
     if not hparams["skip_prep"]:
         try:
             run_on_main(
@@ -321,7 +328,9 @@ def main(argv):
 
     evaluate(asr_brain, test_sets, hparams, hparams["output_folder"], min_key="WER")
     if hparams["zero_shot_eval"]:
-        evaluation.write_comparison(hparams["output_folder"], next(iter(test_sets)))
+        run_on_main(
+            evaluation.write_comparison, args=[hparams["output_folder"], next(iter(test_sets))]
+        )
 
 
 def evaluate(asr_brain, test_sets, hparams, folder, min_key=None):

@@ -10,12 +10,17 @@ import logging
 import math
 import os
 import random
+from operator import itemgetter
 
+import torch
+from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.metric_stats import ErrorRateStats
 from transformers.models.whisper.english_normalizer import (
     BasicTextNormalizer,
     EnglishTextNormalizer,
 )
+
+from local import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +131,23 @@ class Scorer:
             utt.update({column: values[i] for column, values in groups.items()})
             self.utterances.append(utt)
 
+    def gather(self):
+        """Under DDP, give every process all processes' utterances, each once, in set order.
+
+        Each process scored its ``local.distributed.eval_sampler`` share; afterwards the
+        summaries and alignments are those of the whole set, as one process would write them.
+        """
+        if not distributed.is_distributed():
+            return
+        stats = (self.wer, self.cer, self.raw_wer)
+        mine = (self.utterances, *(s.scores for s in stats))
+        everyone = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(everyone, mine)
+        self.utterances = distributed.interleave_unique([e[0] for e in everyone], itemgetter("id"))
+        for i, stat in enumerate(stats, start=1):
+            stat.scores = distributed.interleave_unique([e[i] for e in everyone], itemgetter("key"))
+            stat.ids = [score["key"] for score in stat.scores]
+
     def summary(self, epoch=None):
         """Headline WER/CER (percent) with 95% intervals, per group, and counts."""
         block = "spk_id" if self.utterances and "spk_id" in self.utterances[0] else None
@@ -171,7 +193,9 @@ class Scorer:
 
 
 def append_jsonl(path, record):
-    """Append one JSON record as a line (machine-readable logs)."""
+    """Append one JSON record as a line (machine-readable logs); the main process only."""
+    if not if_main_process():
+        return
     with open(path, "a") as out:
         out.write(json.dumps(record) + "\n")
 

@@ -30,6 +30,8 @@ from transformers import (
     WhisperTokenizer,
 )
 
+from local.checkpointing import atomic_torch_save
+
 SAMPLE_RATE = 16000
 CHUNK_SECONDS = 30
 N_SAMPLES = SAMPLE_RATE * CHUNK_SECONDS
@@ -110,7 +112,7 @@ class WhisperASR(torch.nn.Module):
     def _save(self, path):
         """Save the trainable parameters (for a frozen-encoder large-v3, a fraction of 6 GB)."""
         trained = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
-        torch.save(trained, path)
+        atomic_torch_save(trained, path)
 
     @mark_as_loader
     def _load(self, path, end_of_epoch):

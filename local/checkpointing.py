@@ -1,0 +1,221 @@
+"""Checkpoints that a kill, a full disk or a read-only folder cannot leave half-written.
+
+SpeechBrain's ``Checkpointer`` writes ``CKPT.yaml`` first and the parameter files after it,
+straight into ``save/CKPT+...``: a process killed in between leaves a folder that looks
+complete and breaks the next resume. ``AtomicCheckpointer`` writes a checkpoint into a hidden
+temporary folder, flushes every file to disk, and renames the folder into place, so a
+``CKPT+`` folder is always whole; deletion renames first too. Leftovers of an interrupted save
+or deletion are removed on the next start. A save that fails (no space, read-only folder)
+raises a ``CheckpointError`` with one line to show, and the last good checkpoint stays.
+"""
+
+import collections
+import logging
+import os
+import random
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import torch
+from speechbrain.utils.checkpoints import (
+    DEFAULT_SAVE_HOOKS,
+    METAFNAME,
+    Checkpoint,
+    Checkpointer,
+    ckpt_recency,
+    get_default_hook,
+)
+from speechbrain.utils.distributed import ddp_barrier, ddp_broadcast, get_rank, if_main_process
+
+logger = logging.getLogger(__name__)
+
+TMP_PREFIX = ".tmp-"
+TRASH_PREFIX = ".trash-"
+# Test-only fault injection: "<point>:<n>" makes the process SIGKILL itself the n-th time it
+# reaches crash_point("<point>"). Unset in normal use.
+CRASH_ENV = "RECIPE_TEST_CRASH_AT"
+_crash_hits = collections.Counter()
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be saved or loaded; the message is one line for the user."""
+
+
+def crash_point(name):
+    """SIGKILL this process here if ``RECIPE_TEST_CRASH_AT`` asks for it (tests only)."""
+    wanted = os.environ.get(CRASH_ENV)
+    if not wanted or wanted.rsplit(":", 1)[0] != name:
+        return
+    _crash_hits[name] += 1
+    if _crash_hits[name] == int(wanted.rsplit(":", 1)[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fsync_path(path):
+    """Flush a file's or a folder's content to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_torch_save(obj, path):
+    """``torch.save`` to a temporary name, flushed, then renamed: never half a file at ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    try:
+        torch.save(obj, tmp)
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def rng_state():
+    """The global random states of torch, numpy and Python, as tensors and tuples."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state):
+    """Restore what ``rng_state`` returned."""
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+
+
+def _first_line(error):
+    """One line describing an exception."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _unwrapped(hook):
+    """A save hook without SpeechBrain's main-process wrapper (we run on main ourselves)."""
+    return getattr(hook, "__wrapped__", hook)
+
+
+class AtomicCheckpointer(Checkpointer):
+    """A ``Checkpointer`` whose checkpoints appear whole or not at all.
+
+    Every recoverable is saved by the main process (the other processes wait and receive the
+    outcome), so a failing disk stops all processes with the same one-line error.
+    """
+
+    def __init__(self, checkpoints_dir, *args, **kwargs):
+        super().__init__(checkpoints_dir, *args, **kwargs)
+        if (get_rank() or 0) == 0:
+            self.remove_leftovers()
+
+    def remove_leftovers(self):
+        """Delete what an interrupted save or deletion left behind."""
+        for path in self.checkpoints_dir.iterdir():
+            if path.name.startswith((TMP_PREFIX, TRASH_PREFIX)):
+                logger.warning("removing an interrupted checkpoint write: %s", path)
+                shutil.rmtree(path, ignore_errors=True)
+
+    def save_checkpoint(self, meta=None, end_of_epoch=True, name=None, verbosity=logging.INFO):
+        """Save into a temporary folder, flush it, rename it to ``CKPT+...``."""
+        outcome = None
+        if if_main_process():
+            try:
+                outcome = self._save_atomically(meta or {}, end_of_epoch, name)
+            except (OSError, RuntimeError) as error:  # torch reports a full disk as RuntimeError
+                outcome = (
+                    f"cannot save a checkpoint in {self.checkpoints_dir}: "
+                    f"{getattr(error, 'strerror', None) or _first_line(error)}; {self._last_good()}"
+                )
+        outcome = ddp_broadcast(outcome)
+        if isinstance(outcome, str):
+            raise CheckpointError(outcome)
+        if if_main_process():
+            kind = "end-of-epoch" if end_of_epoch else "intra-epoch"
+            logger.log(verbosity, f"Saved an {kind} checkpoint in {outcome.path}")
+            return outcome
+        return None
+
+    def _save_atomically(self, meta, end_of_epoch, name):
+        """The main process's part of ``save_checkpoint``."""
+        final = self._custom_checkpoint_dirpath(name) if name else self._new_checkpoint_dirpath()
+        tmp = final.with_name(f"{TMP_PREFIX}{final.name}")
+        tmp.mkdir(parents=True)
+        try:
+            paramfiles = {}
+            for key, obj in self.recoverables.items():
+                paramfiles[key] = tmp / f"{key}.ckpt"
+                hook = self.custom_save_hooks.get(key) or get_default_hook(obj, DEFAULT_SAVE_HOOKS)
+                if hook is None:
+                    raise RuntimeError(f"don't know how to save {type(obj)}")
+                _unwrapped(hook)(obj, paramfiles[key])
+                crash_point("save")
+            saved_meta = self._save_checkpoint_metafile(tmp / METAFNAME, meta, end_of_epoch)
+            for path in tmp.iterdir():
+                fsync_path(path)
+            fsync_path(tmp)
+            os.rename(tmp, final)
+            fsync_path(self.checkpoints_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        paramfiles = {key: final / path.name for key, path in paramfiles.items()}
+        return Checkpoint(final, saved_meta, paramfiles)
+
+    def _last_good(self):
+        """Which checkpoint survives a failed save, said for the user."""
+        latest = self.find_checkpoint()
+        if latest is None:
+            return "no earlier checkpoint exists"
+        return f"the last good checkpoint {latest.path.name} is kept"
+
+    def delete_checkpoints(
+        self,
+        *,
+        num_to_keep=1,
+        min_keys=None,
+        max_keys=None,
+        importance_keys=(ckpt_recency,),
+        ckpt_predicate=None,
+        verbosity=logging.INFO,
+    ):
+        """SpeechBrain's selection of what to delete; each folder is renamed away, then removed.
+
+        A kill mid-way never leaves a partial ``CKPT+`` folder that looks loadable.
+        """
+        keys = [{"min_key": key} for key in min_keys or []]
+        keys += [{"max_key": key} for key in max_keys or []]
+        keys += [{"importance_key": key} for key in importance_keys]
+        doomed, protected = set(), set()
+        for key in keys:
+            doomed.update(self.find_checkpoints(ckpt_predicate=ckpt_predicate, **key))
+            protected.update(
+                self.find_checkpoints(
+                    ckpt_predicate=ckpt_predicate, max_num_checkpoints=num_to_keep, **key
+                )
+            )
+        ddp_barrier()
+        if if_main_process():
+            for checkpoint in doomed - protected:
+                trash = checkpoint.path.with_name(f"{TRASH_PREFIX}{checkpoint.path.name}")
+                os.rename(checkpoint.path, trash)
+                shutil.rmtree(trash)
+                logger.log(verbosity, f"Deleted checkpoint in {checkpoint.path}")
+        ddp_barrier()
+
+    def load_checkpoint(self, checkpoint):
+        """Load, or say in one line why this folder's checkpoint cannot be used."""
+        try:
+            super().load_checkpoint(checkpoint)
+        except (ValueError, RuntimeError, KeyError, OSError, EOFError) as error:
+            raise CheckpointError(
+                f"cannot resume from {checkpoint.path}: {_first_line(error)}; it belongs to "
+                "another model or run: use another output_folder or move it away"
+            ) from None

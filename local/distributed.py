@@ -1,0 +1,116 @@
+"""Several processes (torchrun): launch flags, sharded evaluation, gradient and loss averaging.
+
+SpeechBrain 1.1.2 infers DDP from torchrun's ``RANK``/``LOCAL_RANK`` variables and no longer
+knows ``--distributed_launch``; it is accepted here so the documented command works:
+
+    torchrun --nproc_per_node=2 train.py hparams/whisper_small.yaml --distributed_launch \
+        --distributed_backend=gloo
+
+The recipe's forward pass calls the Whisper module's methods (encoder halves, decoder,
+searchers) rather than its ``forward``, which torch's ``DistributedDataParallel`` needs to
+synchronise gradients; so gradients are averaged explicitly before each optimizer step instead.
+"""
+
+import os
+import sys
+
+import speechbrain as sb
+import torch
+from torch.utils.data.distributed import DistributedSampler
+
+LAUNCH_FLAG = "--distributed_launch"
+
+
+def accept_launch_flag(argv):
+    """``argv`` without ``--distributed_launch`` (torchrun implies it); an error sans torchrun."""
+    kept = [a for a in argv if a.split("=", 1)[0] != LAUNCH_FLAG]
+    if len(kept) < len(argv) and os.environ.get("RANK") is None:
+        sys.exit(
+            f"error: {LAUNCH_FLAG} needs torchrun: "
+            "torchrun --nproc_per_node=N train.py HPARAMS --distributed_backend=gloo|nccl"
+        )
+    return kept
+
+
+def init_group(run_opts):
+    """Join the process group when started by torchrun; one-line errors for a wrong backend."""
+    if os.environ.get("RANK") is None:
+        return
+    if run_opts["distributed_backend"] == "nccl" and not torch.cuda.is_available():
+        sys.exit("error: the nccl backend needs CUDA GPUs; use --distributed_backend=gloo on CPU")
+    try:
+        sb.utils.distributed.ddp_init_group(run_opts)
+    except ValueError as error:
+        sys.exit(f"error: {str(error).strip().splitlines()[-1]}")
+
+
+def is_distributed():
+    """True when several processes share the work."""
+    return sb.utils.distributed.is_distributed_initialized()
+
+
+def eval_sampler(dataset):
+    """Each process's share of an evaluation set (rank r gets r, r+N, ...), or None alone.
+
+    The shares are made equal by repeating the first utterances; ``Scorer.gather`` drops the
+    repeats by id.
+    """
+    if not is_distributed():
+        return None
+    return DistributedSampler(dataset, shuffle=False)
+
+
+def average_gradients(parameters):
+    """Average the trainable parameters' gradients over the processes (missing ones count 0)."""
+    if not is_distributed():
+        return
+    world = torch.distributed.get_world_size()
+    for param in parameters:
+        if not param.requires_grad:
+            continue
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+        torch.distributed.all_reduce(param.grad)
+        param.grad /= world
+
+
+def all_true(flag):
+    """Whether ``flag`` holds on every process."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor(int(flag))
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+    return bool(value)
+
+
+def mean_over_processes(value):
+    """The mean of a float over the processes."""
+    if not is_distributed():
+        return value
+    tensor = torch.tensor(float(value), dtype=torch.float64)
+    torch.distributed.all_reduce(tensor)
+    return float(tensor) / torch.distributed.get_world_size()
+
+
+def global_ratio(total, count):
+    """``sum(total) / sum(count)`` over the processes (``total / count`` alone); 0 if no count."""
+    if is_distributed():
+        sums = torch.tensor([float(total), float(count)], dtype=torch.float64)
+        torch.distributed.all_reduce(sums)
+        total, count = float(sums[0]), float(sums[1])
+    return total / count if count else 0.0
+
+
+def interleave_unique(per_process, key):
+    """Merge per-process lists of a ``DistributedSampler(shuffle=False)`` share into set order.
+
+    Process r holds items r, r+N, r+2N, ...; taking one item from each process in turn restores
+    the order, and items whose ``key`` was seen already (the padding repeats) are dropped.
+    """
+    merged, seen = [], set()
+    for position in range(max(len(items) for items in per_process)):
+        for items in per_process:
+            if position < len(items) and key(items[position]) not in seen:
+                seen.add(key(items[position]))
+                merged.append(items[position])
+    return merged

@@ -1,0 +1,221 @@
+"""What a SpeechBrain ``Brain`` needs to survive kills, bad losses and several processes.
+
+``ResilientBrain`` goes before ``sb.Brain`` in a recipe's bases and adds:
+
+* exact resuming: the brain's checkpoint file also holds the random states and the recipe's
+  running sums (``resume_attributes``); intra-epoch checkpoints restore the random state at
+  the batch where training stopped; append-only logs are cut back to where the checkpoint was
+  taken, so a resumed run writes what an uninterrupted one would have;
+* non-finite losses: such a batch is skipped (no backward) and counted; more than
+  ``nonfinite_patience`` in one epoch stops the run with one line;
+* several processes (torchrun): evaluation sets are sharded and their scores gathered
+  (``Scorer.gather``), gradients are averaged before each step (``local.distributed``);
+* one-line errors for the faults a user can fix (a checkpoint that cannot be saved or
+  loaded, a full or read-only disk, too many non-finite losses).
+"""
+
+import errno
+import logging
+import os
+import sys
+
+import speechbrain as sb
+import torch
+from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+from speechbrain.utils.distributed import if_main_process
+
+from local import distributed
+from local.checkpointing import (
+    CheckpointError,
+    atomic_torch_save,
+    crash_point,
+    rng_state,
+    set_rng_state,
+)
+
+logger = logging.getLogger(__name__)
+
+# A write failing for one of these reasons is the user's to fix: said in one line.
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+CKPT_INTERVALS = ("ckpt_interval_minutes", "ckpt_interval_steps")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many batches with a NaN or infinite loss in one epoch."""
+
+
+@register_checkpoint_hooks
+class ResilientBrain:
+    """Mixin for ``sb.Brain`` (see the module docstring).
+
+    Attributes
+    ----------
+    resume_attributes : tuple of str
+        The recipe's own running state (sums, averages) saved with each checkpoint.
+    append_only_logs : tuple of str
+        Files under ``output_folder`` that only grow; cut back to their size at the
+        checkpoint a run resumes from.
+    """
+
+    resume_attributes = ()
+    append_only_logs = ("epochs.jsonl", "train_log.txt")
+
+    def __init__(self, modules=None, opt_class=None, hparams=None, run_opts=None, **kwargs):
+        super().__init__(modules, opt_class, _one_interval(hparams, run_opts), run_opts, **kwargs)
+        self._pending_state = None
+        self._log_sizes = None
+
+    # ------------------------------------------------------------ resuming --
+    @mark_as_saver
+    def _save(self, path):
+        """The loop position, the recipe's running state, random states and log sizes."""
+        state = {
+            "step": self.step,
+            "avg_train_loss": self.avg_train_loss,
+            "optimizer_step": self.optimizer_step,
+            "nonfinite_count": getattr(self, "nonfinite_count", 0),
+            "attributes": {name: getattr(self, name) for name in self.resume_attributes},
+            "rng": rng_state(),
+            "log_sizes": {name: _size(self._log_path(name)) for name in self.append_only_logs},
+        }
+        atomic_torch_save(state, path)
+
+    @mark_as_loader
+    def _recover(self, path, end_of_epoch):
+        """Restore the state; mid-epoch, random states wait for the next batch (see fit_batch)."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.step = state["step"]
+        self.avg_train_loss = state["avg_train_loss"]
+        self.optimizer_step = state["optimizer_step"]
+        for name, value in state["attributes"].items():
+            setattr(self, name, value)
+        self._log_sizes = state["log_sizes"]
+        if end_of_epoch:
+            set_rng_state(state["rng"])
+        else:  # the data loader draws from the random state before the next batch
+            self._pending_state = (state["rng"], state["nonfinite_count"])
+
+    def on_fit_start(self):
+        """Recover, then cut the logs back to the recovered checkpoint (unless training is over)."""
+        self._log_sizes = None
+        super().on_fit_start()
+        finished = os.path.exists(getattr(self, "fit_done_file", ""))
+        if self._log_sizes is not None and not finished and if_main_process():
+            for name, size in self._log_sizes.items():
+                path = self._log_path(name)
+                if _size(path) > size:
+                    logger.info("resuming: %s cut back to its state at the checkpoint", name)
+                    os.truncate(path, size)
+        sb.utils.distributed.ddp_barrier()
+
+    def _log_path(self, name):
+        """Where an append-only log lives."""
+        return os.path.join(self.hparams.output_folder, name)
+
+    # ------------------------------------------------------------ training --
+    def fit_batch(self, batch):
+        """SpeechBrain's ``fit_batch``, with non-finite losses skipped and counted."""
+        if self._pending_state is not None:
+            rng, self.nonfinite_count = self._pending_state
+            set_rng_state(rng)
+            self._pending_state = None
+        crash_point("train_batch")
+        should_step = (self.step % self.grad_accumulation_factor) == 0
+        self.on_fit_batch_start(batch, should_step)
+        with self.training_ctx:
+            outputs = self.compute_forward(batch, sb.Stage.TRAIN)
+            loss = self.compute_objectives(outputs, batch, sb.Stage.TRAIN)
+        if distributed.all_true(bool(torch.isfinite(loss))):
+            self.scaler.scale(loss / self.grad_accumulation_factor).backward()
+        else:
+            self._skip_nonfinite()
+        if should_step:
+            self.optimizers_step()
+        self.on_fit_batch_end(batch, outputs, loss, should_step)
+        return loss.detach().cpu()
+
+    def _skip_nonfinite(self):
+        """Count a skipped batch; stop once the epoch's count exceeds the patience."""
+        self.nonfinite_count += 1
+        epoch = self.hparams.epoch_counter.current
+        if self.nonfinite_count > self.nonfinite_patience:
+            raise NonFiniteLossError(
+                f"the training loss was NaN or infinite in {self.nonfinite_count} batches of "
+                f"epoch {epoch} (nonfinite_patience={self.nonfinite_patience}); lower lr or "
+                "check the data"
+            )
+        logger.warning(
+            "non-finite training loss: batch skipped (%d in epoch %d, nonfinite_patience=%d)",
+            self.nonfinite_count,
+            epoch,
+            self.nonfinite_patience,
+        )
+
+    def _fit_train(self, train_set, epoch, enable):
+        """Train one epoch, then log how many batches a non-finite loss skipped."""
+        super()._fit_train(train_set, epoch, enable)
+        if self.nonfinite_count:
+            logger.warning(
+                "epoch %d: %d batch(es) skipped for a non-finite loss", epoch, self.nonfinite_count
+            )
+
+    def optimizers_step(self):
+        """Average gradients over the processes, then step."""
+        distributed.average_gradients(self.modules.parameters())
+        super().optimizers_step()
+
+    def _wrap_distributed(self):
+        """No DistributedDataParallel wrapper: gradients are averaged in ``optimizers_step``."""
+
+    # ---------------------------------------------------------- evaluation --
+    def evaluate_batch(self, batch, stage):
+        """SpeechBrain's ``evaluate_batch`` (with a test-only crash point in validation)."""
+        if stage == sb.Stage.VALID:
+            crash_point("valid_batch")
+        return super().evaluate_batch(batch, stage)
+
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        """Under DDP, each process evaluates its share of a valid or test set."""
+        sampler = None if stage == sb.Stage.TRAIN else distributed.eval_sampler(dataset)
+        if sampler is not None:
+            loader_kwargs = {**loader_kwargs, "sampler": sampler}
+        return super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+
+    def gather_stage(self, stage_loss):
+        """All processes' scores in ``self.scorer``; the stage loss averaged over processes."""
+        self.scorer.gather()
+        return distributed.mean_over_processes(stage_loss)
+
+
+def _one_interval(hparams, run_opts):
+    """An intra-epoch interval given on the command line switches off the yaml's other one."""
+    overridden = getattr(run_opts, "overridden_args", set())
+    given = [name for name in CKPT_INTERVALS if name in overridden]
+    if hparams is None or len(given) != 1:
+        return hparams
+    other = next(name for name in CKPT_INTERVALS if name not in given)
+    return {**hparams, other: 0} if other in hparams else hparams
+
+
+def _size(path):
+    """A file's size in bytes, 0 when it does not exist."""
+    return os.path.getsize(path) if os.path.exists(path) else 0
+
+
+def install_one_line_errors():
+    """Show the faults a user can fix as ``error: ...`` (one line, exit 1), not a traceback.
+
+    Installed as ``sys.excepthook``: the traceback still goes to log.txt (debug level), the
+    terminal gets one line; other exceptions go to the previous hook.
+    """
+    previous = sys.excepthook
+
+    def hook(kind, error, traceback):
+        disk = isinstance(error, OSError) and error.errno in DISK_ERRNOS
+        if not isinstance(error, (CheckpointError, NonFiniteLossError)) and not disk:
+            return previous(kind, error, traceback)
+        message = f"cannot write {error.filename}: {error.strerror}" if disk else str(error)
+        logger.debug("stopped: %s", message, exc_info=(kind, error, traceback))  # log.txt only
+        print(f"error: {message}", file=sys.stderr)
+
+    sys.excepthook = hook

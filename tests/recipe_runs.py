@@ -1,0 +1,162 @@
+"""Helpers for tests that run train.py: a tiny spoken corpus, its arguments, forked runs.
+
+A forked run calls ``train.main`` in a child of the test process, so torch, SpeechBrain and
+transformers are imported once rather than once per run; the child's exit status, stderr and
+stdout are what a user of ``python train.py`` would see.
+"""
+
+import hashlib
+import multiprocessing
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from conftest import speak, write_manifest
+
+SENTENCES = [
+    "the cat sat on the mat",
+    "open the window please",
+    "we walked to the station",
+    "green leaves fall in autumn",
+    "she reads a book every night",
+    "turn left at the bridge",
+    "the river runs to the sea",
+    "bring me a cup of tea",
+    "my brother plays the piano",
+    "snow covered the hills",
+    "the train leaves at noon",
+]
+# Files SpeechBrain rewrites on every start (the run's settings and environment).
+REWRITTEN_EACH_START = {"hyperparams.yaml", "env.log"}
+APPEND_ONLY = {"log.txt"}
+
+
+def make_corpus(folder):
+    """8 train (two in stereo/44.1 kHz, 8 kHz, 48 kHz), 5 valid, 2 test utterances; manifests."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, text in enumerate(SENTENCES[:8] + SENTENCES[6:11] + SENTENCES[:2]):
+        path = speak(text, folder / f"u{i}.wav", voice="en-us" if i % 2 else "en-gb")
+        rows.append({"ID": f"u{i}", "wav": path, "spk_id": f"s{i % 3}", "wrd": text})
+    for row, (rate, channels) in zip(rows[:3], [(44100, 2), (8000, 1), (48000, 1)], strict=True):
+        _resave(row["wav"], rate, channels)
+    for row in rows:
+        row["duration"] = 2.0
+    splits = {"train": rows[:8], "valid": rows[8:13], "test": rows[13:]}
+    return {name: write_manifest(folder / f"{name}.csv", r) for name, r in splits.items()}
+
+
+def _resave(path, rate, channels):
+    """Rewrite a 16 kHz mono file at another rate / channel count."""
+    import soundfile as sf
+    import torchaudio
+
+    from local.dataio import read_audio
+
+    audio = torchaudio.functional.resample(read_audio(path), 16000, rate)
+    audio = audio[:, None].repeat(1, channels).numpy() if channels > 1 else audio.numpy()
+    sf.write(path, audio, rate)
+
+
+def recipe_args(whisper_dir, manifests, output, cache, epochs=2):
+    """A tiny fine-tuning run: frozen encoder (cached), 4 batches per epoch, checkpoints every 2."""
+    return [
+        "hparams/whisper_small.yaml",
+        f"--whisper_hub={whisper_dir}",
+        f"--data_folder={manifests['train'].parent}",
+        f"--output_folder={output}",
+        "--skip_prep=True",
+        f"--train_csv={manifests['train']}",
+        f"--valid_csv={manifests['valid']}",
+        f"--test_csv=[{manifests['test']}]",
+        f"--encoder_cache_folder={cache}",
+        f"--number_of_epochs={epochs}",
+        "--batch_size=2",
+        "--test_batch_size=2",
+        "--grad_accumulation_factor=1",
+        "--lr=0.002",
+        "--warmup_steps=4",
+        "--decode_max_tokens=8",
+        "--test_beam_size=2",
+        "--num_workers=0",
+        "--ckpt_interval_steps=2",
+        "--noprogressbar",
+    ]
+
+
+def run_forked(args, env=None):
+    """Run ``train.main(args)`` in a child process; returns (exit code or -signal, stderr).
+
+    Children fork from a server that imported train.py but never ran a torch operation: a
+    child forked from a process whose OpenMP threads ran would deadlock in its first
+    parallel operation.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["train"])
+    with tempfile.NamedTemporaryFile(suffix=".stderr") as err:
+        child = context.Process(target=_child_main, args=([str(a) for a in args], env, err.name))
+        child.start()
+        child.join()
+        return child.exitcode, Path(err.name).read_text()
+
+
+def _child_main(args, env, err_path):
+    """What ``python train.py ARGS`` does, with stderr to ``err_path`` and stdout discarded."""
+    import train
+
+    code = 1
+    try:
+        os.environ.update(env or {})
+        os.dup2(os.open(err_path, os.O_WRONLY | os.O_TRUNC), 2)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        train.main(args)
+        code = 0
+    except SystemExit as stop:
+        if isinstance(stop.code, str):
+            print(stop.code, file=sys.stderr)
+        code = stop.code if isinstance(stop.code, int) else 1
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+    finally:
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def killed(code):
+    """True if a forked run ended by SIGKILL."""
+    return code == -signal.SIGKILL
+
+
+def one_line_error(stderr):
+    """The run's error message, asserting it is one line and no traceback was printed."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, stderr[-3000:]
+    return errors[0]
+
+
+def file_hashes(folder):
+    """(size, sha256) of every file under ``folder``, by relative path."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(Path(folder).rglob("*"))
+        if p.is_file()
+    }
+
+
+def assert_nothing_lost(before, folder):
+    """Every file in ``before`` is still there, unchanged; append-only logs only grew.
+
+    SpeechBrain rewrites ``hyperparams.yaml`` and ``env.log`` on every start: not compared.
+    """
+    for name, (size, digest) in before.items():
+        path = Path(folder) / name
+        assert path.is_file(), f"{name} was lost"
+        if path.name in REWRITTEN_EACH_START:
+            continue
+        content = path.read_bytes()
+        if path.name in APPEND_ONLY:
+            content = content[:size]
+        assert hashlib.sha256(content).hexdigest() == digest, f"{name} changed"

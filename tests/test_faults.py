@@ -1,0 +1,292 @@
+"""Scaling out and surviving faults: a 2-process gloo run, kill-and-resume at several points,
+a read-only or full save folder, non-finite losses. Tiny random Whisper, espeak-ng speech."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import speechbrain as sb
+import torch
+import yaml
+from recipe_runs import (
+    file_hashes,
+    killed,
+    make_corpus,
+    one_line_error,
+    recipe_args,
+    run_forked,
+)
+
+from local import checkpointing, resilience
+from local.checkpointing import CRASH_ENV, AtomicCheckpointer, CheckpointError
+
+EPOCHS = 2
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("encoder_cache")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, random_whisper_dir, corpus, cache):
+    """An uninterrupted single-process run."""
+    exp = tmp_path_factory.mktemp("reference") / "exp"
+    code, stderr = run_forked(recipe_args(random_whisper_dir, corpus, exp, cache))
+    assert code == 0, stderr[-3000:]
+    return exp
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def checkpoints(exp):
+    return sorted((exp / "save").glob("CKPT+*"))
+
+
+def final_state(exp):
+    """What a finished run leaves: kept checkpoint's meta and weights, logs, test results."""
+    (kept,) = checkpoints(exp)
+    meta = yaml.safe_load((kept / "CKPT.yaml").read_text())
+    del meta["unixtime"]
+    weights = torch.load(kept / "whisper.ckpt", weights_only=True)
+    return {
+        "meta": meta,
+        "weights": weights,
+        "epochs": read_jsonl(exp / "epochs.jsonl"),
+        "train_log": (exp / "train_log.txt").read_text(),
+        "test": json.loads((exp / "summary_test.json").read_text()),
+    }
+
+
+def assert_same_final_state(exp, reference):
+    ours, theirs = final_state(exp), final_state(reference)
+    assert ours["meta"] == theirs["meta"]
+    assert ours["epochs"] == theirs["epochs"]
+    assert ours["train_log"] == theirs["train_log"]
+    assert ours["test"]["wer"] == theirs["test"]["wer"]
+    assert ours["weights"].keys() == theirs["weights"].keys()
+    for name, value in ours["weights"].items():
+        assert torch.equal(value, theirs["weights"][name]), name
+    assert not [p for p in (exp / "save").iterdir() if p.name.startswith(".")]
+
+
+def test_reference_run_keeps_one_min_wer_checkpoint(reference):
+    epochs = read_jsonl(reference / "epochs.jsonl")
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert [e["optimizer_steps"] for e in epochs] == [4, 8]
+    best = min(epochs, key=lambda e: (e["WER"], e["epoch"]))
+    assert final_state(reference)["meta"]["WER"] == best["WER"]
+
+
+@pytest.mark.parametrize(
+    "crash_at",
+    [
+        "train_batch:7",  # epoch 2, batch 3: after an intra-epoch checkpoint
+        "valid_batch:4",  # epoch 2's validation (the last train batch was checkpointed)
+        "save:3",  # inside epoch 1's end-of-epoch save, after writing its first file
+    ],
+)
+def test_kill_and_rerun_ends_where_an_uninterrupted_run_ends(
+    crash_at, reference, random_whisper_dir, corpus, cache, tmp_path
+):
+    args = recipe_args(random_whisper_dir, corpus, tmp_path / "exp", cache)
+    code, stderr = run_forked(args, env={CRASH_ENV: crash_at})
+    assert killed(code), (code, stderr[-3000:])
+    if crash_at.startswith("save"):
+        (partial,) = [p for p in (tmp_path / "exp" / "save").iterdir() if p.name[0] == "."]
+        assert (partial / "whisper.ckpt").exists() and not (partial / "CKPT.yaml").exists()
+    code, stderr = run_forked(args)
+    assert code == 0, stderr[-3000:]
+    assert_same_final_state(tmp_path / "exp", reference)
+
+
+def test_read_only_save_folder_is_one_line_error_and_keeps_the_last_checkpoint(
+    random_whisper_dir, corpus, cache, tmp_path
+):
+    exp = tmp_path / "exp"
+    args = recipe_args(random_whisper_dir, corpus, exp, cache)
+    code, _ = run_forked(args, env={CRASH_ENV: "train_batch:5"})  # epoch 2's first batch
+    assert killed(code)
+    before = file_hashes(exp / "save")
+    (last_good,) = checkpoints(exp)
+    os.chmod(exp / "save", 0o555)
+    try:
+        done = subprocess.run(
+            [*_without_root_override(), sys.executable, "train.py", *args],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        os.chmod(exp / "save", 0o755)
+    assert done.returncode == 1
+    message = one_line_error(done.stderr)
+    assert message == (
+        f"error: cannot save a checkpoint in {exp / 'save'}: Permission denied; "
+        f"the last good checkpoint {last_good.name} is kept"
+    )
+    assert file_hashes(exp / "save") == before
+
+
+def _without_root_override():
+    """As root, permissions do not bind: drop the override capabilities (setpriv)."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+
+
+def test_two_process_gloo_run_writes_once_and_scores_the_whole_valid_set(
+    random_whisper_dir, corpus, cache, tmp_path
+):
+    exp = tmp_path / "exp"
+    args = recipe_args(random_whisper_dir, corpus, exp, cache)
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        + ["train.py", *args, "--distributed_launch", "--distributed_backend=gloo"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-5000:]
+    epochs = read_jsonl(exp / "epochs.jsonl")
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    # 8 utterances over 2 processes in batches of 2: 2 optimizer steps per epoch.
+    assert [e["optimizer_steps"] for e in epochs] == [2, 4]
+    assert (exp / "train_log.txt").read_text().count("epoch: ") == EPOCHS
+    (kept,) = checkpoints(exp)
+    meta = yaml.safe_load((kept / "CKPT.yaml").read_text())
+    valid_ids = [line.split(",")[0] for line in corpus["valid"].read_text().splitlines()[1:]]
+    for epoch in (1, 2):
+        utterances = read_jsonl(exp / "valid" / f"utterances_epoch{epoch}.jsonl")
+        assert [u["id"] for u in utterances] == valid_ids  # each once, in manifest order
+    single = _single_process_valid(exp, random_whisper_dir, corpus, cache)
+    written = read_jsonl(exp / "valid" / f"utterances_epoch{meta['epoch']}.jsonl")
+    assert [u["hyp"] for u in single.utterances] == [u["hyp"] for u in written]
+    assert meta["WER"] == single.summary()["wer"]
+    summary = json.loads((exp / "valid" / f"summary_epoch{meta['epoch']}.json").read_text())
+    assert summary == {**single.summary(meta["epoch"]), "model": None}
+
+
+def _single_process_valid(exp, whisper_dir, corpus, cache):
+    """Score the valid set with the kept checkpoint in this (single) process."""
+    import train
+    from local import evaluation
+    from local.config import load_hparams
+
+    overrides = {
+        a[2:].split("=", 1)[0]: yaml.safe_load(a.split("=", 1)[1])
+        for a in recipe_args(whisper_dir, corpus, exp, cache)[1:]
+        if a.split("=", 1)[0][2:] not in ("ckpt_interval_steps", "noprogressbar")
+    }
+    hparams, _, _ = load_hparams("hparams/whisper_small.yaml", overrides)
+    datasets = train.dataio_prepare(hparams, hparams["whisper"])
+    brain = train.WhisperFineTuning(
+        modules=hparams["modules"],
+        hparams=hparams,
+        run_opts={"device": "cpu", "noprogressbar": True},
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.normalize = evaluation.text_normalizer(
+        hparams["normalizer"], hparams["whisper"].tokenizer, True
+    )
+    brain.group_columns = hparams["group_columns"]
+    brain.checkpointer.recover_if_possible(importance_key=evaluation.min_wer_earliest)
+    brain.on_stage_start(sb.Stage.VALID)
+    brain.modules.eval()
+    loader = brain.make_dataloader(
+        datasets["valid"], sb.Stage.VALID, ckpt_prefix=None, **hparams["valid_loader_kwargs"]
+    )
+    for batch in loader:
+        brain.evaluate_batch(batch, sb.Stage.VALID)
+    return brain.scorer
+
+
+# ----------------------------------------------------------------- units ------
+
+
+class _Toy(resilience.ResilientBrain, sb.Brain):
+    """A linear regression whose loss is NaN on the batches marked so."""
+
+    def compute_forward(self, batch, stage):
+        return self.modules.linear(batch[0])
+
+    def compute_objectives(self, predictions, batch, stage):
+        loss = ((predictions - batch[1]) ** 2).mean()
+        return loss * torch.where(batch[2].any(), torch.nan, 1.0)
+
+
+def _toy_fit(x, nan_marks, tmp_path, patience):
+    """Fit one epoch in batches of one; returns the trained weight."""
+    data = torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True), torch.tensor(nan_marks))
+    counter = sb.utils.epoch_loop.EpochCounter(1)
+    torch.manual_seed(1)
+    brain = _Toy(
+        modules={"linear": torch.nn.Linear(3, 1)},
+        opt_class=lambda params: torch.optim.SGD(params, lr=0.1),
+        hparams={"epoch_counter": counter, "output_folder": str(tmp_path)},
+        run_opts={"device": "cpu", "noprogressbar": True, "nonfinite_patience": patience},
+    )
+    brain.fit(counter, torch.utils.data.DataLoader(data, batch_size=1))
+    return brain.modules.linear.weight.detach().clone()
+
+
+def test_nonfinite_batches_are_skipped_and_counted_then_stop_the_run(tmp_path, caplog):
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    with caplog.at_level("WARNING"):
+        skipping = _toy_fit(x, [False, True, False, True, False], tmp_path, patience=2)
+    assert "batch skipped (2 in epoch 1, nonfinite_patience=2)" in caplog.text
+    assert "epoch 1: 2 batch(es) skipped for a non-finite loss" in caplog.text
+    # Skipping a batch is exactly not having it: the finite batches alone give the same weights.
+    assert torch.equal(skipping, _toy_fit(x[[0, 2, 4]], [False] * 3, tmp_path, patience=2))
+    with pytest.raises(resilience.NonFiniteLossError) as stop:
+        _toy_fit(x[:4], [True, True, True, False], tmp_path, patience=2)
+    assert str(stop.value) == (
+        "the training loss was NaN or infinite in 3 batches of epoch 1 (nonfinite_patience=2);"
+        " lower lr or check the data"
+    )
+
+
+def test_failed_save_keeps_the_last_checkpoint_and_leaves_no_partial(tmp_path, monkeypatch):
+    module = torch.nn.Linear(2, 2)
+    checkpointer = AtomicCheckpointer(tmp_path / "save", recoverables={"model": module})
+    good = checkpointer.save_checkpoint(meta={"WER": 1.0})
+    before = file_hashes(tmp_path / "save")
+
+    def full_disk(obj, path):
+        Path(path).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sb.utils.checkpoints, "torch_save", full_disk)
+    monkeypatch.setitem(sb.utils.checkpoints.DEFAULT_SAVE_HOOKS, torch.nn.Module, full_disk)
+    with pytest.raises(CheckpointError) as failure:
+        checkpointer.save_checkpoint(meta={"WER": 0.5})
+    assert str(failure.value) == (
+        f"cannot save a checkpoint in {tmp_path / 'save'}: No space left on device; "
+        f"the last good checkpoint {good.path.name} is kept"
+    )
+    assert file_hashes(tmp_path / "save") == before
+
+
+def test_leftovers_of_an_interrupted_save_are_ignored_and_removed(tmp_path):
+    module = torch.nn.Linear(2, 2)
+    checkpointer = AtomicCheckpointer(tmp_path / "save", recoverables={"model": module})
+    good = checkpointer.save_checkpoint(meta={"WER": 1.0})
+    partial = tmp_path / "save" / f"{checkpointing.TMP_PREFIX}CKPT+partial"
+    partial.mkdir()
+    (partial / "model.ckpt").write_bytes(b"half")
+    assert [c.path for c in checkpointer.list_checkpoints()] == [good.path]
+    AtomicCheckpointer(tmp_path / "save", recoverables={"model": module})
+    assert sorted(p.name for p in (tmp_path / "save").iterdir()) == [good.path.name]
