@@ -16,13 +16,12 @@ import sys
 
 import speechbrain as sb
 import torch
-from torch.utils.data.distributed import DistributedSampler
 
 LAUNCH_FLAG = "--distributed_launch"
 
 
 def accept_launch_flag(argv):
-    """``argv`` without ``--distributed_launch`` (torchrun implies it); an error sans torchrun."""
+    """``argv`` minus ``--distributed_launch`` (torchrun implies it); an error outside torchrun."""
     kept = [a for a in argv if a.split("=", 1)[0] != LAUNCH_FLAG]
     if len(kept) < len(argv) and os.environ.get("RANK") is None:
         sys.exit(
@@ -49,15 +48,28 @@ def is_distributed():
     return sb.utils.distributed.is_distributed_initialized()
 
 
-def eval_sampler(dataset):
-    """Each process's share of an evaluation set (rank r gets r, r+N, ...), or None alone.
+class ShardSampler(torch.utils.data.Sampler):
+    """This process's share of an evaluation set: items r, r+N, r+2N, ... (none repeated).
 
-    The shares are made equal by repeating the first utterances; ``Scorer.gather`` drops the
-    repeats by id.
+    Unlike ``DistributedSampler``, shares are not padded to equal sizes with repeats, so
+    every utterance is scored once; evaluation needs no per-batch communication.
     """
-    if not is_distributed():
-        return None
-    return DistributedSampler(dataset, shuffle=False)
+
+    def __init__(self, dataset):
+        super().__init__()
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        self.indices = range(rank, len(dataset), world)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+def eval_sampler(dataset):
+    """A ``ShardSampler`` under DDP, None alone."""
+    return ShardSampler(dataset) if is_distributed() else None
 
 
 def average_gradients(parameters):
@@ -83,13 +95,23 @@ def all_true(flag):
     return bool(value)
 
 
-def mean_over_processes(value):
-    """The mean of a float over the processes."""
+def sum_over_processes(accumulator):
+    """``accumulator`` with its numbers and tensors (nested ones too) summed over processes."""
     if not is_distributed():
-        return value
-    tensor = torch.tensor(float(value), dtype=torch.float64)
-    torch.distributed.all_reduce(tensor)
-    return float(tensor) / torch.distributed.get_world_size()
+        return accumulator
+    everyone = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(everyone, accumulator)
+    return _sum(everyone)
+
+
+def _sum(values):
+    """Sum numbers or tensors; for objects, sum each attribute (into the first object)."""
+    first = values[0]
+    if isinstance(first, int | float | torch.Tensor):
+        return sum(values[1:], start=first)
+    for name in vars(first):
+        setattr(first, name, _sum([vars(value)[name] for value in values]))
+    return first
 
 
 def global_ratio(total, count):
@@ -102,10 +124,10 @@ def global_ratio(total, count):
 
 
 def interleave_unique(per_process, key):
-    """Merge per-process lists of a ``DistributedSampler(shuffle=False)`` share into set order.
+    """Merge per-process lists of ``ShardSampler`` shares back into set order.
 
     Process r holds items r, r+N, r+2N, ...; taking one item from each process in turn restores
-    the order, and items whose ``key`` was seen already (the padding repeats) are dropped.
+    the order. Items whose ``key`` was seen already are dropped, should a sampler repeat some.
     """
     merged, seen = [], set()
     for position in range(max(len(items) for items in per_process)):

@@ -55,15 +55,25 @@ class ResilientBrain:
     append_only_logs : tuple of str
         Files under ``output_folder`` that only grow; cut back to their size at the
         checkpoint a run resumes from.
+    gathered_accumulators : tuple of str
+        Attributes holding an evaluation stage's sums (numbers, tensors, objects of them),
+        summed over the processes at the stage's end under DDP.
     """
 
     resume_attributes = ()
-    append_only_logs = ("epochs.jsonl", "train_log.txt")
+    append_only_logs = (
+        "epochs.jsonl",
+        "train_log.txt",
+        "log/steps.jsonl",
+        "log/train_utterances.jsonl",
+    )
+    gathered_accumulators = ()
 
     def __init__(self, modules=None, opt_class=None, hparams=None, run_opts=None, **kwargs):
         super().__init__(modules, opt_class, _one_interval(hparams, run_opts), run_opts, **kwargs)
         self._pending_state = None
         self._log_sizes = None
+        self._eval_batches = 0
 
     # ------------------------------------------------------------ resuming --
     @mark_as_saver
@@ -159,6 +169,13 @@ class ResilientBrain:
                 "epoch %d: %d batch(es) skipped for a non-finite loss", epoch, self.nonfinite_count
             )
 
+    def _should_save_intra_epoch_ckpt(self, last_ckpt_time, steps_since_ckpt):
+        """Only between optimizer steps: no half-accumulated gradient is lost on resuming."""
+        between_steps = self.step % self.grad_accumulation_factor == 0
+        return between_steps and super()._should_save_intra_epoch_ckpt(
+            last_ckpt_time, steps_since_ckpt
+        )
+
     def optimizers_step(self):
         """Average gradients over the processes, then step."""
         distributed.average_gradients(self.modules.parameters())
@@ -172,6 +189,7 @@ class ResilientBrain:
         """SpeechBrain's ``evaluate_batch`` (with a test-only crash point in validation)."""
         if stage == sb.Stage.VALID:
             crash_point("valid_batch")
+        self._eval_batches += 1
         return super().evaluate_batch(batch, stage)
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
@@ -182,9 +200,17 @@ class ResilientBrain:
         return super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
 
     def gather_stage(self, stage_loss):
-        """All processes' scores in ``self.scorer``; the stage loss averaged over processes."""
+        """Under DDP: all processes' scores and sums here; the mean batch loss over all batches.
+
+        Call at an evaluation stage's end, on every process.
+        """
+        batches, self._eval_batches = self._eval_batches, 0
+        if not distributed.is_distributed():
+            return stage_loss
         self.scorer.gather()
-        return distributed.mean_over_processes(stage_loss)
+        for name in self.gathered_accumulators:
+            setattr(self, name, distributed.sum_over_processes(getattr(self, name)))
+        return distributed.global_ratio(stage_loss * batches, batches)
 
 
 def _one_interval(hparams, run_opts):

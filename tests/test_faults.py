@@ -64,7 +64,10 @@ def final_state(exp):
         "meta": meta,
         "weights": weights,
         "epochs": read_jsonl(exp / "epochs.jsonl"),
-        "train_log": (exp / "train_log.txt").read_text(),
+        "logs": [
+            (exp / name).read_text()
+            for name in ("train_log.txt", "log/steps.jsonl", "log/train_utterances.jsonl")
+        ],
         "test": json.loads((exp / "summary_test.json").read_text()),
     }
 
@@ -73,7 +76,7 @@ def assert_same_final_state(exp, reference):
     ours, theirs = final_state(exp), final_state(reference)
     assert ours["meta"] == theirs["meta"]
     assert ours["epochs"] == theirs["epochs"]
-    assert ours["train_log"] == theirs["train_log"]
+    assert ours["logs"] == theirs["logs"]  # no record lost or repeated by the kill
     assert ours["test"]["wer"] == theirs["test"]["wer"]
     assert ours["weights"].keys() == theirs["weights"].keys()
     for name, value in ours["weights"].items():
@@ -173,12 +176,18 @@ def test_two_process_gloo_run_writes_once_and_scores_the_whole_valid_set(
     for epoch in (1, 2):
         utterances = read_jsonl(exp / "valid" / f"utterances_epoch{epoch}.jsonl")
         assert [u["id"] for u in utterances] == valid_ids  # each once, in manifest order
-    single = _single_process_valid(exp, random_whisper_dir, corpus, cache)
+    brain = _single_process_valid(exp, random_whisper_dir, corpus, cache)
+    single = brain.scorer
     written = read_jsonl(exp / "valid" / f"utterances_epoch{meta['epoch']}.jsonl")
     assert [u["hyp"] for u in single.utterances] == [u["hyp"] for u in written]
     assert meta["WER"] == single.summary()["wer"]
     summary = json.loads((exp / "valid" / f"summary_epoch{meta['epoch']}.json").read_text())
     assert summary == {**single.summary(meta["epoch"]), "model": None}
+    # Token statistics are sums over the same utterances, added in another order.
+    best = epochs[meta["epoch"] - 1]
+    assert best["n_valid"] == len(valid_ids)
+    for key, value in brain.valid_token_stats.summary().items():
+        assert best[key] == pytest.approx(value, rel=1e-6), key
 
 
 def _single_process_valid(exp, whisper_dir, corpus, cache):
@@ -194,16 +203,8 @@ def _single_process_valid(exp, whisper_dir, corpus, cache):
     }
     hparams, _, _ = load_hparams("hparams/whisper_small.yaml", overrides)
     datasets = train.dataio_prepare(hparams, hparams["whisper"])
-    brain = train.WhisperFineTuning(
-        modules=hparams["modules"],
-        hparams=hparams,
-        run_opts={"device": "cpu", "noprogressbar": True},
-        checkpointer=hparams["checkpointer"],
-    )
-    brain.normalize = evaluation.text_normalizer(
-        hparams["normalizer"], hparams["whisper"].tokenizer, True
-    )
-    brain.group_columns = hparams["group_columns"]
+    run_opts = {"device": "cpu", "noprogressbar": True}
+    brain = train.make_brain(train.WhisperFineTuning, hparams, run_opts, str(exp))
     brain.checkpointer.recover_if_possible(importance_key=evaluation.min_wer_earliest)
     brain.on_stage_start(sb.Stage.VALID)
     brain.modules.eval()
@@ -212,7 +213,7 @@ def _single_process_valid(exp, whisper_dir, corpus, cache):
     )
     for batch in loader:
         brain.evaluate_batch(batch, sb.Stage.VALID)
-    return brain.scorer
+    return brain
 
 
 # ----------------------------------------------------------------- units ------
