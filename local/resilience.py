@@ -15,6 +15,7 @@
 """
 
 import errno
+import json
 import logging
 import os
 import sys
@@ -32,12 +33,14 @@ from local.checkpointing import (
     rng_state,
     set_rng_state,
 )
+from local.evaluation import write_json
 
 logger = logging.getLogger(__name__)
 
 # A write failing for one of these reasons is the user's to fix: said in one line.
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 CKPT_INTERVALS = ("ckpt_interval_minutes", "ckpt_interval_steps")
+LOG_SIZES_AT_START = "log_sizes_at_start.json"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -106,17 +109,32 @@ class ResilientBrain:
             self._pending_state = (state["rng"], state["nonfinite_count"])
 
     def on_fit_start(self):
-        """Recover, then cut the logs back to the recovered checkpoint (unless training is over)."""
+        """Recover, then cut the logs back to the recovered checkpoint (unless training is over).
+
+        With no checkpoint to recover, the logs go back to their sizes when training first
+        started here (``LOG_SIZES_AT_START``): a run killed before its first checkpoint
+        leaves no records behind.
+        """
         self._log_sizes = None
         super().on_fit_start()
         finished = os.path.exists(getattr(self, "fit_done_file", ""))
-        if self._log_sizes is not None and not finished and if_main_process():
-            for name, size in self._log_sizes.items():
+        if self.checkpointer is not None and not finished and if_main_process():
+            sizes = self._log_sizes or self._sizes_at_start()
+            for name, size in sizes.items():
                 path = self._log_path(name)
                 if _size(path) > size:
                     logger.info("resuming: %s cut back to its state at the checkpoint", name)
                     os.truncate(path, size)
         sb.utils.distributed.ddp_barrier()
+
+    def _sizes_at_start(self):
+        """The append-only logs' sizes when training first started in this folder."""
+        path = self.checkpointer.checkpoints_dir / LOG_SIZES_AT_START
+        if path.exists():
+            return json.loads(path.read_text())
+        sizes = {name: _size(self._log_path(name)) for name in self.append_only_logs}
+        write_json(path, sizes)
+        return sizes
 
     def _log_path(self, name):
         """Where an append-only log lives."""

@@ -95,8 +95,9 @@ def test_reference_run_keeps_one_min_wer_checkpoint(reference):
 @pytest.mark.parametrize(
     "crash_at",
     [
-        "train_batch:7",  # epoch 2, batch 3: after an intra-epoch checkpoint
+        "train_batch:8",  # epoch 2, batch 4: batch 3 was logged after the last checkpoint
         "valid_batch:4",  # epoch 2's validation (the last train batch was checkpointed)
+        "save:1",  # inside the first save: no checkpoint exists yet
         "save:3",  # inside epoch 1's end-of-epoch save, after writing its first file
     ],
 )
