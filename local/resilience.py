@@ -141,12 +141,16 @@ class ResilientBrain:
         return os.path.join(self.hparams.output_folder, name)
 
     # ------------------------------------------------------------ training --
-    def fit_batch(self, batch):
-        """SpeechBrain's ``fit_batch``, with non-finite losses skipped and counted."""
+    def _restore_pending_state(self):
+        """Random state and non-finite count of an intra-epoch checkpoint, once resumed there."""
         if self._pending_state is not None:
             rng, self.nonfinite_count = self._pending_state
             set_rng_state(rng)
             self._pending_state = None
+
+    def fit_batch(self, batch):
+        """SpeechBrain's ``fit_batch``, with non-finite losses skipped and counted."""
+        self._restore_pending_state()
         crash_point("train_batch")
         should_step = (self.step % self.grad_accumulation_factor) == 0
         self.on_fit_batch_start(batch, should_step)
@@ -182,6 +186,7 @@ class ResilientBrain:
     def _fit_train(self, train_set, epoch, enable):
         """Train one epoch, then log how many batches a non-finite loss skipped."""
         super()._fit_train(train_set, epoch, enable)
+        self._restore_pending_state()  # resumed after the epoch's last batch: none ran
         if self.nonfinite_count:
             logger.warning(
                 "epoch %d: %d batch(es) skipped for a non-finite loss", epoch, self.nonfinite_count

@@ -61,8 +61,9 @@ def _resave(path, rate, channels):
     sf.write(path, audio, rate)
 
 
-def recipe_args(whisper_dir, manifests, output, cache, epochs=2):
-    """A tiny fine-tuning run: frozen encoder (cached), 4 batches per epoch, checkpoints every 2."""
+def recipe_args(whisper_dir, manifests, output, cache, epochs=2, augment=False):
+    """A tiny fine-tuning run: frozen encoder (cached unless ``augment``), 4 batches per epoch,
+    checkpoints every 2."""
     return [
         "hparams/whisper_small.yaml",
         f"--whisper_hub={whisper_dir}",
@@ -84,6 +85,7 @@ def recipe_args(whisper_dir, manifests, output, cache, epochs=2):
         "--num_workers=0",
         "--ckpt_interval_steps=2",
         "--noprogressbar",
+        f"--augment={augment}",
     ]
 
 

@@ -39,9 +39,9 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, random_whisper_dir, corpus, cache):
-    """An uninterrupted single-process run."""
+    """An uninterrupted single-process run, with waveform augmentation: it draws random numbers."""
     exp = tmp_path_factory.mktemp("reference") / "exp"
-    code, stderr = run_forked(recipe_args(random_whisper_dir, corpus, exp, cache))
+    code, stderr = run_forked(recipe_args(random_whisper_dir, corpus, exp, cache, augment=True))
     assert code == 0, stderr[-3000:]
     return exp
 
@@ -96,7 +96,7 @@ def test_reference_run_keeps_one_min_wer_checkpoint(reference):
     "crash_at",
     [
         "train_batch:8",  # epoch 2, batch 4: batch 3 was logged after the last checkpoint
-        "valid_batch:4",  # epoch 2's validation (the last train batch was checkpointed)
+        "valid_batch:2",  # epoch 1's validation (the last train batch was checkpointed)
         "save:1",  # inside the first save: no checkpoint exists yet
         "save:3",  # inside epoch 1's end-of-epoch save, after writing its first file
     ],
@@ -104,7 +104,7 @@ def test_reference_run_keeps_one_min_wer_checkpoint(reference):
 def test_kill_and_rerun_ends_where_an_uninterrupted_run_ends(
     crash_at, reference, random_whisper_dir, corpus, cache, tmp_path
 ):
-    args = recipe_args(random_whisper_dir, corpus, tmp_path / "exp", cache)
+    args = recipe_args(random_whisper_dir, corpus, tmp_path / "exp", cache, augment=True)
     code, stderr = run_forked(args, env={CRASH_ENV: crash_at})
     assert killed(code), (code, stderr[-3000:])
     if crash_at.startswith("save"):
