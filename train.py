@@ -20,6 +20,7 @@ from pathlib import Path
 
 import speechbrain as sb
 import torch
+from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.utils.checkpoints import ckpt_recency
 from speechbrain.utils.distributed import run_on_main
@@ -358,8 +359,6 @@ def main(argv):
             )
         except (OSError, ValueError, RuntimeError) as error:
             sys.exit(f"error: data preparation failed: {error}")
-    if sb.utils.distributed.if_main_process():
-        write_run_info(hparams)
     whisper = hparams["whisper"]
     try:
         datasets = dataio_prepare(hparams, whisper)
@@ -369,6 +368,8 @@ def main(argv):
         sys.exit(sanity_check(hparams, datasets, run_opts))
 
     asr_brain = make_brain(WhisperFineTuning, hparams, run_opts, hparams["output_folder"])
+    if sb.utils.distributed.if_main_process():
+        write_run_info(hparams, asr_brain.grad_accumulation_factor)
     test_sets = {name: d for name, d in datasets.items() if name not in ("train", "valid")}
 
     if hparams["zero_shot_eval"]:
@@ -416,20 +417,14 @@ def make_brain(brain_class, hparams, run_opts, output_folder, **overrides):
     return brain
 
 
-def write_run_info(hparams):
-    """``run.json``: where the data is and how batches were formed, for the analysis tools."""
-    keys = (
-        "data_folder",
-        "group_columns",
-        "sorting",
-        "dynamic_batching",
-        "augment",
-        "batch_size",
-        "grad_accumulation_factor",
-        "number_of_epochs",
-        "seed",
-    )
-    info = {key: hparams[key] for key in keys}
+def write_run_info(hparams, grad_accumulation_factor):
+    """``run.json``: where the data is and how batches were formed, for the analysis tools.
+
+    The accumulation factor is the Brain's: SpeechBrain also takes it as a run option.
+    """
+    keys = ("group_columns", "sorting", "dynamic_batching", "augment", "batch_size")
+    info = {key: hparams[key] for key in (*keys, "number_of_epochs", "seed")}
+    info["grad_accumulation_factor"] = grad_accumulation_factor
     info["data_folder"] = os.path.abspath(hparams["data_folder"])
     info["train_csv"] = os.path.abspath(hparams["train_csv"])
     info["valid_csv"] = os.path.abspath(hparams["valid_csv"])
@@ -439,7 +434,8 @@ def write_run_info(hparams):
 
 
 class SanityCheck(WhisperFineTuning):
-    """Overfits a few utterances at a constant rate until it reproduces them, or gives up."""
+    """Overfits a few utterances at a constant rate, without label smoothing, until it
+    reproduces them, or gives up."""
 
     def on_fit_batch_start(self, batch, should_step):
         """A constant rate: no warmup to wait for."""
@@ -473,12 +469,26 @@ def sanity_check(hparams, datasets, run_opts):
     brain = make_brain(
         SanityCheck, hparams, run_opts, folder, opt_class=optimizer, checkpointer=None
     )
+    brain.grad_accumulation_factor = 1  # one batch per epoch: step on every batch
+    # Label smoothing keeps the loss off zero by design: the check trains without it.
+    brain.hparams.nll_loss = functools.partial(hparams["nll_loss"], label_smoothing=0.0)
+    brain.train_sampler = None
     brain.epoch_counter = sb.utils.epoch_loop.EpochCounter(hparams["sanity_max_epochs"])
+    # An epoch passes over the utterances several times: decoding them is the costly part.
+    repeated = torch.utils.data.ConcatDataset(
+        [datasets["train"]] * hparams["sanity_passes_per_epoch"]
+    )
+    train_loader_kwargs = {
+        "batch_size": hparams["batch_size"],
+        "shuffle": True,
+        "collate_fn": PaddedBatch,
+        "num_workers": hparams["num_workers"],
+    }
     brain.fit(
         brain.epoch_counter,
-        datasets["train"],
+        repeated,
         datasets["valid"],
-        train_loader_kwargs=hparams["train_loader_kwargs"],
+        train_loader_kwargs=train_loader_kwargs,
         valid_loader_kwargs=hparams["valid_loader_kwargs"],
     )
     result = brain.result
