@@ -516,8 +516,9 @@ def run_checks(
     max_tokens : int
         The decoder's positions.
     group_columns : list of str or None
-        Columns whose proportions are compared between splits; None: every column with at
-        most ``MAX_GROUP_VALUES`` values besides the required ones and ``spk_id``.
+        Columns whose proportions are compared between splits (absent ones and ``spk_id``
+        are ignored); None: every column with at most ``MAX_GROUP_VALUES`` values besides
+        the required ones and ``spk_id``.
     token_count_name : str
         What counted the tokens, for the report.
     """
@@ -532,7 +533,8 @@ def run_checks(
     _check_speaking_rates(rows, audio, findings)
     if group_columns is None:
         group_columns = group_columns_of(rows)
-    group_columns = [c for c in group_columns if c != SPEAKER_COLUMN]
+    present = {c for r in rows for c in r}
+    group_columns = [c for c in group_columns if c != SPEAKER_COLUMN and c in present]
     shifts = _check_shift(rows, audio, group_columns, findings)
     findings.sort(key=lambda f: SEVERITIES.index(f["severity"]))
     if output_dir is not None:

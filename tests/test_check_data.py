@@ -125,6 +125,9 @@ def test_a_clean_corpus_raises_nothing_and_writes_both_reports(corpus, tmp_path)
     shifts = {(s["split"], s["measure"]): s for s in report["shift"]}
     assert shifts[("valid", "dialect proportions")]["value"] == 0.0
     assert not any(s["shifted"] for s in report["shift"])
+    named = corpus.check(output_dir=str(tmp_path), group_columns=["spk_id", "dialect", "accent"])
+    shifted = json.loads((tmp_path / "data_report.json").read_text())["shift"]
+    assert named == [] and shifted == report["shift"]
     markdown = (tmp_path / "report" / "data_report.md").read_text()
     assert (
         "0 error(s), 0 warning(s), 0 info(s)" in markdown and "\n## Findings\n\nNone." in markdown
