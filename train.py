@@ -25,7 +25,7 @@ from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.utils.checkpoints import ckpt_recency
 from speechbrain.utils.distributed import run_on_main
 
-from local import data_prep, dataio, encoder_cache, evaluation, training_log
+from local import check_data, data_prep, dataio, encoder_cache, evaluation, training_log
 from local.config import HparamsError, load_hparams
 from local.decoding import beam_search, greedy_search
 
@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 LOSS_EMA_DECAY = 0.98
 SORTINGS = ("random", "ascending", "descending")
+DATA_CHECKS = ("error", "warn", "off")
 
 
 class WhisperFineTuning(sb.Brain):
@@ -114,7 +115,7 @@ class WhisperFineTuning(sb.Brain):
                     "loss": [nll / max(tokens, 1) for nll, tokens in pairs],
                     "tokens": token_stats["tokens"],
                 }
-            self.scorer.append(batch.id, texts, batch.wrd, groups, extra)
+            self.scorer.append(batch.id, texts, batch.wrd, groups, batch.duration, extra)
         return loss
 
     def update_average(self, loss, avg_loss):
@@ -237,6 +238,7 @@ class WhisperFineTuning(sb.Brain):
                     "n_valid": summary["n_utterances"],
                 },
             )
+            self.warn_if_valid_set_too_small(summary)
             # The latest state stays too, for resuming, until training is over.
             self.checkpointer.save_and_keep_only(
                 meta={**stats, "epoch": epoch},
@@ -247,8 +249,15 @@ class WhisperFineTuning(sb.Brain):
             self.hparams.train_logger.log_stats(
                 stats_meta={"test set": name, "epoch": summary["epoch"]}, test_stats=stats
             )
-            lo, hi = summary["wer_ci95"]
-            logger.info("%s: WER %.2f%% (95%% CI %.2f-%.2f)", name, summary["wer"], lo, hi)
+            logger.info("%s: %s", name, evaluation.format_headline(summary))
+
+    def warn_if_valid_set_too_small(self, summary):
+        """Warn when the valid WER interval is wider than the spread across epochs."""
+        with open(os.path.join(self.output_folder, "epochs.jsonl")) as f:
+            epoch_wers = [json.loads(line)["WER"] for line in f]
+        warning = evaluation.small_valid_warning(epoch_wers, summary)
+        if warning:
+            logger.warning(warning)
 
     def selected_epoch(self):
         """The epoch of the checkpoint the test stage uses (None when zero-shot)."""
@@ -360,6 +369,7 @@ def main(argv):
         except (OSError, ValueError, RuntimeError) as error:
             sys.exit(f"error: data preparation failed: {error}")
     whisper = hparams["whisper"]
+    check_manifests(hparams, whisper)
     try:
         datasets = dataio_prepare(hparams, whisper)
     except (dataio.DataError, ValueError) as error:
@@ -393,6 +403,46 @@ def main(argv):
     evaluate(asr_brain, test_sets, hparams, hparams["output_folder"], min_key="WER")
     if hparams["zero_shot_eval"]:
         evaluation.write_comparison(hparams["output_folder"], next(iter(test_sets)))
+
+
+def check_manifests(hparams, whisper):
+    """Run the data checks (once per manifest change) and stop on errors skipping can't fix."""
+    if hparams["data_checks"] not in DATA_CHECKS:
+        sys.exit(f"error: data_checks must be one of {DATA_CHECKS}, not '{hparams['data_checks']}'")
+    if hparams["data_checks"] == "off":
+        return
+    manifests = {"train": hparams["train_csv"], "valid": hparams["valid_csv"]}
+    manifests.update({Path(csv).stem: csv for csv in hparams["test_csv"]})
+    report = os.path.join(hparams["output_folder"], "data_report.json")
+
+    def write_report():
+        """Check the manifests unless the report is newer than all of them."""
+        newest = max(os.path.getmtime(csv) for csv in manifests.values() if os.path.exists(csv))
+        if os.path.exists(report) and os.path.getmtime(report) > newest:
+            return
+        prompt = len(whisper.prefix_tokens) + 1  # the prompt, then the text and end of text
+        check_data.run_checks(
+            manifests,
+            hparams["data_folder"],
+            hparams["output_folder"],
+            token_count=lambda text: len(whisper.encode_text(text)) + prompt,
+            group_columns=hparams["group_columns"],
+        )
+
+    run_on_main(write_report)
+    with open(report) as f:
+        findings = json.load(f)["findings"]
+    for finding in findings:
+        if finding["severity"] != "info":
+            logger.warning("data check %s: %s", finding["kind"], finding["message"])
+    skippable = check_data.ROW_KINDS if hparams["on_bad_row"] == "skip" else ()
+    blocking = [f for f in findings if f["severity"] == "error" and f["kind"] not in skippable]
+    if blocking and hparams["data_checks"] == "error":
+        sys.exit(
+            f"error: data checks found {len(blocking)} error(s), first: "
+            f"{blocking[0]['message']}; see {report[: -len('json')]}md "
+            "(--data_checks=warn to train anyway)"
+        )
 
 
 def make_brain(brain_class, hparams, run_opts, output_folder, **overrides):
