@@ -11,6 +11,7 @@ Example:
 Any hyperparameter can be overridden on the command line (``--lr=1e-4``).
 """
 
+import functools
 import json
 import logging
 import os
@@ -20,9 +21,10 @@ from pathlib import Path
 import speechbrain as sb
 import torch
 from speechbrain.dataio.sampler import DynamicBatchSampler
+from speechbrain.utils.checkpoints import ckpt_recency
 from speechbrain.utils.distributed import run_on_main
 
-from local import data_prep, dataio, encoder_cache, evaluation
+from local import data_prep, dataio, encoder_cache, evaluation, training_log
 from local.config import HparamsError, load_hparams
 from local.decoding import beam_search, greedy_search
 
@@ -83,10 +85,35 @@ class WhisperFineTuning(sb.Brain):
         # The last prompt position predicts the first transcript token.
         first = len(self.modules.whisper.prefix_tokens) - 1
         loss = self.hparams.nll_loss(log_probs[:, first:], tokens_eos, length=tokens_eos_lens)
+        token_stats = None
+        if stage != sb.Stage.TEST:  # augmented copies follow the originals: first n rows
+            n = len(batch.id)
+            with torch.no_grad():
+                token_stats = training_log.token_statistics(
+                    log_probs[:n, first:], tokens_eos[:n], tokens_eos_lens[:n]
+                )
+        if stage == sb.Stage.TRAIN:
+            self.training_log.add_utterances(
+                self.epoch,
+                self.step / self.batches_per_epoch,
+                batch.id,
+                token_stats,
+                [self.modules.whisper.decode_text(t) for t in token_stats["argmax"]],
+                batch.wrd,
+            )
+        if stage == sb.Stage.VALID:
+            self.valid_token_stats.append(token_stats)
         if hyps is not None:
             groups = {c: getattr(batch, c) for c in self.group_columns if hasattr(batch, c)}
             texts = [self.modules.whisper.decode_text(h) for h in hyps]
-            self.scorer.append(batch.id, texts, batch.wrd, groups)
+            extra = None
+            if token_stats is not None:  # each valid utterance's own loss, for paired analyses
+                pairs = zip(token_stats["nll"], token_stats["tokens"], strict=True)
+                extra = {
+                    "loss": [nll / max(tokens, 1) for nll, tokens in pairs],
+                    "tokens": token_stats["tokens"],
+                }
+            self.scorer.append(batch.id, texts, batch.wrd, groups, extra)
         return loss
 
     def update_average(self, loss, avg_loss):
@@ -101,24 +128,57 @@ class WhisperFineTuning(sb.Brain):
         self.loss_ema = LOSS_EMA_DECAY * self.loss_ema + (1 - LOSS_EMA_DECAY) * loss
         return self.loss_ema
 
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        """Log the raw loss, rate, tokens and audio of each optimizer step."""
+        tokens = int(torch.round(batch.tokens_eos[1] * batch.tokens_eos[0].shape[1]).sum())
+        seconds = sum(float(d) for d in batch.duration)
+        self.training_log.add_batch(loss.detach(), tokens, seconds, len(batch.id))
+        if should_step:
+            self.training_log.end_step(
+                epoch=self.epoch,
+                step=self.optimizer_step,
+                epoch_step=-(-self.step // self.grad_accumulation_factor),
+                position=self.step / self.batches_per_epoch,
+                lr=self.optimizer.param_groups[0]["lr"],
+                augmented=bool(self.hparams.augment and hasattr(batch, "sig")),
+            )
+
+    def make_dataloader(self, dataset, stage, **loader_kwargs):
+        """SpeechBrain's loader; the training one's length gives each step's epoch position."""
+        loader = super().make_dataloader(dataset, stage, **loader_kwargs)
+        if stage == sb.Stage.TRAIN:
+            self.batches_per_epoch = len(loader)
+        return loader
+
     def on_fit_start(self):
         """Recover the latest checkpoint; a finished run is not trained again."""
         self.loss_ema = None
         self.epoch_loss_sum, self.epoch_batches = 0.0, 0
+        self.training_log = training_log.TrainingLog(
+            os.path.join(self.output_folder, "log"),
+            enabled=sb.utils.distributed.if_main_process(),
+        )
         super().on_fit_start()
         counter = self.hparams.epoch_counter
-        if os.path.exists(self.fit_done_file):
+        if self.checkpointer is not None and os.path.exists(self.fit_done_file):
             with open(self.fit_done_file) as f:
                 done_epochs = json.load(f)["epochs"]
             if done_epochs >= counter.limit:
                 counter.current = counter.limit
             else:
                 logger.warning(
-                    "training had finished after %d epochs; continuing from the kept min-WER "
-                    "checkpoint (epoch %d)",
+                    "training had finished after %d epochs; continuing from the kept "
+                    "checkpoint of epoch %d",
                     done_epochs,
                     counter.current,
                 )
+
+    @property
+    def kept_checkpoints(self):
+        """Importance keys of the checkpoints kept: min WER; for review also min loss and last."""
+        if self.hparams.review_checkpoints:
+            return [evaluation.min_wer_earliest, evaluation.min_loss_earliest, ckpt_recency]
+        return [evaluation.min_wer_earliest]
 
     @property
     def fit_done_file(self):
@@ -136,9 +196,11 @@ class WhisperFineTuning(sb.Brain):
             self.checkpointer.recover_if_possible(importance_key=evaluation.min_wer_earliest)
 
     def on_stage_start(self, stage, epoch=None):
-        """Start a fresh scorer for validation and test."""
+        """Note the epoch; start a fresh scorer (and token statistics) for valid and test."""
+        self.epoch = epoch
         if stage != sb.Stage.TRAIN:
             self.scorer = evaluation.Scorer(self.normalize, self.group_columns)
+            self.valid_token_stats = training_log.ValidTokenStats()
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Log the epoch; keep the min-WER checkpoint; write test summaries."""
@@ -147,7 +209,7 @@ class WhisperFineTuning(sb.Brain):
             self.epoch_loss_sum, self.epoch_batches = 0.0, 0
             return
         if stage == sb.Stage.VALID:
-            folder, name = os.path.join(self.hparams.output_folder, "valid"), f"epoch{epoch}"
+            folder, name = os.path.join(self.output_folder, "valid"), f"epoch{epoch}"
             summary = self.scorer.write(folder, name, epoch)
         else:
             name = self.test_name
@@ -165,13 +227,19 @@ class WhisperFineTuning(sb.Brain):
                 stats_meta=stats_meta, train_stats=self.train_stats, valid_stats=stats
             )
             evaluation.append_jsonl(
-                os.path.join(self.hparams.output_folder, "epochs.jsonl"),
-                {**stats_meta, "train_loss": self.train_stats["loss"], **stats},
+                os.path.join(self.output_folder, "epochs.jsonl"),
+                {
+                    **stats_meta,
+                    "train_loss": self.train_stats["loss"],
+                    **stats,
+                    **self.valid_token_stats.summary(),
+                    "n_valid": summary["n_utterances"],
+                },
             )
             # The latest state stays too, for resuming, until training is over.
             self.checkpointer.save_and_keep_only(
                 meta={**stats, "epoch": epoch},
-                importance_keys=[evaluation.min_wer_earliest],
+                importance_keys=self.kept_checkpoints,
                 num_to_keep=1,
             )
         else:
@@ -183,7 +251,7 @@ class WhisperFineTuning(sb.Brain):
 
     def selected_epoch(self):
         """The epoch of the checkpoint the test stage uses (None when zero-shot)."""
-        if self.checkpointer is None or self.test_folder != self.hparams.output_folder:
+        if self.checkpointer is None or self.test_folder != self.output_folder:
             return None
         best = self.checkpointer.find_checkpoint(importance_key=evaluation.min_wer_earliest)
         return None if best is None else best.meta["epoch"]
@@ -202,6 +270,10 @@ def dataio_prepare(hparams, whisper):
         )
         for name, csv in datasets.items()
     }
+    if hparams["sanity_utterances"]:  # train and valid: the same few utterances
+        datasets = {
+            "train": datasets["train"].filtered_sorted(select_n=hparams["sanity_utterances"])
+        }
 
     @sb.utils.data_pipeline.takes("wav")
     @sb.utils.data_pipeline.provides("sig")
@@ -236,7 +308,11 @@ def dataio_prepare(hparams, whisper):
         else:
             dataset.add_dynamic_item(audio_pipeline)
         group_keys = [c for c in hparams["group_columns"] if c in dataio.columns(dataset)]
-        dataset.set_output_keys(["id", audio_key, "wrd", "tokens_bos", "tokens_eos", *group_keys])
+        dataset.set_output_keys(
+            ["id", audio_key, "duration", "wrd", "tokens_bos", "tokens_eos", *group_keys]
+        )
+    if hparams["sanity_utterances"]:
+        datasets["valid"] = datasets["train"]
     if hparams["sorting"] not in SORTINGS:
         raise ValueError(f"sorting must be one of {SORTINGS}, not '{hparams['sorting']}'")
     if hparams["sorting"] != "random":
@@ -282,24 +358,17 @@ def main(argv):
             )
         except (OSError, ValueError, RuntimeError) as error:
             sys.exit(f"error: data preparation failed: {error}")
+    if sb.utils.distributed.if_main_process():
+        write_run_info(hparams)
     whisper = hparams["whisper"]
     try:
         datasets = dataio_prepare(hparams, whisper)
     except (dataio.DataError, ValueError) as error:
         sys.exit(f"error: {error}")
+    if hparams["sanity_utterances"]:
+        sys.exit(sanity_check(hparams, datasets, run_opts))
 
-    asr_brain = WhisperFineTuning(
-        modules=hparams["modules"],
-        opt_class=hparams["optimizer"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
-    asr_brain.normalize = evaluation.text_normalizer(
-        hparams["normalizer"], whisper.tokenizer, whisper.is_english
-    )
-    asr_brain.group_columns = hparams["group_columns"]
-    asr_brain.train_sampler = hparams["train_loader_kwargs"].get("batch_sampler")
+    asr_brain = make_brain(WhisperFineTuning, hparams, run_opts, hparams["output_folder"])
     test_sets = {name: d for name, d in datasets.items() if name not in ("train", "valid")}
 
     if hparams["zero_shot_eval"]:
@@ -312,16 +381,122 @@ def main(argv):
         train_loader_kwargs=hparams["train_loader_kwargs"],
         valid_loader_kwargs=hparams["valid_loader_kwargs"],
     )
-    # Training is over: mark it so, then keep only the min-WER end-of-epoch checkpoint.
+    # Training is over: mark it so, then keep only the min-WER end-of-epoch checkpoint
+    # (with review_checkpoints, the min-loss and last ones too).
     if sb.utils.distributed.if_main_process():
         evaluation.write_json(asr_brain.fit_done_file, {"epochs": hparams["number_of_epochs"]})
     asr_brain.checkpointer.delete_checkpoints(
-        num_to_keep=1, importance_keys=[evaluation.min_wer_earliest]
+        num_to_keep=1, importance_keys=asr_brain.kept_checkpoints
     )
 
     evaluate(asr_brain, test_sets, hparams, hparams["output_folder"], min_key="WER")
     if hparams["zero_shot_eval"]:
         evaluation.write_comparison(hparams["output_folder"], next(iter(test_sets)))
+
+
+def make_brain(brain_class, hparams, run_opts, output_folder, **overrides):
+    """A Brain of ``brain_class`` writing into ``output_folder``; ``overrides`` replace
+    Brain arguments (e.g. ``checkpointer=None``)."""
+    arguments = {
+        "modules": hparams["modules"],
+        "opt_class": hparams["optimizer"],
+        "hparams": hparams,
+        "run_opts": run_opts,
+        "checkpointer": hparams["checkpointer"],
+        **overrides,
+    }
+    brain = brain_class(**arguments)
+    whisper = hparams["whisper"]
+    brain.normalize = evaluation.text_normalizer(
+        hparams["normalizer"], whisper.tokenizer, whisper.is_english
+    )
+    brain.group_columns = hparams["group_columns"]
+    brain.train_sampler = hparams["train_loader_kwargs"].get("batch_sampler")
+    brain.output_folder = output_folder
+    return brain
+
+
+def write_run_info(hparams):
+    """``run.json``: where the data is and how batches were formed, for the analysis tools."""
+    keys = (
+        "data_folder",
+        "group_columns",
+        "sorting",
+        "dynamic_batching",
+        "augment",
+        "batch_size",
+        "grad_accumulation_factor",
+        "number_of_epochs",
+        "seed",
+    )
+    info = {key: hparams[key] for key in keys}
+    info["data_folder"] = os.path.abspath(hparams["data_folder"])
+    info["train_csv"] = os.path.abspath(hparams["train_csv"])
+    info["valid_csv"] = os.path.abspath(hparams["valid_csv"])
+    info["test_csv"] = [os.path.abspath(csv) for csv in hparams["test_csv"]]
+    info["whisper_hub"] = str(hparams["whisper_hub"])
+    evaluation.write_json(os.path.join(hparams["output_folder"], "run.json"), info)
+
+
+class SanityCheck(WhisperFineTuning):
+    """Overfits a few utterances at a constant rate until it reproduces them, or gives up."""
+
+    def on_fit_batch_start(self, batch, should_step):
+        """A constant rate: no warmup to wait for."""
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Score the utterances just trained on; stop once WER is 0 and the loss near 0."""
+        if stage == sb.Stage.TRAIN:
+            return super().on_stage_end(stage, stage_loss, epoch)
+        self.result = {
+            "epoch": epoch,
+            "wer": self.scorer.summary()["wer"],
+            "nll": self.valid_token_stats.summary()["nll"],
+        }
+        evaluation.append_jsonl(os.path.join(self.output_folder, "epochs.jsonl"), self.result)
+        self.scorer.write(os.path.join(self.output_folder, "valid"), "last", epoch)
+        logger.info(
+            "sanity epoch %d: WER %.2f%%, NLL %.4f", epoch, self.result["wer"], self.result["nll"]
+        )
+        if self.reproduced():
+            self.epoch_counter.current = self.epoch_counter.limit
+
+    def reproduced(self):
+        """Every word right and the per-token loss (no smoothing) under its bound."""
+        return self.result["wer"] == 0 and self.result["nll"] <= self.hparams.sanity_max_nll
+
+
+def sanity_check(hparams, datasets, run_opts):
+    """Overfit ``sanity_utterances`` training utterances; a message if that fails, else None."""
+    folder = os.path.join(hparams["output_folder"], "sanity")
+    optimizer = functools.partial(hparams["optimizer"], lr=hparams["sanity_lr"])
+    brain = make_brain(
+        SanityCheck, hparams, run_opts, folder, opt_class=optimizer, checkpointer=None
+    )
+    brain.epoch_counter = sb.utils.epoch_loop.EpochCounter(hparams["sanity_max_epochs"])
+    brain.fit(
+        brain.epoch_counter,
+        datasets["train"],
+        datasets["valid"],
+        train_loader_kwargs=hparams["train_loader_kwargs"],
+        valid_loader_kwargs=hparams["valid_loader_kwargs"],
+    )
+    result = brain.result
+    if brain.reproduced():
+        logger.info(
+            "sanity check passed: %d utterances reproduced after %d epochs (NLL %.4f)",
+            len(datasets["train"]),
+            result["epoch"],
+            result["nll"],
+        )
+        return None
+    return (
+        f"error: sanity check FAILED: after {result['epoch']} epochs on "
+        f"{len(datasets['train'])} utterances, WER {result['wer']:.2f}% and NLL "
+        f"{result['nll']:.3f} (bound {hparams['sanity_max_nll']}): the model cannot learn "
+        "its own training data; check labels, tokens and masks (see "
+        f"{folder}/valid/utterances_last.jsonl)"
+    )
 
 
 def evaluate(asr_brain, test_sets, hparams, folder, min_key=None):

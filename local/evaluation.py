@@ -85,6 +85,13 @@ def min_wer_earliest(ckpt):
     return (-ckpt.meta["WER"], -ckpt.meta["epoch"])
 
 
+def min_loss_earliest(ckpt):
+    """Checkpoint importance: lowest valid loss first, the earlier epoch on ties."""
+    if "loss" not in ckpt.meta:
+        return (-math.inf, 0)
+    return (-ckpt.meta["loss"], -ckpt.meta["epoch"])
+
+
 class Scorer:
     """Collects hypotheses and references of one stage and summarises them.
 
@@ -104,9 +111,14 @@ class Scorer:
         self.raw_wer = ErrorRateStats()
         self.utterances = []
 
-    def append(self, ids, hyps, refs, groups=None):
-        """Score a batch; ``groups`` maps a column name to its values for the batch."""
+    def append(self, ids, hyps, refs, groups=None, extra=None):
+        """Score a batch; ``groups`` maps a column name to its values for the batch.
+
+        ``extra`` maps other per-utterance fields (e.g. ``loss``) to their values for the
+        batch: recorded with each utterance, not grouped by.
+        """
         groups = groups or {}
+        extra = extra or {}
         norm_hyps = [self.normalize(h).split() for h in hyps]
         norm_refs = [self.normalize(r).split() for r in refs]
         self.wer.append(ids, norm_hyps, norm_refs)
@@ -124,6 +136,7 @@ class Scorer:
                 "chars": cer["num_ref_tokens"],
             }
             utt.update({column: values[i] for column, values in groups.items()})
+            utt.update({field: values[i] for field, values in extra.items()})
             self.utterances.append(utt)
 
     def summary(self, epoch=None):

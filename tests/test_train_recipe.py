@@ -209,3 +209,77 @@ def test_zero_shot_results_are_reused_only_for_the_same_model_and_utterances(tmp
     assert not train._decoded_already(tmp_path, "test", {"whisper_hub": "m2"}, [1, 2, 3])
     assert not train._decoded_already(tmp_path, "test", {"whisper_hub": "m1"}, [1, 2])
     assert not train._decoded_already(tmp_path, "other", {"whisper_hub": "m1"}, [1, 2, 3])
+
+
+def read_manifest(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_info_points_the_analysis_tools_at_the_data(run):
+    args, exp = run
+    info = json.loads((exp / "run.json").read_text())
+    assert info["valid_csv"] == str(exp / "manifests" / "valid.csv")
+    assert info["test_csv"] == [str(exp / "manifests" / "test.csv")]
+    assert info["data_folder"] == next(a.split("=", 1)[1] for a in args if "data_folder" in a)
+    assert (info["batch_size"], info["grad_accumulation_factor"]) == (BATCH, ACCUMULATION)
+    assert (info["sorting"], info["augment"], info["dynamic_batching"]) == ("random", False, False)
+
+
+def test_every_optimizer_step_is_logged_with_its_raw_loss_rate_tokens_and_audio(
+    run, random_whisper_dir
+):
+    from local.whisper import WhisperASR
+
+    _, exp = run
+    steps = read_jsonl(exp / "log" / "steps.jsonl")
+    per_epoch = TRAIN_UTTERANCES // BATCH // ACCUMULATION
+    assert [s["step"] for s in steps] == list(range(1, per_epoch * EPOCHS + 1))
+    assert [s["epoch_step"] for s in steps] == list(range(1, per_epoch + 1)) * EPOCHS
+    assert [s["epoch"] for s in steps] == [1] * per_epoch + [2] * per_epoch
+    assert [s["position"] for s in steps[:per_epoch]] == [
+        pytest.approx((i + 1) / per_epoch) for i in range(per_epoch)
+    ]
+    for record in steps:
+        assert record["lr"] == pytest.approx(noam(record["step"]), rel=1e-9)
+        assert record["utterances"] == BATCH * ACCUMULATION
+        assert record["loss"] > 0 and record["augmented"] is False
+    # Each epoch's steps cover every training utterance's tokens (+ end of text) and audio.
+    whisper = WhisperASR(source=str(random_whisper_dir))
+    rows = read_manifest(exp / "manifests" / "train.csv")
+    tokens = sum(len(whisper.encode_text(r["wrd"])) + 1 for r in rows)
+    seconds = sum(float(r["duration"]) for r in rows)
+    for epoch in (1, 2):
+        epoch_steps = [s for s in steps if s["epoch"] == epoch]
+        assert sum(s["tokens"] for s in epoch_steps) == tokens
+        assert sum(s["audio_seconds"] for s in epoch_steps) == pytest.approx(seconds)
+    # The logged epoch mean is the mean of the raw batch losses, not a running display value.
+    train_loss = read_jsonl(exp / "epochs.jsonl")[0]["train_loss"]
+    assert train_loss == pytest.approx(sum(s["loss"] for s in steps[:per_epoch]) / per_epoch)
+
+
+def test_every_training_utterance_is_logged_once_per_epoch(run):
+    _, exp = run
+    records = read_jsonl(exp / "log" / "train_utterances.jsonl")
+    rows = {r["ID"]: r["wrd"] for r in read_manifest(exp / "manifests" / "train.csv")}
+    for epoch in (1, 2):
+        visits = [r for r in records if r["epoch"] == epoch]
+        assert sorted(r["id"] for r in visits) == sorted(rows)
+        assert all(r["seen"] == epoch for r in visits)
+        assert all(r["ref"] == rows[r["id"]] and isinstance(r["hyp"], str) for r in visits)
+        assert all(r["loss"] > 0 and 0 <= r["token_accuracy"] <= 1 for r in visits)
+
+
+def test_valid_epochs_log_calibration_and_per_utterance_losses(run):
+    _, exp = run
+    for epoch in read_jsonl(exp / "epochs.jsonl"):
+        utterances = read_jsonl(exp / "valid" / f"utterances_epoch{epoch['epoch']}.jsonl")
+        assert epoch["n_valid"] == len(utterances) == 4
+        tokens = sum(u["tokens"] for u in utterances)
+        assert epoch["nll"] == pytest.approx(
+            sum(u["loss"] * u["tokens"] for u in utterances) / tokens
+        )
+        assert 0 <= epoch["token_accuracy"] <= 1 and 0 <= epoch["ece"] <= 1
+        assert 0 < epoch["entropy"] <= math.log(51864)

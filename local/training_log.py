@@ -1,0 +1,179 @@
+"""What a run logs beyond SpeechBrain's epoch means, so loss/WER divergence can be explained.
+
+Per optimizer step (``log/steps.jsonl``): the raw loss of that step's batches, the rate used,
+tokens and audio seconds. Per training utterance per epoch (``log/train_utterances.jsonl``):
+its teacher-forced loss at its visit, how often it has been seen, and the model's own
+teacher-forced transcript. Per validation epoch: token accuracy, predictive entropy and
+calibration (ECE), computed here from the decoder's log-probabilities.
+
+``local/diagnose.py`` reads these files; every record is one JSON line, appended as it happens.
+"""
+
+import json
+import os
+
+import torch
+
+from local.evaluation import append_jsonl
+
+ECE_BINS = 15
+TAIL_BYTES = 1 << 20  # longer than any one record
+
+
+def token_statistics(log_probs, targets, lengths):
+    """Teacher-forced per-utterance NLL, accuracy and entropy over the transcript tokens.
+
+    ``log_probs`` (batch, time, vocab) are aligned with ``targets`` (batch, time) from the
+    first transcript token on; ``lengths`` are SpeechBrain relative lengths. Returns per
+    utterance: ``nll`` (summed, no label smoothing), ``correct``, ``tokens``, ``entropy``
+    (summed, nats) and ``argmax`` (list of token lists), plus the flat top-1 ``confidence``
+    and ``is_correct`` of every token, for calibration.
+    """
+    log_probs = log_probs[:, : targets.shape[1]].float()
+    n_tokens = torch.round(lengths * targets.shape[1]).long()
+    mask = torch.arange(targets.shape[1], device=targets.device)[None] < n_tokens[:, None]
+    target_lp = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    top_lp, argmax = log_probs.max(dim=-1)
+    hit = (argmax == targets) & mask
+    entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
+    return {
+        "nll": (-target_lp * mask).sum(dim=1).tolist(),
+        "correct": hit.sum(dim=1).tolist(),
+        "tokens": n_tokens.tolist(),
+        "entropy": (entropy * mask).sum(dim=1).tolist(),
+        "argmax": [row[:n].tolist() for row, n in zip(argmax, n_tokens, strict=True)],
+        "confidence": top_lp.exp()[mask],
+        "is_correct": hit[mask],
+    }
+
+
+class Calibration:
+    """Accumulates top-1 confidence against accuracy in equal-width bins (ECE)."""
+
+    def __init__(self, bins=ECE_BINS):
+        self.count = torch.zeros(bins)
+        self.confidence = torch.zeros(bins)
+        self.correct = torch.zeros(bins)
+
+    def append(self, confidence, is_correct):
+        """Add tokens' top-1 probabilities and whether that token was the target."""
+        bins = len(self.count)
+        index = (confidence.detach().cpu() * bins).long().clamp(max=bins - 1)
+        self.count += torch.bincount(index, minlength=bins).float()
+        self.confidence += torch.bincount(index, confidence.detach().cpu(), bins).float()
+        self.correct += torch.bincount(index, is_correct.cpu().float(), bins).float()
+
+    def ece(self):
+        """Expected calibration error: bin-weighted |accuracy - confidence|."""
+        total = self.count.sum()
+        if total == 0:
+            return float("nan")
+        return float((self.correct - self.confidence).abs().sum() / total)
+
+
+class ValidTokenStats:
+    """One validation pass's teacher-forced token statistics, summed over utterances."""
+
+    def __init__(self):
+        self.nll = self.correct = self.tokens = self.entropy = 0.0
+        self.calibration = Calibration()
+
+    def append(self, stats):
+        """Add one batch of ``token_statistics``."""
+        self.nll += sum(stats["nll"])
+        self.correct += sum(stats["correct"])
+        self.tokens += sum(stats["tokens"])
+        self.entropy += sum(stats["entropy"])
+        self.calibration.append(stats["confidence"], stats["is_correct"])
+
+    def summary(self):
+        """Per-token means: ``nll``, ``token_accuracy``, ``entropy``; and ``ece``."""
+        tokens = max(self.tokens, 1)
+        return {
+            "nll": self.nll / tokens,
+            "token_accuracy": self.correct / tokens,
+            "entropy": self.entropy / tokens,
+            "ece": self.calibration.ece(),
+        }
+
+
+def drop_partial_last_line(path):
+    """Cut a last line a kill left unfinished, so the next record starts on its own line."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as f:
+        end = f.seek(0, os.SEEK_END)
+        start = max(0, end - TAIL_BYTES)
+        f.seek(start)
+        tail = f.read()
+        if tail and not tail.endswith(b"\n"):
+            f.truncate(start + tail.rfind(b"\n") + 1)
+
+
+class TrainingLog:
+    """Appends the per-step and per-utterance training records of one run.
+
+    Arguments
+    ---------
+    folder : str
+        ``EXPERIMENT/log``; created on first use.
+    enabled : bool
+        False on non-main processes, which log nothing.
+    """
+
+    def __init__(self, folder, enabled=True):
+        self.folder = folder
+        self.enabled = enabled
+        self.pending = None
+        # The epochs each utterance was visited in, rebuilt from the log when a run resumes;
+        # a resumed epoch re-logs the steps after its checkpoint (readers keep the last record).
+        self.visits = {}
+        if enabled:
+            os.makedirs(folder, exist_ok=True)
+            for name in ("steps.jsonl", "train_utterances.jsonl"):
+                drop_partial_last_line(os.path.join(folder, name))
+        path = os.path.join(folder, "train_utterances.jsonl")
+        if os.path.exists(path):
+            with open(path) as f:
+                for line in f:
+                    record = json.loads(line)
+                    self.visits.setdefault(record["id"], set()).add(record["epoch"])
+
+    def add_batch(self, loss, tokens, audio_seconds, utterances):
+        """Accumulate one batch into the optimizer step being built."""
+        if self.pending is None:
+            self.pending = {"losses": [], "tokens": 0, "audio_seconds": 0.0, "utterances": 0}
+        finite = torch.isfinite(loss)
+        self.pending["losses"].append(float(loss) if finite else None)
+        self.pending["tokens"] += tokens
+        self.pending["audio_seconds"] += audio_seconds
+        self.pending["utterances"] += utterances
+
+    def end_step(self, **fields):
+        """Write the finished optimizer step with ``fields`` (epoch, step, lr, ...)."""
+        pending, self.pending = self.pending, None
+        losses = [x for x in pending.pop("losses") if x is not None]
+        loss = sum(losses) / len(losses) if losses else None
+        if self.enabled:
+            record = {**fields, "loss": loss, **pending}
+            append_jsonl(os.path.join(self.folder, "steps.jsonl"), record)
+
+    def add_utterances(self, epoch, position, ids, stats, hyps, refs):
+        """Write each utterance's teacher-forced loss and transcript at this visit."""
+        for i, utt_id in enumerate(ids):
+            self.visits.setdefault(utt_id, set()).add(epoch)
+            if not self.enabled:
+                continue
+            tokens = stats["tokens"][i]
+            record = {
+                "epoch": epoch,
+                "id": utt_id,
+                "loss": stats["nll"][i] / max(tokens, 1),
+                "token_accuracy": stats["correct"][i] / max(tokens, 1),
+                "tokens": tokens,
+                "seen": len(self.visits[utt_id]),
+                "position": position,
+                "hyp": hyps[i],
+                "ref": refs[i],
+            }
+            append_jsonl(os.path.join(self.folder, "train_utterances.jsonl"), record)
