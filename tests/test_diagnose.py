@@ -465,3 +465,90 @@ def test_cli_writes_the_outputs_and_gives_one_line_errors(tmp_path, diagnosed):
     )
     assert done.returncode == 0, done.stderr
     assert "Batches come in a sorted or fixed order" in done.stdout
+
+
+MISLABELS = {
+    "en-gb-scotland_s0011": "The committee postponed its decision until next spring.",
+    "en-us_s0155": "Fresh bread and cheese were sold out by noon.",
+}
+
+
+@pytest.mark.slow
+def test_train_py_logs_let_the_real_mislabelled_utterances_surface(tmp_path, tiny_en_dir):
+    """train.py with the real tiny.en on espeak-ng speech, two training labels replaced by
+    sentences never spoken: the diagnosis ranks exactly those two as the top suspects."""
+    import csv
+
+    from local import accent_corpus
+
+    if accent_corpus.shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    manifests = accent_corpus.prepare_accent_corpus(
+        tmp_path / "data",
+        tmp_path / "manifests",
+        n_valid_sentences=2,
+        n_test_sentences=1,
+        n_train_sentences=8,
+        voices=("en-us", "en-gb-scotland"),
+    )
+    with open(manifests["train"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert set(MISLABELS) <= {r["ID"] for r in rows}
+    for row in rows:
+        row["wrd"] = MISLABELS.get(row["ID"], row["wrd"])
+    train_csv = tmp_path / "train_mislabelled.csv"
+    with open(train_csv, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    exp = tmp_path / "exp"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "hparams/whisper_small.yaml",
+            f"--whisper_hub={tiny_en_dir}",
+            f"--data_folder={tmp_path / 'data'}",
+            f"--output_folder={exp}",
+            "--skip_prep=True",
+            f"--train_csv={train_csv}",
+            f"--valid_csv={manifests['valid']}",
+            f"--test_csv=[{manifests['test']}]",
+            "--number_of_epochs=2",
+            "--batch_size=4",
+            "--grad_accumulation_factor=1",
+            "--lr=1e-5",
+            "--warmup_steps=4",
+            "--trainable_patterns=[encoder_attn]",
+            "--decode_max_tokens=32",
+            "--test_beam_size=1",
+            "--num_workers=0",
+            "--ckpt_interval_minutes=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = diagnose.run(exp)
+    suspects = result["label_noise_suspects"]
+    assert {s["id"] for s in suspects[:2]} == set(MISLABELS)
+    last = {
+        u["id"]: u for u in read_jsonl(exp / "log" / "train_utterances.jsonl") if u["epoch"] == 2
+    }
+    for suspect in suspects[:2]:
+        assert suspect["ref"] == MISLABELS[suspect["id"]]
+        assert suspect["loss"] == last[suspect["id"]]["loss"]
+    # Both are far outside the loss range of the correctly labelled utterances.
+    clean = [u["loss"] for i, u in last.items() if i not in MISLABELS]
+    assert min(s["loss"] for s in suspects[:2]) > 2 * max(clean)
+    epochs = read_jsonl(exp / "epochs.jsonl")
+    assert result["best_loss_epoch"] == min(epochs, key=lambda e: (e["loss"], e["epoch"]))["epoch"]
+    assert result["best_wer_epoch"] == min(epochs, key=lambda e: (e["WER"], e["epoch"]))["epoch"]
+    assert {"memorization", "overconfidence", "label_noise_suspects", "leakage"} <= set(
+        result["available_analyses"]
+    )
+    assert result["leakage"]["same_transcript"] == 0  # the corpus splits by sentence
+    assert "logged steps" in result["skipped"]["epoch_boundary"]  # 4 steps per epoch
+    report = (exp / "diagnostics" / "report.md").read_text()
+    assert all(utt_id in report for utt_id in MISLABELS)

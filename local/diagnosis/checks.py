@@ -18,11 +18,11 @@ from local.diagnosis.stats import (
 )
 
 SUSPECTS_LISTED = 50
-LAG_FRACTION = 0.5  # a group lags when it improves less than this share of the overall gain
 MAX_GROUP_VALUES = 20
-MIN_GROUP_SIZE = 5
+MIN_SPEAKER_BLOCKS = 5  # fewer speakers in a group: resample its utterances instead
 LEAKAGE_SHARE = 0.05
-UTTERANCE_FIELDS = {"id", "ref", "hyp", "word_errors", "words", "char_errors", "chars", "loss"}
+UTTERANCE_FIELDS = {"id", "ref", "hyp", "word_errors", "words", "char_errors", "chars"}
+UTTERANCE_FIELDS |= {"loss", "tokens"}  # per-utterance numbers, not groups
 
 
 def _finite(value):
@@ -189,10 +189,29 @@ def _wer(utterances):
     return 100.0 * sum(u["word_errors"] for u in utterances) / words if words else None
 
 
+def _paired_gain(first, last, confidence):
+    """WER(first) - WER(last) of the same utterances with its paired-bootstrap interval,
+    blocked by speaker when the group has MIN_SPEAKER_BLOCKS speakers or more."""
+    ids = sorted(set(first) & set(last))
+    speakers = [first[i].get("spk_id") for i in ids]
+    blocked = None not in speakers and len(set(speakers)) >= MIN_SPEAKER_BLOCKS
+    gain, lo, hi, _ = paired_bootstrap_difference(
+        [first[i]["word_errors"] for i in ids],
+        [last[i]["word_errors"] for i in ids],
+        [first[i]["words"] for i in ids],
+        speakers if blocked else None,
+        confidence=confidence,
+    )
+    return gain, [lo, hi]
+
+
 def lagging_groups(records, loss_epoch, wer_epoch):
-    """Per-group WER by epoch. A group lags when, from the first to the last epoch, it gains
-    less than half of the overall gain (the overall WER must have improved). Also the
-    per-group difference between the min-loss and min-WER checkpoints: who pays for it."""
+    """Per-group WER by epoch. A group lags when its gain from the first to the last epoch is
+    credibly below the overall gain: the upper end of its paired-bootstrap interval (95%,
+    Bonferroni-corrected over the column's groups) is under the overall gain, which must be
+    positive, and its WER at the last epoch is above the overall one. Also the per-group
+    difference between the min-loss and min-WER checkpoints: where that difference comes
+    from."""
     epochs = sorted(records.valid_utterances)
     if len(epochs) < 2:
         raise Unavailable("needs per-utterance valid transcripts of at least two epochs")
@@ -200,26 +219,31 @@ def lagging_groups(records, loss_epoch, wer_epoch):
     if not columns:
         raise Unavailable("the valid utterances carry no group column (e.g. dialect, spk_id)")
     first, last = epochs[0], epochs[-1]
-    overall = {e: _wer(records.valid_utterances[e]) for e in (first, last)}
-    overall_gain = overall[first] - overall[last]
+    by_id = {e: {u["id"]: u for u in records.valid_utterances[e]} for e in epochs}
+    overall_last = _wer(records.valid_utterances[last])
+    overall_gain = _wer(records.valid_utterances[first]) - overall_last
     result = {"from_epoch": first, "to_epoch": last, "overall_gain": overall_gain}
     result["groups"], result["lagging"] = {}, []
     for column in columns:
         table = {}
-        for value in sorted({u[column] for u in records.valid_utterances[first]}):
-            by_epoch = {
-                e: _wer([u for u in records.valid_utterances[e] if u.get(column) == value])
-                for e in epochs
+        values = sorted({u[column] for u in records.valid_utterances[first]})
+        confidence = 1 - 0.05 / len(values)  # Bonferroni over the column's groups
+        for value in values:
+            members = {
+                e: {i: u for i, u in by_id[e].items() if u.get(column) == value} for e in epochs
             }
-            n = sum(u.get(column) == value for u in records.valid_utterances[first])
-            gain = by_epoch[first] - by_epoch[last]
-            row = {"wer_by_epoch": by_epoch, "n": n, "gain": gain}
+            by_epoch = {e: _wer(list(members[e].values())) for e in epochs}
+            gain, ci95 = _paired_gain(members[first], members[last], confidence)
+            row = {"wer_by_epoch": by_epoch, "n": len(members[first]), "gain": gain}
+            row["gain_ci95"] = ci95
             if loss_epoch in by_epoch and wer_epoch in by_epoch:
                 row["min_loss_minus_min_wer"] = by_epoch[loss_epoch] - by_epoch[wer_epoch]
             table[value] = row
-            lags = n >= MIN_GROUP_SIZE and overall_gain > 0 and gain < LAG_FRACTION * overall_gain
-            if lags:
-                result["lagging"].append({"column": column, "value": value, "gain": gain, "n": n})
+            behind = by_epoch[last] is not None and by_epoch[last] > overall_last
+            if overall_gain > 0 and ci95[1] < overall_gain and behind:
+                result["lagging"].append(
+                    {"column": column, "value": value, "gain": gain, "gain_ci95": ci95}
+                )
         result["groups"][column] = table
     return result
 

@@ -57,6 +57,15 @@ def read_jsonl(path, notes):
     return records
 
 
+def last_record_per_key(rows, key):
+    """One record per key, the last one logged: a resumed epoch re-logs what followed its
+    checkpoint. The order of first appearance is kept."""
+    latest = {}
+    for row in rows:
+        latest[key(row)] = row
+    return list(latest.values())
+
+
 def load(folder):
     """The run in ``folder``: this recipe's layout first, then a trainer_state.json, then a
     train_log.txt. Raises ``FileNotFoundError`` when none is there."""
@@ -85,9 +94,13 @@ def _load_experiment(folder):
     elif (folder / TRAIN_LOG).exists():
         records.epochs = load_train_log(folder / TRAIN_LOG).epochs
         records.files.append(TRAIN_LOG)
-    for name, attribute in ((STEPS_FILE, "steps"), (TRAIN_UTTERANCES_FILE, "train_utterances")):
+    logs = (
+        (STEPS_FILE, "steps", lambda r: r.get("step")),
+        (TRAIN_UTTERANCES_FILE, "train_utterances", lambda r: (r.get("epoch"), r.get("id"))),
+    )
+    for name, attribute, key in logs:
         if (folder / name).exists():
-            setattr(records, attribute, read_jsonl(folder / name, notes))
+            setattr(records, attribute, last_record_per_key(read_jsonl(folder / name, notes), key))
             records.files.append(str(name))
     for path in sorted((folder / "valid").glob("utterances_epoch*.jsonl")):
         epoch = int(VALID_UTTERANCES.search(path.name).group(1))

@@ -63,7 +63,13 @@ def _checkpoint_sentences(d):
             f"WER ({wer:.2f})."
         ]
     sentences = []
-    if loss_epoch is not None:
+    if loss_epoch is not None and _wer_of(d, loss_epoch) == wer:
+        sentences.append(
+            f"The min-loss epoch ({loss_epoch}) has the same valid WER as the min-WER epoch "
+            f"({wer_epoch}, {wer:.2f}): the loss difference ({_loss_gap(d, loss_epoch, wer_epoch)})"
+            f" changes no transcript score; the min-WER rule keeps epoch {wer_epoch}."
+        )
+    elif loss_epoch is not None:
         sentences.append(
             f"Trust the min-WER checkpoint (epoch {wer_epoch}, valid WER {wer:.2f}) rather than "
             f"the min-loss one (epoch {loss_epoch}, WER {_wer_of(d, loss_epoch):.2f}; valid "
@@ -175,10 +181,15 @@ def _other_sentences(d):
         )
     lagging = (d.get("lagging_groups") or {}).get("lagging", [])
     if lagging:
-        names = ", ".join(f"{g['column']}={g['value']} ({g['gain']:+.1f})" for g in lagging)
+        names = ", ".join(
+            f"{g['column']}={g['value']} ({g['gain']:+.1f}, 95% CI {g['gain_ci95'][0]:+.1f} to "
+            f"{g['gain_ci95'][1]:+.1f})"
+            for g in lagging
+        )
+        overall = d["lagging_groups"]["overall_gain"]
         sentences.append(
-            f"Lagging groups gained less than half of the overall "
-            f"{d['lagging_groups']['overall_gain']:.1f} WER points: {names}; check their "
+            f"Lagging groups (behind at the end, and gaining credibly less than the overall "
+            f"{overall:.1f} WER points from the first to the last epoch): {names}; check their "
             "share of the training data and their audio."
         )
     leak = d.get("leakage")
@@ -319,12 +330,24 @@ def markdown(d, folder):
     lagging = d.get("lagging_groups")
     if lagging:
         lines += ["", "## Groups", ""]
+        lines += [
+            f"Gain: WER of epoch {lagging['from_epoch']} minus epoch {lagging['to_epoch']} "
+            f"(overall {lagging['overall_gain']:+.2f}); a group lags when its whole interval "
+            "is below the overall gain and it ends above the overall WER.",
+            "",
+        ]
         for column, table in lagging["groups"].items():
             epochs = sorted({e for v in table.values() for e in v["wer_by_epoch"]})
             lines += _table(
-                [column, "n", *[f"WER epoch {e}" for e in epochs], "gain"],
+                [column, "n", *[f"WER epoch {e}" for e in epochs], "gain", "gain 95% CI"],
                 [
-                    [value, v["n"], *[v["wer_by_epoch"][e] for e in epochs], v["gain"]]
+                    [
+                        value,
+                        v["n"],
+                        *[v["wer_by_epoch"][e] for e in epochs],
+                        v["gain"],
+                        "{:+.2f} to {:+.2f}".format(*v["gain_ci95"]),
+                    ]
                     for value, v in table.items()
                 ],
             )

@@ -14,8 +14,10 @@ SEED = 0
 WORD = re.compile(r"[\w']+")
 
 
-def paired_bootstrap_difference(errors_a, errors_b, words, blocks=None, samples=None, seed=SEED):
-    """WER(a) - WER(b) in points, with a 95% percentile interval from a paired bootstrap.
+def paired_bootstrap_difference(
+    errors_a, errors_b, words, blocks=None, samples=None, seed=SEED, confidence=0.95
+):
+    """WER(a) - WER(b) in points, with a percentile interval from a paired bootstrap.
 
     Utterances (or whole blocks, e.g. speakers) are resampled together for both systems, so
     the interval reflects the difference on the same audio, not two independent noises.
@@ -34,7 +36,8 @@ def paired_bootstrap_difference(errors_a, errors_b, words, blocks=None, samples=
     draws = rng.integers(0, n_blocks, size=(samples or BOOTSTRAP_SAMPLES, n_blocks))
     sums = per_block[:, draws].sum(axis=2)  # (3, samples)
     differences = 100.0 * (sums[0] - sums[1]) / np.maximum(sums[2], 1)
-    lo, hi = np.percentile(differences, [2.5, 97.5])
+    tail = 50 * (1 - confidence)
+    lo, hi = np.percentile(differences, [tail, 100 - tail])
     return float(point), float(lo), float(hi), n_blocks
 
 
