@@ -10,6 +10,7 @@ Usage: python local/diagnose.py EXPERIMENT_FOLDER
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -29,11 +30,17 @@ def _write_atomically(path, text):
     os.replace(tmp, path)
 
 
-def _plain(value):
-    """numpy scalars as Python numbers, so a stray one never breaks the JSON."""
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+def _strict_json(value):
+    """``value`` with NaN/inf as null and numpy scalars as Python numbers: strict JSON."""
+    if isinstance(value, dict):
+        return {key: _strict_json(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 class _Analyses:
@@ -72,10 +79,14 @@ def diagnose(run):
             analyses.available.append(test["cause"])
         for missing in epoch_boundary["not_tested"]:
             analyses.skipped[missing["cause"]] = missing["reason"]
-    elif not isinstance(memorization, Unavailable):
-        analyses.available.append("memorization")
     else:
-        analyses.skipped["memorization"] = str(memorization)
+        reason = f"needs the epoch-boundary analysis: {analyses.skipped['epoch_boundary']}"
+        for cause in ("running_mean_artifact", "ordering", "schedule"):
+            analyses.skipped[cause] = reason
+        if isinstance(memorization, Unavailable):
+            analyses.skipped["memorization"] = str(memorization)
+        else:
+            analyses.available.append("memorization")
     return {
         "source": run.source,
         "files": run.files,
@@ -97,6 +108,9 @@ def diagnose(run):
             "lagging_groups", checks.lagging_groups, run, loss_epoch, wer_epoch
         ),
         "leakage": analyses.attempt("leakage", checks.leakage, run),
+        "distribution_shift": analyses.attempt(
+            "distribution_shift", checks.distribution_shift, run
+        ),
         "valid_set": analyses.attempt("valid_set", checks.valid_set, run, wer_epoch),
         "available_analyses": analyses.available,
         "skipped": analyses.skipped,
@@ -138,7 +152,7 @@ def run(exp_folder):
     _plot(diagnostics, loaded, folder)
     diagnostics["verdict"] = report.verdict(diagnostics)
     _write_atomically(os.path.join(folder, "report.md"), report.markdown(diagnostics, exp_folder))
-    text = json.dumps(diagnostics, indent=2, default=_plain)
+    text = json.dumps(_strict_json(diagnostics), indent=2, allow_nan=False)
     _write_atomically(os.path.join(folder, "diagnostics.json"), text)
     return json.loads(text)  # exactly the file's content (e.g. epoch keys become strings)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from local import diagnose
-from local.diagnosis import stats
+from local.diagnosis import records, stats
 from local.diagnosis.records import parse_train_log_line
 
 EPOCHS, N_TRAIN, BATCH = 3, 240, 4
@@ -20,6 +20,8 @@ VOCABULARY = [f"w{i}" for i in range(300)]
 MISLABELLED = [f"train_{i:03d}" for i in (5, 50, 77, 120, 160, 201, 230, 239)]
 LENGTH_EFFECT = 0.1  # loss per second of audio above the mean
 MEMORIZATION_DROP = 0.6  # loss lost per earlier visit when memorising
+SHIFT = 0.8  # valid NLL added when the valid set is planted off the training distribution
+LEAKED = 10  # valid utterances given a training transcript when leakage is planted
 CAUSES = ("running_mean_artifact", "ordering", "memorization", "schedule")
 
 
@@ -114,6 +116,12 @@ def make_run(folder, plant=(), seed=0):
             running = np.cumsum([s["loss"] for s in mine]) / np.arange(1, len(mine) + 1)
             for s, value in zip(mine, running, strict=True):
                 s["logged_loss"] = float(value)
+    if "leakage" in plant:
+        for path in (folder / "valid").glob("utterances_epoch*.jsonl"):
+            rows = read_jsonl(path)
+            for row, label in zip(rows[:LEAKED], labels, strict=False):
+                row["ref"] = " ".join(label).upper() + "."  # normalisation must not hide it
+            write_jsonl(path, rows)
     write_jsonl(folder / "log" / "steps.jsonl", steps)
     write_jsonl(folder / "log" / "train_utterances.jsonl", utterances)
     write_jsonl(folder / "epochs.jsonl", epochs)
@@ -137,10 +145,14 @@ def _valid_epoch(folder, epoch, level, step, plant, steps, rng):
         for j in range(PER_SPEAKER):
             words = int(valid_rng.integers(6, 14))
             hardness = valid_rng.normal(0, 0.2)
-            p = min(base_wer * np.exp(speaker_effect[spk] + hardness), 0.9)
+            rate = base_wer
+            if "lagging" in plant:  # the first dialect gets worse while the others improve
+                lagging = DIALECTS[spk % len(DIALECTS)] == DIALECTS[0]
+                rate = {1: 0.20, 2: 0.28, 3: 0.35}[epoch] if lagging else rate**1.3 / 0.2**0.3
+            p = min(rate * np.exp(speaker_effect[spk] + hardness), 0.9)
             errors = int(rng.binomial(words, p))
             nll = level + speaker_effect[spk] + hardness + rng.normal(0, 0.05)
-            nll += 0.8 * overconfident
+            nll += 0.8 * overconfident + SHIFT * ("shift" in plant)
             rows.append(
                 {
                     "id": f"valid_{spk}_{j}",
@@ -343,27 +355,30 @@ def test_paired_bootstrap_interval_covers_the_true_difference_at_its_rate():
     assert 0.90 <= covered / trials <= 0.995
 
 
-def test_trainer_state_is_parsed_exactly_and_its_running_mean_found(tmp_path):
+EVALS = {1: (0.91, 30.5), 2: (0.88, 27.25), 3: (0.93, 25.0)}  # eval_loss, eval_wer
+LOGS_PER_EPOCH = 40
+
+
+def write_trainer_state(folder, losses_of_epoch):
+    """A Trainer ``checkpoint-120/trainer_state.json``: 3 epochs of 40 logged losses each
+    (``losses_of_epoch(epoch, rng)``), an evaluation after each epoch, the final summary."""
     rng = np.random.default_rng(3)
-    history, logs_per_epoch = [], 40
+    history = []
     for epoch in range(1, 4):
-        raw = 2.5 - 0.4 * epoch + rng.normal(0, 0.3, logs_per_epoch)
-        running = np.round(np.cumsum(raw) / np.arange(1, logs_per_epoch + 1), 4)
-        for j, value in enumerate(running, 1):
-            step = (epoch - 1) * logs_per_epoch + j
+        for j, value in enumerate(losses_of_epoch(epoch, rng), 1):
             history.append(
                 {
-                    "epoch": round(epoch - 1 + j / logs_per_epoch, 4),
-                    "step": step,
+                    "epoch": round(epoch - 1 + j / LOGS_PER_EPOCH, 4),
+                    "step": (epoch - 1) * LOGS_PER_EPOCH + j,
                     "loss": float(value),
                     "learning_rate": 1e-5,
                 }
             )
-        eval_loss, eval_wer = {1: (0.91, 30.5), 2: (0.88, 27.25), 3: (0.93, 25.0)}[epoch]
+        eval_loss, eval_wer = EVALS[epoch]
         history.append(
             {
                 "epoch": float(epoch),
-                "step": epoch * 40,
+                "step": epoch * LOGS_PER_EPOCH,
                 "eval_loss": eval_loss,
                 "eval_wer": eval_wer,
             }
@@ -375,8 +390,20 @@ def test_trainer_state_is_parsed_exactly_and_its_running_mean_found(tmp_path):
         "best_model_checkpoint": "out/checkpoint-120",
         "best_metric": 25.0,
     }
-    (tmp_path / "checkpoint-120").mkdir()
-    (tmp_path / "checkpoint-120" / "trainer_state.json").write_text(json.dumps(state))
+    (folder / "checkpoint-120").mkdir()
+    (folder / "checkpoint-120" / "trainer_state.json").write_text(json.dumps(state))
+    return history
+
+
+def running_mean_of_a_smooth_loss(epoch, rng):
+    """A loss falling smoothly over the run, logged as its cumulative mean within the epoch."""
+    steps = (epoch - 1) * LOGS_PER_EPOCH + np.arange(1, LOGS_PER_EPOCH + 1)
+    raw = 2.5 - 0.01 * steps + rng.normal(0, 0.3, LOGS_PER_EPOCH)
+    return np.round(np.cumsum(raw) / np.arange(1, LOGS_PER_EPOCH + 1), 4)
+
+
+def test_trainer_state_is_parsed_exactly_and_its_running_mean_found(tmp_path):
+    history = write_trainer_state(tmp_path, running_mean_of_a_smooth_loss)
     result = diagnose.run(tmp_path)
     assert result["source"] == "trainer_state"
     assert [(e["epoch"], e["loss"], e["WER"]) for e in result["epochs"]] == [
@@ -398,6 +425,20 @@ def test_trainer_state_is_parsed_exactly_and_its_running_mean_found(tmp_path):
     assert set(result["skipped"]).isdisjoint(result["available_analyses"])
     text = (tmp_path / "diagnostics" / "report.md").read_text()
     assert "## Not analysed" in text and "wer_difference" in text
+
+
+def test_a_real_drop_without_testable_causes_is_reported_unexplained(tmp_path):
+    """Per-interval losses that step down each epoch: a drop, but no cause has its data."""
+    write_trainer_state(tmp_path, lambda epoch, rng: 2.5 - 0.4 * epoch + rng.normal(0, 0.1, 40))
+    result = diagnose.run(tmp_path)
+    boundary = result["epoch_boundary"]
+    assert boundary["detected"] and boundary["causes"] == []
+    assert {t["cause"]: t["passed"] for t in boundary["tests"]} == {
+        "running_mean_artifact": False,
+        "schedule": False,
+    }
+    assert {m["cause"] for m in boundary["not_tested"]} == {"ordering", "memorization"}
+    assert any(s.startswith("No tested cause explains it") for s in result["verdict"])
 
 
 TRAIN_LOG = """\
@@ -447,6 +488,9 @@ def test_demo_like_folder_without_step_logs_degrades_gracefully(tmp_path):
         result["available_analyses"]
     )
     assert result["skipped"]["overconfidence"].startswith("epochs.jsonl has no ece/entropy")
+    for cause in ("running_mean_artifact", "ordering", "schedule"):
+        assert "no per-step training losses" in result["skipped"][cause]
+    assert "train_utterances.jsonl" in result["skipped"]["memorization"]
     assert result["plots"] == ["valid_loss_wer.png"]
 
 
@@ -552,3 +596,37 @@ def test_train_py_logs_let_the_real_mislabelled_utterances_surface(tmp_path, tin
     assert "logged steps" in result["skipped"]["epoch_boundary"]  # 4 steps per epoch
     report = (exp / "diagnostics" / "report.md").read_text()
     assert all(utt_id in report for utt_id in MISLABELS)
+
+
+def test_lagging_group_shift_and_leakage_are_found_only_when_planted(tmp_path, diagnosed):
+    _, clean = diagnosed["clean"]
+    assert not clean["distribution_shift"]["flagged"] and not clean["leakage"]["flagged"]
+    assert ("dialect", DIALECTS[0]) not in {
+        (g["column"], g["value"]) for g in clean["lagging_groups"]["lagging"]
+    }
+    result = diagnose.run(make_run(tmp_path, ("lagging", "shift", "leakage")))
+    lagging = result["lagging_groups"]
+    flagged_dialects = [g["value"] for g in lagging["lagging"] if g["column"] == "dialect"]
+    assert flagged_dialects == [DIALECTS[0]]
+    north = lagging["groups"]["dialect"][DIALECTS[0]]
+    assert north["gain"] == pytest.approx(north["wer_by_epoch"]["1"] - north["wer_by_epoch"]["3"])
+    assert north["gain"] < 0
+    assert north["gain_ci95"][1] < lagging["overall_gain"]
+    shift = result["distribution_shift"]
+    assert shift["flagged"] and shift["valid_nll"] - shift["train_unseen_nll"] > SHIFT / 2
+    leak = result["leakage"]
+    assert (leak["same_transcript"], leak["same_id"], leak["flagged"]) == (LEAKED, 0, True)
+    verdict = " ".join(result["verdict"])
+    assert f"{LEAKED} of {SPEAKERS * PER_SPEAKER} valid transcripts" in verdict
+    assert "Valid utterances are harder" in verdict and "dialect=north" in verdict
+
+
+def test_a_resumed_epoch_s_re_logged_records_replace_the_first_ones(tmp_path):
+    folder = make_run(tmp_path)
+    steps_path = folder / "log" / "steps.jsonl"
+    steps = read_jsonl(steps_path)
+    replayed = [{**s, "loss": s["loss"] + 1.0} for s in steps[70:80]]  # resumed mid-epoch 2
+    write_jsonl(steps_path, steps[:80] + replayed + steps[80:])
+    loaded = records.load(folder)
+    assert [s["step"] for s in loaded.steps] == list(range(1, EPOCHS * STEPS_PER_EPOCH + 1))
+    assert [s["loss"] for s in loaded.steps[70:80]] == [s["loss"] for s in replayed]

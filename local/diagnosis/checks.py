@@ -7,6 +7,7 @@ Each check returns a JSON-ready dict or raises ``Unavailable`` naming what it la
 import math
 
 import numpy as np
+from scipy.stats import mannwhitneyu
 
 from local.diagnosis import Unavailable
 from local.diagnosis.stats import (
@@ -21,6 +22,9 @@ SUSPECTS_LISTED = 50
 MAX_GROUP_VALUES = 20
 MIN_SPEAKER_BLOCKS = 5  # fewer speakers in a group: resample its utterances instead
 LEAKAGE_SHARE = 0.05
+LATE_POSITION = 0.75  # first-epoch visits this late are scored by nearly the validated model
+MIN_SHIFT_SAMPLE = 5
+SHIFT_RATIO, SHIFT_ALPHA = 0.25, 0.01
 UTTERANCE_FIELDS = {"id", "ref", "hyp", "word_errors", "words", "char_errors", "chars"}
 UTTERANCE_FIELDS |= {"loss", "tokens"}  # per-utterance numbers, not groups
 
@@ -100,6 +104,7 @@ def wer_difference(records, loss_epoch, wer_epoch):
             "min-WER epoch (positive: the min-WER checkpoint is better)"
         ),
         "n_utterances": len(ids),
+        "n_transcripts_differing": sum(first[i]["hyp"] != second[i]["hyp"] for i in ids),
         "within_noise": bool(lo <= 0 <= hi),
     }
 
@@ -267,6 +272,47 @@ def leakage(records):
         "same_transcript_share": share,
         "flagged": bool(same_id > 0 or share >= LEAKAGE_SHARE),
         "threshold": f"any shared id, or >= {LEAKAGE_SHARE:.0%} of valid transcripts in training",
+    }
+
+
+def distribution_shift(records):
+    """Valid utterances against training utterances the model had not trained on yet.
+
+    In the first epoch, utterances visited late (last quarter) and for the first time are
+    scored by nearly the model that is validated after it; if the valid NLL differs from
+    theirs by SHIFT_RATIO or more (Mann-Whitney, two-sided), the valid set is not drawn from
+    the training distribution (or augmentation makes training harder: see ``augment``).
+    """
+    first_epoch = min((u["epoch"] for u in records.train_utterances), default=None)
+    unseen = [
+        u["loss"]
+        for u in records.train_utterances
+        if u["epoch"] == first_epoch
+        and u.get("seen") == 1
+        and (u.get("position") or 0) >= LATE_POSITION
+        and _finite(u.get("loss"))
+    ]
+    valid = [
+        u["loss"] for u in records.valid_utterances.get(first_epoch, []) if _finite(u.get("loss"))
+    ]
+    if len(unseen) < MIN_SHIFT_SAMPLE or len(valid) < MIN_SHIFT_SAMPLE:
+        raise Unavailable(
+            f"needs {MIN_SHIFT_SAMPLE} or more late first-visit training losses "
+            "(log/train_utterances.jsonl) and valid utterance losses of the first epoch"
+        )
+    ratio = float(np.mean(valid) / np.mean(unseen))
+    p_value = float(mannwhitneyu(valid, unseen, alternative="two-sided").pvalue)
+    return {
+        "epoch": first_epoch,
+        "train_unseen_nll": float(np.mean(unseen)),
+        "valid_nll": float(np.mean(valid)),
+        "ratio": ratio,
+        "p_value": p_value,
+        "n_train": len(unseen),
+        "n_valid": len(valid),
+        "augment": records.run_config.get("augment"),
+        "flagged": bool(p_value < SHIFT_ALPHA and abs(ratio - 1) >= SHIFT_RATIO),
+        "threshold": f"|valid/train NLL - 1| >= {SHIFT_RATIO} with Mann-Whitney p < {SHIFT_ALPHA}",
     }
 
 

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from local.diagnosis import Unavailable  # noqa: E402
 
@@ -61,7 +62,15 @@ def valid_curves(epochs, folder, loss_epoch, wer_epoch):
     wer_axis.set_ylabel("valid WER (%)", color="tab:red")
     handles = loss_axis.get_legend_handles_labels()
     more = wer_axis.get_legend_handles_labels()
-    loss_axis.legend(handles[0] + more[0], handles[1] + more[1], fontsize=8)
+    loss_axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    loss_axis.legend(
+        handles[0] + more[0],
+        handles[1] + more[1],
+        fontsize=8,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.15),
+        ncol=2,
+    )
     return _save(figure, folder, "valid_loss_wer.png")
 
 
@@ -70,8 +79,10 @@ def calibration(overconfidence_rows, folder):
     x = [r["epoch"] for r in overconfidence_rows]
     figure, ece_axis = plt.subplots(figsize=(7, 4))
     entropy_axis = ece_axis.twinx()
-    ece_axis.plot(x, [r["ece"] for r in overconfidence_rows], "o-", color="tab:purple")
-    entropy_axis.plot(x, [r["entropy"] for r in overconfidence_rows], "s-", color="tab:green")
+    ece_axis.plot(x, [r["ece"] for r in overconfidence_rows], "o-", color="tab:purple", label="ECE")
+    entropy_axis.plot(
+        x, [r["entropy"] for r in overconfidence_rows], "s-", color="tab:green", label="entropy"
+    )
     flagged = [r for r in overconfidence_rows if r["flagged"]]
     ece_axis.scatter(
         [r["epoch"] for r in flagged],
@@ -81,9 +92,17 @@ def calibration(overconfidence_rows, folder):
         edgecolors="black",
         label="overconfident epoch",
     )
+    ece_axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     ece_axis.set_xlabel("epoch")
     ece_axis.set_ylabel("ECE", color="tab:purple")
     entropy_axis.set_ylabel("mean entropy (nats)", color="tab:green")
-    if flagged:
-        ece_axis.legend(fontsize=8)
+    handles = [a.get_legend_handles_labels() for a in (ece_axis, entropy_axis)]
+    ece_axis.legend(
+        handles[0][0] + handles[1][0],
+        handles[0][1] + handles[1][1],
+        fontsize=8,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.15),
+        ncol=3,
+    )
     return _save(figure, folder, "calibration.png")

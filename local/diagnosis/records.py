@@ -57,6 +57,14 @@ def read_jsonl(path, notes):
     return records
 
 
+def read_json(path):
+    """A JSON file; a ``ValueError`` naming the file when it is not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error})") from None
+
+
 def last_record_per_key(rows, key):
     """One record per key, the last one logged: a resumed epoch re-logs what followed its
     checkpoint. The order of first appearance is kept."""
@@ -107,7 +115,7 @@ def _load_experiment(folder):
         records.valid_utterances[epoch] = read_jsonl(path, notes)
         records.files.append(f"valid/{path.name}")
     if (folder / RUN_FILE).exists():
-        records.run_config = json.loads((folder / RUN_FILE).read_text())
+        records.run_config = read_json(folder / RUN_FILE)
         records.files.append(RUN_FILE)
     records.train_transcripts = _train_transcripts(folder, records)
     return records
@@ -152,7 +160,7 @@ def load_trainer_state(path):
     metric returned it: a fraction or a percentage).
     """
     path = Path(path)
-    state = json.loads(path.read_text())
+    state = read_json(path)
     records = RunRecords("trainer_state", files=[str(path.name)])
     for entry in state.get("log_history", []):
         if "loss" in entry and "step" in entry and "epoch" in entry:

@@ -95,8 +95,9 @@ def _checkpoint_sentences(d):
         if difference["within_noise"]:
             sentences.append(
                 f"The difference between them, {amount}, is within noise: this valid set cannot "
-                "tell them apart. Listen to both on the utterances where they differ, or "
-                "validate on more data, before trusting either."
+                "tell them apart. Listen to both on the "
+                f"{difference['n_transcripts_differing']} utterances where their transcripts "
+                "differ, or validate on more data, before trusting either."
             )
         else:
             sentences.append(
@@ -127,7 +128,8 @@ def _boundary_sentences(d):
         untested = ", ".join(t["cause"] for t in boundary["not_tested"]) or "none"
         sentences.append(
             f"No tested cause explains it (tested: {tested}; not testable here: {untested}). "
-            "Check how the loss is logged and whether the data loader repeats batches."
+            "Check how the loss is logged and whether the data loader repeats batches, and "
+            "rule out a pipeline bug with the sanity mode (--sanity_utterances=N)."
         )
     return sentences
 
@@ -198,6 +200,17 @@ def _other_sentences(d):
             f"{leak['same_transcript']} of {leak['valid_utterances']} valid transcripts (and "
             f"{leak['same_id']} ids) also occur in training: the valid WER flatters the model; "
             "split by text and speaker."
+        )
+    shift = d.get("distribution_shift")
+    if shift and shift["flagged"]:
+        harder = "harder" if shift["ratio"] > 1 else "easier"
+        sentences.append(
+            f"Valid utterances are {harder} for the model than training utterances it had not "
+            f"trained on yet (NLL {shift['valid_nll']:.3f} vs {shift['train_unseen_nll']:.3f}, "
+            f"p = {shift['p_value']:.2g}): the valid set is not drawn from the training "
+            "distribution"
+            + (" (or augmentation makes training harder)" if shift["augment"] else "")
+            + ", so its WER says little about the training domain and vice versa."
         )
     if d["skipped"]:
         sentences.append(
@@ -352,7 +365,12 @@ def markdown(d, folder):
                 ],
             )
             lines.append("")
-    for key, title in (("leakage", "Leakage"), ("valid_set", "Validation set")):
+    sections = (
+        ("leakage", "Leakage"),
+        ("distribution_shift", "Distribution shift"),
+        ("valid_set", "Validation set"),
+    )
+    for key, title in sections:
         if d.get(key):
             lines += ["", f"## {title}", "", _evidence_line(d[key]) + "."]
     if d["plots"]:
