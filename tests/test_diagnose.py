@@ -413,6 +413,7 @@ def test_trainer_state_is_parsed_exactly_and_its_running_mean_found(tmp_path):
     ]
     assert (result["best_loss_epoch"], result["best_wer_epoch"]) == (2, 3)
     assert result["kept_checkpoint"] == {"checkpoint": "out/checkpoint-120", "best_metric": 25.0}
+    assert any(s.startswith("The Trainer kept out/checkpoint-120") for s in result["verdict"])
     assert result["loss_wer_spearman"] == stats.spearman([0.91, 0.88, 0.93], [30.5, 27.25, 25.0])[0]
     boundary = result["epoch_boundary"]
     assert boundary["detected"]

@@ -11,6 +11,7 @@ from scipy.stats import mannwhitneyu
 
 from local.diagnosis import Unavailable
 from local.diagnosis.stats import (
+    BOOTSTRAP_SAMPLES,
     descending_rank_fraction,
     paired_bootstrap_difference,
     spearman,
@@ -94,14 +95,14 @@ def wer_difference(records, loss_epoch, wer_epoch):
         [first[i]["words"] for i in ids],
         blocks,
     )
-    unit = f"{n_blocks} speakers (spk_id)" if blocked else f"{n_blocks} utterances"
+    unit = f"by speaker ({n_blocks} speakers, spk_id)" if blocked else "by utterance"
     return {
         "point": point,
         "ci95": [lo, hi],
         "method": (
-            f"paired bootstrap over {len(ids)} valid utterances resampled in blocks of {unit}, "
-            "2000 resamples, percentile interval; WER points of the min-loss epoch minus the "
-            "min-WER epoch (positive: the min-WER checkpoint is better)"
+            f"paired bootstrap over {len(ids)} valid utterances resampled {unit}, "
+            f"{BOOTSTRAP_SAMPLES} resamples, percentile interval; WER points of the min-loss "
+            "epoch minus the min-WER epoch (positive: the min-WER checkpoint is better)"
         ),
         "n_utterances": len(ids),
         "n_transcripts_differing": sum(first[i]["hyp"] != second[i]["hyp"] for i in ids),

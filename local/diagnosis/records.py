@@ -161,7 +161,7 @@ def load_trainer_state(path):
     """
     path = Path(path)
     state = read_json(path)
-    records = RunRecords("trainer_state", files=[str(path.name)])
+    records = RunRecords("trainer_state", files=[str(path)])
     for entry in state.get("log_history", []):
         if "loss" in entry and "step" in entry and "epoch" in entry:
             epoch = _epoch_index(entry["epoch"])

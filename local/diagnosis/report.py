@@ -107,6 +107,16 @@ def _checkpoint_sentences(d):
     return sentences
 
 
+def _kept_sentence(d):
+    kept = d.get("kept_checkpoint")
+    if not kept:
+        return []
+    return [
+        f"The Trainer kept {kept['checkpoint']} (best metric {kept['best_metric']}): check that "
+        "its metric_for_best_model was the WER, not the loss."
+    ]
+
+
 def _boundary_sentences(d):
     boundary = d["epoch_boundary"]
     if boundary is None:
@@ -225,6 +235,7 @@ def verdict(diagnostics):
     """The plain sentences at the top of the report and in ``diagnostics.json``."""
     return (
         _checkpoint_sentences(diagnostics)
+        + _kept_sentence(diagnostics)
         + _boundary_sentences(diagnostics)
         + _other_sentences(diagnostics)
     )
@@ -286,7 +297,16 @@ def markdown(d, folder):
     lines += [f"- {sentence}" for sentence in d["verdict"]]
     lines += ["", "## Epochs", ""]
     lines += _table(
-        ["epoch", "lr", "train loss", "valid loss", "valid WER", "valid NLL", "loss gap", "mark"],
+        [
+            "epoch",
+            "lr",
+            "train loss",
+            "valid loss",
+            "valid WER",
+            "valid NLL",
+            "valid - train",
+            "mark",
+        ],
         [
             [
                 r["epoch"],

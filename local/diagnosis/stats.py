@@ -9,6 +9,7 @@ import numpy as np
 from scipy import stats
 
 BOOTSTRAP_SAMPLES = 2000
+BOOTSTRAP_CHUNK = 250
 PERMUTATIONS = 5000
 SEED = 0
 WORD = re.compile(r"[\w']+")
@@ -33,9 +34,13 @@ def paired_bootstrap_difference(
         np.add.at(per_block[row], block_index, values)
     point = 100.0 * (errors_a.sum() - errors_b.sum()) / words.sum()
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_blocks, size=(samples or BOOTSTRAP_SAMPLES, n_blocks))
-    sums = per_block[:, draws].sum(axis=2)  # (3, samples)
-    differences = 100.0 * (sums[0] - sums[1]) / np.maximum(sums[2], 1)
+    samples = samples or BOOTSTRAP_SAMPLES
+    differences = []
+    for start in range(0, samples, BOOTSTRAP_CHUNK):  # bounded memory on large valid sets
+        draws = rng.integers(0, n_blocks, size=(min(BOOTSTRAP_CHUNK, samples - start), n_blocks))
+        sums = per_block[:, draws].sum(axis=2)  # (3, chunk)
+        differences.append(100.0 * (sums[0] - sums[1]) / np.maximum(sums[2], 1))
+    differences = np.concatenate(differences)
     tail = 50 * (1 - confidence)
     lo, hi = np.percentile(differences, [tail, 100 - tail])
     return float(point), float(lo), float(hi), n_blocks
