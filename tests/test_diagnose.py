@@ -631,3 +631,31 @@ def test_a_resumed_epoch_s_re_logged_records_replace_the_first_ones(tmp_path):
     loaded = records.load(folder)
     assert [s["step"] for s in loaded.steps] == list(range(1, EPOCHS * STEPS_PER_EPOCH + 1))
     assert [s["loss"] for s in loaded.steps[70:80]] == [s["loss"] for s in replayed]
+
+
+def test_memorization_falls_back_to_the_epoch_valid_nll(tmp_path):
+    folder = make_run(tmp_path, ("memorization",))
+    for path in (folder / "valid").glob("utterances_epoch*.jsonl"):
+        write_jsonl(path, [{k: v for k, v in u.items() if k != "loss"} for u in read_jsonl(path)])
+    evidence = diagnose.run(folder)["memorization"]["evidence"]
+    nll = [e["nll"] for e in read_jsonl(folder / "epochs.jsonl")]
+    assert evidence["never_seen_source"] == "valid NLL per epoch (epochs.jsonl nll)"
+    assert evidence["never_seen_drop_mean"] == pytest.approx(np.mean(-np.diff(nll)))
+    assert evidence["test"].startswith("one-sided Wilcoxon")
+
+
+def test_degenerate_logs_are_reported_not_crashed_on(tmp_path):
+    """One epoch, non-finite and constant losses, a cut-off last line: every analysis either
+    runs or says why not."""
+    write_jsonl(tmp_path / "epochs.jsonl", [{"epoch": 1, "loss": float("nan"), "WER": 12.5}])
+    steps = [{"epoch": 1, "step": i, "loss": None if i % 2 else 1.0, "lr": 0.0} for i in range(9)]
+    write_jsonl(tmp_path / "log" / "steps.jsonl", steps)
+    with open(tmp_path / "log" / "steps.jsonl", "a") as f:
+        f.write('{"epoch": 1, "st')
+    result = diagnose.run(tmp_path)
+    assert (result["best_loss_epoch"], result["best_wer_epoch"]) == (None, 1)
+    assert result["epochs"][0]["loss"] is None  # NaN is written as null: strict JSON
+    assert "per-step losses of at least two epochs" in result["skipped"]["epoch_boundary"]
+    assert "needs both a min-loss and a min-WER epoch" in result["skipped"]["wer_difference"]
+    assert any("line 10 is not JSON" in note for note in result["notes"])
+    assert set(result["available_analyses"]) == {"best_epochs"}

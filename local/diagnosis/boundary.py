@@ -317,6 +317,7 @@ def memorization(records):
     visits = _visits(records)
     epochs = sorted(visits)
     train_drops, never_seen, boundaries = [], [], []
+    paired_differences = []  # re-exposed drop minus its boundary's valid drop (epoch-level)
     valid = {
         e: {u["id"]: u["loss"] for u in utts if _finite(u.get("loss"))}
         for e, utts in records.valid_utterances.items()
@@ -344,6 +345,7 @@ def memorization(records):
         if drops and unseen:
             train_drops += drops
             never_seen += unseen
+            paired_differences += [d - unseen[0] for d in drops]
             boundaries.append(
                 {
                     "after_epoch": e,
@@ -361,13 +363,17 @@ def memorization(records):
             "needs training utterances' loss at two consecutive epochs (log/"
             "train_utterances.jsonl) and the valid NLL at the same epochs"
         )
-    if len(never_seen) > 1:
+    if any(valid.values()):
         p_value = mann_whitney_greater(train_drops, never_seen)
         test = "one-sided Mann-Whitney U, re-exposed drops > never-seen drops"
     else:
-        differences = np.array(train_drops) - never_seen[0]
-        p_value = float(scipy_stats.wilcoxon(differences, alternative="greater").pvalue)
-        test = "one-sided Wilcoxon signed-rank, re-exposed drops > the valid NLL drop"
+        differences = np.array(paired_differences)
+        p_value = (
+            float(scipy_stats.wilcoxon(differences, alternative="greater").pvalue)
+            if np.any(differences != 0)
+            else 1.0
+        )
+        test = "one-sided Wilcoxon signed-rank, re-exposed drops > their epochs' valid NLL drop"
     train_mean, unseen_mean = float(np.mean(train_drops)), float(np.mean(never_seen))
     passed = p_value < ALPHA and train_mean > 0 and unseen_mean < MEMORIZATION_RATIO * train_mean
     return {

@@ -3,6 +3,7 @@
 Each function writes one file atomically and returns its name, or raises ``Unavailable``.
 """
 
+import math
 import os
 
 import matplotlib
@@ -14,6 +15,10 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from local.diagnosis import Unavailable  # noqa: E402
 
 DPI = 110
+
+
+def _finite(value):
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _save(figure, folder, name):
@@ -47,7 +52,7 @@ def step_loss(records, folder, series):
 
 def valid_curves(epochs, folder, loss_epoch, wer_epoch):
     """Valid loss and WER per epoch, with the min-loss and min-WER epochs marked."""
-    rows = [r for r in epochs if r.get("loss") is not None and r.get("WER") is not None]
+    rows = [r for r in epochs if _finite(r.get("loss")) and _finite(r.get("WER"))]
     if not rows:
         raise Unavailable("no epoch with both valid loss and WER")
     x = [r["epoch"] for r in rows]
@@ -55,8 +60,12 @@ def valid_curves(epochs, folder, loss_epoch, wer_epoch):
     wer_axis = loss_axis.twinx()
     loss_axis.plot(x, [r["loss"] for r in rows], "o-", color="tab:blue", label="valid loss")
     wer_axis.plot(x, [r["WER"] for r in rows], "s-", color="tab:red", label="valid WER")
-    loss_axis.axvline(loss_epoch, color="tab:blue", ls=":", label=f"min loss (epoch {loss_epoch})")
-    wer_axis.axvline(wer_epoch, color="tab:red", ls="--", label=f"min WER (epoch {wer_epoch})")
+    if loss_epoch is not None:
+        loss_axis.axvline(
+            loss_epoch, color="tab:blue", ls=":", label=f"min loss (epoch {loss_epoch})"
+        )
+    if wer_epoch is not None:
+        wer_axis.axvline(wer_epoch, color="tab:red", ls="--", label=f"min WER (epoch {wer_epoch})")
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("valid loss", color="tab:blue")
     wer_axis.set_ylabel("valid WER (%)", color="tab:red")
