@@ -12,6 +12,7 @@ review/corrections.csv, and prints the verdict.
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -116,7 +117,6 @@ def summarize(argv):
     """Aggregate the judgments into review/summary.json, summary.md, corrections.csv."""
     from local import review_data as data
     from local import review_report as report
-    from local.evaluation import write_json
     from local.review_stats import summarize as aggregate
     from local.review_store import judgments_path, latest, read_judgments
 
@@ -143,10 +143,11 @@ def summarize(argv):
     }
     corrected, conflicting = report.corrections(kept)
     summary["corrections"] = {"n": len(corrected), "conflicting": conflicting, "file": None}
+    out = exp / "review" / report.CORRECTIONS_FILE
+    out.unlink(missing_ok=True)  # corrections since withdrawn leave no stale manifest
     if corrected:
         try:
             columns, rows = data.read_manifest(data.manifest_source(exp, args.data_folder))
-            out = exp / "review" / report.CORRECTIONS_FILE
             report.write_corrections(out, columns, rows, corrected)
             summary["corrections"]["file"] = f"review/{report.CORRECTIONS_FILE}"
         except (data.ReviewError, OSError, KeyError) as error:
@@ -154,10 +155,9 @@ def summarize(argv):
     summary["verdict"]["export_command"] = report.export_command(
         exp, summary["verdict"]["preferred_epoch"]
     )
-    write_json(exp / "review" / "summary.json", summary)
+    report.write_atomic(exp / "review" / "summary.json", json.dumps(summary, indent=2) + "\n")
     md = exp / "review" / "summary.md"
-    md.with_suffix(".md.tmp").write_text(report.markdown(summary))
-    md.with_suffix(".md.tmp").replace(md)
+    report.write_atomic(md, report.markdown(summary))
     print(report.headline(summary))
     command = summary["verdict"]["export_command"]
     preferred = summary["verdict"]["preferred_epoch"]

@@ -120,28 +120,29 @@ def word_diff(ref, hyp):
     ref_words, hyp_words = ref.split(), hyp.split()
     key_r = [" ".join(comparison_words(w)) or w for w in ref_words]
     key_h = [" ".join(comparison_words(w)) or w for w in hyp_words]
-    rows, cols = len(key_h) + 1, len(key_r) + 1
-    cost = [[i + j if i * j == 0 else 0 for j in range(cols)] for i in range(rows)]
-    for i in range(1, rows):
-        for j in range(1, cols):
+    n_h, n_r = len(key_h), len(key_r)
+    # cost[i][j]: edits between hyp[i:] and ref[j:]; walking forward and preferring a match
+    # or substitution puts leftover insertions and deletions last, where readers expect them.
+    cost = [[(n_h - i) + (n_r - j) for j in range(n_r + 1)] for i in range(n_h + 1)]
+    for i in range(n_h - 1, -1, -1):
+        for j in range(n_r - 1, -1, -1):
             cost[i][j] = min(
-                cost[i - 1][j] + 1,
-                cost[i][j - 1] + 1,
-                cost[i - 1][j - 1] + (key_h[i - 1] != key_r[j - 1]),
+                cost[i + 1][j] + 1,
+                cost[i][j + 1] + 1,
+                cost[i + 1][j + 1] + (key_h[i] != key_r[j]),
             )
-    steps, i, j = [], rows - 1, cols - 1
-    while i or j:
-        if i and j and cost[i][j] == cost[i - 1][j - 1] + (key_h[i - 1] != key_r[j - 1]):
-            op = "eq" if key_h[i - 1] == key_r[j - 1] else "sub"
-            steps.append([op, hyp_words[i - 1], ref_words[j - 1]])
-            i, j = i - 1, j - 1
-        elif i and cost[i][j] == cost[i - 1][j] + 1:
-            steps.append(["ins", hyp_words[i - 1], None])
-            i -= 1
+    steps, i, j = [], 0, 0
+    while i < n_h or j < n_r:
+        if i < n_h and j < n_r and cost[i][j] == cost[i + 1][j + 1] + (key_h[i] != key_r[j]):
+            steps.append(["eq" if key_h[i] == key_r[j] else "sub", hyp_words[i], ref_words[j]])
+            i, j = i + 1, j + 1
+        elif i < n_h and cost[i][j] == cost[i + 1][j] + 1:
+            steps.append(["ins", hyp_words[i], None])
+            i += 1
         else:
-            steps.append(["del", None, ref_words[j - 1]])
-            j -= 1
-    return steps[::-1]
+            steps.append(["del", None, ref_words[j]])
+            j += 1
+    return steps
 
 
 def interleave(utterances, columns, score):

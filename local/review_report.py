@@ -26,10 +26,16 @@ def corrections(latest):
     return kept, sorted(i for i, texts in seen.items() if len(texts) > 1)
 
 
+def write_atomic(path, text):
+    """Write a text file through a temporary sibling, so no reader sees half of it."""
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_corrections(path, columns, rows, corrected):
     """Write the corrections manifest atomically; returns the number of rows."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = Path(f"{path}.tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
@@ -66,18 +72,23 @@ def _percent(p):
 
 
 def headline(summary):
-    """One line: which epoch humans prefer and whether that differs from min-WER."""
+    """One line: which epoch humans prefer, how clearly, and whether min-WER is that epoch."""
     verdict = summary["verdict"]
     preferred, min_wer = verdict["preferred_epoch"], verdict["min_wer_epoch"]
+    count = f"{summary['n_judgments']} judgment(s) by {len(summary['reviewers'])} reviewer(s)"
     if preferred is None:
-        return f"no preference judged yet ({summary['n_judgments']} judgments)"
-    rate = _percent(summary["preference"][str(preferred)])
-    strength = "decisively" if verdict["decisive"] else "not decisively"
-    same = "the min-WER epoch" if preferred == min_wer else f"min-WER is epoch {min_wer}"
-    return (
-        f"humans prefer epoch {preferred} (best in {rate}), {strength}; {same}; "
-        f"{summary['n_judgments']} judgments by {len(summary['reviewers'])} reviewer(s)"
-    )
+        return f"no candidate was judged best yet ({count})"
+    best = _percent(summary["preference"][str(preferred)])
+    if preferred == min_wer:
+        choice = f"humans prefer epoch {preferred}, the min-WER checkpoint"
+    else:
+        duel = summary["head_to_head"][str(preferred)]
+        choice = (
+            f"humans prefer epoch {preferred} over min-WER epoch {min_wer} "
+            f"({duel['wins']} wins, {duel['losses']} losses head to head)"
+        )
+    strength = "decisive" if verdict["decisive"] else "not decisive"
+    return f"{choice}: best in {best} of decided judgments; {strength}; {count}"
 
 
 def markdown(summary):
@@ -86,6 +97,12 @@ def markdown(summary):
     if summary["verdict"].get("export_command"):
         lines += ["Export it:", "", f"    {summary['verdict']['export_command']}", ""]
     lines += ["## Preference (95% Wilson intervals)", ""]
+    lines += [
+        "*best*: share of the decided judgments (ties left out) that chose this epoch's "
+        "transcript; *vs min-WER*: wins among the judgments that put exactly one of the two "
+        "first; *acceptable*: share of its transcripts marked acceptable.",
+        "",
+    ]
     lines += ["| epoch | roles | valid WER | best | vs min-WER (wins/losses) | acceptable |"]
     lines += ["|---|---|---|---|---|---|"]
     for epoch, p in summary["preference"].items():

@@ -44,6 +44,18 @@ UTTERANCES = {
 # Disagreement ranks u1 = u3 (2.0) > u2 (4/3) > u4 (2/3); u5 agrees. Interleaved by dialect
 # (a before b on equal scores), then by speaker: u1, u3, u2, u4.
 REVIEW_ORDER = ["u1", "u3", "u2", "u4"]
+# The last word of each reviewer in the end-to-end test, in epochs: (best, acceptable, correction).
+# alice judges in the browser (u1 first with best 2, then changes her mind to 1).
+SCENARIO = {
+    ("alice", "u1"): ([1], {2: True, 3: False}, ""),
+    ("alice", "u3"): ([1], {1: True, 3: False}, ""),
+    ("alice", "u2"): ("tie", {}, "good morning to ewe"),
+    ("alice", "u4"): ([2, 3], {1: False, 2: True, 3: True}, ""),
+    ("bob", "u1"): ([2], {1: True, 2: True, 3: False}, ""),
+    ("bob", "u3"): ([1], {1: True, 2: False, 3: True}, ""),
+    ("bob", "u2"): ([1, 2], {1: True, 2: True, 3: False}, "good morning to you all"),
+}
+MIN_WER_EPOCH = 2
 
 
 def make_experiment(root, run_json=True):
@@ -457,11 +469,9 @@ def test_review_end_to_end_in_a_browser(tmp_path):
         driver.quit()
 
     # A second reviewer, through the same API the page uses.
-    for utt_id, best, acceptable, correction in (
-        ("u1", [2], {1: True, 2: True, 3: False}, ""),
-        ("u3", [1], {1: True, 2: False, 3: True}, ""),
-        ("u2", [1, 2], {1: True, 3: False}, "good morning to you all"),
-    ):
+    for (reviewer, utt_id), (best, acceptable, correction) in SCENARIO.items():
+        if reviewer != "bob":
+            continue
         labels = {e: option_of(port, "bob", utt_id, [e]) for e in (1, 2, 3)}
         payload = {"reviewer": "bob", "id": utt_id, "best": labels[best[0]]}
         payload["acceptable"] = {labels[e]: ok for e, ok in acceptable.items()}
@@ -476,21 +486,52 @@ def test_review_end_to_end_in_a_browser(tmp_path):
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
+    kept = latest(read_judgments(judgments_path(exp)))
+    assert {key: scenario_of(j) for key, j in kept.items()} == SCENARIO
     summary = json.loads((exp / "review" / "summary.json").read_text())
-    check_summary(summary, exp)
+    check_stats(summary)
+    check_outputs(summary, exp)
     assert done.stdout.splitlines()[0] == review_report.headline(summary)
     assert f"export it: python local/export_hf.py {exp} DEST --epoch 1" in done.stdout
     assert "humans prefer epoch 1" in (exp / "review" / "summary.md").read_text()
 
 
-def check_summary(summary, exp):
-    """The numbers, counted by hand from the judgments the end-to-end test makes.
+def scenario_of(judgment):
+    """A logged judgment in the terms of ``SCENARIO``."""
+    acceptable = {int(e): ok for e, ok in judgment["acceptable"].items()}
+    return judgment["best"], acceptable, judgment["correction"]
 
-    alice: u1 best 1, acc {2: yes, 3: no}; u3 best 1, acc {1: yes, 3: no}; u2 tie, corrected;
-           u4 best 2+3, acc {2: yes, 3: yes, 1: no}.
-    bob:   u1 best 2, acc {1, 2: yes, 3: no}; u3 best 1, acc {1: yes, 2: no, 3: yes};
-           u2 best 1+2, acc {1, 2: yes, 3: no}, corrected.
-    """
+
+def scenario_log():
+    """``SCENARIO`` as the judgment log holds it, reduced to the last word per utterance."""
+    records = {}
+    for second, ((reviewer, utt_id), (best, acceptable, correction)) in enumerate(SCENARIO.items()):
+        dialect, spk = UTTERANCES[utt_id][:2]
+        records[(reviewer, utt_id)] = {
+            "time": f"2026-11-22T08:00:{second:02d}.000+00:00",
+            "reviewer": reviewer,
+            "id": utt_id,
+            "candidates": [1, 2, 3],
+            "best": best,
+            "acceptable": {str(e): ok for e, ok in acceptable.items()},
+            "correction": correction,
+            "note": "",
+            "groups": {"dialect": dialect, "spk_id": spk},
+        }
+    return records
+
+
+def test_summary_numbers_match_hand_counts():
+    check_stats(review_stats.summarize(scenario_log(), MIN_WER_EPOCH, ["dialect", "spk_id"]))
+
+
+def test_corrections_keep_the_latest_and_flag_disagreement():
+    kept, conflicting = review_report.corrections(scenario_log())
+    assert (kept, conflicting) == ({"u2": "good morning to you all"}, ["u2"])
+
+
+def check_stats(summary):
+    """The numbers, counted by hand from ``SCENARIO`` (min-WER is epoch 2)."""
 
     def rate(k, n):
         return {"k": k, "n": n, "rate": k / n, "ci95": pytest.approx(review_stats.wilson(k, n))}
@@ -526,13 +567,21 @@ def check_summary(summary, exp):
     assert summary["agreement"]["acceptable"] == [
         {"reviewers": ["alice", "bob"], "n": 4, "agreement": 0.75, "kappa": 0.5}
     ]
-    assert summary["verdict"] == {
+    verdict = {
+        key: summary["verdict"][key] for key in summary["verdict"] if key != "export_command"
+    }
+    assert verdict == {
         "preferred_epoch": 1,
         "min_wer_epoch": 2,
         "differs_from_min_wer": True,
         "decisive": False,  # 3 wins to 2: the interval [0.23, 0.88] straddles one half
-        "export_command": f"python local/export_hf.py {exp} DEST --epoch 1",
     }
+
+
+def check_outputs(summary, exp):
+    """What ``summarize`` adds to the statistics: candidates, corrections, export command."""
+    command = f"python local/export_hf.py {exp} DEST --epoch 1"
+    assert summary["verdict"]["export_command"] == command
     assert summary["candidates"]["2"] == {"roles": ["min-WER"], "WER": 15.0, "loss": 1.5}
     assert summary["corrections"] == {
         "n": 1,
