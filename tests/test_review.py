@@ -69,7 +69,8 @@ def make_experiment(root, run_json=True):
         sine(data / "wav" / f"{utt_id}.{suffix}", 0.5)
         row = {"ID": utt_id, "duration": 0.5, "wav": f"$data_root/wav/{utt_id}.{suffix}"}
         rows.append({**row, "spk_id": spk, "dialect": dialect, "wrd": ref})
-    manifest = write_manifest(exp / "valid.csv", rows, MANIFEST_COLUMNS)
+    (exp / "manifests").mkdir()
+    manifest = write_manifest(exp / "manifests" / "valid.csv", rows, MANIFEST_COLUMNS)
     for epoch in (1, 2, 3):
         with open(exp / "valid" / f"utterances_epoch{epoch}.jsonl", "w") as out:
             for utt_id, (dialect, spk, ref, hyps, _) in UTTERANCES.items():
@@ -80,6 +81,8 @@ def make_experiment(root, run_json=True):
     if run_json:
         run = {"valid_csv": str(manifest), "data_folder": str(data)}
         (exp / "run.json").write_text(json.dumps({**run, "group_columns": ["spk_id", "dialect"]}))
+    else:  # an older run: the manifest in EXP/manifests, data_folder in hyperparams.yaml
+        (exp / "hyperparams.yaml").write_text(f"data_folder: {data}\ngroup_columns: [dialect]\n")
     return exp
 
 
@@ -594,6 +597,26 @@ def check_outputs(summary, exp):
         {"ID": "u2", "duration": "0.5", "wav": "$data_root/wav/u2.wav", "spk_id": "s2",
          "dialect": "a", "wrd": "good morning to you all"}
     ]  # fmt: skip
+
+
+def test_cli_presets_reviewer_candidates_and_n_without_run_json(tmp_path):
+    exp = make_experiment(tmp_path, run_json=False)
+    process, url = start_cli_server(exp, "--reviewer", "carol", "--candidates", "1,3", "--n", "2")
+    try:
+        port = int(url.rstrip("/").rsplit(":", 1)[1])
+        status, _, config = request(port, "GET", "/api/config")
+        assert json.loads(config) == {"title": "exp", "reviewer": "carol", "n": 2}
+        items = json.loads(request(port, "GET", "/api/items?reviewer=carol")[2])["items"]
+        # Epochs 1 and 3 only, by dialect alone: u1 (a, 3 edits) then u3 (b, 2 edits).
+        assert [i["id"] for i in items] == ["u1", "u3"]
+        assert [i["groups"] for i in items] == [{"dialect": "a"}, {"dialect": "b"}]
+        hyps = [sorted(o["hyp"] for o in i["options"]) for i in items]
+        assert hyps == [sorted(UTTERANCES[u][3][e] for e in (1, 3)) for u in ("u1", "u3")]
+        wav = (tmp_path / "data" / "wav" / "u3.wav").read_bytes()
+        assert request(port, "GET", items[1]["audio"])[2] == wav
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
