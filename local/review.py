@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 DEFAULT_N = 40
+DEFAULT_PORT = 8765
+MAX_PORT = 65535
 
 
 def parse_epochs(text):
@@ -34,6 +36,13 @@ def positive_int(text):
     """An integer >= 1."""
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, not '{text}'")
+    return int(text)
+
+
+def port_number(text):
+    """A TCP port, 0 meaning any free one."""
+    if not text.isdigit() or int(text) > MAX_PORT:
+        raise argparse.ArgumentTypeError(f"expected a port 0-{MAX_PORT}, not '{text}'")
     return int(text)
 
 
@@ -69,7 +78,7 @@ def build_session(args):
                 id=record["id"],
                 ref=record["ref"],
                 hyps={e: transcripts[e][record["id"]]["hyp"] for e in candidates},
-                groups={c: str(record[c]) for c in columns},
+                groups={c: str(record.get(c, "")) for c in columns},
                 audio=audio,
             )
         )
@@ -86,7 +95,7 @@ def serve(argv):
 
     parser = argparse.ArgumentParser(description="Serve the listening page (127.0.0.1 only).")
     parser.add_argument("experiment_folder", type=Path, help="a train.py output folder")
-    parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    parser.add_argument("--port", type=port_number, default=DEFAULT_PORT, help="0: a free one")
     parser.add_argument("--reviewer", help="preset the reviewer's name (else the page asks)")
     parser.add_argument("--candidates", type=parse_epochs, help="epochs to compare, e.g. 1,3,5")
     parser.add_argument("--n", type=positive_int, default=DEFAULT_N, help="utterances to review")

@@ -11,7 +11,7 @@ import hashlib
 import itertools
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import ruamel.yaml
@@ -232,7 +232,7 @@ class ManifestSource:
 
     valid_csv: Path
     data_folder: Path
-    group_columns: list = field(default_factory=lambda: list(DEFAULT_GROUP_COLUMNS))
+    group_columns: list
 
 
 def manifest_source(exp, data_folder=None):

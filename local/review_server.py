@@ -19,6 +19,7 @@ from local.review_data import audio_type, blind_options, word_diff
 from local.review_store import latest, read_judgments
 
 HOST = "127.0.0.1"
+LOOPBACK_NAMES = {HOST, "localhost"}
 PAGE = Path(__file__).parent / "assets" / "review.html"
 MAX_BODY_BYTES = 64 * 1024
 MAX_DRAIN_BYTES = 16 * 1024 * 1024
@@ -179,9 +180,16 @@ class ReviewHandler(BaseHTTPRequestHandler):
     def refuse(self, error):
         self.send_json(error.status, {"error": str(error)})
 
+    def check_host(self):
+        """Refuse a Host other than this machine's loopback (a DNS-rebinding page's request)."""
+        host = self.headers.get("Host", "").rsplit(":", 1)[0]
+        if host not in LOOPBACK_NAMES:
+            raise BadRequest(HTTPStatus.FORBIDDEN, "only http://127.0.0.1 or localhost")
+
     def do_GET(self):
         url = urlsplit(self.path)
         try:
+            self.check_host()
             if url.path == "/":
                 self.send_body(HTTPStatus.OK, PAGE.read_bytes(), "text/html; charset=utf-8")
             elif url.path == "/api/config":
@@ -236,8 +244,12 @@ class ReviewHandler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         try:
+            self.check_host()
             if urlsplit(self.path).path != "/api/judgment":
                 raise BadRequest(HTTPStatus.NOT_FOUND, "not found")
+            # JSON only: another site's page cannot send it here without a CORS preflight.
+            if self.headers.get_content_type() != "application/json":
+                raise BadRequest(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send application/json")
             length = self.headers.get("Content-Length", "")
             if not length.isdigit():
                 raise BadRequest(HTTPStatus.LENGTH_REQUIRED, "Content-Length required")

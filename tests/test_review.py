@@ -262,7 +262,8 @@ def request(port, method, path, body=None, headers=None):
 def post(port, payload):
     """POST a judgment; payload may be raw bytes."""
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    status, _, data = request(port, "POST", "/api/judgment", body)
+    json_type = {"Content-Type": "application/json"}
+    status, _, data = request(port, "POST", "/api/judgment", body, json_type)
     return status, json.loads(data)
 
 
@@ -312,9 +313,15 @@ def test_bad_requests_get_4xx_and_change_nothing(server):
         "/api/items?reviewer=..%2F..",
     ):
         assert 400 <= request(port, "GET", path)[0] < 500, path
-    assert request(port, "POST", "/api/other", b"{}")[0] == 404
+    json_type = {"Content-Type": "application/json"}
+    assert request(port, "POST", "/api/other", b"{}", json_type)[0] == 404
     big = b'{"note": "' + b"x" * 70000 + b'"}'
-    assert request(port, "POST", "/api/judgment", big)[0] == 413
+    assert request(port, "POST", "/api/judgment", big, json_type)[0] == 413
+    body = json.dumps(good).encode()  # a valid judgment, but as another site could send it
+    assert request(port, "POST", "/api/judgment", body, {"Content-Type": "text/plain"})[0] == 415
+    rebound = {**json_type, "Host": f"attacker.example:{port}"}
+    assert request(port, "POST", "/api/judgment", body, rebound)[0] == 403
+    assert request(port, "GET", "/audio/u1", headers={"Host": "attacker.example"})[0] == 403
     assert judgments_path(exp).read_bytes() == before
 
 
