@@ -434,6 +434,11 @@ def test_review_end_to_end_in_a_browser(tmp_path):
             ) + 1
 
         body = driver.find_element(By.TAG_NAME, "body")
+        body.send_keys(" ")  # Space plays the utterance
+        wait_for(lambda: driver.execute_script("return arguments[0].currentTime", audio) > 0,
+                 "the audio to play")  # fmt: skip
+        body.send_keys(" ")
+        wait_for(lambda: audio.get_property("paused"), "the audio to pause")
         # u1 by clicking: best epoch 2, epoch 2 acceptable, epoch 3 not.
         option("u1", 2).find_element(By.CLASS_NAME, "key").click()
         option("u1", 2).find_element(By.CSS_SELECTOR, ".accept .yes").click()
@@ -454,6 +459,8 @@ def test_review_end_to_end_in_a_browser(tmp_path):
         saved = lines(exp)  # typing saves one line or more, as the pauses fall
         assert driver.find_element(By.ID, "count").text == "3 / 4 judged"
 
+        status = driver.find_element(By.ID, "status")
+        wait_for(lambda: status.text == "saved \u2713", "no save in flight")
         driver.refresh()  # nothing is lost: the page restores the marks from the server
         wait_for(lambda: driver.find_element(By.ID, "app").is_displayed(), "the reloaded page")
         wait_for(lambda: "4 of 4" in driver.find_element(By.ID, "position").text, "u4 first")
