@@ -90,7 +90,6 @@ def build_session(args):
 
 def serve(argv):
     """Serve the listening page until interrupted."""
-    from local.review_data import ReviewError
     from local.review_server import make_server
 
     parser = argparse.ArgumentParser(description="Serve the listening page (127.0.0.1 only).")
@@ -103,7 +102,7 @@ def serve(argv):
     args = parser.parse_args(argv)
     try:
         session = build_session(args)
-    except (ReviewError, OSError, KeyError) as error:
+    except (ValueError, OSError, KeyError) as error:  # ReviewError, malformed JSON
         sys.exit(f"error: {error}")
     if not session.order:
         sys.exit(f"error: the candidates {session.candidates} agree on every utterance")
@@ -136,7 +135,7 @@ def summarize(argv):
     exp = args.experiment_folder
     try:
         epochs = data.read_epochs(exp)
-    except data.ReviewError as error:
+    except (ValueError, OSError, KeyError) as error:  # ReviewError, malformed JSON
         sys.exit(f"error: {error}")
     log = judgments_path(exp)
     kept = latest(read_judgments(log))
@@ -159,7 +158,7 @@ def summarize(argv):
             columns, rows = data.read_manifest(data.manifest_source(exp, args.data_folder))
             report.write_corrections(out, columns, rows, corrected)
             summary["corrections"]["file"] = f"review/{report.CORRECTIONS_FILE}"
-        except (data.ReviewError, OSError, KeyError) as error:
+        except (ValueError, OSError, KeyError) as error:
             print(f"warning: corrections not exported: {error}", file=sys.stderr)
     summary["verdict"]["export_command"] = report.export_command(
         exp, summary["verdict"]["preferred_epoch"]

@@ -38,8 +38,14 @@ class ReviewError(ValueError):
 
 def read_jsonl(path):
     """The records of a JSON-lines file (blank lines skipped)."""
+    records = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            try:
+                records.extend([json.loads(line)] if line.strip() else [])
+            except json.JSONDecodeError as error:
+                raise ReviewError(f"{path}, line {number}: not JSON ({error.msg})") from None
+    return records
 
 
 def read_epochs(exp):
@@ -210,7 +216,10 @@ def blind_options(reviewer, utt_id, hyps):
 def _yaml_values(path):
     """Plain values of a saved ``hyperparams.yaml`` (tags are kept, nothing is built)."""
     with open(path) as f:
-        return ruamel.yaml.YAML().load(f) or {}
+        try:
+            return ruamel.yaml.YAML().load(f) or {}
+        except ruamel.yaml.YAMLError as error:
+            raise ReviewError(f"{path}: malformed YAML ({type(error).__name__})") from None
 
 
 def _resolve_data_folder(exp, data_folder, output_folder):

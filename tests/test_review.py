@@ -646,3 +646,6 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     shutil.rmtree(exp / "valid")
     with pytest.raises(SystemExit, match="error: "):
         review_main([str(exp)])
+    (exp / "epochs.jsonl").write_text('{"epoch": 1, "WER"\n')
+    with pytest.raises(SystemExit, match="epochs.jsonl, line 1: not JSON"):
+        review_main(["summarize", str(exp)])
