@@ -366,19 +366,28 @@ def browser():
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
-def start_cli_server(exp, *args):
-    """``python local/review.py EXP --port 0 ...`` in a process; returns (process, URL)."""
-    process = subprocess.Popen(
-        [sys.executable, "local/review.py", str(exp), "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    for line in process.stdout:
-        if line.startswith("open "):
-            return process, line.split()[1]
-    process.kill()
-    pytest.fail(f"the server did not start: {process.stderr.read()}")
+@pytest.fixture
+def cli_server():
+    """Starts ``python local/review.py EXP --port 0 ...`` and returns its URL; stops it after."""
+    processes = []
+
+    def start(exp, *args):
+        process = subprocess.Popen(
+            [sys.executable, "local/review.py", str(exp), "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        processes.append(process)
+        for line in process.stdout:
+            if line.startswith("open "):
+                return line.split()[1]
+        pytest.fail(f"the server did not start: {process.stderr.read()}")
+
+    yield start
+    for process in processes:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 def wait_for(predicate, what, seconds=20):
@@ -397,7 +406,7 @@ def lines(exp):
 
 
 @pytest.mark.slow
-def test_review_end_to_end_in_a_browser(tmp_path):
+def test_review_end_to_end_in_a_browser(tmp_path, cli_server):
     """Judge by click and by keyboard, reload, see the marks kept, summarize exactly."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -406,7 +415,7 @@ def test_review_end_to_end_in_a_browser(tmp_path):
     ckpt = exp / "save" / "CKPT+2026-11-22+07-00-00+00"
     ckpt.mkdir(parents=True)
     (ckpt / "CKPT.yaml").write_text("epoch: 1\nWER: 20.0\nloss: 1.4\n")
-    process, url = start_cli_server(exp)
+    url = cli_server(exp)
     assert url.startswith("http://127.0.0.1:")
     port = int(url.rstrip("/").rsplit(":", 1)[1])
     driver = browser()
@@ -493,8 +502,6 @@ def test_review_end_to_end_in_a_browser(tmp_path):
         payload = {"reviewer": "bob", "id": utt_id, "best": labels[best[0]]}
         payload["acceptable"] = {labels[e]: ok for e, ok in acceptable.items()}
         assert post(port, {**payload, "correction": correction})[0] == 200
-    process.terminate()
-    process.wait(timeout=10)
 
     done = subprocess.run(
         [sys.executable, "local/review.py", "summarize", str(exp)],
@@ -613,27 +620,23 @@ def check_outputs(summary, exp):
     ]  # fmt: skip
 
 
-def test_cli_presets_reviewer_candidates_and_n_without_run_json(tmp_path):
+def test_cli_presets_reviewer_candidates_and_n_without_run_json(tmp_path, cli_server):
     exp = make_experiment(tmp_path, run_json=False)
-    process, url = start_cli_server(exp, "--reviewer", "carol", "--candidates", "1,3", "--n", "2")
-    try:
-        port = int(url.rstrip("/").rsplit(":", 1)[1])
-        status, _, config = request(port, "GET", "/api/config")
-        assert json.loads(config) == {"title": "exp", "reviewer": "carol", "n": 2}
-        items = json.loads(request(port, "GET", "/api/items?reviewer=carol")[2])["items"]
-        # Epochs 1 and 3 only, by dialect alone: u1 (a, 3 edits) then u3 (b, 2 edits).
-        assert [i["id"] for i in items] == ["u1", "u3"]
-        assert [i["groups"] for i in items] == [{"dialect": "a"}, {"dialect": "b"}]
-        hyps = [sorted(o["hyp"] for o in i["options"]) for i in items]
-        assert hyps == [sorted(UTTERANCES[u][3][e] for e in (1, 3)) for u in ("u1", "u3")]
-        wav = (tmp_path / "data" / "wav" / "u3.wav").read_bytes()
-        assert request(port, "GET", items[1]["audio"])[2] == wav
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    url = cli_server(exp, "--reviewer", "carol", "--candidates", "1,3", "--n", "2")
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    status, _, config = request(port, "GET", "/api/config")
+    assert json.loads(config) == {"title": "exp", "reviewer": "carol", "n": 2}
+    items = json.loads(request(port, "GET", "/api/items?reviewer=carol")[2])["items"]
+    # Epochs 1 and 3 only, by dialect alone: u1 (a, 3 edits) then u3 (b, 2 edits).
+    assert [i["id"] for i in items] == ["u1", "u3"]
+    assert [i["groups"] for i in items] == [{"dialect": "a"}, {"dialect": "b"}]
+    hyps = [sorted(o["hyp"] for o in i["options"]) for i in items]
+    assert hyps == [sorted(UTTERANCES[u][3][e] for e in (1, 3)) for u in ("u1", "u3")]
+    wav = (tmp_path / "data" / "wav" / "u3.wav").read_bytes()
+    assert request(port, "GET", items[1]["audio"])[2] == wav
 
 
-def test_cli_errors_are_one_line(tmp_path, capsys):
+def test_cli_errors_are_one_line(tmp_path):
     exp = make_experiment(tmp_path)
     for argv, message in (
         ([str(tmp_path / "nowhere")], "epochs.jsonl not found"),
