@@ -1,5 +1,6 @@
 # `make demo` and `make test` each set up everything on a fresh machine first:
-# a virtual environment with pinned packages, and espeak-ng + sox from Debian.
+# a virtual environment with pinned packages, and espeak-ng, sox and chromium (with its
+# driver, for the review page's browser test) from Debian.
 
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
@@ -14,9 +15,11 @@ $(INSTALLED): requirements.txt
 	touch $@
 
 system-packages:
-	@if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null; then \
+	@if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null \
+		|| ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
 		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng sox; \
+		$$SUDO apt-get update -qq && \
+		$$SUDO apt-get install -y -qq espeak-ng sox chromium chromium-driver; \
 	fi
 
 demo: $(INSTALLED) system-packages

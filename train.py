@@ -20,11 +20,13 @@ from pathlib import Path
 
 import speechbrain as sb
 import torch
+from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.utils.checkpoints import ckpt_recency
 from speechbrain.utils.distributed import run_on_main
 
 from local import (
+    check_data,
     data_prep,
     dataio,
     distributed,
@@ -40,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 LOSS_EMA_DECAY = 0.98
 SORTINGS = ("random", "ascending", "descending")
+DATA_CHECKS = ("error", "warn", "off")
 
 
 class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
@@ -124,7 +127,7 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
                     "loss": [nll / max(tokens, 1) for nll, tokens in pairs],
                     "tokens": token_stats["tokens"],
                 }
-            self.scorer.append(batch.id, texts, batch.wrd, groups, extra)
+            self.scorer.append(batch.id, texts, batch.wrd, groups, batch.duration, extra)
         return loss
 
     def update_average(self, loss, avg_loss):
@@ -251,6 +254,7 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
                     "n_valid": summary["n_utterances"],
                 },
             )
+            self.warn_if_valid_set_too_small(summary)
             # The latest state stays too, for resuming, until training is over.
             self.checkpointer.save_and_keep_only(
                 meta={**stats, "epoch": epoch},
@@ -261,8 +265,15 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
             self.hparams.train_logger.log_stats(
                 stats_meta={"test set": name, "epoch": summary["epoch"]}, test_stats=stats
             )
-            lo, hi = summary["wer_ci95"]
-            logger.info("%s: WER %.2f%% (95%% CI %.2f-%.2f)", name, summary["wer"], lo, hi)
+            logger.info("%s: %s", name, evaluation.format_headline(summary))
+
+    def warn_if_valid_set_too_small(self, summary):
+        """Warn when the valid WER interval is wider than the spread across epochs."""
+        with open(os.path.join(self.output_folder, "epochs.jsonl")) as f:
+            epoch_wers = [json.loads(line)["WER"] for line in f]
+        warning = evaluation.small_valid_warning(epoch_wers, summary)
+        if warning:
+            logger.warning(warning)
 
     def selected_epoch(self):
         """The epoch of the checkpoint the test stage uses (None when zero-shot)."""
@@ -374,9 +385,8 @@ def main(argv):
             )
         except (OSError, ValueError, RuntimeError) as error:
             sys.exit(f"error: data preparation failed: {error}")
-    if sb.utils.distributed.if_main_process():
-        write_run_info(hparams)
     whisper = hparams["whisper"]
+    check_manifests(hparams, whisper)
     try:
         datasets = dataio_prepare(hparams, whisper)
     except (dataio.DataError, ValueError) as error:
@@ -385,6 +395,8 @@ def main(argv):
         sys.exit(sanity_check(hparams, datasets, run_opts))
 
     asr_brain = make_brain(WhisperFineTuning, hparams, run_opts, hparams["output_folder"])
+    if sb.utils.distributed.if_main_process():
+        write_run_info(hparams, asr_brain.grad_accumulation_factor)
     test_sets = {name: d for name, d in datasets.items() if name not in ("train", "valid")}
 
     if hparams["zero_shot_eval"]:
@@ -412,6 +424,46 @@ def main(argv):
         )
 
 
+def check_manifests(hparams, whisper):
+    """Run the data checks (once per manifest change) and stop on errors skipping can't fix."""
+    if hparams["data_checks"] not in DATA_CHECKS:
+        sys.exit(f"error: data_checks must be one of {DATA_CHECKS}, not '{hparams['data_checks']}'")
+    if hparams["data_checks"] == "off":
+        return
+    manifests = {"train": hparams["train_csv"], "valid": hparams["valid_csv"]}
+    manifests.update({Path(csv).stem: csv for csv in hparams["test_csv"]})
+    report = os.path.join(hparams["output_folder"], "data_report.json")
+
+    def write_report():
+        """Check the manifests unless the report is newer than all of them."""
+        newest = max(os.path.getmtime(csv) for csv in manifests.values() if os.path.exists(csv))
+        if os.path.exists(report) and os.path.getmtime(report) > newest:
+            return
+        prompt = len(whisper.prefix_tokens) + 1  # the prompt, then the text and end of text
+        check_data.run_checks(
+            manifests,
+            hparams["data_folder"],
+            hparams["output_folder"],
+            token_count=lambda text: len(whisper.encode_text(text)) + prompt,
+            group_columns=hparams["group_columns"],
+        )
+
+    run_on_main(write_report)
+    with open(report) as f:
+        findings = json.load(f)["findings"]
+    for finding in findings:
+        if finding["severity"] != "info":
+            logger.warning("data check %s: %s", finding["kind"], finding["message"])
+    skippable = check_data.ROW_KINDS if hparams["on_bad_row"] == "skip" else ()
+    blocking = [f for f in findings if f["severity"] == "error" and f["kind"] not in skippable]
+    if blocking and hparams["data_checks"] == "error":
+        sys.exit(
+            f"error: data checks found {len(blocking)} error(s), first: "
+            f"{blocking[0]['message']}; see {report[: -len('json')]}md "
+            "(--data_checks=warn to train anyway)"
+        )
+
+
 def make_brain(brain_class, hparams, run_opts, output_folder, **overrides):
     """A Brain of ``brain_class`` writing into ``output_folder``; ``overrides`` replace
     Brain arguments (e.g. ``checkpointer=None``)."""
@@ -434,20 +486,14 @@ def make_brain(brain_class, hparams, run_opts, output_folder, **overrides):
     return brain
 
 
-def write_run_info(hparams):
-    """``run.json``: where the data is and how batches were formed, for the analysis tools."""
-    keys = (
-        "data_folder",
-        "group_columns",
-        "sorting",
-        "dynamic_batching",
-        "augment",
-        "batch_size",
-        "grad_accumulation_factor",
-        "number_of_epochs",
-        "seed",
-    )
-    info = {key: hparams[key] for key in keys}
+def write_run_info(hparams, grad_accumulation_factor):
+    """``run.json``: where the data is and how batches were formed, for the analysis tools.
+
+    The accumulation factor is the Brain's: SpeechBrain also takes it as a run option.
+    """
+    keys = ("group_columns", "sorting", "dynamic_batching", "augment", "batch_size")
+    info = {key: hparams[key] for key in (*keys, "number_of_epochs", "seed")}
+    info["grad_accumulation_factor"] = grad_accumulation_factor
     info["data_folder"] = os.path.abspath(hparams["data_folder"])
     info["train_csv"] = os.path.abspath(hparams["train_csv"])
     info["valid_csv"] = os.path.abspath(hparams["valid_csv"])
@@ -457,7 +503,8 @@ def write_run_info(hparams):
 
 
 class SanityCheck(WhisperFineTuning):
-    """Overfits a few utterances at a constant rate until it reproduces them, or gives up."""
+    """Overfits a few utterances at a constant rate, without label smoothing, until it
+    reproduces them, or gives up."""
 
     def on_fit_batch_start(self, batch, should_step):
         """A constant rate: no warmup to wait for."""
@@ -491,12 +538,26 @@ def sanity_check(hparams, datasets, run_opts):
     brain = make_brain(
         SanityCheck, hparams, run_opts, folder, opt_class=optimizer, checkpointer=None
     )
+    brain.grad_accumulation_factor = 1  # one batch per epoch: step on every batch
+    # Label smoothing keeps the loss off zero by design: the check trains without it.
+    brain.hparams.nll_loss = functools.partial(hparams["nll_loss"], label_smoothing=0.0)
+    brain.train_sampler = None
     brain.epoch_counter = sb.utils.epoch_loop.EpochCounter(hparams["sanity_max_epochs"])
+    # An epoch passes over the utterances several times: decoding them is the costly part.
+    repeated = torch.utils.data.ConcatDataset(
+        [datasets["train"]] * hparams["sanity_passes_per_epoch"]
+    )
+    train_loader_kwargs = {
+        "batch_size": hparams["batch_size"],
+        "shuffle": True,
+        "collate_fn": PaddedBatch,
+        "num_workers": hparams["num_workers"],
+    }
     brain.fit(
         brain.epoch_counter,
-        datasets["train"],
+        repeated,
         datasets["valid"],
-        train_loader_kwargs=hparams["train_loader_kwargs"],
+        train_loader_kwargs=train_loader_kwargs,
         valid_loader_kwargs=hparams["valid_loader_kwargs"],
     )
     result = brain.result

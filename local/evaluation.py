@@ -1,8 +1,11 @@
 """Scoring transcripts: normalised WER and CER, bootstrap intervals, per-group numbers.
 
 A ``Scorer`` collects one stage's utterances and writes what a user reads afterwards:
-``wer_NAME.txt`` (SpeechBrain's ``%WER`` headline and per-utterance alignments) and
-``summary_NAME.json`` (headline numbers with 95% intervals, per group of any grouping column).
+``wer_NAME.txt`` (SpeechBrain's ``%WER`` headline and per-utterance alignments),
+``summary_NAME.json`` (headline numbers with 95% intervals, per group of any grouping column,
+per duration bucket, the most frequent word errors) and ``summary_NAME.md`` (the same as
+tables). ``small_valid_warning`` says when the validation set is too small to tell the
+epochs' checkpoints apart.
 """
 
 import json
@@ -10,6 +13,7 @@ import logging
 import math
 import os
 import random
+from collections import Counter
 from operator import itemgetter
 
 import torch
@@ -27,6 +31,9 @@ logger = logging.getLogger(__name__)
 NORMALIZERS = ("english", "basic", "none")
 BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_SEED = 0
+# Upper edges (seconds) of the duration buckets; the last bucket is everything longer.
+DURATION_EDGES = (2, 5, 10, 20, 30)
+TOP_ERRORS = 20  # most frequent substitutions, insertions and deletions kept in a summary
 
 
 def text_normalizer(kind, tokenizer, english):
@@ -83,6 +90,93 @@ def _rate(utterances, numerator, denominator):
     return 100.0 * sum(u[numerator] for u in utterances) / den if den else 0.0
 
 
+def _group_rates(members, block_key):
+    """WER, CER, the WER's 95% interval and the count of a subset of utterances."""
+    return {
+        "wer": _rate(members, "word_errors", "words"),
+        "cer": _rate(members, "char_errors", "chars"),
+        "ci95": _ratio_ci95(members, "word_errors", "words", block_key),
+        "n": len(members),
+    }
+
+
+def duration_bucket(seconds):
+    """The label of the duration bucket holding ``seconds``: ``<2s``, ``2-5s``, ..., ``>30s``."""
+    lower = 0
+    for upper in DURATION_EDGES:
+        if seconds < upper:
+            return f"<{upper}s" if lower == 0 else f"{lower}-{upper}s"
+        lower = upper
+    return f">{lower}s"
+
+
+def top_errors(scores, top=TOP_ERRORS):
+    """The most frequent word errors in SpeechBrain alignments, most frequent first.
+
+    Returns ``{"substitutions": [[ref, hyp, count], ...], "insertions": [[hyp, count], ...],
+    "deletions": [[ref, count], ...]}``; ties keep the order of first appearance.
+    """
+    substitutions, insertions, deletions = Counter(), Counter(), Counter()
+    for score in scores:
+        ref, hyp = score["ref_tokens"], score["hyp_tokens"]
+        for op, ref_i, hyp_i in score["alignment"]:
+            if op == "S":
+                substitutions[(ref[ref_i], hyp[hyp_i])] += 1
+            elif op == "I":
+                insertions[hyp[hyp_i]] += 1
+            elif op == "D":
+                deletions[ref[ref_i]] += 1
+    return {
+        "substitutions": [[r, h, n] for (r, h), n in substitutions.most_common(top)],
+        "insertions": [[w, n] for w, n in insertions.most_common(top)],
+        "deletions": [[w, n] for w, n in deletions.most_common(top)],
+    }
+
+
+def format_headline(summary):
+    """One line for the console: ``WER 11.65% (95% CI 9.50-13.90), CER 5.58% (...), n=200``."""
+    wer_lo, wer_hi = summary["wer_ci95"]
+    cer_lo, cer_hi = summary["cer_ci95"]
+    return (
+        f"WER {summary['wer']:.2f}% (95% CI {wer_lo:.2f}-{wer_hi:.2f}), "
+        f"CER {summary['cer']:.2f}% (95% CI {cer_lo:.2f}-{cer_hi:.2f}), "
+        f"n={summary['n_utterances']}"
+    )
+
+
+def small_valid_warning(epoch_wers, summary):
+    """A warning when the valid set is too small to tell the epochs' checkpoints apart, or None.
+
+    ``epoch_wers`` are the valid WERs (percent) of the epochs so far, ``summary`` the latest
+    valid summary. The checkpoints are separable when the WER interval's half-width is at most
+    the spread (max - min) of the epochs' WERs. Otherwise the warning gives the number of
+    utterances that would shrink the half-width to the spread: a bootstrap interval narrows as
+    1/sqrt(n), so ``n x (half-width / spread)^2``. The rule is conservative (it compares a
+    single interval with a paired difference) and assumes more utterances come from
+    proportionally more speakers when the interval is blocked by speaker.
+    """
+    if len(epoch_wers) < 2:
+        return None
+    lo, hi = summary["wer_ci95"]
+    half_width = (hi - lo) / 2
+    spread = max(epoch_wers) - min(epoch_wers)
+    if half_width <= spread:
+        return None
+    n = summary["n_utterances"]
+    head = (
+        f"valid set too small to separate checkpoints: the valid WER's 95% interval is "
+        f"+/-{half_width:.2f} points, the WERs of {len(epoch_wers)} epochs span "
+        f"{spread:.2f} points ({min(epoch_wers):.2f}-{max(epoch_wers):.2f})"
+    )
+    if spread == 0:
+        return f"{head}; every epoch scored the same, so no valid set size can be derived"
+    needed = math.ceil(n * (half_width / spread) ** 2)
+    return (
+        f"{head}; about {needed} valid utterances (now {n}) would narrow it to the spread "
+        f"(n x (half-width / spread)^2)"
+    )
+
+
 def min_wer_earliest(ckpt):
     """Checkpoint importance: lowest valid WER first, the earlier epoch on ties."""
     if "WER" not in ckpt.meta:
@@ -116,11 +210,12 @@ class Scorer:
         self.raw_wer = ErrorRateStats()
         self.utterances = []
 
-    def append(self, ids, hyps, refs, groups=None, extra=None):
+    def append(self, ids, hyps, refs, groups=None, durations=None, extra=None):
         """Score a batch; ``groups`` maps a column name to its values for the batch.
 
-        ``extra`` maps other per-utterance fields (e.g. ``loss``) to their values for the
-        batch: recorded with each utterance, not grouped by.
+        ``durations`` (seconds per utterance) adds the per-duration-bucket numbers. ``extra``
+        maps other per-utterance fields (e.g. ``loss``) to their values for the batch: recorded
+        with each utterance, not grouped by.
         """
         groups = groups or {}
         extra = extra or {}
@@ -141,6 +236,8 @@ class Scorer:
                 "chars": cer["num_ref_tokens"],
             }
             utt.update({column: values[i] for column, values in groups.items()})
+            if durations is not None:
+                utt["duration"] = float(durations[i])
             utt.update({field: values[i] for field, values in extra.items()})
             self.utterances.append(utt)
 
@@ -162,7 +259,7 @@ class Scorer:
             stat.ids = [score["key"] for score in stat.scores]
 
     def summary(self, epoch=None):
-        """Headline WER/CER (percent) with 95% intervals, per group, and counts."""
+        """Headline WER/CER (percent) with 95% intervals, per group and duration, top errors."""
         block = "spk_id" if self.utterances and "spk_id" in self.utterances[0] else None
         summary = {
             "wer": _rate(self.utterances, "word_errors", "words"),
@@ -173,23 +270,26 @@ class Scorer:
             "n_utterances": len(self.utterances),
             "epoch": epoch,
             "per_group": {},
+            "per_duration": {},
+            "top_errors": top_errors(self.wer.scores),
         }
         present = [c for c in self.group_columns if self.utterances and c in self.utterances[0]]
         for column in present:
-            per_value = {}
-            for value in sorted({u[column] for u in self.utterances}):
-                members = [u for u in self.utterances if u[column] == value]
-                per_value[value] = {
-                    "wer": _rate(members, "word_errors", "words"),
-                    "cer": _rate(members, "char_errors", "chars"),
-                    "ci95": _ratio_ci95(members, "word_errors", "words", block),
-                    "n": len(members),
-                }
-            summary["per_group"][column] = per_value
+            summary["per_group"][column] = {
+                value: _group_rates([u for u in self.utterances if u[column] == value], block)
+                for value in sorted({u[column] for u in self.utterances})
+            }
+        if self.utterances and "duration" in self.utterances[0]:
+            buckets = {}
+            for utt in sorted(self.utterances, key=lambda u: u["duration"]):
+                buckets.setdefault(duration_bucket(utt["duration"]), []).append(utt)
+            summary["per_duration"] = {
+                label: _group_rates(members, block) for label, members in buckets.items()
+            }
         return summary
 
     def write(self, folder, name, epoch=None, model=None):
-        """Write ``wer_NAME.txt``, ``summary_NAME.json`` and ``utterances_NAME.jsonl``.
+        """Write ``wer_NAME.txt``, ``summary_NAME.json``/``.md`` and ``utterances_NAME.jsonl``.
 
         ``model`` (the checkpoint's source) is recorded so a summary can be told apart from one
         of another model.
@@ -199,6 +299,7 @@ class Scorer:
         with open(os.path.join(folder, f"wer_{name}.txt"), "w") as out:
             self.wer.write_stats(out)
         write_json(os.path.join(folder, f"summary_{name}.json"), summary)
+        write_text(os.path.join(folder, f"summary_{name}.md"), format_summary(summary, name))
         with open(os.path.join(folder, f"utterances_{name}.jsonl"), "w") as out:
             for utt in self.utterances:
                 out.write(json.dumps(utt) + "\n")
@@ -219,6 +320,59 @@ def write_json(path, data):
     with open(tmp, "w") as out:
         json.dump(data, out, indent=2)
     os.replace(tmp, path)
+
+
+def write_text(path, text):
+    """Write text atomically."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as out:
+        out.write(text)
+    os.replace(tmp, path)
+
+
+def _rate_table(column, rows):
+    """A Markdown table of {value of column: {wer, cer, ci95, n}}."""
+    lines = [
+        f"## per {column}",
+        "",
+        f"| {column} | WER % | 95% CI | CER % | n |",
+        "|---|---|---|---|---|",
+    ]
+    for label, r in rows.items():
+        lo, hi = r["ci95"]
+        lines.append(
+            f"| {label} | {r['wer']:.2f} | {lo:.2f}-{hi:.2f} | {r['cer']:.2f} | {r['n']} |"
+        )
+    return lines + [""]
+
+
+def format_summary(summary, name):
+    """A summary as Markdown: headline, per group, per duration bucket and top errors."""
+    epoch = "" if summary.get("epoch") is None else f" (epoch {summary['epoch']})"
+    lines = [
+        f"# {name}{epoch}",
+        "",
+        f"{format_headline(summary)}; raw (unnormalised) WER {summary['wer_raw']:.2f}%",
+        "",
+    ]
+    for column, per_value in summary["per_group"].items():
+        lines += _rate_table(column, per_value)
+    if summary.get("per_duration"):
+        lines += _rate_table("duration", summary["per_duration"])
+    errors = summary.get("top_errors")
+    if errors:
+        lines += [
+            "## most frequent errors (normalised)",
+            "",
+            "| substitution | count |",
+            "|---|---|",
+        ]
+        lines += [f"| {r} -> {h} | {n} |" for r, h, n in errors["substitutions"]]
+        for kind in ("insertions", "deletions"):
+            lines += ["", f"| {kind[:-1]} | count |", "|---|---|"]
+            lines += [f"| {w} | {n} |" for w, n in errors[kind]]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _rates(summary, group):

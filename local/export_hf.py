@@ -1,10 +1,13 @@
-"""Export the min-WER checkpoint of a run as a Hugging Face Whisper directory (and CTranslate2).
+"""Export a run's min-WER checkpoint (or another kept epoch's) as a Hugging Face Whisper directory.
 
 The exported directory loads with ``transformers.pipeline("automatic-speech-recognition",
 model=DEST_DIR)``; with ``--ct2`` and the ``ctranslate2`` package, ``DEST_DIR/ctranslate2``
 holds the same model for faster-whisper.
 
-Usage: python local/export_hf.py EXPERIMENT_FOLDER DEST_DIR [--ct2]
+``--epoch N`` exports epoch N's checkpoint instead, e.g. the one a human review preferred
+(kept when training ran with ``review_checkpoints: True``).
+
+Usage: python local/export_hf.py EXPERIMENT_FOLDER DEST_DIR [--ct2] [--epoch N]
 """
 
 import argparse
@@ -49,8 +52,9 @@ def save_whisper_dir(model, tokenizer, feature_extractor, dest):
     return dest
 
 
-def load_best(experiment_folder):
-    """The run's ``WhisperASR`` with its min-WER checkpoint loaded, and that checkpoint.
+def load_best(experiment_folder, epoch=None):
+    """The run's ``WhisperASR`` with its min-WER (or epoch ``epoch``'s) checkpoint loaded,
+    and that checkpoint.
 
     Works from any directory: the checkpoints are looked up in ``EXPERIMENT_FOLDER/save``, not
     at the (possibly relative) path the run was started with.
@@ -68,15 +72,26 @@ def load_best(experiment_folder):
         hparams = load_hyperpyyaml(f, {"checkpointer": None})
     save_folder = experiment_folder / Path(hparams["save_folder"]).name
     checkpointer = Checkpointer(save_folder, recoverables={"whisper": hparams["whisper"]})
-    checkpoint = checkpointer.recover_if_possible(importance_key=min_wer_earliest)
+    end_of_epoch = [c for c in checkpointer.list_checkpoints() if "WER" in c.meta]
+    if epoch is not None:
+        kept = sorted(c.meta["epoch"] for c in end_of_epoch)
+        if epoch not in kept:
+            raise FileNotFoundError(
+                f"no checkpoint of epoch {epoch} in {save_folder} (kept: {kept}); train with "
+                "review_checkpoints: True to keep the min-loss and last epochs too"
+            )
+        predicate = lambda ckpt: ckpt.meta.get("epoch") == epoch  # noqa: E731
+        checkpoint = checkpointer.recover_if_possible(ckpt_predicate=predicate)
+    else:
+        checkpoint = checkpointer.recover_if_possible(importance_key=min_wer_earliest)
     if checkpoint is None:
         raise FileNotFoundError(f"no checkpoint in {save_folder}: train first")
     return hparams["whisper"], checkpoint
 
 
-def export(experiment_folder, dest_dir, ct2=False):
-    """Export the min-WER checkpoint of ``experiment_folder`` into ``dest_dir``."""
-    whisper, checkpoint = load_best(experiment_folder)
+def export(experiment_folder, dest_dir, ct2=False, epoch=None):
+    """Export the min-WER (or epoch ``epoch``'s) checkpoint of ``experiment_folder``."""
+    whisper, checkpoint = load_best(experiment_folder, epoch)
     whisper.model.generation_config = whisper.generation_config
     dest = save_whisper_dir(whisper.model, whisper.tokenizer, whisper.feature_extractor, dest_dir)
     with open(dest / "selected_checkpoint.json", "w") as out:
@@ -96,9 +111,10 @@ def main(argv=None):
     parser.add_argument("experiment_folder", type=Path, help="a train.py output folder")
     parser.add_argument("dest_dir", type=Path, help="new Hugging Face model directory")
     parser.add_argument("--ct2", action="store_true", help="also write DEST_DIR/ctranslate2")
+    parser.add_argument("--epoch", type=int, help="export this epoch's checkpoint (if kept)")
     args = parser.parse_args(argv)
     try:
-        dest = export(args.experiment_folder, args.dest_dir, args.ct2)
+        dest = export(args.experiment_folder, args.dest_dir, args.ct2, args.epoch)
     except (OSError, ValueError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

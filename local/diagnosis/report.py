@@ -1,0 +1,404 @@
+"""Plain-language verdict and the Markdown report of a diagnosis.
+
+The verdict is a list of sentences a user can act on: which checkpoint to trust, whether
+the difference is noise, what explains the loss curve, and what to check next. Every
+number it quotes comes from ``diagnostics.json``.
+"""
+
+SOURCES = {
+    "experiment": "this recipe's experiment folder",
+    "trainer_state": "a transformers Trainer state",
+    "train_log": "a SpeechBrain train log",
+}
+CAUSE_SENTENCES = {
+    "running_mean_artifact": (
+        "The drop is a logging artifact: the logged loss behaves as a cumulative mean reset "
+        "every epoch (log-log slope of its step-to-step change {slope_log_change_vs_log_step:.2f}"
+        "; a mean gives -1). At an epoch's end it averages the whole epoch, so the next "
+        "epoch's first batches look better. Plot the per-batch loss instead."
+    ),
+    "ordering": (
+        "Batches come in a sorted or fixed order (sorting: {sorting}; batch length vs position "
+        "rho {length_vs_position_rho:.2f}) and the step loss follows batch length (rho "
+        "{loss_vs_length_rho:.2f}), which predicts {explained_fraction:.0%} of the drop. "
+        "Shuffle the training set to see the real trend."
+    ),
+    "memorization": (
+        "Training utterances' loss falls by {train_drop_mean:.3f} on re-exposure while data "
+        "never trained on falls by {never_seen_drop_mean:.3f} (p = {p_value:.2g}): the model "
+        "memorises the training set. More epochs will lower the training loss, not the WER; "
+        "add data or augmentation, or stop earlier."
+    ),
+    "schedule": (
+        "The training conditions change at the boundary (learning-rate jump: {lr_jump}, "
+        "largest relative change {lr_max_jump}; augmentation switch: {augmentation_switch}, "
+        "largest change in augmented share {augmented_max_change}): the loss moves with the "
+        "schedule, not with transcription quality."
+    ),
+}
+
+
+def _wer_of(diagnostics, epoch):
+    for row in diagnostics["epochs"]:
+        if row["epoch"] == epoch:
+            return row.get("WER")
+    return None
+
+
+def _loss_gap(d, loss_epoch, wer_epoch):
+    """How much lower the min-loss epoch's valid loss is, absolute and relative."""
+    losses = {r["epoch"]: r["loss"] for r in d["epochs"]}
+    gap = losses[wer_epoch] - losses[loss_epoch]
+    return f"lower by {gap:.4g}, {100 * gap / losses[wer_epoch]:.2g}%"
+
+
+def _checkpoint_sentences(d):
+    loss_epoch, wer_epoch = d["best_loss_epoch"], d["best_wer_epoch"]
+    if wer_epoch is None:
+        return ["No epoch logs a valid WER: this run cannot say which checkpoint to trust."]
+    wer = _wer_of(d, wer_epoch)
+    if loss_epoch == wer_epoch:
+        return [
+            f"Trust epoch {wer_epoch}: it has both the lowest valid loss and the lowest valid "
+            f"WER ({wer:.2f})."
+        ]
+    sentences = []
+    if loss_epoch is not None and _wer_of(d, loss_epoch) == wer:
+        sentences.append(
+            f"The min-loss epoch ({loss_epoch}) has the same valid WER as the min-WER epoch "
+            f"({wer_epoch}, {wer:.2f}): the loss difference ({_loss_gap(d, loss_epoch, wer_epoch)})"
+            f" changes no transcript score; the min-WER rule keeps epoch {wer_epoch}."
+        )
+    elif loss_epoch is not None:
+        sentences.append(
+            f"Trust the min-WER checkpoint (epoch {wer_epoch}, valid WER {wer:.2f}) rather than "
+            f"the min-loss one (epoch {loss_epoch}, WER {_wer_of(d, loss_epoch):.2f}; valid "
+            f"loss {_loss_gap(d, loss_epoch, wer_epoch)}): WER measures the transcripts users "
+            "get, while the valid loss scores token probabilities, which can improve while "
+            "the transcripts get worse."
+        )
+    difference = d["wer_difference"]
+    if difference is None:
+        sentences.append(
+            "Whether the two checkpoints really differ cannot be tested: "
+            f"{d['skipped'].get('wer_difference', 'no per-utterance results')}."
+        )
+    elif loss_epoch is not None:
+        lo, hi = difference["ci95"]
+        size = d.get("valid_set") or {}
+        amount = (
+            f"{difference['point']:+.2f} WER points (95% CI {lo:+.2f} to {hi:+.2f}, paired "
+            f"bootstrap over {difference['n_utterances']} utterances"
+            + (f", {size['n_words']} words" if size.get("n_words") else "")
+            + ")"
+        )
+        if difference["within_noise"]:
+            sentences.append(
+                f"The difference between them, {amount}, is within noise: this valid set cannot "
+                "tell them apart. Listen to both on the "
+                f"{difference['n_transcripts_differing']} utterances where their transcripts "
+                "differ, or validate on more data, before trusting either."
+            )
+        else:
+            sentences.append(
+                f"The difference, {amount}, is beyond bootstrap noise: the min-WER checkpoint "
+                "is better on this valid set."
+            )
+    return sentences
+
+
+def _kept_sentence(d):
+    kept = d.get("kept_checkpoint")
+    if not kept:
+        return []
+    return [
+        f"The Trainer kept {kept['checkpoint']} (best metric {kept['best_metric']}): check that "
+        "its metric_for_best_model was the WER, not the loss."
+    ]
+
+
+def _boundary_sentences(d):
+    boundary = d["epoch_boundary"]
+    if boundary is None:
+        reason = d["skipped"].get("epoch_boundary", "")
+        return [f"Epoch-boundary loss drops cannot be analysed: {reason}."]
+    if not boundary["detected"]:
+        return [
+            f"The training loss ({boundary['series']}) shows no drop at epoch boundaries beyond "
+            f"its within-epoch trend (drop {boundary['drop']:.3f}, p = {boundary['p_value']:.2g})."
+        ]
+    sentences = [
+        f"The training loss ({boundary['series']}) drops by {boundary['drop']:.3f} at epoch "
+        f"boundaries (p = {boundary['p_value']:.2g}, {boundary['k']}-step windows)."
+    ]
+    for cause in boundary["causes"]:
+        sentences.append(CAUSE_SENTENCES[cause["cause"]].format_map(_formatted(cause["evidence"])))
+    if not boundary["causes"]:
+        tested = ", ".join(t["cause"] for t in boundary["tests"]) or "none"
+        untested = ", ".join(t["cause"] for t in boundary["not_tested"]) or "none"
+        sentences.append(
+            f"No tested cause explains it (tested: {tested}; not testable here: {untested}). "
+            "Check how the loss is logged and whether the data loader repeats batches, and "
+            "rule out a pipeline bug with the sanity mode (--sanity_utterances=N)."
+        )
+    return sentences
+
+
+class _Formatted(dict):
+    """Evidence values for sentences: floats keep their format spec, None reads 'n/a'."""
+
+    def __missing__(self, key):
+        return "n/a"
+
+
+def _formatted(evidence):
+    shown = {}
+    for key, value in evidence.items():
+        if isinstance(value, float):
+            shown[key] = float(f"{value:.4g}")
+        elif value is not None and not isinstance(value, list):
+            shown[key] = value
+    return _Formatted(shown)
+
+
+def _other_sentences(d):
+    sentences = []
+    memorization = d.get("memorization")
+    claimed = {c["cause"] for c in (d["epoch_boundary"] or {}).get("causes", [])}
+    if memorization and memorization["passed"] and "memorization" not in claimed:
+        sentences.append(
+            CAUSE_SENTENCES["memorization"].format_map(_formatted(memorization["evidence"]))
+        )
+    flagged = [r for r in d["overconfidence"] or [] if r["flagged"]]
+    if flagged:
+        epochs = ", ".join(str(r["epoch"]) for r in flagged)
+        sentences.append(
+            f"At epoch(s) {epochs} the model grew overconfident: ECE rose while entropy fell "
+            "and the valid loss rose. That raises the loss without necessarily hurting the "
+            "transcripts, a loss/metric mismatch: select by WER."
+        )
+    rho = d["loss_wer_spearman"]
+    if rho is not None:
+        agree = "agree" if rho >= 0.5 else "disagree"
+        sentences.append(
+            f"Valid loss and WER {agree} over epochs (Spearman rho = {rho:.2f})"
+            + ("." if rho >= 0.5 else ": the loss is no stand-in for WER on this run.")
+        )
+    suspects = d["label_noise_suspects"]
+    if suspects:
+        top = ", ".join(s["id"] for s in suspects[:3])
+        sentences.append(
+            f"Check the labels of the top label-noise suspects first ({top}): the model "
+            "finds them hardest and its own transcript differs most from the label."
+        )
+    lagging = (d.get("lagging_groups") or {}).get("lagging", [])
+    if lagging:
+        names = ", ".join(
+            f"{g['column']}={g['value']} ({g['gain']:+.1f}, 95% CI {g['gain_ci95'][0]:+.1f} to "
+            f"{g['gain_ci95'][1]:+.1f})"
+            for g in lagging
+        )
+        overall = d["lagging_groups"]["overall_gain"]
+        sentences.append(
+            f"Lagging groups (behind at the end, and gaining credibly less than the overall "
+            f"{overall:.1f} WER points from the first to the last epoch): {names}; check their "
+            "share of the training data and their audio."
+        )
+    leak = d.get("leakage")
+    if leak and leak["flagged"]:
+        sentences.append(
+            f"{leak['same_transcript']} of {leak['valid_utterances']} valid transcripts (and "
+            f"{leak['same_id']} ids) also occur in training: the valid WER flatters the model; "
+            "split by text and speaker."
+        )
+    shift = d.get("distribution_shift")
+    if shift and shift["flagged"]:
+        harder = "harder" if shift["ratio"] > 1 else "easier"
+        sentences.append(
+            f"Valid utterances are {harder} for the model than training utterances it had not "
+            f"trained on yet (NLL {shift['valid_nll']:.3f} vs {shift['train_unseen_nll']:.3f}, "
+            f"p = {shift['p_value']:.2g}): the valid set is not drawn from the training "
+            "distribution"
+            + (" (or augmentation makes training harder)" if shift["augment"] else "")
+            + ", so its WER says little about the training domain and vice versa."
+        )
+    if d["skipped"]:
+        sentences.append(
+            "Not analysed for lack of data: "
+            + ", ".join(sorted(d["skipped"]))
+            + " (report.md says why for each)."
+        )
+    return sentences
+
+
+def verdict(diagnostics):
+    """The plain sentences at the top of the report and in ``diagnostics.json``."""
+    return (
+        _checkpoint_sentences(diagnostics)
+        + _kept_sentence(diagnostics)
+        + _boundary_sentences(diagnostics)
+        + _other_sentences(diagnostics)
+    )
+
+
+def _number(value):
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "n/a" if value is None else str(value)
+
+
+def _evidence_line(evidence):
+    return ", ".join(
+        f"{k}={_number(v)}" for k, v in evidence.items() if not isinstance(v, (list, dict))
+    )
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_number(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _boundary_lines(boundary):
+    lines = [
+        f"Series `{boundary['series']}`, windows of k = {boundary['k']} steps: drop "
+        f"{boundary['drop']:.4f}, p = {boundary['p_value']:.3g}; net of the local trend: "
+        f"{boundary['trend_adjusted_drop']:.4f}, p = {boundary['trend_adjusted_p_value']:.3g}. "
+        f"Detected: **{boundary['detected']}**.",
+        "",
+        f"Test: {boundary['test']}.",
+        "",
+        *_table(
+            ["after epoch", "last k mean", "first k mean", "drop"],
+            [
+                [b["after_epoch"], b["last_k_mean"], b["first_k_mean"], b["drop"]]
+                for b in boundary["boundaries"]
+            ],
+        ),
+        "",
+    ]
+    claimed = {c["cause"] for c in boundary["causes"]}
+    for test in boundary["tests"]:
+        status = "claimed" if test["cause"] in claimed else "not claimed"
+        status += "" if test["passed"] else " (test not passed)"
+        lines.append(
+            f"- **{test['cause']}**: {status}. Evidence: {_evidence_line(test['evidence'])}."
+        )
+        lines.append(f"  Threshold: {test['threshold']}.")
+    for missing in boundary["not_tested"]:
+        lines.append(f"- **{missing['cause']}**: not tested: {missing['reason']}.")
+    return lines
+
+
+def markdown(d, folder):
+    """The whole ``report.md``."""
+    lines = [f"# Diagnosis of `{folder}`", ""]
+    lines += [f"Read from {SOURCES[d['source']]}: {', '.join(d['files'])}.", "", "## Verdict", ""]
+    lines += [f"- {sentence}" for sentence in d["verdict"]]
+    lines += ["", "## Epochs", ""]
+    lines += _table(
+        [
+            "epoch",
+            "lr",
+            "train loss",
+            "valid loss",
+            "valid WER",
+            "valid NLL",
+            "valid - train",
+            "mark",
+        ],
+        [
+            [
+                r["epoch"],
+                r["lr"],
+                r["train_loss"],
+                r["loss"],
+                r["WER"],
+                r["nll"],
+                r["gap"],
+                " ".join(
+                    mark
+                    for mark, epoch in (
+                        ("min loss", d["best_loss_epoch"]),
+                        ("min WER", d["best_wer_epoch"]),
+                    )
+                    if epoch == r["epoch"]
+                ),
+            ]
+            for r in d["epochs"]
+        ],
+    )
+    if d["wer_difference"]:
+        w = d["wer_difference"]
+        lines += ["", "## Min-loss vs min-WER checkpoint", ""]
+        lo, hi = w["ci95"]
+        lines += [f"WER difference {w['point']:+.3f} points, 95% CI [{lo:+.3f}, {hi:+.3f}]: "]
+        lines[-1] += f"{w['method']}."
+    if d["epoch_boundary"]:
+        lines += ["", "## Epoch-boundary drop", "", *_boundary_lines(d["epoch_boundary"])]
+    if d["overconfidence"]:
+        lines += ["", "## Calibration per epoch", ""]
+        lines += ["Flagged when ECE rises while entropy falls and the valid loss rises.", ""]
+        lines += _table(
+            ["epoch", "ECE", "entropy", "valid loss", "flagged"],
+            [
+                [r["epoch"], r["ece"], r["entropy"], r["valid_loss"], r["flagged"]]
+                for r in d["overconfidence"]
+            ],
+        )
+    if d["label_noise_suspects"]:
+        lines += ["", "## Label-noise suspects (top 10)", ""]
+        lines += [
+            "Ranked by the mean of the loss rank and the rank of the word error rate of the "
+            "model's teacher-forced transcript against the label (last epoch).",
+            "",
+        ]
+        lines += _table(
+            ["id", "loss", "WER", "reference", "model's transcript"],
+            [
+                [s["id"], s["loss"], s["wer"], s["ref"], s["hyp"]]
+                for s in d["label_noise_suspects"][:10]
+            ],
+        )
+    lagging = d.get("lagging_groups")
+    if lagging:
+        lines += ["", "## Groups", ""]
+        lines += [
+            f"Gain: WER of epoch {lagging['from_epoch']} minus epoch {lagging['to_epoch']} "
+            f"(overall {lagging['overall_gain']:+.2f}); a group lags when its whole interval "
+            "is below the overall gain and it ends above the overall WER.",
+            "",
+        ]
+        for column, table in lagging["groups"].items():
+            epochs = sorted({e for v in table.values() for e in v["wer_by_epoch"]})
+            lines += _table(
+                [column, "n", *[f"WER epoch {e}" for e in epochs], "gain", "gain 95% CI"],
+                [
+                    [
+                        value,
+                        v["n"],
+                        *[v["wer_by_epoch"][e] for e in epochs],
+                        v["gain"],
+                        "{:+.2f} to {:+.2f}".format(*v["gain_ci95"]),
+                    ]
+                    for value, v in table.items()
+                ],
+            )
+            lines.append("")
+    sections = (
+        ("leakage", "Leakage"),
+        ("distribution_shift", "Distribution shift"),
+        ("valid_set", "Validation set"),
+    )
+    for key, title in sections:
+        if d.get(key):
+            lines += ["", f"## {title}", "", _evidence_line(d[key]) + "."]
+    if d["plots"]:
+        lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in d["plots"]]
+    lines += ["", "## Not analysed", ""]
+    lines += [f"- **{name}**: {reason}." for name, reason in sorted(d["skipped"].items())] or [
+        "- nothing: every analysis had its data."
+    ]
+    if d["notes"]:
+        lines += ["", "## Notes on the logs", ""] + [f"- {note}" for note in d["notes"]]
+    return "\n".join(lines) + "\n"
