@@ -435,10 +435,13 @@ def check_manifests(hparams, whisper):
     report = os.path.join(hparams["output_folder"], "data_report.json")
 
     def write_report():
-        """Check the manifests unless the report is newer than all of them."""
+        """Check the manifests unless the report is of these manifests and newer than them."""
         newest = max(os.path.getmtime(csv) for csv in manifests.values() if os.path.exists(csv))
         if os.path.exists(report) and os.path.getmtime(report) > newest:
-            return
+            with open(report) as f:  # a failed run with other manifests may have written it
+                checked = {name: split["csv"] for name, split in json.load(f)["splits"].items()}
+            if checked == {name: str(csv) for name, csv in manifests.items()}:
+                return
         prompt = len(whisper.prefix_tokens) + 1  # the prompt, then the text and end of text
         check_data.run_checks(
             manifests,

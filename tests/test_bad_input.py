@@ -52,51 +52,87 @@ def fails_cleanly(experiment, *changes):
 
 
 def with_bad_row(experiment, tmp_path, wav, text="hello there"):
-    """The training manifest plus one row ``bad``; rows are refused (on_bad_row=error)."""
-    _, _, corpus = experiment
+    """The training manifest plus one row ``bad``; returns (data checks' line, the row's line).
+
+    With ``data_checks: error`` (the default) the data checks stop the run first; with
+    ``--data_checks=warn`` and ``--on_bad_row=error`` the recipe names the row.
+    """
+    _, exp, corpus = experiment
     train = dataio.load_manifest(corpus["train"], corpus["train"].parent).data
     rows = [{"ID": utt_id, **row} for utt_id, row in list(train.items())[:2]]
     rows.append({"ID": "bad", "duration": 1.0, "wav": wav, "spk_id": "s9", "wrd": text})
     manifest = write_manifest(tmp_path / "bad.csv", rows)
-    return fails_cleanly(experiment, f"--train_csv={manifest}", "--on_bad_row=error")
+    checks = fails_cleanly(experiment, f"--train_csv={manifest}", "--on_bad_row=error")
+    row = fails_cleanly(
+        experiment, f"--train_csv={manifest}", "--on_bad_row=error", "--data_checks=warn"
+    )
+    return checks, row
 
 
-def row_error(wav, why):
-    return f"error: train: row bad ({wav}): {why} (1 bad rows; set on_bad_row=skip to skip them)"
+def checks_error(experiment, first):
+    """The data checks' line when ``first`` is their first error."""
+    report = experiment[1] / "data_report.md"
+    return f"error: data checks found {{}} error(s), first: {first}; see {report} " + (
+        "(--data_checks=warn to train anyway)"
+    )
+
+
+def assert_row_refused(experiment, messages, wav, check, why):
+    checks, row = messages
+    assert checks in {checks_error(experiment, check).format(n) for n in (1, 2)}
+    assert row == (
+        f"error: train: row bad ({wav}): {why} (1 bad rows; set on_bad_row=skip to skip them)"
+    )
 
 
 def test_missing_audio(experiment, tmp_path):
     wav = tmp_path / "absent.wav"
-    assert with_bad_row(experiment, tmp_path, wav) == row_error(wav, "missing or unreadable audio")
+    messages = with_bad_row(experiment, tmp_path, wav)
+    unreadable = "1 rows have missing, empty or unreadable audio"
+    assert_row_refused(experiment, messages, wav, unreadable, "missing or unreadable audio")
 
 
 def test_corrupt_audio(experiment, tmp_path):
     wav = tmp_path / "corrupt.wav"
     wav.write_bytes(b"RIFF not really a wav")
-    assert with_bad_row(experiment, tmp_path, wav) == row_error(wav, "missing or unreadable audio")
+    messages = with_bad_row(experiment, tmp_path, wav)
+    unreadable = "1 rows have missing, empty or unreadable audio"
+    assert_row_refused(experiment, messages, wav, unreadable, "missing or unreadable audio")
 
 
 def test_empty_audio(experiment, tmp_path):
     wav = tmp_path / "empty.wav"
     sf.write(wav, np.zeros(0, dtype=np.float32), 16000)
-    assert with_bad_row(experiment, tmp_path, wav) == row_error(wav, "empty audio")
+    messages = with_bad_row(experiment, tmp_path, wav)
+    unreadable = "1 rows have missing, empty or unreadable audio"
+    assert_row_refused(experiment, messages, wav, unreadable, "empty audio")
 
 
 def test_empty_label(experiment, tmp_path):
     wav = sine(tmp_path / "a.wav", 1.0)
-    assert with_bad_row(experiment, tmp_path, wav, "   ") == row_error(wav, "empty transcript")
+    messages = with_bad_row(experiment, tmp_path, wav, "   ")
+    empty = "1 rows have an empty transcript"
+    assert_row_refused(experiment, messages, wav, empty, "empty transcript")
 
 
 def test_over_long_label(experiment, tmp_path):
     wav = sine(tmp_path / "a.wav", 1.0)
-    message = with_bad_row(experiment, tmp_path, wav, "word " * 500)
-    assert message == row_error(wav, "label of 503 tokens exceeds the decoder's 448")
+    messages = with_bad_row(experiment, tmp_path, wav, "word " * 500)
+    check = (
+        "1 transcripts need more than the decoder's 448 positions; they cannot be trained on "
+        "without truncation"
+    )
+    why = "label of 503 tokens exceeds the decoder's 448"
+    assert_row_refused(experiment, messages, wav, check, why)
 
 
 def test_audio_over_30_seconds(experiment, tmp_path):
     wav = sine(tmp_path / "long.wav", 31.0)
-    message = with_bad_row(experiment, tmp_path, wav)
-    assert message == row_error(wav, "audio of 31.0 s exceeds Whisper's 30 s window")
+    messages = with_bad_row(experiment, tmp_path, wav)
+    check = "1 rows have audio over Whisper's 30 s window"
+    assert_row_refused(
+        experiment, messages, wav, check, "audio of 31.0 s exceeds Whisper's 30 s window"
+    )
 
 
 def test_stereo_and_other_rates_are_converted_and_train(experiment):
@@ -120,11 +156,17 @@ def test_audio_is_read_as_16k_mono(tmp_path, rate, channels):
 def test_manifest_missing_a_column(experiment, tmp_path):
     path = write_manifest(tmp_path / "m.csv", [], columns=("ID", "duration", "wav"))
     message = fails_cleanly(experiment, f"--train_csv={path}")
+    first = f"train: manifest {path} lacks column(s) wrd"
+    assert message == checks_error(experiment, first).format(1)
+    message = fails_cleanly(experiment, f"--train_csv={path}", "--data_checks=off")
     assert message == f"error: manifest {path} lacks column(s) wrd"
 
 
 def test_unreadable_manifest(experiment, tmp_path):
     message = fails_cleanly(experiment, f"--valid_csv={tmp_path}")
+    first = f"valid: cannot read manifest {tmp_path}: Is a directory"
+    assert message == checks_error(experiment, first).format(1)
+    message = fails_cleanly(experiment, f"--valid_csv={tmp_path}", "--data_checks=off")
     assert message == f"error: cannot read manifest {tmp_path}: Is a directory"
 
 
