@@ -29,6 +29,7 @@ from local import (
     check_data,
     data_prep,
     dataio,
+    diagnose,
     distributed,
     encoder_cache,
     evaluation,
@@ -171,6 +172,7 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
         self.training_log = training_log.TrainingLog(
             os.path.join(self.output_folder, "log"),
             enabled=sb.utils.distributed.if_main_process(),
+            tensorboard=self.hparams.tensorboard,
         )
         super().on_fit_start()
         counter = self.hparams.epoch_counter
@@ -244,15 +246,14 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
             self.hparams.train_logger.log_stats(
                 stats_meta=stats_meta, train_stats=self.train_stats, valid_stats=stats
             )
-            evaluation.append_jsonl(
-                os.path.join(self.output_folder, "epochs.jsonl"),
+            self.training_log.add_epoch(
                 {
                     **stats_meta,
                     "train_loss": self.train_stats["loss"],
                     **stats,
                     **self.valid_token_stats.summary(),
                     "n_valid": summary["n_utterances"],
-                },
+                }
             )
             self.warn_if_valid_set_too_small(summary)
             # The latest state stays too, for resuming, until training is over.
@@ -422,6 +423,19 @@ def main(argv):
         run_on_main(
             evaluation.write_comparison, args=[hparams["output_folder"], next(iter(test_sets))]
         )
+    if hparams["diagnose_after_training"]:
+        run_on_main(diagnose_run, args=[hparams["output_folder"]])
+
+
+def diagnose_run(output_folder):
+    """Explain the run's loss/WER curves (local/diagnose.py); a failure here only warns."""
+    try:
+        found = diagnose.run(output_folder)
+    except Exception as error:  # the trained model and its results are already written
+        logger.warning("diagnostics failed, training results are unaffected: %r", error)
+        return
+    for sentence in found["verdict"]:
+        logger.info("diagnosis: %s", sentence)
 
 
 def check_manifests(hparams, whisper):

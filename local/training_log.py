@@ -6,6 +6,10 @@ its teacher-forced loss at its visit, how often it has been seen, and the model'
 teacher-forced transcript. Per validation epoch: token accuracy, predictive entropy and
 calibration (ECE), computed here from the decoder's log-probabilities.
 
+Per epoch (``epochs.jsonl`` in the experiment folder): train and valid loss, WER, CER and the
+valid token statistics. With ``tensorboard`` set, the same step and epoch scalars also go to
+TensorBoard event files.
+
 ``local/diagnose.py`` reads these files; every record is one JSON line, appended as it happens.
 """
 
@@ -111,20 +115,27 @@ def drop_partial_last_line(path):
 
 
 class TrainingLog:
-    """Appends the per-step and per-utterance training records of one run.
+    """Appends the per-step, per-utterance and per-epoch records of one run.
 
     Arguments
     ---------
     folder : str
-        ``EXPERIMENT/log``; created on first use.
+        ``EXPERIMENT/log``; created on first use. ``epochs.jsonl`` goes in its parent.
     enabled : bool
         False on non-main processes, which log nothing.
+    tensorboard : bool
+        Also write the step and epoch scalars as TensorBoard events in ``folder/tensorboard``.
     """
 
-    def __init__(self, folder, enabled=True):
+    def __init__(self, folder, enabled=True, tensorboard=False):
         self.folder = folder
         self.enabled = enabled
         self.pending = None
+        self.tensorboard = None
+        if tensorboard and enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(os.path.join(folder, "tensorboard"))
         # The epochs each utterance was visited in, rebuilt from the log when a run resumes;
         # a resumed epoch re-logs the steps after its checkpoint (readers keep the last record).
         self.visits = {}
@@ -157,6 +168,21 @@ class TrainingLog:
         if self.enabled:
             record = {**fields, "loss": loss, **pending}
             append_jsonl(os.path.join(self.folder, "steps.jsonl"), record)
+            if self.tensorboard is not None:
+                for key in ("loss", "lr"):
+                    if record[key] is not None:
+                        self.tensorboard.add_scalar(f"train/{key}", record[key], record["step"])
+
+    def add_epoch(self, record):
+        """Write one epoch's record (``epoch``, ``optimizer_steps``, losses, WER, ...)."""
+        if not self.enabled:
+            return
+        append_jsonl(os.path.join(os.path.dirname(self.folder), "epochs.jsonl"), record)
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if key not in ("epoch", "optimizer_steps", "lr") and value is not None:
+                    self.tensorboard.add_scalar(f"epoch/{key}", value, record["epoch"])
+            self.tensorboard.flush()
 
     def add_utterances(self, epoch, position, ids, stats, hyps, refs):
         """Write each utterance's teacher-forced loss and transcript at this visit."""

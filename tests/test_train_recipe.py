@@ -48,6 +48,7 @@ def run(tmp_path_factory, random_whisper_dir):
         "--encoder_cache=false",
         "--ckpt_interval_minutes=0",
         "--ckpt_interval_steps=2",  # intra-epoch checkpoints, which must not survive
+        "--tensorboard=True",
     ]
     done = run_train(*args)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -264,3 +265,28 @@ def test_valid_epochs_log_calibration_and_per_utterance_losses(run):
         )
         assert 0 <= epoch["token_accuracy"] <= 1 and 0 <= epoch["ece"] <= 1
         assert 0 < epoch["entropy"] <= math.log(51864)
+
+
+def test_tensorboard_holds_the_logged_step_and_epoch_scalars(run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, exp = run
+    events = EventAccumulator(str(exp / "log" / "tensorboard"))
+    events.Reload()
+    steps = read_jsonl(exp / "log" / "steps.jsonl")
+    logged = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert logged == [(s["step"], pytest.approx(s["loss"], rel=1e-6)) for s in steps]
+    epochs = read_jsonl(exp / "epochs.jsonl")
+    wers = [(e.step, e.value) for e in events.Scalars("epoch/WER")]
+    assert wers == [(e["epoch"], pytest.approx(e["WER"], rel=1e-6)) for e in epochs]
+
+
+def test_the_run_ends_with_its_diagnosis(run):
+    _, exp = run
+    diagnosis = json.loads((exp / "diagnostics" / "diagnostics.json").read_text())
+    epochs = read_jsonl(exp / "epochs.jsonl")
+    assert diagnosis["best_wer_epoch"] == min(epochs, key=lambda e: (e["WER"], e["epoch"]))["epoch"]
+    assert (
+        diagnosis["best_loss_epoch"] == min(epochs, key=lambda e: (e["loss"], e["epoch"]))["epoch"]
+    )
+    assert diagnosis["verdict"] and (exp / "diagnostics" / "report.md").exists()
