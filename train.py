@@ -270,6 +270,8 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
 
     def warn_if_valid_set_too_small(self, summary):
         """Warn when the valid WER interval is wider than the spread across epochs."""
+        if not sb.utils.distributed.if_main_process():
+            return  # epochs.jsonl is the main process's to write and read
         with open(os.path.join(self.output_folder, "epochs.jsonl")) as f:
             epoch_wers = [json.loads(line)["WER"] for line in f]
         warning = evaluation.small_valid_warning(epoch_wers, summary)
