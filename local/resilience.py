@@ -5,7 +5,9 @@
 * exact resuming: the brain's checkpoint file also holds the random states and the recipe's
   running sums (``resume_attributes``); intra-epoch checkpoints restore the random state at
   the batch where training stopped; append-only logs are cut back to where the checkpoint was
-  taken, so a resumed run writes what an uninterrupted one would have;
+  taken, so a resumed run writes what an uninterrupted one would have; intra-epoch
+  checkpoints are taken between optimizer steps, and an interval given on the command line
+  (``--ckpt_interval_steps``) replaces the yaml's other one (``ckpt_interval_minutes``);
 * non-finite losses: such a batch is skipped (no backward) and counted; more than
   ``nonfinite_patience`` in one epoch stops the run with one line;
 * several processes (torchrun): evaluation sets are sharded and their scores gathered
@@ -263,7 +265,9 @@ def install_one_line_errors():
         disk = isinstance(error, OSError) and error.errno in DISK_ERRNOS
         if not isinstance(error, (CheckpointError, NonFiniteLossError)) and not disk:
             return previous(kind, error, traceback)
-        message = f"cannot write {error.filename}: {error.strerror}" if disk else str(error)
+        message = str(error)
+        if disk:
+            message = f"cannot write {error.filename or 'a file'}: {error.strerror}"
         logger.debug("stopped: %s", message, exc_info=(kind, error, traceback))  # log.txt only
         print(f"error: {message}", file=sys.stderr)
 

@@ -293,3 +293,24 @@ def test_leftovers_of_an_interrupted_save_are_ignored_and_removed(tmp_path):
     assert [c.path for c in checkpointer.list_checkpoints()] == [good.path]
     AtomicCheckpointer(tmp_path / "save", recoverables={"model": module})
     assert sorted(p.name for p in (tmp_path / "save").iterdir()) == [good.path.name]
+
+
+def test_launch_flag_is_implied_by_torchrun_and_refused_without_it(monkeypatch):
+    from local import distributed
+
+    monkeypatch.setenv("RANK", "0")
+    assert distributed.accept_launch_flag(["h.yaml", "--distributed_launch", "--lr=1"]) == [
+        "h.yaml",
+        "--lr=1",
+    ]
+    monkeypatch.delenv("RANK")
+    with pytest.raises(SystemExit) as stop:
+        distributed.accept_launch_flag(["h.yaml", "--distributed_launch"])
+    assert str(stop.value).startswith("error: --distributed_launch needs torchrun: torchrun ")
+
+
+def test_shards_interleave_back_into_set_order():
+    from local import distributed
+
+    shares = [[0, 3, 6], [1, 4], [2, 5]]  # ShardSampler's shares of 7 items over 3 processes
+    assert distributed.interleave_unique(shares, key=int) == list(range(7))
