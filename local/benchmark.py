@@ -80,7 +80,6 @@ def run_recipe(args, work, model, run_name="recipe"):
     """
     sys.argv = ["train.py"]  # SpeechBrain reads nothing from the benchmark's arguments
     import train
-    from local import evaluation
     from local.config import load_hparams
 
     overrides = {
@@ -106,14 +105,9 @@ def run_recipe(args, work, model, run_name="recipe"):
     whisper = hparams["whisper"]
     start = time.perf_counter()
     datasets = train.dataio_prepare(hparams, whisper)
-    brain = train.WhisperFineTuning(
-        modules=hparams["modules"],
-        opt_class=hparams["optimizer"],
-        hparams=hparams,
-        checkpointer=None,
+    brain = train.make_brain(
+        train.WhisperFineTuning, hparams, None, hparams["output_folder"], checkpointer=None
     )
-    brain.normalize = evaluation.text_normalizer("english", whisper.tokenizer, True)
-    brain.group_columns = []
     brain.fit(
         hparams["epoch_counter"],
         datasets["train"],

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 READABLE_FILE, READABLE_DIR = 0o644, 0o755
+CHUNK_SECONDS = 30  # the window transformers and faster-whisper pad every clip to
 CT2_SUBFOLDER = "ctranslate2"
 CT2_COPIED_FILES = ["tokenizer.json", "preprocessor_config.json"]
 
@@ -94,8 +95,16 @@ def export(experiment_folder, dest_dir, ct2=False, epoch=None):
     whisper, checkpoint = load_best(experiment_folder, epoch)
     whisper.model.generation_config = whisper.generation_config
     dest = save_whisper_dir(whisper.model, whisper.tokenizer, whisper.feature_extractor, dest_dir)
+    selected = {"checkpoint": checkpoint.path.name, **checkpoint.meta}
+    selected["encoder_window_seconds"] = whisper.window_seconds
     with open(dest / "selected_checkpoint.json", "w") as out:
-        json.dump({"checkpoint": checkpoint.path.name, **checkpoint.meta}, out, indent=2)
+        json.dump(selected, out, indent=2)
+    if whisper.window_seconds != CHUNK_SECONDS:
+        print(
+            f"warning: trained with a {whisper.window_seconds} s encoder window; transformers "
+            f"and faster-whisper pad to {CHUNK_SECONDS} s, which this model has not seen",
+            file=sys.stderr,
+        )
     if ct2:
         import ctranslate2
 
