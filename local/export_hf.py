@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 
 READABLE_FILE, READABLE_DIR = 0o644, 0o755
-CHUNK_SECONDS = 30  # the window transformers and faster-whisper pad every clip to
 CT2_SUBFOLDER = "ctranslate2"
 CT2_COPIED_FILES = ["tokenizer.json", "preprocessor_config.json"]
 
@@ -92,6 +91,8 @@ def load_best(experiment_folder, epoch=None):
 
 def export(experiment_folder, dest_dir, ct2=False, epoch=None):
     """Export the min-WER (or epoch ``epoch``'s) checkpoint of ``experiment_folder``."""
+    from local.whisper import CHUNK_SECONDS  # what transformers and faster-whisper pad to
+
     whisper, checkpoint = load_best(experiment_folder, epoch)
     whisper.model.generation_config = whisper.generation_config
     dest = save_whisper_dir(whisper.model, whisper.tokenizer, whisper.feature_extractor, dest_dir)
