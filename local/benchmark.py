@@ -10,7 +10,8 @@ a second recipe run shows the throughput of any later experiment that finds the 
 
 Each system runs in its own process, so each peak memory figure is its own.
 
-Usage: python local/benchmark.py [--epochs N] [--train_utterances N] [--json FILE]
+Usage: python local/benchmark.py [--epochs N] [--train_utterances N] [--encoder_window_seconds S]
+                                 [--json FILE]
 """
 
 import argparse
@@ -38,6 +39,12 @@ def parse_args(argv):
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--warmup_steps", type=int, default=10)
+    parser.add_argument(
+        "--encoder_window_seconds",
+        type=int,
+        default=30,
+        help="the recipe's encoder window (the baseline always pads to 30 s)",
+    )
     parser.add_argument("--json", help="also write the figures and ratios to this file")
     parser.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)
     parser.add_argument("--work_folder", help=argparse.SUPPRESS)
@@ -99,6 +106,7 @@ def run_recipe(args, work, model, run_name="recipe"):
         "grad_accumulation_factor": 1,
         "num_workers": 0,
         "test_beam_size": 1,
+        "encoder_window_seconds": args.encoder_window_seconds,
     }
     hparams, _, _ = load_hparams(ROOT / "hparams/whisper_small.yaml", overrides)
     Path(hparams["output_folder"]).mkdir(parents=True, exist_ok=True)
