@@ -246,6 +246,7 @@ class WhisperFineTuning(sb.Brain):
                     "n_valid": summary["n_utterances"],
                 }
             )
+            logger.info("valid epoch %d: %s", epoch, evaluation.format_headline(summary))
             self.warn_if_valid_set_too_small(summary)
             # The latest state stays too, for resuming, until training is over.
             self.checkpointer.save_and_keep_only(
