@@ -100,7 +100,10 @@ class WhisperFineTuning(sb.Brain):
             n = len(batch.id)
             with torch.no_grad():
                 token_stats = training_log.token_statistics(
-                    log_probs[:n, first:], tokens_eos[:n], tokens_eos_lens[:n]
+                    log_probs[:n, first:],
+                    tokens_eos[:n],
+                    tokens_eos_lens[:n],
+                    entropy=stage == sb.Stage.VALID,
                 )
         if stage == sb.Stage.TRAIN:
             self.training_log.add_utterances(
