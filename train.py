@@ -105,7 +105,10 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
             n = len(batch.id)
             with torch.no_grad():
                 token_stats = training_log.token_statistics(
-                    log_probs[:n, first:], tokens_eos[:n], tokens_eos_lens[:n]
+                    log_probs[:n, first:],
+                    tokens_eos[:n],
+                    tokens_eos_lens[:n],
+                    entropy=stage == sb.Stage.VALID,
                 )
         if stage == sb.Stage.TRAIN:
             self.training_log.add_utterances(
@@ -255,6 +258,7 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
                     "n_valid": summary["n_utterances"],
                 }
             )
+            logger.info("valid epoch %d: %s", epoch, evaluation.format_headline(summary))
             self.warn_if_valid_set_too_small(summary)
             # The latest state stays too, for resuming, until training is over.
             self.checkpointer.save_and_keep_only(

@@ -20,7 +20,6 @@ import torch
 from tqdm import tqdm
 
 from local.dataio import read_audio
-from local.whisper import N_SAMPLES
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ def fingerprint(whisper):
     extractor = whisper.feature_extractor
     settings = (
         f"depth={whisper.frozen_encoder_depth};n_fft={extractor.n_fft};"
-        f"hop={extractor.hop_length};mels={extractor.feature_size};samples={N_SAMPLES}"
+        f"hop={extractor.hop_length};mels={extractor.feature_size};samples={whisper.window_samples}"
     )
     digest.update(settings.encode())
     for name, param in whisper.model.model.encoder.named_parameters():

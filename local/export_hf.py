@@ -91,11 +91,21 @@ def load_best(experiment_folder, epoch=None):
 
 def export(experiment_folder, dest_dir, ct2=False, epoch=None):
     """Export the min-WER (or epoch ``epoch``'s) checkpoint of ``experiment_folder``."""
+    from local.whisper import CHUNK_SECONDS  # what transformers and faster-whisper pad to
+
     whisper, checkpoint = load_best(experiment_folder, epoch)
     whisper.model.generation_config = whisper.generation_config
     dest = save_whisper_dir(whisper.model, whisper.tokenizer, whisper.feature_extractor, dest_dir)
+    selected = {"checkpoint": checkpoint.path.name, **checkpoint.meta}
+    selected["encoder_window_seconds"] = whisper.window_seconds
     with open(dest / "selected_checkpoint.json", "w") as out:
-        json.dump({"checkpoint": checkpoint.path.name, **checkpoint.meta}, out, indent=2)
+        json.dump(selected, out, indent=2)
+    if whisper.window_seconds != CHUNK_SECONDS:
+        print(
+            f"warning: trained with a {whisper.window_seconds} s encoder window; transformers "
+            f"and faster-whisper pad to {CHUNK_SECONDS} s, which this model has not seen",
+            file=sys.stderr,
+        )
     if ct2:
         import ctranslate2
 

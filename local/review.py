@@ -48,9 +48,9 @@ def port_number(text):
 
 def build_session(args):
     """Candidates, the sampled utterances with their audio, and the judgment log."""
-    from local import review_data as data
-    from local.review_server import ReviewSession, Utterance
-    from local.review_store import JudgmentLog, judgments_path
+    from local.reviewing import data
+    from local.reviewing.server import ReviewSession, Utterance
+    from local.reviewing.store import JudgmentLog, judgments_path
 
     exp = args.experiment_folder
     if args.candidates:
@@ -90,7 +90,7 @@ def build_session(args):
 
 def serve(argv):
     """Serve the listening page until interrupted."""
-    from local.review_server import make_server
+    from local.reviewing.server import make_server
 
     parser = argparse.ArgumentParser(description="Serve the listening page (127.0.0.1 only).")
     parser.add_argument("experiment_folder", type=Path, help="a train.py output folder")
@@ -123,10 +123,9 @@ def serve(argv):
 
 def summarize(argv):
     """Aggregate the judgments into review/summary.json, summary.md, corrections.csv."""
-    from local import review_data as data
-    from local import review_report as report
-    from local.review_stats import summarize as aggregate
-    from local.review_store import judgments_path, latest, read_judgments
+    from local.reviewing import data, report
+    from local.reviewing.stats import summarize as aggregate
+    from local.reviewing.store import judgments_path, latest, read_judgments
 
     parser = argparse.ArgumentParser(description="Aggregate the judgments of a review.")
     parser.add_argument("experiment_folder", type=Path, help="a train.py output folder")

@@ -24,14 +24,15 @@ ECE_BINS = 15
 TAIL_BYTES = 1 << 20  # longer than any one record
 
 
-def token_statistics(log_probs, targets, lengths):
+def token_statistics(log_probs, targets, lengths, entropy=True):
     """Teacher-forced per-utterance NLL, accuracy and entropy over the transcript tokens.
 
     ``log_probs`` (batch, time, vocab) are aligned with ``targets`` (batch, time) from the
     first transcript token on; ``lengths`` are SpeechBrain relative lengths. Returns per
     utterance: ``nll`` (summed, no label smoothing), ``correct``, ``tokens``, ``entropy``
-    (summed, nats) and ``argmax`` (list of token lists), plus the flat top-1 ``confidence``
-    and ``is_correct`` of every token, for calibration.
+    (summed, nats; None unless ``entropy``, a pass over the vocabulary that training skips)
+    and ``argmax`` (list of token lists), plus the flat top-1 ``confidence`` and
+    ``is_correct`` of every token, for calibration.
     """
     log_probs = log_probs[:, : targets.shape[1]].float()
     n_tokens = torch.round(lengths * targets.shape[1]).long()
@@ -39,12 +40,14 @@ def token_statistics(log_probs, targets, lengths):
     target_lp = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     top_lp, argmax = log_probs.max(dim=-1)
     hit = (argmax == targets) & mask
-    entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
+    entropy_sums = None
+    if entropy:
+        entropy_sums = (-(log_probs.exp() * log_probs).sum(dim=-1) * mask).sum(dim=1).tolist()
     return {
         "nll": (-target_lp * mask).sum(dim=1).tolist(),
         "correct": hit.sum(dim=1).tolist(),
         "tokens": n_tokens.tolist(),
-        "entropy": (entropy * mask).sum(dim=1).tolist(),
+        "entropy": entropy_sums,
         "argmax": [row[:n].tolist() for row, n in zip(argmax, n_tokens, strict=True)],
         "confidence": top_lp.exp()[mask],
         "is_correct": hit[mask],

@@ -34,7 +34,6 @@ from local.checkpointing import atomic_torch_save
 
 SAMPLE_RATE = 16000
 CHUNK_SECONDS = 30
-N_SAMPLES = SAMPLE_RATE * CHUNK_SECONDS
 MAX_TARGET_POSITIONS = 448
 LOG_MEL_DYNAMIC_RANGE = 8.0  # log10 units kept below each utterance's maximum
 BUNDLED_TINY_EN = "bundled:tiny.en"
@@ -67,6 +66,10 @@ class WhisperASR(torch.nn.Module):
         Language for multilingual checkpoints (``german``, ``de``); ignored by ``.en`` models.
     task : str
         ``transcribe`` or ``translate`` for multilingual checkpoints.
+    window_seconds : int
+        Every clip is padded to this many seconds (30, as Whisper was trained). Shorter windows
+        make the encoder and the cross-attention proportionally cheaper but change what the
+        encoder outputs: an option for corpora of short clips, measured in the README.
     """
 
     def __init__(
@@ -79,8 +82,16 @@ class WhisperASR(torch.nn.Module):
         trainable_patterns=(),
         language=None,
         task="transcribe",
+        window_seconds=CHUNK_SECONDS,
     ):
         super().__init__()
+        if window_seconds not in range(1, CHUNK_SECONDS + 1):
+            raise ValueError(
+                f"encoder_window_seconds must be a whole number of seconds from 1 to "
+                f"{CHUNK_SECONDS}, not {window_seconds}"
+            )
+        self.window_seconds = window_seconds
+        self.window_samples = window_seconds * SAMPLE_RATE
         source = resolve_source(source, save_path)
         try:
             self.model = WhisperForConditionalGeneration.from_pretrained(
@@ -195,14 +206,16 @@ class WhisperASR(torch.nn.Module):
     def features(self, wavs, wav_lens=None):
         """Log-mel spectrograms of a padded batch of 16 kHz waveforms, one utterance at a time.
 
-        Each waveform is zero-padded (or cut) to 30 s, as Whisper was trained; the dynamic-range
-        clamp uses each utterance's own maximum, so features do not depend on batch mates.
+        Each waveform is zero-padded (or cut) to the window (30 s, as Whisper was trained); the
+        dynamic-range clamp uses each utterance's own maximum, so features do not depend on
+        batch mates.
         """
         if wav_lens is not None:
             lengths = torch.round(wav_lens * wavs.shape[1]).long()
             positions = torch.arange(wavs.shape[1], device=wavs.device)
             wavs = wavs * (positions[None, :] < lengths[:, None])
-        wavs = torch.nn.functional.pad(wavs[:, :N_SAMPLES], (0, max(0, N_SAMPLES - wavs.shape[1])))
+        window = self.window_samples
+        wavs = torch.nn.functional.pad(wavs[:, :window], (0, max(0, window - wavs.shape[1])))
         stft = torch.stft(
             wavs.float(),
             self.feature_extractor.n_fft,

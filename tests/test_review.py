@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from local import review_data, review_report, review_stats
 from local.review import main as review_main
-from local.review_server import ReviewSession, Utterance, make_server
-from local.review_store import JudgmentLog, judgments_path, latest, read_judgments
+from local.reviewing import data as review_data
+from local.reviewing import report as review_report
+from local.reviewing import stats as review_stats
+from local.reviewing.server import ReviewSession, Utterance, make_server
+from local.reviewing.store import JudgmentLog, judgments_path, latest, read_judgments
 from tests.conftest import sine, write_manifest
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

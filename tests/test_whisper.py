@@ -31,6 +31,25 @@ def test_features_equal_whisper_feature_extractor_and_ignore_batch_mates(random_
     torch.testing.assert_close(ours[0], alone[0], atol=0, rtol=0)
 
 
+def test_a_shorter_window_is_the_start_of_the_30_s_features_and_encodes_fewer_frames(
+    random_whisper_dir, random_en
+):
+    from local.encoder_cache import fingerprint
+
+    short = WhisperASR(str(random_whisper_dir), window_seconds=10).eval()
+    wav = (0.3 * np.random.default_rng(1).standard_normal(16000 * 4)).astype(np.float32)
+    wav = torch.from_numpy(wav)[None]
+    full, cut = random_en.features(wav), short.features(wav)
+    assert cut.shape[-1] == 1000
+    # The STFT's reflection at the window's end only touches its last frame.
+    torch.testing.assert_close(cut[..., :-1], full[..., :999], atol=1e-6, rtol=0)
+    with torch.no_grad():
+        assert short.encode(cut).shape[1] == 500
+    assert fingerprint(short) != fingerprint(random_en)
+    with pytest.raises(ValueError, match="whole number of seconds from 1 to 30, not 45"):
+        WhisperASR(str(random_whisper_dir), window_seconds=45)
+
+
 @pytest.mark.parametrize(
     "options, depth",
     [

@@ -15,12 +15,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from local.review_data import audio_type, blind_options, word_diff
-from local.review_store import latest, read_judgments
+from local.reviewing.data import audio_type, blind_options, word_diff
+from local.reviewing.store import latest, read_judgments
 
 HOST = "127.0.0.1"
 LOOPBACK_NAMES = {HOST, "localhost"}
-PAGE = Path(__file__).parent / "assets" / "review.html"
+PAGE = Path(__file__).parents[1] / "assets" / "review.html"
 MAX_BODY_BYTES = 64 * 1024
 MAX_DRAIN_BYTES = 16 * 1024 * 1024
 MAX_TEXT_CHARS = 4000

@@ -1,6 +1,6 @@
 """Aggregate human judgments: preference, acceptability, reviewer agreement and the verdict.
 
-One judgment is a reviewer's last word on one utterance (see ``review_store.latest``). Its
+One judgment is a reviewer's last word on one utterance (see ``store.latest``). Its
 ``best`` is the list of epochs of the option chosen (several when candidates wrote the same
 transcript), ``"tie"``, or null when not decided yet; ``acceptable`` maps epoch -> bool.
 Rates carry 95% Wilson score intervals, which stay inside [0, 1] and behave for small counts.

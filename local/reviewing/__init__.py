@@ -1,0 +1,1 @@
+"""The listening review behind ``local/review.py``: sampling, storage, statistics, page."""
