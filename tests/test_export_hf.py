@@ -30,6 +30,7 @@ def experiment(tmp_path_factory, tiny_en_dir):
             "--prep_options={n_train_sentences: 4, n_valid_sentences: 2, n_test_sentences: 1, "
             "voices: [en-us, en-gb]}",
             "--number_of_epochs=1",
+            "--encoder_window_seconds=30",  # what transformers and faster-whisper use
             "--zero_shot_eval=False",
             "--test_beam_size=5",
             "--num_workers=0",
@@ -47,7 +48,7 @@ def test_exported_pipeline_transcribes_as_the_recipe_decoded(experiment, tmp_pat
     """Greedy valid transcripts and beam-5 test transcripts, as the pipeline gives them."""
     dest = export_hf.export(experiment / "exp", tmp_path / "hf", ct2=True)
     selected = json.loads((dest / "selected_checkpoint.json").read_text())
-    assert selected["epoch"] == 1
+    assert selected["epoch"] == 1 and selected["encoder_window_seconds"] == 30
     pipe = transformers.pipeline("automatic-speech-recognition", model=str(dest), device="cpu")
     for stage, generate_kwargs in (
         ("valid/utterances_epoch1", {"num_beams": 1}),
