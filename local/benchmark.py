@@ -97,7 +97,7 @@ def run_recipe(args, work, model, run_name="recipe"):
         "skip_prep": True,
         "train_csv": str(work / "train.csv"),
         "valid_csv": str(work / "valid.csv"),
-        "test_csv": [str(work / "valid.csv")],
+        "test_csv": [],  # the valid set is decoded once, after training, as the baseline does
         "number_of_epochs": args.epochs,
         "batch_size": args.batch_size,
         "test_batch_size": args.batch_size,

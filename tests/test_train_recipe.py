@@ -290,3 +290,34 @@ def test_the_run_ends_with_its_diagnosis(run):
         diagnosis["best_loss_epoch"] == min(epochs, key=lambda e: (e["loss"], e["epoch"]))["epoch"]
     )
     assert diagnosis["verdict"] and (exp / "diagnostics" / "report.md").exists()
+
+
+def test_review_checkpoints_keep_min_wer_min_loss_and_last_for_export(run, tmp_path, capsys):
+    import yaml
+
+    from local import export_hf
+
+    args, _ = run
+    replaced = ("--output_folder", "--number_of_epochs")
+    out = tmp_path / "review"
+    kept_args = [a for a in args if not a.startswith(replaced)]
+    done = run_train(
+        *kept_args, f"--output_folder={out}", "--number_of_epochs=3", "--review_checkpoints=True"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    epochs = read_jsonl(out / "epochs.jsonl")
+    min_wer = min(epochs, key=lambda e: (e["WER"], e["epoch"]))["epoch"]
+    min_loss = min(epochs, key=lambda e: (e["loss"], e["epoch"]))["epoch"]
+    kept = {
+        yaml.safe_load((ckpt / "CKPT.yaml").read_text())["epoch"]
+        for ckpt in (out / "save").glob("CKPT+*")
+    }
+    assert kept == {min_wer, min_loss, 3}
+    assert json.loads((out / "summary_test.json").read_text())["epoch"] == min_wer
+    assert export_hf.main([str(out), str(tmp_path / "last"), "--epoch", "3"]) == 0
+    selected = json.loads((tmp_path / "last" / "selected_checkpoint.json").read_text())
+    assert selected["epoch"] == 3
+    assert export_hf.main([str(out), str(tmp_path / "none"), "--epoch", "7"]) == 1
+    assert f"no checkpoint of epoch 7 in {out / 'save'} (kept: {sorted(kept)})" in (
+        capsys.readouterr().err
+    )
