@@ -43,7 +43,6 @@ logger = logging.getLogger(__name__)
 
 LOSS_EMA_DECAY = 0.98
 SORTINGS = ("random", "ascending", "descending")
-DATA_CHECKS = ("error", "warn", "off")
 
 
 class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
@@ -393,7 +392,7 @@ def main(argv):
         except (OSError, ValueError, RuntimeError) as error:
             sys.exit(f"error: data preparation failed: {error}")
     whisper = hparams["whisper"]
-    check_manifests(hparams, whisper)
+    check_data.check_before_training(hparams, whisper)
     try:
         datasets = dataio_prepare(hparams, whisper)
     except (dataio.DataError, ValueError) as error:
@@ -403,7 +402,7 @@ def main(argv):
 
     asr_brain = make_brain(WhisperFineTuning, hparams, run_opts, hparams["output_folder"])
     if sb.utils.distributed.if_main_process():
-        write_run_info(hparams, asr_brain.grad_accumulation_factor)
+        training_log.write_run_info(hparams, asr_brain.grad_accumulation_factor)
     test_sets = {name: d for name, d in datasets.items() if name not in ("train", "valid")}
 
     if hparams["zero_shot_eval"]:
@@ -444,49 +443,6 @@ def diagnose_run(output_folder):
         logger.info("diagnosis: %s", sentence)
 
 
-def check_manifests(hparams, whisper):
-    """Run the data checks (once per manifest change) and stop on errors skipping can't fix."""
-    if hparams["data_checks"] not in DATA_CHECKS:
-        sys.exit(f"error: data_checks must be one of {DATA_CHECKS}, not '{hparams['data_checks']}'")
-    if hparams["data_checks"] == "off":
-        return
-    manifests = {"train": hparams["train_csv"], "valid": hparams["valid_csv"]}
-    manifests.update({Path(csv).stem: csv for csv in hparams["test_csv"]})
-    report = os.path.join(hparams["output_folder"], "data_report.json")
-
-    def write_report():
-        """Check the manifests unless the report is of these manifests and newer than them."""
-        newest = max(os.path.getmtime(csv) for csv in manifests.values() if os.path.exists(csv))
-        if os.path.exists(report) and os.path.getmtime(report) > newest:
-            with open(report) as f:  # a failed run with other manifests may have written it
-                checked = {name: split["csv"] for name, split in json.load(f)["splits"].items()}
-            if checked == {name: str(csv) for name, csv in manifests.items()}:
-                return
-        prompt = len(whisper.prefix_tokens) + 1  # the prompt, then the text and end of text
-        check_data.run_checks(
-            manifests,
-            hparams["data_folder"],
-            hparams["output_folder"],
-            token_count=lambda text: len(whisper.encode_text(text)) + prompt,
-            group_columns=hparams["group_columns"],
-        )
-
-    run_on_main(write_report)
-    with open(report) as f:
-        findings = json.load(f)["findings"]
-    for finding in findings:
-        if finding["severity"] != "info":
-            logger.warning("data check %s: %s", finding["kind"], finding["message"])
-    skippable = check_data.ROW_KINDS if hparams["on_bad_row"] == "skip" else ()
-    blocking = [f for f in findings if f["severity"] == "error" and f["kind"] not in skippable]
-    if blocking and hparams["data_checks"] == "error":
-        sys.exit(
-            f"error: data checks found {len(blocking)} error(s), first: "
-            f"{blocking[0]['message']}; see {report[: -len('json')]}md "
-            "(--data_checks=warn to train anyway)"
-        )
-
-
 def make_brain(brain_class, hparams, run_opts, output_folder, **overrides):
     """A Brain of ``brain_class`` writing into ``output_folder``; ``overrides`` replace
     Brain arguments (e.g. ``checkpointer=None``)."""
@@ -507,22 +463,6 @@ def make_brain(brain_class, hparams, run_opts, output_folder, **overrides):
     brain.train_sampler = hparams["train_loader_kwargs"].get("batch_sampler")
     brain.output_folder = output_folder
     return brain
-
-
-def write_run_info(hparams, grad_accumulation_factor):
-    """``run.json``: where the data is and how batches were formed, for the analysis tools.
-
-    The accumulation factor is the Brain's: SpeechBrain also takes it as a run option.
-    """
-    keys = ("group_columns", "sorting", "dynamic_batching", "augment", "batch_size")
-    info = {key: hparams[key] for key in (*keys, "number_of_epochs", "seed")}
-    info["grad_accumulation_factor"] = grad_accumulation_factor
-    info["data_folder"] = os.path.abspath(hparams["data_folder"])
-    info["train_csv"] = os.path.abspath(hparams["train_csv"])
-    info["valid_csv"] = os.path.abspath(hparams["valid_csv"])
-    info["test_csv"] = [os.path.abspath(csv) for csv in hparams["test_csv"]]
-    info["whisper_hub"] = str(hparams["whisper_hub"])
-    evaluation.write_json(os.path.join(hparams["output_folder"], "run.json"), info)
 
 
 class SanityCheck(WhisperFineTuning):

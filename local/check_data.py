@@ -27,6 +27,8 @@ is meant to be speaker-disjoint and the shared speakers leak (error); in between
 import argparse
 import csv
 import hashlib
+import json
+import logging
 import math
 import os
 import statistics
@@ -45,7 +47,10 @@ from local.dataio import REQUIRED_COLUMNS, DataError, load_manifest  # noqa: E40
 from local.evaluation import write_json, write_text  # noqa: E402
 from local.whisper import CHUNK_SECONDS, MAX_TARGET_POSITIONS  # noqa: E402
 
+logger = logging.getLogger(__name__)
+
 SEVERITIES = ("error", "warning", "info")
+DATA_CHECKS = ("error", "warn", "off")  # the data_checks hparam
 # Row problems train.py can skip row by row (on_bad_row: skip) instead of stopping for.
 ROW_KINDS = ("unreadable_audio", "empty_label", "label_too_long", "audio_too_long")
 TRAIN = "train"
@@ -603,6 +608,52 @@ def _default_tokenizer():
         return bundled_tiny_en_dir() / "tokenizer.json"
     except FileNotFoundError:
         return None
+
+
+def check_before_training(hparams, whisper):
+    """What train.py runs: the checks (once per manifest change), then a one-line exit on
+    errors that skipping rows cannot fix (``data_checks: error``)."""
+    if hparams["data_checks"] not in DATA_CHECKS:
+        sys.exit(f"error: data_checks must be one of {DATA_CHECKS}, not '{hparams['data_checks']}'")
+    if hparams["data_checks"] == "off":
+        return
+    manifests = {"train": hparams["train_csv"], "valid": hparams["valid_csv"]}
+    manifests.update({Path(csv).stem: csv for csv in hparams["test_csv"]})
+    report = os.path.join(hparams["output_folder"], "data_report.json")
+
+    def write_report():
+        """Check the manifests unless the report is of these manifests and newer than them."""
+        newest = max(os.path.getmtime(csv) for csv in manifests.values() if os.path.exists(csv))
+        if os.path.exists(report) and os.path.getmtime(report) > newest:
+            with open(report) as f:  # a failed run with other manifests may have written it
+                checked = {name: split["csv"] for name, split in json.load(f)["splits"].items()}
+            if checked == {name: str(csv) for name, csv in manifests.items()}:
+                return
+        prompt = len(whisper.prefix_tokens) + 1  # the prompt, then the text and end of text
+        run_checks(
+            manifests,
+            hparams["data_folder"],
+            hparams["output_folder"],
+            token_count=lambda text: len(whisper.encode_text(text)) + prompt,
+            group_columns=hparams["group_columns"],
+        )
+
+    from speechbrain.utils.distributed import run_on_main
+
+    run_on_main(write_report)
+    with open(report) as f:
+        findings = json.load(f)["findings"]
+    for finding in findings:
+        if finding["severity"] != "info":
+            logger.warning("data check %s: %s", finding["kind"], finding["message"])
+    skippable = ROW_KINDS if hparams["on_bad_row"] == "skip" else ()
+    blocking = [f for f in findings if f["severity"] == "error" and f["kind"] not in skippable]
+    if blocking and hparams["data_checks"] == "error":
+        sys.exit(
+            f"error: data checks found {len(blocking)} error(s), first: "
+            f"{blocking[0]['message']}; see {report[: -len('json')]}md "
+            "(--data_checks=warn to train anyway)"
+        )
 
 
 def main(argv=None):

@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from local.evaluation import append_jsonl
+from local.evaluation import append_jsonl, write_json
 
 ECE_BINS = 15
 TAIL_BYTES = 1 << 20  # longer than any one record
@@ -206,3 +206,19 @@ class TrainingLog:
                 "ref": refs[i],
             }
             append_jsonl(os.path.join(self.folder, "train_utterances.jsonl"), record)
+
+
+def write_run_info(hparams, grad_accumulation_factor):
+    """``run.json``: where the data is and how batches were formed, for the analysis tools.
+
+    The accumulation factor is the Brain's: SpeechBrain also takes it as a run option.
+    """
+    keys = ("group_columns", "sorting", "dynamic_batching", "augment", "batch_size")
+    info = {key: hparams[key] for key in (*keys, "number_of_epochs", "seed")}
+    info["grad_accumulation_factor"] = grad_accumulation_factor
+    info["data_folder"] = os.path.abspath(hparams["data_folder"])
+    info["train_csv"] = os.path.abspath(hparams["train_csv"])
+    info["valid_csv"] = os.path.abspath(hparams["valid_csv"])
+    info["test_csv"] = [os.path.abspath(csv) for csv in hparams["test_csv"]]
+    info["whisper_hub"] = str(hparams["whisper_hub"])
+    write_json(os.path.join(hparams["output_folder"], "run.json"), info)
