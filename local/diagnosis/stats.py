@@ -8,6 +8,8 @@ import re
 import numpy as np
 from scipy import stats
 
+from local.evaluation import edit_distance
+
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_CHUNK = 250
 PERMUTATIONS = 5000
@@ -85,16 +87,8 @@ def words_of(text):
 
 def word_errors(hyp, ref):
     """Word-level Levenshtein distance between two transcripts and the reference length."""
-    hyp, ref = words_of(hyp), words_of(ref)
-    previous = list(range(len(hyp) + 1))
-    for i, ref_word in enumerate(ref, 1):
-        current = [i]
-        for j, hyp_word in enumerate(hyp, 1):
-            current.append(
-                min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ref_word != hyp_word))
-            )
-        previous = current
-    return previous[-1], len(ref)
+    ref = words_of(ref)
+    return edit_distance(ref, words_of(hyp)), len(ref)
 
 
 def descending_rank_fraction(values):

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import ruamel.yaml
 
+from local.evaluation import edit_distance
+
 DATA_ROOT = "$data_root"
 SPEAKER_COLUMN = "spk_id"
 DEFAULT_GROUP_COLUMNS = ("dialect", "accent", SPEAKER_COLUMN)
@@ -95,19 +97,6 @@ def comparison_words(text):
     """Words as compared: lower case, punctuation around them dropped."""
     words = (re.sub(r"[^\w']+", "", w.lower()) for w in text.split())
     return [w for w in words if w]
-
-
-def edit_distance(a, b):
-    """Levenshtein distance between two word lists."""
-    previous = list(range(len(b) + 1))
-    for i, word_a in enumerate(a, 1):
-        current = [i]
-        for j, word_b in enumerate(b, 1):
-            current.append(
-                min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (word_a != word_b))
-            )
-        previous = current
-    return previous[-1]
 
 
 def disagreement(hyps):
