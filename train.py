@@ -481,7 +481,7 @@ class SanityCheck(WhisperFineTuning):
             "wer": self.scorer.summary()["wer"],
             "nll": self.valid_token_stats.summary()["nll"],
         }
-        evaluation.append_jsonl(os.path.join(self.output_folder, "epochs.jsonl"), self.result)
+        self.training_log.add_epoch(self.result)
         self.scorer.write(os.path.join(self.output_folder, "valid"), "last", epoch)
         logger.info(
             "sanity epoch %d: WER %.2f%%, NLL %.4f", epoch, self.result["wer"], self.result["nll"]
