@@ -76,22 +76,25 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
         logits = whisper.forward_decoder(tokens_bos, encoder_out)
         log_probs = torch.nn.functional.log_softmax(logits.float(), dim=-1)
 
-        hyps = None
+        searched = None
         if stage == sb.Stage.VALID:
-            hyps = greedy_search(whisper, encoder_out, self.hparams.decode_max_tokens)
+            searched = greedy_search(
+                whisper, encoder_out, self.hparams.decode_max_tokens, self.hparams.loop_stop
+            )
         elif stage == sb.Stage.TEST:
-            hyps = beam_search(
+            searched = beam_search(
                 whisper,
                 encoder_out,
                 self.hparams.test_beam_size,
                 self.hparams.decode_max_tokens,
                 self.hparams.length_penalty,
+                self.hparams.loop_stop,
             )
-        return log_probs, hyps
+        return log_probs, searched
 
     def compute_objectives(self, predictions, batch, stage):
         """Label-smoothed NLL over transcript tokens; WER/CER of the searched transcripts."""
-        log_probs, hyps = predictions
+        log_probs, searched = predictions
         tokens_eos, tokens_eos_lens = batch.tokens_eos
         if stage == sb.Stage.TRAIN and self.hparams.augment and hasattr(batch, "sig"):
             tokens_eos = self.hparams.wav_augment.replicate_labels(tokens_eos)
@@ -120,16 +123,15 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
             )
         if stage == sb.Stage.VALID:
             self.valid_token_stats.append(token_stats)
-        if hyps is not None:
+        if searched is not None:
+            hyps, looped = searched
             groups = {c: getattr(batch, c) for c in self.group_columns if hasattr(batch, c)}
             texts = [self.modules.whisper.decode_text(h) for h in hyps]
-            extra = None
+            extra = {"loop_stopped": looped}
             if token_stats is not None:  # each valid utterance's own loss, for paired analyses
                 pairs = zip(token_stats["nll"], token_stats["tokens"], strict=True)
-                extra = {
-                    "loss": [nll / max(tokens, 1) for nll, tokens in pairs],
-                    "tokens": token_stats["tokens"],
-                }
+                extra["loss"] = [nll / max(tokens, 1) for nll, tokens in pairs]
+                extra["tokens"] = token_stats["tokens"]
             self.scorer.append(batch.id, texts, batch.wrd, groups, batch.duration, extra)
         return loss
 

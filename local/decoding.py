@@ -4,10 +4,39 @@ Both searchers start from the model's prompt (start of transcript, language, tas
 timestamps), reuse encoder outputs that were computed once, and suppress the tokens the
 checkpoint's generation config suppresses, the way ``transformers``' ``generate`` does, so a
 fine-tuned checkpoint decodes here exactly as its exported copy decodes in a pipeline.
+
+Optionally a ``LoopStop`` ends a hypothesis whose tail has become one unit repeated over and
+over (Whisper's best-known failure, a single one of which can add a hundred insertions to a
+validation WER and keep a whole batch decoding to the length limit); the hypothesis keeps one
+copy of the unit. ``transformers``' ``generate`` has no such stop, so decodes agree with it
+exactly wherever no loop was stopped, and each searcher says where one was.
 """
+
+import math
+from typing import NamedTuple
 
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+
+class LoopStop(NamedTuple):
+    """A tail counts as a loop when one unit of tokens repeats at least ``min_repeats`` times
+    consecutively over at least ``min_tokens`` tokens (so ``no no no`` is speech, not a loop)."""
+
+    min_repeats: int = 4
+    min_tokens: int = 16
+
+    def cut(self, tokens):
+        """The length to keep (up to the first copy of the repeating unit), or None."""
+        n = len(tokens)
+        for period in range(1, n // self.min_repeats + 1):
+            repeats = max(self.min_repeats, math.ceil(self.min_tokens / period))
+            span = period * repeats
+            if span > n or tokens[-1] != tokens[-1 - period]:
+                continue
+            if tokens[n - span + period :] == tokens[n - span : n - period]:
+                return n - span + period
+        return None
 
 
 def _new_cache():
@@ -33,34 +62,49 @@ def _max_new_tokens(model, max_new_tokens):
 
 
 @torch.no_grad()
-def greedy_search(model, encoder_out, max_new_tokens=None):
-    """Most likely token at each step, for a batch; returns token lists without the prompt."""
+def greedy_search(model, encoder_out, max_new_tokens=None, loop_stop=None):
+    """Most likely token at each step, for a batch.
+
+    Returns the token lists without the prompt, and for each whether ``loop_stop`` ended it.
+    """
     batch = encoder_out.shape[0]
     device = encoder_out.device
-    tokens = torch.tensor([model.prefix_tokens] * batch, device=device)
     cache = _new_cache()
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    hyps = []
-    step_input = tokens
+    hyps = [[] for _ in range(batch)]
+    looped = [False] * batch
+    step_input = torch.tensor([model.prefix_tokens] * batch, device=device)
     for step in range(_max_new_tokens(model, max_new_tokens)):
         logits = model.forward_decoder(step_input, encoder_out, cache)[:, -1].float()
         next_tokens = _suppress(logits, model, step == 0).argmax(dim=-1)
         next_tokens = torch.where(finished, model.eot, next_tokens)
-        hyps.append(next_tokens)
+        for b, token in enumerate(next_tokens.tolist()):
+            if finished[b] or token == model.eot:
+                continue
+            hyps[b].append(token)
+            keep = loop_stop.cut(hyps[b]) if loop_stop else None
+            if keep is not None:
+                del hyps[b][keep:]
+                looped[b] = True
+                next_tokens[b] = model.eot
         finished |= next_tokens == model.eot
         if finished.all():
             break
         step_input = next_tokens[:, None]
-    return [_until_eot(seq, model.eot) for seq in torch.stack(hyps, dim=1).tolist()]
+    return hyps, looped
 
 
 @torch.no_grad()
-def beam_search(model, encoder_out, beam_size=5, max_new_tokens=None, length_penalty=1.0):
-    """Beam search for a batch; returns the best token list per utterance, without the prompt.
+def beam_search(
+    model, encoder_out, beam_size=5, max_new_tokens=None, length_penalty=1.0, loop_stop=None
+):
+    """Beam search for a batch.
 
-    Hypotheses are ranked by their summed log-probability divided by ``length ** length_penalty``
-    (``transformers``' convention); an utterance stops once it has ``beam_size`` finished
-    hypotheses and none of its live beams can still beat the best of them.
+    Returns the best token list per utterance, without the prompt, and for each whether
+    ``loop_stop`` ended it. Hypotheses are ranked by their summed log-probability divided by
+    ``length ** length_penalty`` (``transformers``' convention); an utterance stops once it
+    has ``beam_size`` finished hypotheses and none of its live beams can still beat the best of
+    them. A beam whose tail loops finishes there, cut to one copy, ranked as if it had ended.
     """
     batch = encoder_out.shape[0]
     device = encoder_out.device
@@ -94,16 +138,21 @@ def beam_search(model, encoder_out, beam_size=5, max_new_tokens=None, length_pen
                 row = b * live + origin
                 if done[b] or score == -torch.inf:
                     break
+                normalised = score / (sequences.shape[1] + 1) ** length_penalty
                 if token == model.eot:
-                    length = sequences.shape[1] + 1
-                    finished[b].append((score / length**length_penalty, sequences[row].tolist()))
+                    finished[b].append((normalised, sequences[row].tolist(), False))
                     continue
+                if loop_stop:
+                    keep = loop_stop.cut(sequences[row].tolist() + [token])
+                    if keep is not None:
+                        finished[b].append((normalised, sequences[row].tolist()[:keep], True))
+                        continue
                 new_scores[b, kept], new_rows[b, kept], new_tokens[b, kept] = score, row, token
                 kept += 1
                 if kept == beam_size:
                     break
             if len(finished[b]) >= beam_size:
-                best_finished = max(s for s, _ in finished[b])
+                best_finished = max(item[0] for item in finished[b])
                 best_live = new_scores[b].max().item() / (sequences.shape[1] + 1) ** length_penalty
                 done[b] = done[b] or best_finished >= best_live
         if all(done):
@@ -125,10 +174,6 @@ def beam_search(model, encoder_out, beam_size=5, max_new_tokens=None, length_pen
             for k in range(live):
                 if scores[b, k] > -torch.inf:
                     normalised = scores[b, k].item() / length**length_penalty
-                    finished[b].append((normalised, sequences[b * live + k].tolist()))
-    return [max(hyps, key=lambda item: item[0])[1] for hyps in finished]
-
-
-def _until_eot(tokens, eot):
-    """Tokens before the first end-of-text."""
-    return tokens[: tokens.index(eot)] if eot in tokens else tokens
+                    finished[b].append((normalised, sequences[b * live + k].tolist(), False))
+    best = [max(hyps, key=lambda item: item[0]) for hyps in finished]
+    return [tokens for _, tokens, _ in best], [looped for _, _, looped in best]

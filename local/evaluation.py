@@ -134,14 +134,18 @@ def top_errors(scores, top=TOP_ERRORS):
 
 
 def format_headline(summary):
-    """One line for the console: ``WER 11.65% (95% CI 9.50-13.90), CER 5.58% (...), n=200``."""
+    """One line for the console: ``WER 11.65% (95% CI 9.50-13.90), CER 5.58% (...), n=200``,
+    followed by how many hypotheses a loop stop ended, if any."""
     wer_lo, wer_hi = summary["wer_ci95"]
     cer_lo, cer_hi = summary["cer_ci95"]
-    return (
+    headline = (
         f"WER {summary['wer']:.2f}% (95% CI {wer_lo:.2f}-{wer_hi:.2f}), "
         f"CER {summary['cer']:.2f}% (95% CI {cer_lo:.2f}-{cer_hi:.2f}), "
         f"n={summary['n_utterances']}"
     )
+    if summary.get("loop_stopped"):
+        headline += f", {summary['loop_stopped']} repetition loop(s) stopped"
+    return headline
 
 
 def small_valid_warning(epoch_wers, summary):
@@ -281,6 +285,7 @@ class Scorer:
             "cer_ci95": _ratio_ci95(self.utterances, "char_errors", "chars", block),
             "wer_raw": self.raw_wer.summarize("error_rate"),
             "n_utterances": len(self.utterances),
+            "loop_stopped": sum(bool(u.get("loop_stopped")) for u in self.utterances),
             "epoch": epoch,
             "per_group": {},
             "per_duration": {},

@@ -165,6 +165,17 @@ def test_headline_format():
     assert evaluation.format_headline(summary) == (
         "WER 11.65% (95% CI 9.50-13.90), CER 5.58% (95% CI 4.25-7.00), n=200"
     )
+    summary["loop_stopped"] = 2
+    assert evaluation.format_headline(summary).endswith("n=200, 2 repetition loop(s) stopped")
+
+
+def test_summary_counts_the_loop_stopped_hypotheses(tmp_path):
+    scorer = Scorer(str.strip)
+    looped = [False, True, False, True]
+    scorer.append(["u1", "u2", "u3", "u4"], HYPS, REFS, extra={"loop_stopped": looped})
+    assert scorer.write(tmp_path, "valid")["loop_stopped"] == 2
+    records = [json.loads(line) for line in open(tmp_path / "utterances_valid.jsonl")]
+    assert [r["loop_stopped"] for r in records] == looped
 
 
 def test_small_valid_warning_gives_the_utterances_needed():

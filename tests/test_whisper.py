@@ -1,13 +1,17 @@
 """The Whisper wrapper and the searchers against transformers' own implementation."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 from conftest import speak
 
-from local.decoding import beam_search, greedy_search
+from local.decoding import LoopStop, beam_search, greedy_search
 from local.whisper import WhisperASR
+
+LOOP_STOP = {"loop_stop": LoopStop()}
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +107,8 @@ def test_greedy_search_equals_transformers_generate(random_en):
     with torch.no_grad():
         encoder_out = random_en.encode(feats)
         reference = random_en.model.generate(feats, max_new_tokens=12, do_sample=False)
-    ours = greedy_search(random_en, encoder_out, max_new_tokens=12)
+    ours, looped = greedy_search(random_en, encoder_out, max_new_tokens=12)
+    assert looped == [False] * 3
     prompt = random_en.prefix_tokens
     for hyp, ref in zip(ours, reference.tolist(), strict=True):
         ref = ref[len(prompt) :] if ref[: len(prompt)] == prompt else ref  # prompt kept or not
@@ -117,6 +122,55 @@ def test_beam_of_one_is_greedy(random_en):
         encoder_out = random_en.encode(feats)
     greedy = greedy_search(random_en, encoder_out, max_new_tokens=8)
     assert beam_search(random_en, encoder_out, beam_size=1, max_new_tokens=8) == greedy
+
+
+def test_loop_stop_finds_a_repeating_tail_and_keeps_one_copy():
+    stop = LoopStop(min_repeats=4, min_tokens=12)
+    assert stop.cut([1, 2, 3] + [4, 5, 6] * 4) == 6
+    assert stop.cut([1, 2, 3] + [4, 5, 6] * 3) is None  # three copies are not yet a loop
+    assert stop.cut([1, 2] * 6) == 2  # a two-token unit needs six copies for 12 tokens
+    assert stop.cut([1, 2] * 5) is None
+    assert stop.cut([7] * 11) is None and stop.cut([7] * 12) == 1
+    assert stop.cut([5, 9, 9, 9, 9]) is None  # "no no no no" is speech
+    assert stop.cut([4, 5, 6] * 4 + [1]) is None  # the tail, not the middle
+
+
+class ScriptedDecoder:
+    """A stand-in ``WhisperASR`` whose decoder prefers each row's scripted next token."""
+
+    eot, prefix_tokens = 9, [8]
+    generation_config = SimpleNamespace(suppress_tokens=[], begin_suppress_tokens=[])
+    model = SimpleNamespace(config=SimpleNamespace(max_target_positions=41))
+
+    def __init__(self, scripts):
+        self.scripts, self.step = scripts, 0
+
+    def forward_decoder(self, tokens, encoder_out, cache):
+        logits = torch.full((tokens.shape[0], 1, 10), -10.0)
+        for row in range(tokens.shape[0]):
+            script = self.scripts[row % len(self.scripts)]
+            logits[row, -1, script[min(self.step, len(script) - 1)]] = 0.0
+        self.step += 1
+        return logits
+
+
+def test_searchers_stop_a_loop_and_leave_other_utterances_alone():
+    looping = [1, 2, 3] + [4, 5, 6] * 20
+    speech = [7, 7, 7, 9]
+    encoder_out = torch.zeros(2, 1, 1)
+    stop = LoopStop(min_repeats=4, min_tokens=12)
+    assert greedy_search(ScriptedDecoder([looping, speech]), encoder_out, loop_stop=stop) == (
+        [[1, 2, 3, 4, 5, 6], [7, 7, 7]],
+        [True, False],
+    )
+    unstopped, looped = greedy_search(ScriptedDecoder([looping, speech]), encoder_out)
+    assert unstopped == [looping[:40], [7, 7, 7]] and looped == [False, False]
+    for script, expected in (
+        (looping, ([[1, 2, 3, 4, 5, 6]], [True])),
+        (speech, ([[7, 7, 7]], [False])),
+    ):
+        searched = beam_search(ScriptedDecoder([script]), encoder_out[:1], 3, loop_stop=stop)
+        assert searched == expected
 
 
 @pytest.mark.slow
@@ -134,8 +188,11 @@ def test_searches_on_speech_equal_transformers_generate(tiny_en_dir, tmp_path):
         for searcher, beams in ((greedy_search, 1), (beam_search, 5)):
             reference = model.model.generate(feats, num_beams=beams, do_sample=False)
             expected = model.tokenizer.batch_decode(reference, skip_special_tokens=True)
-            ours = searcher(model, encoder_out) if beams == 1 else searcher(model, encoder_out, 5)
+            ours, looped = searcher(model, encoder_out, *([beams] if beams > 1 else []))
             assert [model.decode_text(h) for h in ours] == [e.strip() for e in expected]
+            # Real speech does not loop: the loop stop changes nothing.
+            guarded = searcher(model, encoder_out, *([beams] if beams > 1 else []), **LOOP_STOP)
+            assert guarded == (ours, [False, False]) and looped == [False, False]
 
 
 def test_checkpoints_hold_only_trainable_parameters(random_whisper_dir, tmp_path):
