@@ -57,7 +57,7 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
         whisper = self.modules.whisper
         tokens_bos, tokens_bos_lens = batch.tokens_bos
         if hasattr(batch, "frozen_out"):
-            frozen_out, _ = batch.frozen_out
+            groups = whisper.split_by_length(*batch.frozen_out)
         else:
             wavs, wav_lens = batch.sig
             if stage == sb.Stage.TRAIN and self.hparams.augment:
@@ -65,32 +65,45 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
                 tokens_bos = self.hparams.wav_augment.replicate_labels(tokens_bos)
                 tokens_bos_lens = self.hparams.wav_augment.replicate_labels(tokens_bos_lens)
             with torch.no_grad():
-                frozen_out = whisper.encode_frozen(whisper.features(wavs, wav_lens))
-        encoder_out = whisper.encode_trainable(frozen_out)
+                groups = whisper.encode_frozen_by_window(wavs, wav_lens)
 
         # Positions past each sequence's end hold Whisper's pad token, not SpeechBrain's 0.
         positions = torch.arange(tokens_bos.shape[1], device=self.device)
         lengths = torch.round(tokens_bos_lens * tokens_bos.shape[1])
         tokens_bos = tokens_bos.masked_fill(positions[None] >= lengths[:, None], whisper.pad)
 
-        logits = whisper.forward_decoder(tokens_bos, encoder_out)
-        log_probs = torch.nn.functional.log_softmax(logits.float(), dim=-1)
+        # Rows are encoded, decoded and searched per encoder window, then put back in order.
+        order, logits, searched = [], [], {}
+        for rows, frozen_out in groups:
+            encoder_out = whisper.encode_trainable(frozen_out)
+            logits.append(whisper.forward_decoder(tokens_bos[rows], encoder_out))
+            order += rows
+            if stage != sb.Stage.TRAIN:
+                hyps, looped = self.search(encoder_out, stage)
+                searched.update(zip(rows, zip(hyps, looped, strict=True), strict=True))
+        if len(logits) > 1:
+            logits = [torch.cat(logits)[torch.argsort(torch.tensor(order, device=self.device))]]
+        log_probs = torch.nn.functional.log_softmax(logits[0].float(), dim=-1)
+        if searched:
+            hyps, looped = zip(*(searched[row] for row in range(len(order))), strict=True)
+            searched = list(hyps), list(looped)
+        return log_probs, searched or None
 
-        searched = None
+    def search(self, encoder_out, stage):
+        """Greedy search on valid, beam search on test: token lists and loop-stop flags."""
+        whisper = self.modules.whisper
         if stage == sb.Stage.VALID:
-            searched = greedy_search(
+            return greedy_search(
                 whisper, encoder_out, self.hparams.decode_max_tokens, self.hparams.loop_stop
             )
-        elif stage == sb.Stage.TEST:
-            searched = beam_search(
-                whisper,
-                encoder_out,
-                self.hparams.test_beam_size,
-                self.hparams.decode_max_tokens,
-                self.hparams.length_penalty,
-                self.hparams.loop_stop,
-            )
-        return log_probs, searched
+        return beam_search(
+            whisper,
+            encoder_out,
+            self.hparams.test_beam_size,
+            self.hparams.decode_max_tokens,
+            self.hparams.length_penalty,
+            self.hparams.loop_stop,
+        )
 
     def compute_objectives(self, predictions, batch, stage):
         """Label-smoothed NLL over transcript tokens; WER/CER of the searched transcripts."""

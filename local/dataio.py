@@ -99,9 +99,8 @@ def _row_problem(row, whisper):
         return "missing or unreadable audio"
     if info.frames == 0:
         return "empty audio"
-    if info.duration > whisper.window_seconds:
-        window = "Whisper's" if whisper.window_seconds == CHUNK_SECONDS else "the encoder's"
-        return f"audio of {info.duration:.1f} s exceeds {window} {whisper.window_seconds} s window"
+    if info.duration > CHUNK_SECONDS:
+        return f"audio of {info.duration:.1f} s exceeds Whisper's {CHUNK_SECONDS} s window"
     return None
 
 

@@ -70,27 +70,23 @@ def greedy_search(model, encoder_out, max_new_tokens=None, loop_stop=None):
     batch = encoder_out.shape[0]
     device = encoder_out.device
     cache = _new_cache()
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    hyps = [[] for _ in range(batch)]
-    looped = [False] * batch
+    hyps, looped, finished = [[] for _ in range(batch)], [False] * batch, [False] * batch
     step_input = torch.tensor([model.prefix_tokens] * batch, device=device)
     for step in range(_max_new_tokens(model, max_new_tokens)):
         logits = model.forward_decoder(step_input, encoder_out, cache)[:, -1].float()
-        next_tokens = _suppress(logits, model, step == 0).argmax(dim=-1)
-        next_tokens = torch.where(finished, model.eot, next_tokens)
-        for b, token in enumerate(next_tokens.tolist()):
+        next_tokens = _suppress(logits, model, step == 0).argmax(dim=-1).tolist()
+        for b, token in enumerate(next_tokens):
             if finished[b] or token == model.eot:
+                finished[b], next_tokens[b] = True, model.eot
                 continue
             hyps[b].append(token)
             keep = loop_stop.cut(hyps[b]) if loop_stop else None
             if keep is not None:
                 del hyps[b][keep:]
-                looped[b] = True
-                next_tokens[b] = model.eot
-        finished |= next_tokens == model.eot
-        if finished.all():
+                looped[b] = finished[b] = True
+        if all(finished):
             break
-        step_input = next_tokens[:, None]
+        step_input = torch.tensor(next_tokens, device=device)[:, None]
     return hyps, looped
 
 

@@ -55,7 +55,7 @@ def fingerprint(whisper):
     extractor = whisper.feature_extractor
     settings = (
         f"depth={whisper.frozen_encoder_depth};n_fft={extractor.n_fft};"
-        f"hop={extractor.hop_length};mels={extractor.feature_size};samples={whisper.window_samples}"
+        f"hop={extractor.hop_length};mels={extractor.feature_size};window={whisper.window_seconds}"
     )
     digest.update(settings.encode())
     for name, param in whisper.model.model.encoder.named_parameters():
@@ -101,15 +101,18 @@ class EncoderCache:
         batch = torch.zeros(len(wavs), max(len(w) for w in wavs))
         for i, wav in enumerate(wavs):
             batch[i, : len(wav)] = wav
+        lens = torch.tensor([len(w) / batch.shape[1] for w in wavs])
         was_training = self.whisper.training
         self.whisper.eval()
-        out = self.whisper.encode_frozen(self.whisper.features(batch.to(self.device)))
+        groups = self.whisper.encode_frozen_by_window(batch.to(self.device), lens.to(self.device))
         self.whisper.train(was_training)
-        for hidden, target in zip(out.cpu().numpy().astype(CACHE_DTYPE), targets, strict=True):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(f".{os.getpid()}.tmp.npy")
-            np.save(tmp, hidden)
-            os.replace(tmp, target)
+        for rows, out in groups:
+            for row, hidden in zip(rows, out.cpu().numpy().astype(CACHE_DTYPE), strict=True):
+                target = targets[row]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_suffix(f".{os.getpid()}.tmp.npy")
+                np.save(tmp, hidden)
+                os.replace(tmp, target)
 
 
 def load_entry(path):

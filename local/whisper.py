@@ -14,6 +14,7 @@ and ``trainable_patterns``; the cache boundary is derived from the resulting
 ``requires_grad`` flags, never declared twice.
 """
 
+import math
 import re
 from pathlib import Path
 
@@ -67,9 +68,11 @@ class WhisperASR(torch.nn.Module):
     task : str
         ``transcribe`` or ``translate`` for multilingual checkpoints.
     window_seconds : int
-        Every clip is padded to this many seconds (30, as Whisper was trained). Shorter windows
-        make the encoder and the cross-attention proportionally cheaper but change what the
-        encoder outputs: an option for corpora of short clips, measured in the README.
+        Each clip is padded to the smallest multiple of this many seconds that holds it, at
+        most 30 (30: every clip to 30 s, as Whisper was trained). Shorter windows make the
+        encoder and the cross-attention proportionally cheaper but change what the encoder
+        outputs; a clip's window depends on its own length only, never on its batch mates'.
+        Measured in the README.
     """
 
     def __init__(
@@ -91,7 +94,6 @@ class WhisperASR(torch.nn.Module):
                 f"{CHUNK_SECONDS}, not {window_seconds}"
             )
         self.window_seconds = window_seconds
-        self.window_samples = window_seconds * SAMPLE_RATE
         source = resolve_source(source, save_path)
         try:
             self.model = WhisperForConditionalGeneration.from_pretrained(
@@ -203,18 +205,37 @@ class WhisperASR(torch.nn.Module):
         """True when no encoder parameter trains."""
         return self.frozen_encoder_depth == len(self.model.model.encoder.layers) + 2
 
+    def window_samples(self, num_samples):
+        """The window of a clip this long: the smallest multiple of ``window_seconds`` that
+        holds it, at most 30 s (longer clips are cut)."""
+        step = self.window_seconds * SAMPLE_RATE
+        return min(max(1, math.ceil(num_samples / step)) * step, CHUNK_SECONDS * SAMPLE_RATE)
+
+    def window_groups(self, num_samples):
+        """Rows of a batch grouped by window: ``[(window in samples, row indices), ...]``."""
+        groups = {}
+        for row, n in enumerate(num_samples):
+            groups.setdefault(self.window_samples(n), []).append(row)
+        return sorted(groups.items())
+
     def features(self, wavs, wav_lens=None):
         """Log-mel spectrograms of a padded batch of 16 kHz waveforms, one utterance at a time.
 
-        Each waveform is zero-padded (or cut) to the window (30 s, as Whisper was trained); the
-        dynamic-range clamp uses each utterance's own maximum, so features do not depend on
-        batch mates.
+        Each waveform is zero-padded (or cut) to its window (see ``window_seconds``); the
+        dynamic-range clamp uses each utterance's own maximum. A batch whose rows need
+        different windows is refused (split it with ``window_groups``), so an utterance's
+        features never depend on its batch mates.
         """
+        lengths = [wavs.shape[1]] * wavs.shape[0]
         if wav_lens is not None:
             lengths = torch.round(wav_lens * wavs.shape[1]).long()
             positions = torch.arange(wavs.shape[1], device=wavs.device)
             wavs = wavs * (positions[None, :] < lengths[:, None])
-        window = self.window_samples
+            lengths = lengths.tolist()
+        windows = self.window_groups(lengths)
+        if len(windows) > 1:
+            raise ValueError("the batch's clips need different windows: split it by window_groups")
+        window = windows[0][0]
         wavs = torch.nn.functional.pad(wavs[:, :window], (0, max(0, window - wavs.shape[1])))
         stft = torch.stft(
             wavs.float(),
@@ -260,6 +281,25 @@ class WhisperASR(torch.nn.Module):
         """The full encoder."""
         return self.encode_trainable(self.encode_frozen(feats))
 
+    def encode_frozen_by_window(self, wavs, wav_lens):
+        """The frozen bottom's output for a padded batch of waveforms, one group of rows per
+        window: ``[(row indices, output), ...]``."""
+        lengths = torch.round(wav_lens * wavs.shape[1]).long().tolist()
+        return [
+            (rows, self.encode_frozen(self.features(_take(wavs, rows), _take(wav_lens, rows))))
+            for _, rows in self.window_groups(lengths)
+        ]
+
+    @staticmethod
+    def split_by_length(padded, rel_lens):
+        """A padded batch of cached frozen outputs as groups of rows with the same number of
+        frames (the same window): ``[(row indices, output), ...]``."""
+        frames = torch.round(rel_lens * padded.shape[1]).long().tolist()
+        groups = {}
+        for row, n in enumerate(frames):
+            groups.setdefault(n, []).append(row)
+        return [(rows, _take(padded, rows)[:, :n]) for n, rows in sorted(groups.items())]
+
     def forward_decoder(self, tokens, encoder_out, past_key_values=None):
         """Decoder logits for ``tokens`` attending to ``encoder_out``.
 
@@ -296,6 +336,11 @@ def resolve_source(source, save_path):
 
     folder = Path(save_path) if save_path else Path.home() / ".cache" / "whisper-finetune"
     return str(ensure_tiny_en(folder / "whisper-tiny.en"))
+
+
+def _take(batch, rows):
+    """The given rows of a batch (the batch itself when that is all of them, in order)."""
+    return batch if rows == list(range(len(batch))) else batch[rows]
 
 
 def _trains(modules):

@@ -16,7 +16,7 @@ LOSS_TOLERANCE = 1e-3
 
 @pytest.fixture
 def dataset(tmp_path):
-    texts = ["A cup of tea, please.", "The train leaves at nine."]
+    texts = ["A cup of tea, please.", "The train leaves at nine from the second platform."]
     rows = [
         {"ID": f"u{i}", "duration": 1.0, "wav": speak(t, tmp_path / f"u{i}.wav"), "wrd": t}
         for i, t in enumerate(texts)
@@ -30,7 +30,10 @@ def loss(model, encoder_out, text):
     return torch.nn.functional.cross_entropy(logits[0], tokens[0, 1:]).item()
 
 
-@pytest.mark.parametrize("options", [{}, {"trainable_encoder_layers": 1}])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"trainable_encoder_layers": 1}, {"window_seconds": 1}],  # 1 s: windows of 2 s and 4 s
+)
 def test_cached_and_computed_encoder_give_the_same_loss(
     random_whisper_dir, dataset, tmp_path, options
 ):

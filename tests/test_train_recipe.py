@@ -7,12 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from local import accent_corpus
 
 EPOCHS, LR, WARMUP = 2, 0.002, 4
 TRAIN_UTTERANCES, BATCH, ACCUMULATION = 12, 2, 2
+# float16 cache entries, and the steps trained on them, move a valid loss by ~1e-6 (measured).
+WINDOW_CACHE_TOLERANCE = 1e-3
 
 
 def run_train(*args):
@@ -321,3 +324,30 @@ def test_review_checkpoints_keep_min_wer_min_loss_and_last_for_export(run, tmp_p
     assert f"no checkpoint of epoch 7 in {out / 'save'} (kept: {sorted(kept)})" in (
         capsys.readouterr().err
     )
+
+
+def test_clips_needing_different_windows_train_alike_from_the_cache_and_the_audio(run, tmp_path):
+    """A 1 s window step gives these 1.5-4 s clips windows of 2, 3 or 4 s, mixed in batches."""
+    args, _ = run
+    replaced = ("--freeze_encoder", "--encoder_cache", "--output_folder", "--number_of_epochs")
+    base = [a for a in args if not a.startswith(replaced)]
+    losses = {}
+    for cache in ("true", "false"):
+        done = run_train(
+            *base,
+            f"--output_folder={tmp_path / cache}",
+            "--number_of_epochs=1",
+            "--encoder_window_seconds=1",
+            f"--encoder_cache={cache}",
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        utterances = read_jsonl(tmp_path / cache / "valid" / "utterances_epoch1.jsonl")
+        losses[cache] = {u["id"]: u["loss"] for u in utterances}
+    frames = {
+        np.load(path, mmap_mode="r").shape[0]
+        for path in (tmp_path / "true" / "encoder_cache").rglob("*.npy")
+    }
+    assert len(frames) > 1
+    assert losses["true"].keys() == losses["false"].keys()
+    for utt_id, loss in losses["false"].items():
+        assert losses["true"][utt_id] == pytest.approx(loss, abs=WINDOW_CACHE_TOLERANCE)

@@ -54,6 +54,47 @@ def test_a_shorter_window_is_the_start_of_the_30_s_features_and_encodes_fewer_fr
         WhisperASR(str(random_whisper_dir), window_seconds=45)
 
 
+def test_each_clip_gets_its_own_window_whatever_its_batch_mates(random_whisper_dir):
+    ten = WhisperASR(str(random_whisper_dir), window_seconds=10).eval()
+    eight = WhisperASR(str(random_whisper_dir), window_seconds=8)
+    second = 16000
+    assert [ten.window_samples(s * second) // second for s in (1, 4, 10, 12, 29, 31)] == [
+        10,
+        10,
+        10,
+        20,
+        30,
+        30,
+    ]
+    assert [eight.window_samples(s * second) // second for s in (7, 15, 17, 25)] == [8, 16, 24, 30]
+    rng = np.random.default_rng(2)
+    wavs = [
+        torch.from_numpy((0.3 * rng.standard_normal(s * second)).astype(np.float32))
+        for s in (12, 4, 3)
+    ]
+    batch = torch.zeros(3, 12 * second)
+    for i, wav in enumerate(wavs):
+        batch[i, : len(wav)] = wav
+    lens = torch.tensor([len(w) / batch.shape[1] for w in wavs])
+    with pytest.raises(ValueError, match="need different windows"):
+        ten.features(batch, lens)
+    with torch.no_grad():
+        groups = ten.encode_frozen_by_window(batch, lens)
+        assert [(rows, out.shape[1]) for rows, out in groups] == [([1, 2], 500), ([0], 1000)]
+        for rows, out in groups:
+            for row, hidden in zip(rows, out, strict=True):
+                alone = ten.encode_frozen(ten.features(wavs[row][None]))[0]
+                torch.testing.assert_close(hidden, alone, atol=1e-5, rtol=1e-5)
+        # Cached outputs come back padded to the longest; split by length, they are the same.
+        padded = torch.zeros(3, 1000, groups[0][1].shape[-1])
+        for rows, out in groups:
+            padded[rows, : out.shape[1]] = out
+        split = WhisperASR.split_by_length(padded, torch.tensor([1.0, 0.5, 0.5]))
+        assert [rows for rows, _ in split] == [[1, 2], [0]]
+        for (_, expected), (_, got) in zip(groups, split, strict=True):
+            torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize(
     "options, depth",
     [
