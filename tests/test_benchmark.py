@@ -56,4 +56,5 @@ def test_benchmark_runs_both_systems_and_writes_its_ratios(tiny_en_dir, tmp_path
         assert 0 <= lo <= system["wer"] <= hi <= 100
     # Two updates at lr 1e-5 leave tiny.en as it was: both systems hear the 4 utterances well.
     assert report["wer_recipe"] < 25 and report["wer_baseline"] < 25
+    assert baseline["loop_stopped"] == 0 and recipe["loop_stopped"] in range(5)
     assert "valid decode utterances/s" in done.stdout
