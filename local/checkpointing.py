@@ -124,7 +124,15 @@ class AtomicCheckpointer(Checkpointer):
                 shutil.rmtree(path, ignore_errors=True)
 
     def save_checkpoint(self, meta=None, end_of_epoch=True, name=None, verbosity=logging.INFO):
-        """Save into a temporary folder, flush it, rename it to ``CKPT+...``."""
+        """Save into a temporary folder, flush it, rename it to ``CKPT+...``.
+
+        Called on every process: first each recoverable with a ``gather_before_save`` method
+        collects what the other processes hold (their random states), then the main process
+        saves.
+        """
+        for obj in self.recoverables.values():
+            if hasattr(obj, "gather_before_save"):
+                obj.gather_before_save()
         outcome = None
         if if_main_process():
             try:

@@ -95,13 +95,25 @@ def all_true(flag):
     return bool(value)
 
 
+def rank():
+    """This process's rank (0 alone)."""
+    return torch.distributed.get_rank() if is_distributed() else 0
+
+
+def gather_objects(obj):
+    """``obj`` from every process, in rank order (``[obj]`` alone); call on every process."""
+    if not is_distributed():
+        return [obj]
+    everyone = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(everyone, obj)
+    return everyone
+
+
 def sum_over_processes(accumulator):
     """``accumulator`` with its numbers and tensors (nested ones too) summed over processes."""
     if not is_distributed():
         return accumulator
-    everyone = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(everyone, accumulator)
-    return _sum(everyone)
+    return _sum(gather_objects(accumulator))
 
 
 def _sum(values):

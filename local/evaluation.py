@@ -16,7 +16,6 @@ import random
 from collections import Counter
 from operator import itemgetter
 
-import torch
 from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.metric_stats import ErrorRateStats
 from transformers.models.whisper.english_normalizer import (
@@ -267,9 +266,7 @@ class Scorer:
         if not distributed.is_distributed():
             return
         stats = (self.wer, self.cer, self.raw_wer)
-        mine = (self.utterances, *(s.scores for s in stats))
-        everyone = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(everyone, mine)
+        everyone = distributed.gather_objects((self.utterances, *(s.scores for s in stats)))
         self.utterances = distributed.interleave_unique([e[0] for e in everyone], itemgetter("id"))
         for i, stat in enumerate(stats, start=1):
             stat.scores = distributed.interleave_unique([e[i] for e in everyone], itemgetter("key"))

@@ -2,12 +2,13 @@
 
 ``ResilientBrain`` goes before ``sb.Brain`` in a recipe's bases and adds:
 
-* exact resuming: the brain's checkpoint file also holds the random states and the recipe's
-  running sums (``resume_attributes``); intra-epoch checkpoints restore the random state at
-  the batch where training stopped; append-only logs are cut back to where the checkpoint was
-  taken, so a resumed run writes what an uninterrupted one would have; intra-epoch
-  checkpoints are taken between optimizer steps, and an interval given on the command line
-  (``--ckpt_interval_steps``) replaces the yaml's other one (``ckpt_interval_minutes``);
+* exact resuming: the brain's checkpoint file also holds, for each process, its random
+  states and the recipe's running sums (``resume_attributes``); intra-epoch checkpoints
+  restore the random state at the batch where training stopped; append-only logs are cut
+  back to where the checkpoint was taken, so a resumed run writes what an uninterrupted one
+  would have; intra-epoch checkpoints are taken between optimizer steps, and an interval
+  given on the command line (``--ckpt_interval_steps``) replaces the yaml's other one
+  (``ckpt_interval_minutes``);
 * non-finite losses: such a batch is skipped (no backward) and counted; more than
   ``nonfinite_patience`` in one epoch stops the run with one line;
 * several processes (torchrun): evaluation sets are sharded and their scores gathered
@@ -79,32 +80,45 @@ class ResilientBrain:
         self._pending_state = None
         self._log_sizes = None
         self._eval_batches = 0
+        self._process_states = None
 
     # ------------------------------------------------------------ resuming --
-    @mark_as_saver
-    def _save(self, path):
-        """The loop position, the recipe's running state, random states and log sizes."""
-        state = {
+    def _process_state(self):
+        """What this process alone knows: loop position, running sums, random states."""
+        return {
             "step": self.step,
             "avg_train_loss": self.avg_train_loss,
             "optimizer_step": self.optimizer_step,
             "nonfinite_count": getattr(self, "nonfinite_count", 0),
             "attributes": {name: getattr(self, name) for name in self.resume_attributes},
             "rng": rng_state(),
+        }
+
+    def gather_before_save(self):
+        """Collect every process's state for the checkpoint (called on every process)."""
+        self._process_states = distributed.gather_objects(self._process_state())
+
+    @mark_as_saver
+    def _save(self, path):
+        """Each process's state (see ``_process_state``) and the append-only logs' sizes."""
+        state = {
+            "processes": self._process_states or [self._process_state()],
             "log_sizes": {name: _size(self._log_path(name)) for name in self.append_only_logs},
         }
         atomic_torch_save(state, path)
 
     @mark_as_loader
     def _recover(self, path, end_of_epoch):
-        """Restore the state; mid-epoch, random states wait for the next batch (see fit_batch)."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        """Restore this process's state; mid-epoch, its random states wait for the next batch
+        (see ``fit_batch``)."""
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        self._log_sizes = saved["log_sizes"]
+        state = _own_state(saved["processes"])
         self.step = state["step"]
         self.avg_train_loss = state["avg_train_loss"]
         self.optimizer_step = state["optimizer_step"]
         for name, value in state["attributes"].items():
             setattr(self, name, value)
-        self._log_sizes = state["log_sizes"]
         if end_of_epoch:
             set_rng_state(state["rng"])
         else:  # the data loader draws from the random state before the next batch
@@ -236,6 +250,19 @@ class ResilientBrain:
         for name in self.gathered_accumulators:
             setattr(self, name, distributed.sum_over_processes(getattr(self, name)))
         return distributed.global_ratio(stage_loss * batches, batches)
+
+
+def _own_state(saved):
+    """This process's state among a checkpoint's (one per process that saved it)."""
+    if distributed.rank() < len(saved):
+        return saved[distributed.rank()]
+    logger.warning(
+        "resuming with more processes than the checkpoint's %d: process %d continues from "
+        "process 0's state, so the run is not exactly the one that would have continued",
+        len(saved),
+        distributed.rank(),
+    )
+    return saved[0]
 
 
 def _one_interval(hparams, run_opts):

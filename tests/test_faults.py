@@ -191,6 +191,33 @@ def test_two_process_gloo_run_writes_once_and_scores_the_whole_valid_set(
         assert best[key] == pytest.approx(value, rel=1e-6), key
 
 
+def test_kill_under_torchrun_and_rerun_ends_where_an_uninterrupted_run_ends(
+    random_whisper_dir, corpus, cache, tmp_path
+):
+    """Augmentation draws different random numbers on each process: each must get its own back."""
+
+    def torchrun(exp, env=None):
+        args = recipe_args(random_whisper_dir, corpus, exp, cache, augment=True)
+        return subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+            + ["train.py", *args, "--ckpt_interval_steps=1", "--distributed_backend=gloo"],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env={**os.environ, **(env or {})},
+        )
+
+    done = torchrun(tmp_path / "reference")
+    assert done.returncode == 0, done.stderr[-5000:]
+    # Each process has 2 batches per epoch: killed in epoch 2, after its first batch's checkpoint.
+    done = torchrun(tmp_path / "exp", {CRASH_ENV: "train_batch:4"})
+    assert done.returncode != 0 and checkpoints(tmp_path / "exp")
+    done = torchrun(tmp_path / "exp")
+    assert done.returncode == 0, done.stderr[-5000:]
+    assert "Loading a checkpoint" in (tmp_path / "exp" / "log.txt").read_text()
+    assert_same_final_state(tmp_path / "exp", tmp_path / "reference")
+
+
 def _single_process_valid(exp, whisper_dir, corpus, cache):
     """Score the valid set with the kept checkpoint in this (single) process."""
     import train
