@@ -18,9 +18,11 @@ import os
 
 import torch
 
+from local import distributed
 from local.evaluation import append_jsonl, write_json
 
 ECE_BINS = 15
+STEP_TOTALS = ("tokens", "audio_seconds", "utterances")  # summed over a step's batches
 TAIL_BYTES = 1 << 20  # longer than any one record
 
 
@@ -156,7 +158,7 @@ class TrainingLog:
     def add_batch(self, loss, tokens, audio_seconds, utterances):
         """Accumulate one batch into the optimizer step being built."""
         if self.pending is None:
-            self.pending = {"losses": [], "tokens": 0, "audio_seconds": 0.0, "utterances": 0}
+            self.pending = {"losses": [], **dict.fromkeys(STEP_TOTALS, 0)}
         finite = torch.isfinite(loss)
         self.pending["losses"].append(float(loss) if finite else None)
         self.pending["tokens"] += tokens
@@ -164,12 +166,17 @@ class TrainingLog:
         self.pending["utterances"] += utterances
 
     def end_step(self, **fields):
-        """Write the finished optimizer step with ``fields`` (epoch, step, lr, ...)."""
-        pending, self.pending = self.pending, None
-        losses = [x for x in pending.pop("losses") if x is not None]
+        """Write the finished optimizer step with ``fields`` (epoch, step, lr, ...).
+
+        Called on every process: under DDP the step holds every process's batches.
+        """
+        everyone = distributed.gather_objects(self.pending)
+        self.pending = None
+        losses = [x for pending in everyone for x in pending["losses"] if x is not None]
         loss = sum(losses) / len(losses) if losses else None
+        totals = {key: sum(p[key] for p in everyone) for key in STEP_TOTALS}
         if self.enabled:
-            record = {**fields, "loss": loss, **pending}
+            record = {**fields, "loss": loss, **totals}
             append_jsonl(os.path.join(self.folder, "steps.jsonl"), record)
             if self.tensorboard is not None:
                 for key in ("loss", "lr"):
@@ -188,24 +195,30 @@ class TrainingLog:
             self.tensorboard.flush()
 
     def add_utterances(self, epoch, position, ids, stats, hyps, refs):
-        """Write each utterance's teacher-forced loss and transcript at this visit."""
+        """Write each utterance's teacher-forced loss and transcript at this visit.
+
+        Called on every process: under DDP every process's utterances are written.
+        """
+        records = []
         for i, utt_id in enumerate(ids):
-            self.visits.setdefault(utt_id, set()).add(epoch)
-            if not self.enabled:
-                continue
             tokens = stats["tokens"][i]
-            record = {
-                "epoch": epoch,
-                "id": utt_id,
-                "loss": stats["nll"][i] / max(tokens, 1),
-                "token_accuracy": stats["correct"][i] / max(tokens, 1),
-                "tokens": tokens,
-                "seen": len(self.visits[utt_id]),
-                "position": position,
-                "hyp": hyps[i],
-                "ref": refs[i],
-            }
-            append_jsonl(os.path.join(self.folder, "train_utterances.jsonl"), record)
+            records.append(
+                {
+                    "epoch": epoch,
+                    "id": utt_id,
+                    "loss": stats["nll"][i] / max(tokens, 1),
+                    "token_accuracy": stats["correct"][i] / max(tokens, 1),
+                    "tokens": tokens,
+                    "position": position,
+                    "hyp": hyps[i],
+                    "ref": refs[i],
+                }
+            )
+        for record in (r for process in distributed.gather_objects(records) for r in process):
+            self.visits.setdefault(record["id"], set()).add(epoch)
+            record["seen"] = len(self.visits[record["id"]])
+            if self.enabled:
+                append_jsonl(os.path.join(self.folder, "train_utterances.jsonl"), record)
 
 
 def write_run_info(hparams, grad_accumulation_factor):

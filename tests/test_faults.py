@@ -171,6 +171,14 @@ def test_two_process_gloo_run_writes_once_and_scores_the_whole_valid_set(
     assert [e["optimizer_steps"] for e in epochs] == [2, 4]
     log = (exp / "train_log.txt").read_text().splitlines()
     assert [line.split(",")[0] for line in log] == ["epoch: 1", "epoch: 2", "test set: test"]
+    # Each step and utterance log holds both processes' share of the training data.
+    train_ids = sorted(line.split(",")[0] for line in corpus["train"].read_text().splitlines()[1:])
+    steps = read_jsonl(exp / "log" / "steps.jsonl")
+    assert [(s["epoch"], s["utterances"]) for s in steps] == [(1, 4), (1, 4), (2, 4), (2, 4)]
+    visits = read_jsonl(exp / "log" / "train_utterances.jsonl")
+    for epoch in (1, 2):
+        assert sorted(v["id"] for v in visits if v["epoch"] == epoch) == train_ids
+        assert {v["seen"] for v in visits if v["epoch"] == epoch} == {epoch}
     (kept,) = checkpoints(exp)
     meta = yaml.safe_load((kept / "CKPT.yaml").read_text())
     valid_ids = [line.split(",")[0] for line in corpus["valid"].read_text().splitlines()[1:]]
