@@ -111,6 +111,7 @@ def diagnose(run):
         "distribution_shift": analyses.attempt(
             "distribution_shift", checks.distribution_shift, run
         ),
+        "repetition_loops": analyses.attempt("repetition_loops", checks.repetition_loops, run),
         "valid_set": analyses.attempt("valid_set", checks.valid_set, run, wer_epoch),
         "available_analyses": analyses.available,
         "skipped": analyses.skipped,

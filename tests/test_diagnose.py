@@ -659,3 +659,31 @@ def test_degenerate_logs_are_reported_not_crashed_on(tmp_path):
     assert "needs both a min-loss and a min-WER epoch" in result["skipped"]["wer_difference"]
     assert any("line 10 is not JSON" in note for note in result["notes"])
     assert set(result["available_analyses"]) == {"best_epochs"}
+
+
+def test_repetition_loops_are_found_with_their_share_of_the_wer(tmp_path, diagnosed):
+    _, clean = diagnosed["clean"]
+    assert clean["repetition_loops"]["flagged"] is False
+    folder = make_run(tmp_path)
+    path = folder / "valid" / "utterances_epoch2.jsonl"
+    rows = read_jsonl(path)
+    rows[0]["hyp"] = "turn left " + "at the bridge " * 5  # 4+ copies over 8+ words
+    rows[0]["word_errors"] = 12
+    rows[1].update(loop_stopped=True, word_errors=3)  # ended by the recipe's loop stop
+    rows[2]["hyp"] = "no no no no"  # speech, not a loop
+    write_jsonl(path, rows)
+    result = diagnose.run(folder)
+    loops = result["repetition_loops"]
+    assert loops["flagged"]
+    by_epoch = {e["epoch"]: e for e in loops["epochs"]}
+    assert [e["looping"] for e in loops["epochs"]] == [[], [rows[0]["id"], rows[1]["id"]], []]
+    errors = sum(r["word_errors"] for r in rows)
+    assert by_epoch[2]["word_error_share"] == pytest.approx(15 / errors)
+    assert by_epoch[2]["wer"] == pytest.approx(100 * errors / sum(r["words"] for r in rows))
+    rest = rows[2:]
+    assert by_epoch[2]["wer_without_loops"] == pytest.approx(
+        100 * sum(r["word_errors"] for r in rest) / sum(r["words"] for r in rest)
+    )
+    assert "Valid transcripts with repetition loops: epoch 2: 2 (" in " ".join(result["verdict"])
+    report = (folder / "diagnostics" / "report.md").read_text()
+    assert "## Repetition loops in the valid transcripts" in report

@@ -1,5 +1,6 @@
 """Per-run checks besides the epoch boundary: which checkpoint, whether the difference is
-noise, calibration per epoch, suspected label noise, lagging groups, leakage, valid size.
+noise, calibration per epoch, suspected label noise, lagging groups, leakage, repetition
+loops in the valid transcripts, valid size.
 
 Each check returns a JSON-ready dict or raises ``Unavailable`` naming what it lacks.
 """
@@ -9,6 +10,7 @@ import math
 import numpy as np
 from scipy.stats import mannwhitneyu
 
+from local.decoding import LoopStop
 from local.diagnosis import Unavailable
 from local.diagnosis.stats import (
     BOOTSTRAP_SAMPLES,
@@ -26,6 +28,9 @@ LEAKAGE_SHARE = 0.05
 LATE_POSITION = 0.75  # first-epoch visits this late are scored by nearly the validated model
 MIN_SHIFT_SAMPLE = 5
 SHIFT_RATIO, SHIFT_ALPHA = 0.25, 0.01
+# A transcript decoded without the loop stop loops when its words end in a unit repeated
+# 4+ times over 8+ words (looser than the token rule: a word is 1-3 tokens).
+WORD_LOOP = LoopStop(min_repeats=4, min_tokens=8)
 UTTERANCE_FIELDS = {"id", "ref", "hyp", "word_errors", "words", "char_errors", "chars"}
 UTTERANCE_FIELDS |= {"loss", "tokens"}  # per-utterance numbers, not groups
 
@@ -315,6 +320,38 @@ def distribution_shift(records):
         "flagged": bool(p_value < SHIFT_ALPHA and abs(ratio - 1) >= SHIFT_RATIO),
         "threshold": f"|valid/train NLL - 1| >= {SHIFT_RATIO} with Mann-Whitney p < {SHIFT_ALPHA}",
     }
+
+
+def repetition_loops(records):
+    """Per epoch, the valid transcripts that loop and what they do to its WER.
+
+    A loop (a phrase repeated until the length limit) adds dozens of insertions to the WER
+    while the teacher-forced loss, which never sees the search, barely moves: one of the ways
+    loss and WER part. Loops are the hypotheses the recipe's loop stop ended
+    (``loop_stopped``) and transcripts whose words end in a repeated unit (``WORD_LOOP``).
+    """
+    if not records.valid_utterances:
+        raise Unavailable("no per-utterance valid transcripts (valid/utterances_epochN.jsonl)")
+    epochs = []
+    for epoch, utterances in sorted(records.valid_utterances.items()):
+        looping = [
+            u
+            for u in utterances
+            if u.get("loop_stopped") or WORD_LOOP.cut(u["hyp"].split()) is not None
+        ]
+        errors = sum(u["word_errors"] for u in utterances)
+        loop_errors = sum(u["word_errors"] for u in looping)
+        other = [u for u in utterances if u not in looping]
+        epochs.append(
+            {
+                "epoch": epoch,
+                "looping": [u["id"] for u in looping],
+                "word_error_share": loop_errors / errors if errors else 0.0,
+                "wer": _wer(utterances),
+                "wer_without_loops": _wer(other),
+            }
+        )
+    return {"epochs": epochs, "flagged": any(e["looping"] for e in epochs)}
 
 
 def valid_set(records, wer_epoch):

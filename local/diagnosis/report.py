@@ -222,6 +222,19 @@ def _other_sentences(d):
             + (" (or augmentation makes training harder)" if shift["augment"] else "")
             + ", so its WER says little about the training domain and vice versa."
         )
+    loops = d.get("repetition_loops")
+    if loops and loops["flagged"]:
+        per_epoch = "; ".join(
+            f"epoch {e['epoch']}: {len(e['looping'])} ({100 * e['word_error_share']:.0f}% of its "
+            f"word errors; WER {e['wer']:.2f}, {e['wer_without_loops']:.2f} without them)"
+            for e in loops["epochs"]
+            if e["looping"]
+        )
+        sentences.append(
+            f"Valid transcripts with repetition loops: {per_epoch}. A loop adds insertions to "
+            "the WER that the teacher-forced loss never sees; judge those epochs by the WER "
+            "without them, and keep the loop stop on (loop_stop)."
+        )
     if d["skipped"]:
         sentences.append(
             "Not analysed for lack of data: "
@@ -385,6 +398,22 @@ def markdown(d, folder):
                 ],
             )
             lines.append("")
+    loops = d.get("repetition_loops")
+    if loops and loops["flagged"]:
+        lines += ["", "## Repetition loops in the valid transcripts", ""]
+        lines += _table(
+            ["epoch", "looping", "share of word errors", "WER", "WER without them"],
+            [
+                [
+                    e["epoch"],
+                    ", ".join(e["looping"]) or "-",
+                    f"{100 * e['word_error_share']:.0f}%",
+                    e["wer"],
+                    e["wer_without_loops"],
+                ]
+                for e in loops["epochs"]
+            ],
+        )
     sections = (
         ("leakage", "Leakage"),
         ("distribution_shift", "Distribution shift"),
