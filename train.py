@@ -413,6 +413,8 @@ def main(argv):
     except (dataio.DataError, ValueError) as error:
         sys.exit(f"error: {error}")
     if hparams["sanity_utterances"]:
+        if distributed.is_distributed():
+            sys.exit("error: sanity mode runs on one process: start it without torchrun")
         sys.exit(sanity_check(hparams, datasets, run_opts))
 
     asr_brain = make_brain(WhisperFineTuning, hparams, run_opts, hparams["output_folder"])

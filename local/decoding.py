@@ -13,21 +13,28 @@ exactly wherever no loop was stopped, and each searcher says where one was.
 """
 
 import math
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 
-class LoopStop(NamedTuple):
+@dataclass(frozen=True)
+class LoopStop:
     """A tail counts as a loop when one unit of tokens repeats at least ``min_repeats`` times
     consecutively over at least ``min_tokens`` tokens (so ``no no no`` is speech, not a loop)."""
 
-    min_repeats: int = 4
-    min_tokens: int = 16
+    min_repeats: int
+    min_tokens: int
+
+    def __post_init__(self):
+        if self.min_repeats < 2:
+            raise ValueError(f"loop_min_repeats must be 2 or more, not {self.min_repeats}")
 
     def cut(self, tokens):
-        """The length to keep (up to the first copy of the repeating unit), or None."""
+        """The length to keep, or None: up to the end of the repeating span's first period,
+        which is one copy of the unit (rotated, when the tokens before the loop happen to end
+        like the unit does)."""
         n = len(tokens)
         for period in range(1, n // self.min_repeats + 1):
             repeats = max(self.min_repeats, math.ceil(self.min_tokens / period))
@@ -100,7 +107,8 @@ def beam_search(
     ``loop_stop`` ended it. Hypotheses are ranked by their summed log-probability divided by
     ``length ** length_penalty`` (``transformers``' convention); an utterance stops once it
     has ``beam_size`` finished hypotheses and none of its live beams can still beat the best of
-    them. A beam whose tail loops finishes there, cut to one copy, ranked as if it had ended.
+    them. A beam whose tail loops finishes there, cut to one copy, ranked by its score so far
+    (loop tokens are cheap, so this favours it as ``generate``, which lets it run on, does).
     """
     batch = encoder_out.shape[0]
     device = encoder_out.device
@@ -123,6 +131,7 @@ def beam_search(
         new_scores = torch.full((batch, beam_size), -torch.inf, device=device)
         new_rows = (torch.arange(batch, device=device) * live)[:, None].repeat(1, beam_size)
         new_tokens = torch.full((batch, beam_size), model.eot, dtype=torch.long, device=device)
+        prefixes = sequences.tolist() if loop_stop else None  # one device sync per step
         for b in range(batch):
             kept = 0
             for score, origin, token in zip(
@@ -139,9 +148,9 @@ def beam_search(
                     finished[b].append((normalised, sequences[row].tolist(), False))
                     continue
                 if loop_stop:
-                    keep = loop_stop.cut(sequences[row].tolist() + [token])
-                    if keep is not None:
-                        finished[b].append((normalised, sequences[row].tolist()[:keep], True))
+                    keep = loop_stop.cut(prefixes[row] + [token])
+                    if keep is not None:  # ranked by the looping beam's score
+                        finished[b].append((normalised, prefixes[row][:keep], True))
                         continue
                 new_scores[b, kept], new_rows[b, kept], new_tokens[b, kept] = score, row, token
                 kept += 1

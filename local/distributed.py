@@ -96,7 +96,8 @@ def all_true(flag):
 
 
 def rank():
-    """This process's rank (0 alone)."""
+    """This process's rank in the process group (0 alone; unlike SpeechBrain's ``get_rank``,
+    not guessed from environment variables such as SLURM's)."""
     return torch.distributed.get_rank() if is_distributed() else 0
 
 

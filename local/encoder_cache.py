@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from local.dataio import read_audio
+from local.whisper import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,8 @@ def fingerprint(whisper):
     extractor = whisper.feature_extractor
     settings = (
         f"depth={whisper.frozen_encoder_depth};n_fft={extractor.n_fft};"
-        f"hop={extractor.hop_length};mels={extractor.feature_size};window={whisper.window_seconds}"
+        f"hop={extractor.hop_length};mels={extractor.feature_size};"
+        f"samples={whisper.window_seconds * SAMPLE_RATE}"  # the window step
     )
     digest.update(settings.encode())
     for name, param in whisper.model.model.encoder.named_parameters():

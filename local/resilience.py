@@ -101,8 +101,9 @@ class ResilientBrain:
     @mark_as_saver
     def _save(self, path):
         """Each process's state (see ``_process_state``) and the append-only logs' sizes."""
+        states, self._process_states = self._process_states, None
         state = {
-            "processes": self._process_states or [self._process_state()],
+            "processes": states or [self._process_state()],
             "log_sizes": {name: _size(self._log_path(name)) for name in self.append_only_logs},
         }
         atomic_torch_save(state, path)
@@ -113,7 +114,7 @@ class ResilientBrain:
         (see ``fit_batch``)."""
         saved = torch.load(path, map_location="cpu", weights_only=True)
         self._log_sizes = saved["log_sizes"]
-        state = _own_state(saved["processes"])
+        state = _own_state(saved.get("processes") or [saved])  # or one process's, unnested
         self.step = state["step"]
         self.avg_train_loss = state["avg_train_loss"]
         self.optimizer_step = state["optimizer_step"]
@@ -254,15 +255,16 @@ class ResilientBrain:
 
 def _own_state(saved):
     """This process's state among a checkpoint's (one per process that saved it)."""
-    if distributed.rank() < len(saved):
-        return saved[distributed.rank()]
-    logger.warning(
-        "resuming with more processes than the checkpoint's %d: process %d continues from "
-        "process 0's state, so the run is not exactly the one that would have continued",
-        len(saved),
-        distributed.rank(),
-    )
-    return saved[0]
+    world = torch.distributed.get_world_size() if distributed.is_distributed() else 1
+    if len(saved) != world:
+        logger.warning(
+            "resuming %d process(es) from a checkpoint of %d: the data split and the random "
+            "states differ from the run that saved it, so the resumed run is not exactly the "
+            "one that would have continued",
+            world,
+            len(saved),
+        )
+    return saved[distributed.rank()] if distributed.rank() < len(saved) else saved[0]
 
 
 def _one_interval(hparams, run_opts):

@@ -149,7 +149,7 @@ class TrainingLog:
             for name in ("steps.jsonl", "train_utterances.jsonl"):
                 drop_partial_last_line(os.path.join(folder, name))
         path = os.path.join(folder, "train_utterances.jsonl")
-        if os.path.exists(path):
+        if enabled and os.path.exists(path):  # only the main process writes "seen"
             with open(path) as f:
                 for line in f:
                     record = json.loads(line)

@@ -250,15 +250,21 @@ class WhisperASR(torch.nn.Module):
         log_spec = torch.maximum(log_spec, peak - LOG_MEL_DYNAMIC_RANGE)
         return (log_spec + 4.0) / 4.0
 
+    def _stem(self, feats):
+        """The encoder's convolutions and positions, for any window (transformers' own
+        encoder accepts 30 s only)."""
+        encoder = self.model.model.encoder
+        hidden = torch.nn.functional.gelu(encoder.conv1(feats))
+        hidden = torch.nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
+        return hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+
     def encode_frozen(self, feats):
         """Run the frozen bottom of the encoder: its output is what the cache stores."""
         encoder = self.model.model.encoder
         depth = self.frozen_encoder_depth
         if depth == 0:
             return feats
-        hidden = torch.nn.functional.gelu(encoder.conv1(feats))
-        hidden = torch.nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
-        hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+        hidden = self._stem(feats)
         for layer in encoder.layers[: depth - 1]:
             hidden = layer(hidden, None)
         if self.encoder_frozen:
@@ -269,11 +275,11 @@ class WhisperASR(torch.nn.Module):
         """Run the trainable top of the encoder on the frozen bottom's output."""
         encoder = self.model.model.encoder
         depth = self.frozen_encoder_depth
-        if depth == 0:
-            return encoder(hidden).last_hidden_state
         if self.encoder_frozen:
             return hidden
-        for layer in encoder.layers[depth - 1 :]:
+        if depth == 0:
+            hidden = self._stem(hidden)
+        for layer in encoder.layers[max(depth - 1, 0) :]:
             hidden = layer(hidden, None)
         return encoder.layer_norm(hidden)
 

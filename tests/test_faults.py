@@ -349,3 +349,28 @@ def test_shards_interleave_back_into_set_order():
 
     shares = [[0, 3, 6], [1, 4], [2, 5]]  # ShardSampler's shares of 7 items over 3 processes
     assert distributed.interleave_unique(shares, key=int) == list(range(7))
+
+
+def test_a_checkpoint_saved_before_per_process_states_still_resumes(tmp_path):
+    counter = sb.utils.epoch_loop.EpochCounter(1)
+    brain = _Toy(
+        modules={"linear": torch.nn.Linear(3, 1)},
+        opt_class=lambda params: torch.optim.SGD(params, lr=0.1),
+        hparams={"epoch_counter": counter, "output_folder": str(tmp_path)},
+        run_opts={"device": "cpu", "noprogressbar": True},
+    )
+    saved_rng = checkpointing.rng_state()
+    expected = torch.rand(3)
+    old_format = {
+        "step": 3,
+        "avg_train_loss": 0.5,
+        "optimizer_step": 2,
+        "nonfinite_count": 0,
+        "attributes": {},
+        "rng": saved_rng,
+        "log_sizes": {},
+    }
+    torch.save(old_format, tmp_path / "brain.ckpt")
+    brain._recover(tmp_path / "brain.ckpt", end_of_epoch=True)
+    assert (brain.step, brain.optimizer_step, brain.avg_train_loss) == (3, 2, 0.5)
+    assert torch.equal(torch.rand(3), expected)

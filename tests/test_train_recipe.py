@@ -351,3 +351,37 @@ def test_clips_needing_different_windows_train_alike_from_the_cache_and_the_audi
     assert losses["true"].keys() == losses["false"].keys()
     for utt_id, loss in losses["false"].items():
         assert losses["true"][utt_id] == pytest.approx(loss, abs=WINDOW_CACHE_TOLERANCE)
+
+
+def test_a_batch_mixing_windows_decodes_each_row_as_it_would_alone(run):
+    """Per-window encoding, decoding and search, put back in order, equal batches of one."""
+    import speechbrain as sb
+    import torch
+    import yaml
+    from speechbrain.dataio.batch import PaddedBatch
+
+    import train
+    from local.config import load_hparams
+
+    args, exp = run
+    overrides = {a[2:].split("=", 1)[0]: yaml.safe_load(a.split("=", 1)[1]) for a in args[1:]}
+    overrides["encoder_window_seconds"] = 1
+    hparams, _, _ = load_hparams(args[0], overrides)
+    whisper = hparams["whisper"]
+    datasets = train.dataio_prepare(hparams, whisper)
+    items = [dict(item) for name in ("valid", "test") for item in datasets[name]]
+    batch = PaddedBatch(items)
+    wav_lens = torch.round(batch.sig[1] * batch.sig[0].shape[1]).long().tolist()
+    assert len(whisper.window_groups(wav_lens)) > 1
+    brain = train.make_brain(train.WhisperFineTuning, hparams, None, str(exp), checkpointer=None)
+    brain.modules.eval()
+    for stage in (sb.Stage.VALID, sb.Stage.TEST):
+        with torch.no_grad():
+            log_probs, (hyps, looped) = brain.compute_forward(batch, stage)
+            for row, item in enumerate(items):
+                alone, (alone_hyps, alone_looped) = brain.compute_forward(
+                    PaddedBatch([item]), stage
+                )
+                length = alone.shape[1]
+                torch.testing.assert_close(log_probs[row, :length], alone[0], atol=1e-4, rtol=0)
+                assert (hyps[row], looped[row]) == (alone_hyps[0], alone_looped[0])

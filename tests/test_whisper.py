@@ -11,7 +11,7 @@ from conftest import speak
 from local.decoding import LoopStop, beam_search, greedy_search
 from local.whisper import WhisperASR
 
-LOOP_STOP = {"loop_stop": LoopStop()}
+LOOP_STOP = {"loop_stop": LoopStop(min_repeats=4, min_tokens=16)}
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,10 @@ def test_split_encoder_equals_transformers_encoder(random_whisper_dir, options, 
     with torch.no_grad():
         reference = model.model.model.encoder(feats).last_hidden_state
         ours = model.encode_trainable(model.encode_frozen(feats))
-    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+        # A 10 s window, which transformers' encoder refuses, runs whatever trains.
+        short = WhisperASR(str(random_whisper_dir), window_seconds=10, **options).eval()
+        assert short.encode(short.features(torch.randn(1, 16000))).shape[1] == 500
 
 
 def test_trainable_patterns_train_only_cross_attention(random_whisper_dir):
@@ -174,6 +177,9 @@ def test_loop_stop_finds_a_repeating_tail_and_keeps_one_copy():
     assert stop.cut([7] * 11) is None and stop.cut([7] * 12) == 1
     assert stop.cut([5, 9, 9, 9, 9]) is None  # "no no no no" is speech
     assert stop.cut([4, 5, 6] * 4 + [1]) is None  # the tail, not the middle
+    assert stop.cut([1, 2, 6] + [4, 5, 6] * 3 + [4, 5]) == 5  # one period, rotated: 6 4 5
+    with pytest.raises(ValueError, match="loop_min_repeats must be 2 or more, not 1"):
+        LoopStop(min_repeats=1, min_tokens=16)
 
 
 class ScriptedDecoder:
