@@ -73,21 +73,23 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
         tokens_bos = tokens_bos.masked_fill(positions[None] >= lengths[:, None], whisper.pad)
 
         # Rows are encoded, decoded and searched per encoder window, then put back in order.
-        order, logits, searched = [], [], {}
+        order, logits, found = [], [], {}
         for rows, frozen_out in groups:
             encoder_out = whisper.encode_trainable(frozen_out)
             logits.append(whisper.forward_decoder(tokens_bos[rows], encoder_out))
             order += rows
             if stage != sb.Stage.TRAIN:
                 hyps, looped = self.search(encoder_out, stage)
-                searched.update(zip(rows, zip(hyps, looped, strict=True), strict=True))
+                found.update(zip(rows, zip(hyps, looped, strict=True), strict=True))
         if len(logits) > 1:
             logits = [torch.cat(logits)[torch.argsort(torch.tensor(order, device=self.device))]]
         log_probs = torch.nn.functional.log_softmax(logits[0].float(), dim=-1)
-        if searched:
-            hyps, looped = zip(*(searched[row] for row in range(len(order))), strict=True)
-            searched = list(hyps), list(looped)
-        return log_probs, searched or None
+        searched = None  # (token lists, loop-stop flags) in batch order
+        if found:
+            searched = tuple(
+                map(list, zip(*(found[row] for row in range(len(order))), strict=True))
+            )
+        return log_probs, searched
 
     def search(self, encoder_out, stage):
         """Greedy search on valid, beam search on test: token lists and loop-stop flags."""

@@ -213,10 +213,7 @@ class WhisperASR(torch.nn.Module):
 
     def window_groups(self, num_samples):
         """Rows of a batch grouped by window: ``[(window in samples, row indices), ...]``."""
-        groups = {}
-        for row, n in enumerate(num_samples):
-            groups.setdefault(self.window_samples(n), []).append(row)
-        return sorted(groups.items())
+        return _rows_by_key(self.window_samples(n) for n in num_samples)
 
     def features(self, wavs, wav_lens=None):
         """Log-mel spectrograms of a padded batch of 16 kHz waveforms, one utterance at a time.
@@ -224,14 +221,15 @@ class WhisperASR(torch.nn.Module):
         Each waveform is zero-padded (or cut) to its window (see ``window_seconds``); the
         dynamic-range clamp uses each utterance's own maximum. A batch whose rows need
         different windows is refused (split it with ``window_groups``), so an utterance's
-        features never depend on its batch mates.
+        features never depend on its batch mates. Without ``wav_lens`` every row counts as
+        the batch's full length.
         """
         lengths = [wavs.shape[1]] * wavs.shape[0]
         if wav_lens is not None:
-            lengths = torch.round(wav_lens * wavs.shape[1]).long()
+            lengths = _absolute_lengths(wavs, wav_lens)
             positions = torch.arange(wavs.shape[1], device=wavs.device)
-            wavs = wavs * (positions[None, :] < lengths[:, None])
-            lengths = lengths.tolist()
+            ends = torch.tensor(lengths, device=wavs.device)
+            wavs = wavs * (positions[None, :] < ends[:, None])
         windows = self.window_groups(lengths)
         if len(windows) > 1:
             raise ValueError("the batch's clips need different windows: split it by window_groups")
@@ -290,7 +288,7 @@ class WhisperASR(torch.nn.Module):
     def encode_frozen_by_window(self, wavs, wav_lens):
         """The frozen bottom's output for a padded batch of waveforms, one group of rows per
         window: ``[(row indices, output), ...]``."""
-        lengths = torch.round(wav_lens * wavs.shape[1]).long().tolist()
+        lengths = _absolute_lengths(wavs, wav_lens)
         return [
             (rows, self.encode_frozen(self.features(_take(wavs, rows), _take(wav_lens, rows))))
             for _, rows in self.window_groups(lengths)
@@ -300,11 +298,8 @@ class WhisperASR(torch.nn.Module):
     def split_by_length(padded, rel_lens):
         """A padded batch of cached frozen outputs as groups of rows with the same number of
         frames (the same window): ``[(row indices, output), ...]``."""
-        frames = torch.round(rel_lens * padded.shape[1]).long().tolist()
-        groups = {}
-        for row, n in enumerate(frames):
-            groups.setdefault(n, []).append(row)
-        return [(rows, _take(padded, rows)[:, :n]) for n, rows in sorted(groups.items())]
+        frames = _absolute_lengths(padded, rel_lens)
+        return [(rows, _take(padded, rows)[:, :n]) for n, rows in _rows_by_key(frames)]
 
     def forward_decoder(self, tokens, encoder_out, past_key_values=None):
         """Decoder logits for ``tokens`` attending to ``encoder_out``.
@@ -342,6 +337,19 @@ def resolve_source(source, save_path):
 
     folder = Path(save_path) if save_path else Path.home() / ".cache" / "whisper-finetune"
     return str(ensure_tiny_en(folder / "whisper-tiny.en"))
+
+
+def _absolute_lengths(padded, rel_lens):
+    """Each row's length along dimension 1 of a padded batch, from SpeechBrain's relative ones."""
+    return torch.round(rel_lens * padded.shape[1]).long().tolist()
+
+
+def _rows_by_key(keys):
+    """Row indices grouped by each row's key: ``[(key, rows), ...]`` in key order."""
+    groups = {}
+    for row, key in enumerate(keys):
+        groups.setdefault(key, []).append(row)
+    return sorted(groups.items())
 
 
 def _take(batch, rows):
