@@ -74,10 +74,16 @@ def random_multilingual_dir(tmp_path_factory, tiny_en_dir):
     )
 
 
-def speak(text, path, voice="en-us"):
-    """Real speech from espeak-ng at 16 kHz mono (skips the test if espeak-ng is missing)."""
+def require_espeak():
+    """Skip the calling test or fixture when espeak-ng, the source of all test speech, is
+    missing."""
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed")
+
+
+def speak(text, path, voice="en-us"):
+    """Real speech from espeak-ng at 16 kHz mono (skips the test if espeak-ng is missing)."""
+    require_espeak()
     raw = subprocess.run(
         ["espeak-ng", "-v", voice, "--stdout", text], check=True, capture_output=True
     ).stdout

@@ -5,8 +5,7 @@ import subprocess
 import sys
 
 import pytest
-
-from local import accent_corpus
+from conftest import require_espeak
 
 CONTRACT_KEYS = {
     "train_throughput_ratio",
@@ -19,8 +18,7 @@ CONTRACT_KEYS = {
 
 @pytest.mark.slow
 def test_benchmark_runs_both_systems_and_writes_its_ratios(tiny_en_dir, tmp_path):
-    if accent_corpus.shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed")
+    require_espeak()
     report_file = tmp_path / "benchmark.json"
     done = subprocess.run(
         [

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import require_espeak
 
 from local import diagnose
 from local.diagnosis import records, stats
@@ -526,8 +527,7 @@ def test_train_py_logs_let_the_real_mislabelled_utterances_surface(tmp_path, tin
 
     from local import accent_corpus
 
-    if accent_corpus.shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed")
+    require_espeak()
     manifests = accent_corpus.prepare_accent_corpus(
         tmp_path / "data",
         tmp_path / "manifests",

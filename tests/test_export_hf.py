@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 import transformers
+from conftest import require_espeak
 
-from local import accent_corpus, export_hf
+from local import export_hf
 
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory, tiny_en_dir):
     """One epoch of cross-attention fine-tuning of the real tiny.en on 8 utterances."""
-    if accent_corpus.shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed")
+    require_espeak()
     root = tmp_path_factory.mktemp("export")
     done = subprocess.run(
         [

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from local import accent_corpus
+from conftest import require_espeak
 
 SANITY = ["--sanity_utterances=4", "--sanity_max_epochs=6"]
 
@@ -17,8 +16,7 @@ SANITY = ["--sanity_utterances=4", "--sanity_max_epochs=6"]
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, tiny_en_dir):
     """Two train sentences in two voices (4 utterances): what sanity mode overfits."""
-    if accent_corpus.shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed")
+    require_espeak()
     root = tmp_path_factory.mktemp("sanity")
     args = [
         "hparams/demo_tiny_en.yaml",

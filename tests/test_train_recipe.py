@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from local import accent_corpus
+from conftest import require_espeak
 
 EPOCHS, LR, WARMUP = 2, 0.002, 4
 TRAIN_UTTERANCES, BATCH, ACCUMULATION = 12, 2, 2
@@ -28,8 +27,7 @@ def run_train(*args):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, random_whisper_dir):
     """One 2-epoch run on 6 train sentences x 2 voices; returns its arguments and folder."""
-    if accent_corpus.shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed")
+    require_espeak()
     root = tmp_path_factory.mktemp("recipe")
     args = [
         "hparams/whisper_small.yaml",
