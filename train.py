@@ -33,6 +33,7 @@ from local import (
     distributed,
     encoder_cache,
     evaluation,
+    files,
     resilience,
     training_log,
 )
@@ -437,7 +438,7 @@ def main(argv):
     # Training is over: mark it so, then keep only the min-WER end-of-epoch checkpoint
     # (with review_checkpoints, the min-loss and last ones too).
     if sb.utils.distributed.if_main_process():
-        evaluation.write_json(asr_brain.fit_done_file, {"epochs": hparams["number_of_epochs"]})
+        files.write_json(asr_brain.fit_done_file, {"epochs": hparams["number_of_epochs"]})
     asr_brain.checkpointer.delete_checkpoints(
         num_to_keep=1, importance_keys=asr_brain.kept_checkpoints
     )

@@ -44,7 +44,7 @@ from transformers.models.whisper.english_normalizer import BasicTextNormalizer
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
 
 from local.dataio import REQUIRED_COLUMNS, DataError, load_manifest  # noqa: E402
-from local.evaluation import write_json, write_text  # noqa: E402
+from local.files import write_json, write_text  # noqa: E402
 from local.whisper import CHUNK_SECONDS, MAX_TARGET_POSITIONS  # noqa: E402
 
 logger = logging.getLogger(__name__)

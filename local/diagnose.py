@@ -19,15 +19,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
 
 from local.diagnosis import Unavailable, boundary, checks, plots, records, report  # noqa: E402
+from local.files import write_text  # noqa: E402
 
 OUTPUT_FOLDER = "diagnostics"
-
-
-def _write_atomically(path, text):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as out:
-        out.write(text)
-    os.replace(tmp, path)
 
 
 def _strict_json(value):
@@ -152,9 +146,9 @@ def run(exp_folder):
     os.makedirs(folder, exist_ok=True)
     _plot(diagnostics, loaded, folder)
     diagnostics["verdict"] = report.verdict(diagnostics)
-    _write_atomically(os.path.join(folder, "report.md"), report.markdown(diagnostics, exp_folder))
+    write_text(os.path.join(folder, "report.md"), report.markdown(diagnostics, exp_folder))
     text = json.dumps(_strict_json(diagnostics), indent=2, allow_nan=False)
-    _write_atomically(os.path.join(folder, "diagnostics.json"), text)
+    write_text(os.path.join(folder, "diagnostics.json"), text)
     return json.loads(text)  # exactly the file's content (e.g. epoch keys become strings)
 
 

@@ -16,7 +16,6 @@ import random
 from collections import Counter
 from operator import itemgetter
 
-from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.metric_stats import ErrorRateStats
 from transformers.models.whisper.english_normalizer import (
     BasicTextNormalizer,
@@ -24,6 +23,7 @@ from transformers.models.whisper.english_normalizer import (
 )
 
 from local import distributed
+from local.files import write_json, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -319,30 +319,6 @@ class Scorer:
             for utt in self.utterances:
                 out.write(json.dumps(utt) + "\n")
         return summary
-
-
-def append_jsonl(path, record):
-    """Append one JSON record as a line (machine-readable logs); the main process only."""
-    if not if_main_process():
-        return
-    with open(path, "a") as out:
-        out.write(json.dumps(record) + "\n")
-
-
-def write_json(path, data):
-    """Write JSON atomically, so a reader never sees half a file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as out:
-        json.dump(data, out, indent=2)
-    os.replace(tmp, path)
-
-
-def write_text(path, text):
-    """Write text atomically."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as out:
-        out.write(text)
-    os.replace(tmp, path)
 
 
 def _rate_table(column, rows):

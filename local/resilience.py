@@ -36,7 +36,7 @@ from local.checkpointing import (
     rng_state,
     set_rng_state,
 )
-from local.evaluation import write_json
+from local.files import write_json
 
 logger = logging.getLogger(__name__)
 

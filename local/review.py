@@ -123,6 +123,7 @@ def serve(argv):
 
 def summarize(argv):
     """Aggregate the judgments into review/summary.json, summary.md, corrections.csv."""
+    from local.files import write_text
     from local.reviewing import data, report
     from local.reviewing.stats import summarize as aggregate
     from local.reviewing.store import judgments_path, latest, read_judgments
@@ -162,9 +163,9 @@ def summarize(argv):
     summary["verdict"]["export_command"] = report.export_command(
         exp, summary["verdict"]["preferred_epoch"]
     )
-    report.write_atomic(exp / "review" / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text(exp / "review" / "summary.json", json.dumps(summary, indent=2) + "\n")
     md = exp / "review" / "summary.md"
-    report.write_atomic(md, report.markdown(summary))
+    write_text(md, report.markdown(summary))
     print(report.headline(summary))
     command = summary["verdict"]["export_command"]
     preferred = summary["verdict"]["preferred_epoch"]

@@ -19,7 +19,7 @@ import os
 import torch
 
 from local import distributed
-from local.evaluation import append_jsonl, write_json
+from local.files import append_jsonl, write_json
 
 ECE_BINS = 15
 STEP_TOTALS = ("tokens", "audio_seconds", "utterances")  # summed over a step's batches

@@ -26,13 +26,6 @@ def corrections(latest):
     return kept, sorted(i for i, texts in seen.items() if len(texts) > 1)
 
 
-def write_atomic(path, text):
-    """Write a text file through a temporary sibling, so no reader sees half of it."""
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_corrections(path, columns, rows, corrected):
     """Write the corrections manifest atomically; returns the number of rows."""
     tmp = Path(f"{path}.tmp")
