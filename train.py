@@ -521,7 +521,7 @@ def sanity_check(hparams, datasets, run_opts):
     brain = make_brain(
         SanityCheck, hparams, run_opts, folder, opt_class=optimizer, checkpointer=None
     )
-    brain.grad_accumulation_factor = 1  # one batch per epoch: step on every batch
+    brain.grad_accumulation_factor = 1  # few, small batches: step on every one
     # Label smoothing keeps the loss off zero by design: the check trains without it.
     brain.hparams.nll_loss = functools.partial(hparams["nll_loss"], label_smoothing=0.0)
     brain.train_sampler = None

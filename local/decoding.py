@@ -131,7 +131,8 @@ def beam_search(
         new_scores = torch.full((batch, beam_size), -torch.inf, device=device)
         new_rows = (torch.arange(batch, device=device) * live)[:, None].repeat(1, beam_size)
         new_tokens = torch.full((batch, beam_size), model.eot, dtype=torch.long, device=device)
-        prefixes = sequences.tolist() if loop_stop else None  # one device sync per step
+        prefixes = sequences.tolist()  # one device sync per step
+        length_norm = (sequences.shape[1] + 1) ** length_penalty
         for b in range(batch):
             kept = 0
             for score, origin, token in zip(
@@ -143,9 +144,9 @@ def beam_search(
                 row = b * live + origin
                 if done[b] or score == -torch.inf:
                     break
-                normalised = score / (sequences.shape[1] + 1) ** length_penalty
+                normalised = score / length_norm
                 if token == model.eot:
-                    finished[b].append((normalised, sequences[row].tolist(), False))
+                    finished[b].append((normalised, prefixes[row], False))
                     continue
                 if loop_stop:
                     keep = loop_stop.cut(prefixes[row] + [token])
@@ -158,7 +159,7 @@ def beam_search(
                     break
             if len(finished[b]) >= beam_size:
                 best_finished = max(item[0] for item in finished[b])
-                best_live = new_scores[b].max().item() / (sequences.shape[1] + 1) ** length_penalty
+                best_live = new_scores[b].max().item() / length_norm
                 done[b] = done[b] or best_finished >= best_live
         if all(done):
             break

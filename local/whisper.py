@@ -4,7 +4,8 @@ The module wraps a Hugging Face ``WhisperForConditionalGeneration`` and exposes 
 things a recipe needs:
 
 * ``features``: log-mel spectrograms computed per utterance, exactly as Whisper's own
-  feature extractor does, so an utterance's features never depend on its batch mates;
+  feature extractor does (over a shorter window when ``window_seconds`` asks for one), so an
+  utterance's features never depend on its batch mates;
 * ``encode_frozen`` / ``encode_trainable``: the encoder split at the boundary between its
   frozen bottom and its trainable top, so the frozen part's output can be cached on disk;
 * ``forward_decoder``: teacher-forced logits for a batch of token sequences.
