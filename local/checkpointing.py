@@ -76,10 +76,12 @@ def atomic_torch_save(obj, path):
 
 
 def rng_state():
-    """The global random states of torch, numpy and Python, as tensors and tuples."""
+    """The global random states of torch (CPU and every GPU), numpy and Python, as tensors and
+    tuples."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
         "python": random.getstate(),
     }
@@ -88,6 +90,8 @@ def rng_state():
 def set_rng_state(state):
     """Restore what ``rng_state`` returned."""
     torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import sys
+import zipfile
 
 import speechbrain as sb
 import torch
@@ -112,6 +113,8 @@ class ResilientBrain:
     def _recover(self, path, end_of_epoch):
         """Restore this process's state; mid-epoch, its random states wait for the next batch
         (see ``fit_batch``)."""
+        if not zipfile.is_zipfile(path):  # SpeechBrain's own YAML: no random state to restore
+            return super()._recover(path, end_of_epoch)
         saved = torch.load(path, map_location="cpu", weights_only=True)
         self._log_sizes = saved["log_sizes"]
         state = _own_state(saved.get("processes") or [saved])  # or one process's, unnested

@@ -351,7 +351,7 @@ def test_shards_interleave_back_into_set_order():
     assert distributed.interleave_unique(shares, key=int) == list(range(7))
 
 
-def test_a_checkpoint_saved_before_per_process_states_still_resumes(tmp_path):
+def test_checkpoints_saved_before_per_process_states_still_resume(tmp_path):
     counter = sb.utils.epoch_loop.EpochCounter(1)
     brain = _Toy(
         modules={"linear": torch.nn.Linear(3, 1)},
@@ -374,3 +374,9 @@ def test_a_checkpoint_saved_before_per_process_states_still_resumes(tmp_path):
     brain._recover(tmp_path / "brain.ckpt", end_of_epoch=True)
     assert (brain.step, brain.optimizer_step, brain.avg_train_loss) == (3, 2, 0.5)
     assert torch.equal(torch.rand(3), expected)
+    # SpeechBrain's own YAML brain file, as the recipe wrote before it saved random states.
+    brain.step, brain.optimizer_step, brain.avg_train_loss = 7, 6, 0.25
+    sb.Brain._save(brain, tmp_path / "sb_brain.ckpt")
+    brain.step = brain.optimizer_step = brain.avg_train_loss = 0
+    brain._recover(tmp_path / "sb_brain.ckpt", end_of_epoch=True)
+    assert (brain.step, brain.optimizer_step, brain.avg_train_loss) == (7, 6, 0.25)
