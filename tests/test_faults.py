@@ -219,7 +219,8 @@ def test_kill_under_torchrun_and_rerun_ends_where_an_uninterrupted_run_ends(
     assert done.returncode == 0, done.stderr[-5000:]
     # Each process has 2 batches per epoch: killed in epoch 2, after its first batch's checkpoint.
     done = torchrun(tmp_path / "exp", {CRASH_ENV: "train_batch:4"})
-    assert done.returncode != 0 and checkpoints(tmp_path / "exp")
+    assert done.returncode != 0 and "Signal 9 (SIGKILL)" in done.stderr, done.stderr[-3000:]
+    assert checkpoints(tmp_path / "exp")
     done = torchrun(tmp_path / "exp")
     assert done.returncode == 0, done.stderr[-5000:]
     assert "Loading a checkpoint" in (tmp_path / "exp" / "log.txt").read_text()
@@ -344,11 +345,18 @@ def test_launch_flag_is_implied_by_torchrun_and_refused_without_it(monkeypatch):
     assert str(stop.value).startswith("error: --distributed_launch needs torchrun: torchrun ")
 
 
-def test_shards_interleave_back_into_set_order():
+def test_shards_interleave_back_into_set_order(monkeypatch):
     from local import distributed
 
-    shares = [[0, 3, 6], [1, 4], [2, 5]]  # ShardSampler's shares of 7 items over 3 processes
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 3)
+    shares = []
+    for rank in range(3):
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
+        shares.append(list(distributed.ShardSampler(range(7))))
+    assert shares == [[0, 3, 6], [1, 4], [2, 5]]  # each item once, none padded
     assert distributed.interleave_unique(shares, key=int) == list(range(7))
+    # A sampler that pads with a repeat (as DistributedSampler does) is scored once per item.
+    assert distributed.interleave_unique([[0, 2], [1, 0]], key=int) == [0, 1, 2]
 
 
 def test_checkpoints_saved_before_per_process_states_still_resume(tmp_path):
