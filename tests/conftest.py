@@ -1,7 +1,10 @@
-"""Shared fixtures: the bundled tiny.en converted once, and tiny random Whisper checkpoints."""
+"""Shared fixtures (the bundled tiny.en converted once, tiny random Whisper checkpoints) and
+helpers: speech from espeak-ng, manifests, JSON-lines records."""
 
+import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,6 +75,11 @@ def random_multilingual_dir(tmp_path_factory, tiny_en_dir):
     return make_random_whisper(
         tmp_path_factory.mktemp("random_multi"), tiny_en_dir, multilingual=True
     )
+
+
+def read_jsonl(path):
+    """The records of a JSON-lines file."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
 def require_espeak():

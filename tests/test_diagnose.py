@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import require_espeak
+from conftest import read_jsonl, require_espeak
 
 from local import diagnose
 from local.diagnosis import records, stats
@@ -205,10 +205,6 @@ def diagnosed(tmp_path_factory):
         folder = make_run(tmp_path_factory.mktemp(name), plant)
         results[name] = (folder, diagnose.run(folder))
     return results
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.mark.parametrize("name", PLANTED)

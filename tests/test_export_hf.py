@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import transformers
-from conftest import require_espeak
+from conftest import read_jsonl, require_espeak
 
 from local import export_hf
 
@@ -54,7 +54,7 @@ def test_exported_pipeline_transcribes_as_the_recipe_decoded(experiment, tmp_pat
         ("valid/utterances_epoch1", {"num_beams": 1}),
         ("utterances_test", {"num_beams": 5}),
     ):
-        decoded = _read_jsonl(experiment / f"exp/{stage}.jsonl")
+        decoded = read_jsonl(experiment / f"exp/{stage}.jsonl")
         assert len(decoded) >= 2
         for utt in decoded:
             audio = _audio(experiment, utt["id"])
@@ -67,7 +67,7 @@ def test_exported_pipeline_transcribes_as_the_recipe_decoded(experiment, tmp_pat
 
     ct2_model = ctranslate2.models.Whisper(str(dest / export_hf.CT2_SUBFOLDER))
     prompt = pipe.tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", "<|notimestamps|>"])
-    for utt in _read_jsonl(experiment / "exp/valid/utterances_epoch1.jsonl"):
+    for utt in read_jsonl(experiment / "exp/valid/utterances_epoch1.jsonl"):
         audio = _audio(experiment, utt["id"])
         features = pipe.feature_extractor(audio, sampling_rate=16000, return_tensors="np")
         result = ct2_model.generate(
@@ -82,10 +82,6 @@ def test_export_without_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert export_hf.main([str(tmp_path), str(tmp_path / "out")]) == 1
     assert "hyperparams.yaml not found" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
-
-
-def _read_jsonl(path):
-    return [json.loads(line) for line in open(path)]
 
 
 def _audio(experiment, utt_id):

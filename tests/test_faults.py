@@ -12,6 +12,7 @@ import pytest
 import speechbrain as sb
 import torch
 import yaml
+from conftest import read_jsonl
 from recipe_runs import (
     file_hashes,
     killed,
@@ -44,10 +45,6 @@ def reference(tmp_path_factory, random_whisper_dir, corpus, cache):
     code, stderr = run_forked(recipe_args(random_whisper_dir, corpus, exp, cache, augment=True))
     assert code == 0, stderr[-3000:]
     return exp
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
 def checkpoints(exp):

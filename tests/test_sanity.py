@@ -1,14 +1,12 @@
 """Sanity mode on the real tiny.en: it reproduces a few utterances when the pipeline is right,
 and fails loudly when the audio no longer follows its labels."""
 
-import json
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from conftest import require_espeak
+from conftest import read_jsonl, require_espeak
 
 SANITY = ["--sanity_utterances=4", "--sanity_max_epochs=6"]
 
@@ -28,10 +26,6 @@ def corpus(tmp_path_factory, tiny_en_dir):
         *SANITY,
     ]
     return root, args
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
 def test_a_correct_pipeline_reproduces_its_utterances(corpus):

@@ -5,11 +5,10 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require_espeak
+from conftest import read_jsonl, require_espeak
 
 EPOCHS, LR, WARMUP = 2, 0.002, 4
 TRAIN_UTTERANCES, BATCH, ACCUMULATION = 12, 2, 2
@@ -59,10 +58,6 @@ def run(tmp_path_factory, random_whisper_dir):
 def noam(step):
     """SpeechBrain's Noam schedule, normalised to peak at ``LR`` after the warmup."""
     return LR * math.sqrt(WARMUP) * min(step**-0.5, step * WARMUP**-1.5)
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
 def test_noam_steps_once_per_optimizer_step(run):
