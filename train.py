@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 
 import speechbrain as sb
 import torch
@@ -309,16 +308,14 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
 
 def dataio_prepare(hparams, whisper):
     """Manifests -> checked datasets with audio (or cached encoder output) and token pipelines."""
-    datasets = {"train": hparams["train_csv"], "valid": hparams["valid_csv"]}
-    for csv in hparams["test_csv"]:  # outputs are named after each test manifest's stem
-        if Path(csv).stem in datasets:
-            raise ValueError(f"test manifest {csv}: its name '{Path(csv).stem}' is taken")
-        datasets[Path(csv).stem] = csv
+    manifests = dataio.named_manifests(
+        hparams["train_csv"], hparams["valid_csv"], hparams["test_csv"]
+    )
     datasets = {
         name: dataio.check_rows(
             dataio.load_manifest(csv, hparams["data_folder"]), name, whisper, hparams["on_bad_row"]
         )
-        for name, csv in datasets.items()
+        for name, csv in manifests.items()
     }
     if hparams["sanity_utterances"]:  # train and valid: the same few utterances
         datasets = {

@@ -43,7 +43,7 @@ from transformers.models.whisper.english_normalizer import BasicTextNormalizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
 
-from local.dataio import REQUIRED_COLUMNS, DataError, load_manifest  # noqa: E402
+from local.dataio import REQUIRED_COLUMNS, DataError, load_manifest, named_manifests  # noqa: E402
 from local.files import write_json, write_text  # noqa: E402
 from local.whisper import CHUNK_SECONDS, MAX_TARGET_POSITIONS  # noqa: E402
 
@@ -617,8 +617,10 @@ def check_before_training(hparams, whisper):
         sys.exit(f"error: data_checks must be one of {DATA_CHECKS}, not '{hparams['data_checks']}'")
     if hparams["data_checks"] == "off":
         return
-    manifests = {"train": hparams["train_csv"], "valid": hparams["valid_csv"]}
-    manifests.update({Path(csv).stem: csv for csv in hparams["test_csv"]})
+    try:
+        manifests = named_manifests(hparams["train_csv"], hparams["valid_csv"], hparams["test_csv"])
+    except DataError as error:
+        sys.exit(f"error: {error}")
     report = os.path.join(hparams["output_folder"], "data_report.json")
 
     def write_report():
@@ -672,12 +674,10 @@ def main(argv=None):
     parser.add_argument("--max_tokens", type=int, default=MAX_TARGET_POSITIONS)
     args = parser.parse_args(argv)
 
-    manifests = {TRAIN: args.train, "valid": args.valid}
-    for csv_path in args.test:
-        name = Path(csv_path).stem
-        if name in manifests:
-            sys.exit(f"error: test manifest {csv_path}: its name '{name}' is taken")
-        manifests[name] = csv_path
+    try:
+        manifests = named_manifests(args.train, args.valid, args.test)
+    except DataError as error:
+        sys.exit(f"error: {error}")
     tokenizer_json = args.tokenizer / "tokenizer.json" if args.tokenizer else _default_tokenizer()
     if args.tokenizer and not tokenizer_json.is_file():
         sys.exit(f"error: {tokenizer_json} not found")

@@ -11,6 +11,7 @@ import logging
 import os
 import tempfile
 from collections import Counter
+from pathlib import Path
 
 import soundfile as sf
 import speechbrain as sb
@@ -63,6 +64,18 @@ def write_csv_atomically(csv_path, header, rows):
     except BaseException:
         os.unlink(tmp_path)
         raise
+
+
+def named_manifests(train_csv, valid_csv, test_csvs):
+    """``{split name: manifest}``: train, valid and each test manifest under its file's stem
+    (the name its outputs carry); a stem that names another split is an error."""
+    manifests = {"train": train_csv, "valid": valid_csv}
+    for csv_path in test_csvs:
+        name = Path(csv_path).stem
+        if name in manifests:
+            raise DataError(f"test manifest {csv_path}: its name '{name}' is taken")
+        manifests[name] = csv_path
+    return manifests
 
 
 def load_manifest(csv_path, data_folder):
