@@ -358,8 +358,9 @@ def dataio_prepare(hparams, whisper):
         dataset.set_output_keys(
             ["id", audio_key, "duration", "wrd", "tokens_bos", "tokens_eos", *group_keys]
         )
-    if hparams["sanity_utterances"]:
+    if hparams["sanity_utterances"]:  # sanity mode batches its own repeated subset
         datasets["valid"] = datasets["train"]
+        return datasets
     if hparams["sorting"] not in SORTINGS:
         raise ValueError(f"sorting must be one of {SORTINGS}, not '{hparams['sorting']}'")
     if hparams["sorting"] != "random":
@@ -528,10 +529,9 @@ def sanity_check(hparams, datasets, run_opts):
         [datasets["train"]] * hparams["sanity_passes_per_epoch"]
     )
     train_loader_kwargs = {
-        "batch_size": hparams["batch_size"],
+        **hparams["train_loader_kwargs"],
         "shuffle": True,
         "collate_fn": PaddedBatch,
-        "num_workers": hparams["num_workers"],
     }
     brain.fit(
         brain.epoch_counter,
