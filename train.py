@@ -494,13 +494,13 @@ class SanityCheck(WhisperFineTuning):
         """Score the utterances just trained on; stop once WER is 0 and the loss near 0."""
         if stage == sb.Stage.TRAIN:
             return super().on_stage_end(stage, stage_loss, epoch)
+        summary = self.scorer.write(os.path.join(self.output_folder, "valid"), "last", epoch)
         self.result = {
             "epoch": epoch,
-            "wer": self.scorer.summary()["wer"],
+            "wer": summary["wer"],
             "nll": self.valid_token_stats.summary()["nll"],
         }
         self.training_log.add_epoch(self.result)
-        self.scorer.write(os.path.join(self.output_folder, "valid"), "last", epoch)
         logger.info(
             "sanity epoch %d: WER %.2f%%, NLL %.4f", epoch, self.result["wer"], self.result["nll"]
         )

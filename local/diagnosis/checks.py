@@ -334,14 +334,12 @@ def repetition_loops(records):
         raise Unavailable("no per-utterance valid transcripts (valid/utterances_epochN.jsonl)")
     epochs = []
     for epoch, utterances in sorted(records.valid_utterances.items()):
-        looping = [
-            u
-            for u in utterances
-            if u.get("loop_stopped") or WORD_LOOP.cut(u["hyp"].split()) is not None
-        ]
+        looping, other = [], []
+        for u in utterances:
+            loops = u.get("loop_stopped") or WORD_LOOP.cut(u["hyp"].split()) is not None
+            (looping if loops else other).append(u)
         errors = sum(u["word_errors"] for u in utterances)
         loop_errors = sum(u["word_errors"] for u in looping)
-        other = [u for u in utterances if u not in looping]
         epochs.append(
             {
                 "epoch": epoch,

@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from local.reviewing.data import audio_type, blind_options, word_diff
-from local.reviewing.store import latest, read_judgments
+from local.reviewing.store import TIE, latest, read_judgments
 
 HOST = "127.0.0.1"
 LOOPBACK_NAMES = {HOST, "localhost"}
@@ -26,7 +26,6 @@ MAX_DRAIN_BYTES = 16 * 1024 * 1024
 MAX_TEXT_CHARS = 4000
 REVIEWER_PATTERN = re.compile(r"[\w .@-]{1,64}")
 JUDGMENT_KEYS = {"reviewer", "id", "best", "acceptable", "correction", "note"}
-TIE = "tie"
 
 
 class BadRequest(Exception):

@@ -9,8 +9,9 @@ Rates carry 95% Wilson score intervals, which stay inside [0, 1] and behave for 
 import itertools
 import math
 
+from local.reviewing.store import TIE
+
 Z95 = 1.959963984540054
-TIE = "tie"
 
 
 def wilson(k, n, z=Z95):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 REVIEW_FOLDER = "review"
 JUDGMENTS_FILE = "judgments.jsonl"
+TIE = "tie"  # a judgment's "best" when its candidates are equally good
 
 
 def judgments_path(exp):
