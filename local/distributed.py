@@ -76,14 +76,19 @@ def average_gradients(parameters):
     """Average the trainable parameters' gradients over the processes (missing ones count 0)."""
     if not is_distributed():
         return
-    world = torch.distributed.get_world_size()
+    grads = []
     for param in parameters:
-        if not param.requires_grad:
-            continue
-        if param.grad is None:
-            param.grad = torch.zeros_like(param)
-        torch.distributed.all_reduce(param.grad)
-        param.grad /= world
+        if param.requires_grad:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            grads.append(param.grad)
+    if not grads:
+        return
+    flat = torch.cat([grad.reshape(-1) for grad in grads])  # one collective, not one per tensor
+    torch.distributed.all_reduce(flat)
+    flat /= torch.distributed.get_world_size()
+    for grad, averaged in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+        grad.copy_(averaged.view_as(grad))
 
 
 def all_true(flag):
