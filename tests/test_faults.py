@@ -385,3 +385,28 @@ def test_checkpoints_saved_before_per_process_states_still_resume(tmp_path):
     brain.step = brain.optimizer_step = brain.avg_train_loss = 0
     brain._recover(tmp_path / "sb_brain.ckpt", end_of_epoch=True)
     assert (brain.step, brain.optimizer_step, brain.avg_train_loss) == (7, 6, 0.25)
+
+
+def test_review_keeps_three_distinct_checkpoints_and_selection_keeps_one(tmp_path):
+    """Min-WER, min-loss and last are different epochs here: all three survive for review."""
+    from speechbrain.utils.checkpoints import ckpt_recency
+
+    from local import evaluation
+
+    checkpointer = AtomicCheckpointer(tmp_path)
+    metas = [
+        {"epoch": 1, "loss": 1.0, "WER": 30.0},  # lowest loss
+        {"epoch": 2, "loss": 1.2, "WER": 20.0},  # lowest WER
+        {"epoch": 3, "loss": 1.4, "WER": 25.0},  # last
+    ]
+    for meta in metas:
+        checkpointer.save_checkpoint(meta=meta)
+
+    def kept_epochs():
+        return sorted(c.meta["epoch"] for c in checkpointer.list_checkpoints())
+
+    review = [evaluation.min_wer_earliest, evaluation.min_loss_earliest, ckpt_recency]
+    checkpointer.delete_checkpoints(num_to_keep=1, importance_keys=review)
+    assert kept_epochs() == [1, 2, 3]
+    checkpointer.delete_checkpoints(num_to_keep=1, importance_keys=[evaluation.min_wer_earliest])
+    assert kept_epochs() == [2]
