@@ -24,20 +24,13 @@ from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.utils.checkpoints import ckpt_recency
 from speechbrain.utils.distributed import run_on_main
 
-from local import (
-    check_data,
-    data_prep,
-    dataio,
-    diagnose,
-    distributed,
-    encoder_cache,
-    evaluation,
-    files,
-    resilience,
-    training_log,
-)
-from local.config import HparamsError, load_hparams
-from local.decoding import beam_search, greedy_search
+from analysis.diagnosis.run import run as diagnose
+from local import data_prep
+from whisper_finetuning import audio, data_checks, encoder_cache, files, manifests, scoring
+from whisper_finetuning.config import HparamsError, load_hparams
+from whisper_finetuning.decoding import beam_search, greedy_search
+from whisper_finetuning.training import distributed, resilience
+from whisper_finetuning.training import log as training_log
 
 logger = logging.getLogger(__name__)
 
@@ -212,8 +205,8 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
     def kept_checkpoints(self):
         """Importance keys of the checkpoints kept: min WER; for review also min loss and last."""
         if self.hparams.review_checkpoints:
-            return [evaluation.min_wer_earliest, evaluation.min_loss_earliest, ckpt_recency]
-        return [evaluation.min_wer_earliest]
+            return [scoring.min_wer_earliest, scoring.min_loss_earliest, ckpt_recency]
+        return [scoring.min_wer_earliest]
 
     @property
     def fit_done_file(self):
@@ -228,13 +221,13 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
     def on_evaluate_start(self, max_key=None, min_key=None):
         """Load the min-WER checkpoint (ties: the earlier epoch); ``min_key=None`` keeps weights."""
         if min_key == "WER":
-            self.checkpointer.recover_if_possible(importance_key=evaluation.min_wer_earliest)
+            self.checkpointer.recover_if_possible(importance_key=scoring.min_wer_earliest)
 
     def on_stage_start(self, stage, epoch=None):
         """Note the epoch; start a fresh scorer (and token statistics) for valid and test."""
         self.epoch = epoch
         if stage != sb.Stage.TRAIN:
-            self.scorer = evaluation.Scorer(self.normalize, self.group_columns)
+            self.scorer = scoring.Scorer(self.normalize, self.group_columns)
             self.valid_token_stats = training_log.ValidTokenStats()
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
@@ -274,7 +267,7 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
                     "n_valid": summary["n_utterances"],
                 }
             )
-            logger.info("valid epoch %d: %s", epoch, evaluation.format_headline(summary))
+            logger.info("valid epoch %d: %s", epoch, scoring.format_headline(summary))
             self.warn_if_valid_set_too_small(summary)
             # The latest state stays too, for resuming, until training is over.
             self.checkpointer.save_and_keep_only(
@@ -286,7 +279,7 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
             self.hparams.train_logger.log_stats(
                 stats_meta={"test set": name, "epoch": summary["epoch"]}, test_stats=stats
             )
-            logger.info("%s: %s", name, evaluation.format_headline(summary))
+            logger.info("%s: %s", name, scoring.format_headline(summary))
 
     def warn_if_valid_set_too_small(self, summary):
         """Warn when the valid WER interval is wider than the spread across epochs."""
@@ -294,7 +287,7 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
             return  # epochs.jsonl is the main process's to write and read
         with open(os.path.join(self.output_folder, "epochs.jsonl")) as f:
             epoch_wers = [json.loads(line)["WER"] for line in f]
-        warning = evaluation.small_valid_warning(epoch_wers, summary)
+        warning = scoring.small_valid_warning(epoch_wers, summary)
         if warning:
             logger.warning(warning)
 
@@ -302,20 +295,23 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
         """The epoch of the checkpoint the test stage uses (None when zero-shot)."""
         if self.checkpointer is None or self.test_folder != self.output_folder:
             return None
-        best = self.checkpointer.find_checkpoint(importance_key=evaluation.min_wer_earliest)
+        best = self.checkpointer.find_checkpoint(importance_key=scoring.min_wer_earliest)
         return None if best is None else best.meta["epoch"]
 
 
 def dataio_prepare(hparams, whisper):
     """Manifests -> checked datasets with audio (or cached encoder output) and token pipelines."""
-    manifests = dataio.named_manifests(
+    named = manifests.named_manifests(
         hparams["train_csv"], hparams["valid_csv"], hparams["test_csv"]
     )
     datasets = {
-        name: dataio.check_rows(
-            dataio.load_manifest(csv, hparams["data_folder"]), name, whisper, hparams["on_bad_row"]
+        name: manifests.check_rows(
+            manifests.load_manifest(csv, hparams["data_folder"]),
+            name,
+            whisper,
+            hparams["on_bad_row"],
         )
-        for name, csv in manifests.items()
+        for name, csv in named.items()
     }
     if hparams["sanity_utterances"]:  # train and valid: the same few utterances
         datasets = {
@@ -326,7 +322,7 @@ def dataio_prepare(hparams, whisper):
     @sb.utils.data_pipeline.provides("sig")
     def audio_pipeline(wav):
         """Mono 16 kHz waveform."""
-        return dataio.read_audio(wav)
+        return audio.read_audio(wav)
 
     @sb.utils.data_pipeline.takes("wrd")
     @sb.utils.data_pipeline.provides("wrd", "tokens_bos", "tokens_eos")
@@ -354,7 +350,7 @@ def dataio_prepare(hparams, whisper):
             audio_key = "frozen_out"
         else:
             dataset.add_dynamic_item(audio_pipeline)
-        group_keys = [c for c in hparams["group_columns"] if c in dataio.columns(dataset)]
+        group_keys = [c for c in hparams["group_columns"] if c in manifests.columns(dataset)]
         dataset.set_output_keys(
             ["id", audio_key, "duration", "wrd", "tokens_bos", "tokens_eos", *group_keys]
         )
@@ -408,10 +404,10 @@ def main(argv):
         except (OSError, ValueError, RuntimeError) as error:
             sys.exit(f"error: data preparation failed: {error}")
     whisper = hparams["whisper"]
-    check_data.check_before_training(hparams, whisper)
+    data_checks.check_before_training(hparams, whisper)
     try:
         datasets = dataio_prepare(hparams, whisper)
-    except (dataio.DataError, ValueError) as error:
+    except (manifests.DataError, ValueError) as error:
         sys.exit(f"error: {error}")
     if hparams["sanity_utterances"]:
         if distributed.is_distributed():
@@ -444,16 +440,16 @@ def main(argv):
     evaluate(asr_brain, test_sets, hparams, hparams["output_folder"], min_key="WER")
     if hparams["zero_shot_eval"]:
         run_on_main(
-            evaluation.write_comparison, args=[hparams["output_folder"], next(iter(test_sets))]
+            scoring.write_comparison, args=[hparams["output_folder"], next(iter(test_sets))]
         )
     if hparams["diagnose_after_training"]:
         run_on_main(diagnose_run, args=[hparams["output_folder"]])
 
 
 def diagnose_run(output_folder):
-    """Explain the run's loss/WER curves (local/diagnose.py); a failure here only warns."""
+    """Explain the run's loss/WER curves (python -m tools.diagnose); a failure here only warns."""
     try:
-        found = diagnose.run(output_folder)
+        found = diagnose(output_folder)
     except Exception as error:  # the trained model and its results are already written
         logger.warning("diagnostics failed, training results are unaffected: %r", error)
         return
@@ -474,7 +470,7 @@ def make_brain(brain_class, hparams, run_opts, output_folder, **overrides):
     }
     brain = brain_class(**arguments)
     whisper = hparams["whisper"]
-    brain.normalize = evaluation.text_normalizer(
+    brain.normalize = scoring.text_normalizer(
         hparams["normalizer"], whisper.tokenizer, whisper.is_english
     )
     brain.group_columns = hparams["group_columns"]

@@ -9,7 +9,7 @@ text is shared between train, valid and test, and every voice speaks every
 sentence of every split.
 
 Usage:
-    python local/accent_corpus.py DATA_FOLDER [--save_folder DIR] [--seed N]
+    python -m local.accent_corpus DATA_FOLDER [--save_folder DIR] [--seed N]
 """
 
 import argparse
@@ -26,6 +26,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from whisper_finetuning.audio import audio_duration
+from whisper_finetuning.manifests import write_csv_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -149,8 +152,6 @@ def manifests_current(
 
 def write_manifest(path: Path, utterances: list[Utterance], data_folder: Path) -> None:
     """Write a SpeechBrain CSV manifest atomically."""
-    from local.dataio import audio_duration, write_csv_atomically
-
     rows = [
         [
             utt.utt_id,
@@ -237,5 +238,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
     sys.exit(main())

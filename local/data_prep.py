@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from local.accent_corpus import prepare_accent_corpus
-from local.dataio import audio_duration, write_csv_atomically
+from whisper_finetuning.audio import audio_duration
+from whisper_finetuning.manifests import write_csv_atomically
 
 logger = logging.getLogger(__name__)
 

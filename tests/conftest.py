@@ -12,8 +12,8 @@ import soundfile as sf
 import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-from local.ct2_to_hf import ensure_tiny_en
-from local.dataio import read_audio
+from whisper_finetuning.audio import read_audio
+from whisper_finetuning.ct2 import ensure_tiny_en
 
 TOKENIZER_FILES = (
     "tokenizer.json",

@@ -1,0 +1,376 @@
+"""Per-run checks besides the epoch boundary: which checkpoint, whether the difference is
+noise, calibration per epoch, suspected label noise, lagging groups, leakage, repetition
+loops in the valid transcripts, valid size.
+
+Each check returns a JSON-ready dict or raises ``Unavailable`` naming what it lacks.
+"""
+
+import math
+
+import numpy as np
+from scipy.stats import mannwhitneyu
+
+from analysis.diagnosis import Unavailable
+from analysis.diagnosis.stats import (
+    BOOTSTRAP_SAMPLES,
+    descending_rank_fraction,
+    paired_bootstrap_difference,
+    spearman,
+    word_errors,
+    words_of,
+)
+from whisper_finetuning.decoding import LoopStop
+
+SUSPECTS_LISTED = 50
+MAX_GROUP_VALUES = 20
+MIN_SPEAKER_BLOCKS = 5  # fewer speakers in a group: resample its utterances instead
+LEAKAGE_SHARE = 0.05
+LATE_POSITION = 0.75  # first-epoch visits this late are scored by nearly the validated model
+MIN_SHIFT_SAMPLE = 5
+SHIFT_RATIO, SHIFT_ALPHA = 0.25, 0.01
+# A transcript decoded without the loop stop loops when its words end in a unit repeated
+# 4+ times over 8+ words (looser than the token rule: a word is 1-3 tokens).
+WORD_LOOP = LoopStop(min_repeats=4, min_tokens=8)
+UTTERANCE_FIELDS = {"id", "ref", "hyp", "word_errors", "words", "char_errors", "chars"}
+UTTERANCE_FIELDS |= {"loss", "tokens"}  # per-utterance numbers, not groups
+
+
+def _finite(value):
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _argmin_epoch(epochs, key):
+    """The epoch with the lowest ``key`` (the earlier on ties, as the checkpointer keeps)."""
+    scored = [r for r in epochs if _finite(r.get(key))]
+    if not scored:
+        raise Unavailable(f"no epoch logs a valid {key}")
+    return min(scored, key=lambda r: (r[key], r["epoch"]))["epoch"]
+
+
+def best_epochs(records):
+    """``(best_loss_epoch, best_wer_epoch)`` from the per-epoch valid numbers; either is
+    ``None`` when no epoch logs it."""
+    best = []
+    for key in ("loss", "WER"):
+        try:
+            best.append(_argmin_epoch(records.epochs, key))
+        except Unavailable:
+            best.append(None)
+    if best == [None, None]:
+        raise Unavailable("no epoch logs a valid loss or WER")
+    return tuple(best)
+
+
+def loss_wer_spearman(records):
+    """Spearman's rho between valid loss and valid WER over epochs (needs 3 or more)."""
+    pairs = [(r["loss"], r["WER"]) for r in records.epochs if _finite(r.get("loss"))]
+    pairs = [p for p in pairs if _finite(p[1])]
+    if len(pairs) < 3:
+        raise Unavailable(
+            f"{len(pairs)} epochs with valid loss and WER; a rank correlation needs 3"
+        )
+    rho, p = spearman(*zip(*pairs, strict=True))
+    if rho is None:
+        raise Unavailable("valid loss or WER is constant over epochs")
+    return {"rho": rho, "p_value": p, "n_epochs": len(pairs)}
+
+
+def wer_difference(records, loss_epoch, wer_epoch):
+    """WER(min-loss checkpoint) - WER(min-WER checkpoint) on the same valid utterances."""
+    if loss_epoch is None or wer_epoch is None:
+        raise Unavailable("needs both a min-loss and a min-WER epoch")
+    if loss_epoch == wer_epoch:
+        return {"point": 0.0, "ci95": [0.0, 0.0], "method": "same checkpoint: no difference"}
+    missing = [e for e in (loss_epoch, wer_epoch) if e not in records.valid_utterances]
+    if missing:
+        raise Unavailable(
+            f"no per-utterance valid transcripts for epoch(s) {missing} "
+            "(valid/utterances_epochN.jsonl)"
+        )
+    first = {u["id"]: u for u in records.valid_utterances[loss_epoch]}
+    second = {u["id"]: u for u in records.valid_utterances[wer_epoch]}
+    ids = sorted(set(first) & set(second))
+    if not ids:
+        raise Unavailable("the two epochs' valid files share no utterance id")
+    blocked = all("spk_id" in first[i] for i in ids)
+    blocks = [first[i]["spk_id"] for i in ids] if blocked else None
+    point, lo, hi, n_blocks = paired_bootstrap_difference(
+        [first[i]["word_errors"] for i in ids],
+        [second[i]["word_errors"] for i in ids],
+        [first[i]["words"] for i in ids],
+        blocks,
+    )
+    unit = f"by speaker ({n_blocks} speakers, spk_id)" if blocked else "by utterance"
+    return {
+        "point": point,
+        "ci95": [lo, hi],
+        "method": (
+            f"paired bootstrap over {len(ids)} valid utterances resampled {unit}, "
+            f"{BOOTSTRAP_SAMPLES} resamples, percentile interval; WER points of the min-loss "
+            "epoch minus the min-WER epoch (positive: the min-WER checkpoint is better)"
+        ),
+        "n_utterances": len(ids),
+        "n_transcripts_differing": sum(first[i]["hyp"] != second[i]["hyp"] for i in ids),
+        "within_noise": bool(lo <= 0 <= hi),
+    }
+
+
+def overconfidence(records):
+    """Per epoch: flagged when ECE rises while entropy falls and the valid loss rises."""
+    rows = [r for r in records.epochs if _finite(r.get("ece")) and _finite(r.get("entropy"))]
+    if not rows:
+        raise Unavailable("epochs.jsonl has no ece/entropy (calibration is not logged)")
+    loss_key = "nll" if all(_finite(r.get("nll")) for r in rows) else "loss"
+    result = []
+    for previous, row in zip([None, *rows], rows, strict=False):
+        flagged = previous is not None and (
+            row["ece"] > previous["ece"]
+            and row["entropy"] < previous["entropy"]
+            and row[loss_key] > previous[loss_key]
+        )
+        result.append(
+            {
+                "epoch": row["epoch"],
+                "ece": row["ece"],
+                "entropy": row["entropy"],
+                "valid_loss": row[loss_key],
+                "valid_loss_key": loss_key,
+                "flagged": bool(flagged),
+            }
+        )
+    return result
+
+
+def label_noise_suspects(records):
+    """Training utterances most likely mislabelled, most suspect first.
+
+    Rank by the last epoch's teacher-forced loss and by the word error rate of the model's
+    own (teacher-forced) transcript against the label; the score is the mean of both rank
+    fractions (smaller is more suspect). A mislabelled utterance is both hard to fit and
+    transcribed as something else.
+    """
+    logged = [u for u in records.train_utterances if _finite(u.get("loss"))]
+    if not logged:
+        raise Unavailable("no training utterances' losses (log/train_utterances.jsonl)")
+    last_epoch = max(u["epoch"] for u in logged)
+    latest = {u["id"]: u for u in logged if u["epoch"] == last_epoch}
+    utterances = [latest[i] for i in sorted(latest)]
+    losses = [u["loss"] for u in utterances]
+    with_text = all(u.get("hyp") is not None and u.get("ref") is not None for u in utterances)
+    wers = []
+    for u in utterances:
+        errors, words = word_errors(u.get("hyp"), u.get("ref")) if with_text else (0, 0)
+        wers.append(100.0 * errors / words if words else (100.0 if errors else 0.0))
+    loss_rank = descending_rank_fraction(losses)
+    wer_rank = descending_rank_fraction(wers) if with_text else loss_rank
+    score = (loss_rank + wer_rank) / 2
+    order = np.lexsort((-np.array(losses), score))
+    suspects = []
+    for index in order[:SUSPECTS_LISTED]:
+        u = utterances[index]
+        suspects.append(
+            {
+                "id": u["id"],
+                "loss": u["loss"],
+                "wer": wers[index] if with_text else None,
+                "loss_rank": int(round(loss_rank[index] * len(utterances))),
+                "wer_rank": int(round(wer_rank[index] * len(utterances))) if with_text else None,
+                "score": float(score[index]),
+                "epoch": last_epoch,
+                "ref": u.get("ref"),
+                "hyp": u.get("hyp"),
+            }
+        )
+    return suspects
+
+
+def _group_columns(utterances):
+    if not utterances:
+        return []
+    columns = [
+        c
+        for c, v in utterances[0].items()
+        if c not in UTTERANCE_FIELDS and isinstance(v, str) and c != "id"
+    ]
+    return [c for c in columns if 2 <= len({u.get(c) for u in utterances}) <= MAX_GROUP_VALUES]
+
+
+def _wer(utterances):
+    words = sum(u["words"] for u in utterances)
+    return 100.0 * sum(u["word_errors"] for u in utterances) / words if words else None
+
+
+def _paired_gain(first, last, confidence):
+    """WER(first) - WER(last) of the same utterances with its paired-bootstrap interval,
+    blocked by speaker when the group has MIN_SPEAKER_BLOCKS speakers or more."""
+    ids = sorted(set(first) & set(last))
+    speakers = [first[i].get("spk_id") for i in ids]
+    blocked = None not in speakers and len(set(speakers)) >= MIN_SPEAKER_BLOCKS
+    gain, lo, hi, _ = paired_bootstrap_difference(
+        [first[i]["word_errors"] for i in ids],
+        [last[i]["word_errors"] for i in ids],
+        [first[i]["words"] for i in ids],
+        speakers if blocked else None,
+        confidence=confidence,
+    )
+    return gain, [lo, hi]
+
+
+def lagging_groups(records, loss_epoch, wer_epoch):
+    """Per-group WER by epoch. A group lags when its gain from the first to the last epoch is
+    credibly below the overall gain: the upper end of its paired-bootstrap interval (95%,
+    Bonferroni-corrected over the column's groups) is under the overall gain, which must be
+    positive, and its WER at the last epoch is above the overall one. Also the per-group
+    difference between the min-loss and min-WER checkpoints: where that difference comes
+    from."""
+    epochs = sorted(records.valid_utterances)
+    if len(epochs) < 2:
+        raise Unavailable("needs per-utterance valid transcripts of at least two epochs")
+    columns = _group_columns(records.valid_utterances[epochs[0]])
+    if not columns:
+        raise Unavailable("the valid utterances carry no group column (e.g. dialect, spk_id)")
+    first, last = epochs[0], epochs[-1]
+    by_id = {e: {u["id"]: u for u in records.valid_utterances[e]} for e in epochs}
+    overall_last = _wer(records.valid_utterances[last])
+    overall_gain = _wer(records.valid_utterances[first]) - overall_last
+    result = {"from_epoch": first, "to_epoch": last, "overall_gain": overall_gain}
+    result["groups"], result["lagging"] = {}, []
+    for column in columns:
+        table = {}
+        values = sorted({u[column] for u in records.valid_utterances[first]})
+        confidence = 1 - 0.05 / len(values)  # Bonferroni over the column's groups
+        for value in values:
+            members = {
+                e: {i: u for i, u in by_id[e].items() if u.get(column) == value} for e in epochs
+            }
+            by_epoch = {e: _wer(list(members[e].values())) for e in epochs}
+            gain, ci95 = _paired_gain(members[first], members[last], confidence)
+            row = {"wer_by_epoch": by_epoch, "n": len(members[first]), "gain": gain}
+            row["gain_ci95"] = ci95
+            if loss_epoch in by_epoch and wer_epoch in by_epoch:
+                row["min_loss_minus_min_wer"] = by_epoch[loss_epoch] - by_epoch[wer_epoch]
+            table[value] = row
+            behind = by_epoch[last] is not None and by_epoch[last] > overall_last
+            if overall_gain > 0 and ci95[1] < overall_gain and behind:
+                result["lagging"].append(
+                    {"column": column, "value": value, "gain": gain, "gain_ci95": ci95}
+                )
+        result["groups"][column] = table
+    return result
+
+
+def leakage(records):
+    """Valid utterances whose id or normalised transcript also occurs in training."""
+    valid = records.valid_utterances.get(max(records.valid_utterances, default=None))
+    if not valid:
+        raise Unavailable("no per-utterance valid transcripts (valid/utterances_epochN.jsonl)")
+    if not records.train_transcripts:
+        raise Unavailable("no training transcripts (train_utterances.jsonl, run.json train_csv)")
+    train_texts = {" ".join(words_of(t)) for t in records.train_transcripts}
+    train_ids = {u["id"] for u in records.train_utterances}
+    same_text = sum(" ".join(words_of(u["ref"])) in train_texts for u in valid)
+    same_id = sum(u["id"] in train_ids for u in valid)
+    share = same_text / len(valid)
+    return {
+        "valid_utterances": len(valid),
+        "same_id": same_id,
+        "same_transcript": same_text,
+        "same_transcript_share": share,
+        "flagged": bool(same_id > 0 or share >= LEAKAGE_SHARE),
+        "threshold": f"any shared id, or >= {LEAKAGE_SHARE:.0%} of valid transcripts in training",
+    }
+
+
+def distribution_shift(records):
+    """Valid utterances against training utterances the model had not trained on yet.
+
+    In the first epoch, utterances visited late (last quarter) and for the first time are
+    scored by nearly the model that is validated after it; if the valid NLL differs from
+    theirs by SHIFT_RATIO or more (Mann-Whitney, two-sided), the valid set is not drawn from
+    the training distribution (or augmentation makes training harder: see ``augment``).
+    """
+    first_epoch = min((u["epoch"] for u in records.train_utterances), default=None)
+    unseen = [
+        u["loss"]
+        for u in records.train_utterances
+        if u["epoch"] == first_epoch
+        and u.get("seen") == 1
+        and (u.get("position") or 0) >= LATE_POSITION
+        and _finite(u.get("loss"))
+    ]
+    valid = [
+        u["loss"] for u in records.valid_utterances.get(first_epoch, []) if _finite(u.get("loss"))
+    ]
+    if len(unseen) < MIN_SHIFT_SAMPLE or len(valid) < MIN_SHIFT_SAMPLE:
+        raise Unavailable(
+            f"needs {MIN_SHIFT_SAMPLE} or more late first-visit training losses "
+            "(log/train_utterances.jsonl) and valid utterance losses of the first epoch"
+        )
+    ratio = float(np.mean(valid) / np.mean(unseen))
+    p_value = float(mannwhitneyu(valid, unseen, alternative="two-sided").pvalue)
+    return {
+        "epoch": first_epoch,
+        "train_unseen_nll": float(np.mean(unseen)),
+        "valid_nll": float(np.mean(valid)),
+        "ratio": ratio,
+        "p_value": p_value,
+        "n_train": len(unseen),
+        "n_valid": len(valid),
+        "augment": records.run_config.get("augment"),
+        "flagged": bool(p_value < SHIFT_ALPHA and abs(ratio - 1) >= SHIFT_RATIO),
+        "threshold": f"|valid/train NLL - 1| >= {SHIFT_RATIO} with Mann-Whitney p < {SHIFT_ALPHA}",
+    }
+
+
+def repetition_loops(records):
+    """Per epoch, the valid transcripts that loop and what they do to its WER.
+
+    A loop (a phrase repeated until the length limit) adds dozens of insertions to the WER
+    while the teacher-forced loss, which never sees the search, barely moves: one of the ways
+    loss and WER part. Loops are the hypotheses the recipe's loop stop ended
+    (``loop_stopped``) and transcripts whose words end in a repeated unit (``WORD_LOOP``).
+    """
+    if not records.valid_utterances:
+        raise Unavailable("no per-utterance valid transcripts (valid/utterances_epochN.jsonl)")
+    epochs = []
+    for epoch, utterances in sorted(records.valid_utterances.items()):
+        looping, other = [], []
+        for u in utterances:
+            loops = u.get("loop_stopped") or WORD_LOOP.cut(u["hyp"].split()) is not None
+            (looping if loops else other).append(u)
+        errors = sum(u["word_errors"] for u in utterances)
+        loop_errors = sum(u["word_errors"] for u in looping)
+        epochs.append(
+            {
+                "epoch": epoch,
+                "looping": [u["id"] for u in looping],
+                "word_error_share": loop_errors / errors if errors else 0.0,
+                "wer": _wer(utterances),
+                "wer_without_loops": _wer(other),
+            }
+        )
+    return {"epochs": epochs, "flagged": any(e["looping"] for e in epochs)}
+
+
+def valid_set(records, wer_epoch):
+    """Size of the validation set behind the WER: utterances, words, speakers."""
+    utterances = records.valid_utterances.get(wer_epoch)
+    if not utterances:
+        raise Unavailable("no per-utterance valid transcripts for the min-WER epoch")
+    speakers = {u["spk_id"] for u in utterances if "spk_id" in u}
+    return {
+        "n_utterances": len(utterances),
+        "n_words": sum(u["words"] for u in utterances),
+        "n_speakers": len(speakers) or None,
+    }
+
+
+def epoch_table(records):
+    """The per-epoch numbers the plots and report show, with the train/valid loss gap."""
+    table = []
+    for r in records.epochs:
+        row = {k: r.get(k) for k in ("epoch", "lr", "train_loss", "loss", "WER", "nll")}
+        both = _finite(r.get("train_loss")) and _finite(r.get("loss"))
+        row["gap"] = r["loss"] - r["train_loss"] if both else None
+        table.append(row)
+    return table

@@ -1,0 +1,1 @@
+"""The listening review behind ``python -m tools.review``: sampling, storage, statistics, page."""

@@ -1,1 +1,0 @@
-"""The listening review behind ``local/review.py``: sampling, storage, statistics, page."""

@@ -1,0 +1,260 @@
+"""Bad input, one case per test: each gives one line (no traceback) and loses nothing.
+
+Every run-level case starts from a finished one-epoch experiment and re-runs train.py on it
+with one thing wrong; it must exit 1 with a single ``error: ...`` line on stderr, and every
+file the experiment folder held before is still there, unchanged (SpeechBrain's per-start
+records aside, see ``recipe_runs.assert_nothing_lost``).
+"""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import sine, write_manifest
+from recipe_runs import (
+    assert_nothing_lost,
+    file_hashes,
+    make_corpus,
+    one_line_error,
+    recipe_args,
+    run_forked,
+)
+
+from whisper_finetuning import manifests as dataio
+from whisper_finetuning.audio import read_audio
+from whisper_finetuning.config import HparamsError, load_hparams, resolve
+from whisper_finetuning.model import WhisperASR
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory, random_whisper_dir):
+    """A finished one-epoch run; its corpus has stereo 44.1 kHz, 8 kHz and 48 kHz files."""
+    root = tmp_path_factory.mktemp("bad_input")
+    corpus = make_corpus(root / "corpus")
+    args = recipe_args(random_whisper_dir, corpus, root / "exp", root / "cache", epochs=1)
+    code, stderr = run_forked(args)
+    assert code == 0, stderr[-3000:]
+    return args, root / "exp", corpus
+
+
+def fails_cleanly(experiment, *changes):
+    """Re-run the experiment with ``changes`` (``--key=value``); returns the error line."""
+    args, exp, _ = experiment
+    keys = {change.split("=", 1)[0] for change in changes}
+    before = file_hashes(exp)
+    code, stderr = run_forked([a for a in args if a.split("=", 1)[0] not in keys] + [*changes])
+    assert code == 1, stderr[-3000:]
+    message = one_line_error(stderr)
+    assert_nothing_lost(before, exp)
+    return message
+
+
+def with_bad_row(experiment, tmp_path, wav, text="hello there"):
+    """The training manifest plus one row ``bad``; returns (data checks' line, the row's line).
+
+    With ``data_checks: error`` (the default) the data checks stop the run first; with
+    ``--data_checks=warn`` and ``--on_bad_row=error`` the recipe names the row.
+    """
+    _, exp, corpus = experiment
+    train = dataio.load_manifest(corpus["train"], corpus["train"].parent).data
+    rows = [{"ID": utt_id, **row} for utt_id, row in list(train.items())[:2]]
+    rows.append({"ID": "bad", "duration": 1.0, "wav": wav, "spk_id": "s9", "wrd": text})
+    manifest = write_manifest(tmp_path / "bad.csv", rows)
+    checks = fails_cleanly(experiment, f"--train_csv={manifest}", "--on_bad_row=error")
+    row = fails_cleanly(
+        experiment, f"--train_csv={manifest}", "--on_bad_row=error", "--data_checks=warn"
+    )
+    return checks, row
+
+
+def checks_error(experiment, first):
+    """The data checks' line when ``first`` is their first error."""
+    report = experiment[1] / "data_report.md"
+    return f"error: data checks found {{}} error(s), first: {first}; see {report} " + (
+        "(--data_checks=warn to train anyway)"
+    )
+
+
+def assert_row_refused(experiment, messages, wav, check, why):
+    checks, row = messages
+    assert checks in {checks_error(experiment, check).format(n) for n in (1, 2)}
+    assert row == (
+        f"error: train: row bad ({wav}): {why} (1 bad rows; set on_bad_row=skip to skip them)"
+    )
+
+
+def test_missing_audio(experiment, tmp_path):
+    wav = tmp_path / "absent.wav"
+    messages = with_bad_row(experiment, tmp_path, wav)
+    unreadable = "1 rows have missing, empty or unreadable audio"
+    assert_row_refused(experiment, messages, wav, unreadable, "missing or unreadable audio")
+
+
+def test_corrupt_audio(experiment, tmp_path):
+    wav = tmp_path / "corrupt.wav"
+    wav.write_bytes(b"RIFF not really a wav")
+    messages = with_bad_row(experiment, tmp_path, wav)
+    unreadable = "1 rows have missing, empty or unreadable audio"
+    assert_row_refused(experiment, messages, wav, unreadable, "missing or unreadable audio")
+
+
+def test_empty_audio(experiment, tmp_path):
+    wav = tmp_path / "empty.wav"
+    sf.write(wav, np.zeros(0, dtype=np.float32), 16000)
+    messages = with_bad_row(experiment, tmp_path, wav)
+    unreadable = "1 rows have missing, empty or unreadable audio"
+    assert_row_refused(experiment, messages, wav, unreadable, "empty audio")
+
+
+def test_empty_label(experiment, tmp_path):
+    wav = sine(tmp_path / "a.wav", 1.0)
+    messages = with_bad_row(experiment, tmp_path, wav, "   ")
+    empty = "1 rows have an empty transcript"
+    assert_row_refused(experiment, messages, wav, empty, "empty transcript")
+
+
+def test_over_long_label(experiment, tmp_path):
+    wav = sine(tmp_path / "a.wav", 1.0)
+    messages = with_bad_row(experiment, tmp_path, wav, "word " * 500)
+    check = (
+        "1 transcripts need more than the decoder's 448 positions; they cannot be trained on "
+        "without truncation"
+    )
+    why = "label of 503 tokens exceeds the decoder's 448"
+    assert_row_refused(experiment, messages, wav, check, why)
+
+
+def test_audio_over_30_seconds(experiment, tmp_path):
+    wav = sine(tmp_path / "long.wav", 31.0)
+    messages = with_bad_row(experiment, tmp_path, wav)
+    check = "1 rows have audio over Whisper's 30 s window"
+    assert_row_refused(
+        experiment, messages, wav, check, "audio of 31.0 s exceeds Whisper's 30 s window"
+    )
+
+
+def test_stereo_and_other_rates_are_converted_and_train(experiment):
+    _, exp, corpus = experiment
+    # u0 is stereo 44.1 kHz, u1 8 kHz, u2 48 kHz (recipe_runs.make_corpus): no message, trained.
+    trained = {json.loads(line)["id"] for line in (exp / "log" / "train_utterances.jsonl").open()}
+    assert {"u0", "u1", "u2"} <= trained
+    assert sf.info(str(corpus["train"].parent / "u0.wav")).channels == 2
+
+
+@pytest.mark.parametrize("rate, channels", [(8000, 1), (44100, 2), (48000, 1), (16000, 2)])
+def test_audio_is_read_as_16k_mono(tmp_path, rate, channels):
+    wav = read_audio(sine(tmp_path / "a.wav", 0.5, rate=rate, channels=channels))
+    assert wav.dim() == 1 and abs(len(wav) - 8000) <= 1
+    reference = read_audio(sine(tmp_path / "ref.wav", 0.5))
+    n = min(len(wav), len(reference))
+    # Same tone after resampling: the spectra peak at the same frequency bin.
+    assert torch.fft.rfft(wav[:n]).abs().argmax() == torch.fft.rfft(reference[:n]).abs().argmax()
+
+
+def test_manifest_missing_a_column(experiment, tmp_path):
+    path = write_manifest(tmp_path / "m.csv", [], columns=("ID", "duration", "wav"))
+    message = fails_cleanly(experiment, f"--train_csv={path}")
+    first = f"train: manifest {path} lacks column(s) wrd"
+    assert message == checks_error(experiment, first).format(1)
+    message = fails_cleanly(experiment, f"--train_csv={path}", "--data_checks=off")
+    assert message == f"error: manifest {path} lacks column(s) wrd"
+
+
+def test_unreadable_manifest(experiment, tmp_path):
+    message = fails_cleanly(experiment, f"--valid_csv={tmp_path}")
+    first = f"valid: cannot read manifest {tmp_path}: Is a directory"
+    assert message == checks_error(experiment, first).format(1)
+    message = fails_cleanly(experiment, f"--valid_csv={tmp_path}", "--data_checks=off")
+    assert message == f"error: cannot read manifest {tmp_path}: Is a directory"
+
+
+def test_unknown_hyperparameter(experiment):
+    message = fails_cleanly(experiment, "--learning_rate=0.1")
+    assert message == (
+        "error: unknown hyperparameter 'learning_rate': hparams/whisper_small.yaml has no such key"
+    )
+
+
+def test_malformed_yaml(experiment, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    base = (resolve("hparams/whisper_small.yaml")[0]).resolve()
+    bad.write_text(f"extends: {base}\nlr: [1, 2\n")
+    args, exp, _ = experiment
+    before = file_hashes(exp)
+    code, stderr = run_forked([bad, *args[1:]])
+    assert code == 1
+    assert one_line_error(stderr).startswith(f"error: {bad}: malformed YAML: ")
+    assert_nothing_lost(before, exp)
+
+
+def test_fp16_on_cpu_and_a_missing_model(experiment):
+    message = fails_cleanly(experiment, "--precision=fp16")
+    assert message == "error: precision fp16 needs a CUDA GPU; use --precision=bf16 or fp32 on CPU"
+    message = fails_cleanly(experiment, "--whisper_hub=/no/such/model")
+    assert message.startswith("error: cannot load the Whisper checkpoint '/no/such/model'")
+
+
+def test_checkpoint_folder_of_another_model(experiment, random_multilingual_dir):
+    _, exp, _ = experiment
+    (checkpoint,) = (exp / "save").glob("CKPT+*")
+    message = fails_cleanly(
+        experiment, f"--whisper_hub={random_multilingual_dir}", "--language=german"
+    )
+    assert message == (
+        f"error: cannot resume from {checkpoint}: checkpoint {checkpoint / 'whisper.ckpt'} does "
+        "not fit this model (e.g. model.decoder.embed_tokens.weight); it belongs to another "
+        "model or run: use another output_folder or move it away"
+    )
+
+
+# ------------------------------------------------- the same checks, as library calls ------
+
+
+def test_unknown_key_and_malformed_yaml_raise_hparams_errors(tmp_path):
+    with pytest.raises(HparamsError, match="unknown hyperparameter 'lrr'"):
+        load_hparams("hparams/whisper_small.yaml", "lrr: 0.1\ndata_folder: x")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("extends: whisper_small.yaml\nlr: [1, 2\n")
+    with pytest.raises(HparamsError, match="malformed YAML"):
+        resolve(bad)
+    missing_base = tmp_path / "orphan.yaml"
+    missing_base.write_text("extends: nowhere.yaml\n")
+    with pytest.raises(HparamsError, match="extends a file that does not exist"):
+        resolve(missing_base)
+
+
+@pytest.fixture(scope="module")
+def model(random_whisper_dir):
+    return WhisperASR(str(random_whisper_dir))
+
+
+@pytest.fixture
+def bad_rows(tmp_path):
+    """One good row and one row per kind of problem."""
+    rows = [
+        {"ID": "good", "wav": sine(tmp_path / "good.wav", 1.0), "wrd": "hello there"},
+        {"ID": "missing", "wav": tmp_path / "absent.wav", "wrd": "hello"},
+        {"ID": "empty_label", "wav": sine(tmp_path / "e.wav", 1.0), "wrd": "   "},
+        {"ID": "long_label", "wav": sine(tmp_path / "l.wav", 1.0), "wrd": "word " * 500},
+        {"ID": "long_audio", "wav": sine(tmp_path / "la.wav", 31.0), "wrd": "too long"},
+        {"ID": "corrupt", "wav": tmp_path / "corrupt.wav", "wrd": "hello"},
+    ]
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF not really a wav")
+    for row in rows:
+        row["duration"] = 1.0
+    return write_manifest(tmp_path / "rows.csv", rows)
+
+
+def test_bad_rows_are_skipped_with_counted_reasons(bad_rows, model, caplog):
+    dataset = dataio.load_manifest(bad_rows, bad_rows.parent)
+    with caplog.at_level(logging.WARNING):
+        kept = dataio.check_rows(dataset, "train", model, "skip")
+    assert kept.data_ids == ["good"]
+    log = caplog.text
+    assert "skipped 2 row(s) with missing or unreadable audio" in log
+    assert "skipped 1 row(s) with empty transcript" in log
+    assert "exceeds the decoder's 448" in log
+    assert "exceeds Whisper's 30 s window" in log

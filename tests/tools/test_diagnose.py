@@ -1,0 +1,685 @@
+"""local/diagnose.py on synthetic runs with planted causes, foreign logs and a simulation of
+the paired bootstrap's coverage."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import read_jsonl, require_espeak
+
+from analysis.diagnosis import records, stats
+from analysis.diagnosis.records import parse_train_log_line
+from tools import diagnose
+
+EPOCHS, N_TRAIN, BATCH = 3, 240, 4
+STEPS_PER_EPOCH = N_TRAIN // BATCH
+SPEAKERS, PER_SPEAKER = 8, 8
+DIALECTS = ("north", "south", "east", "west")
+VOCABULARY = [f"w{i}" for i in range(300)]
+MISLABELLED = [f"train_{i:03d}" for i in (5, 50, 77, 120, 160, 201, 230, 239)]
+LENGTH_EFFECT = 0.1  # loss per second of audio above the mean
+MEMORIZATION_DROP = 0.6  # loss lost per earlier visit when memorising
+SHIFT = 0.8  # valid NLL added when the valid set is planted off the training distribution
+LEAKED = 10  # valid utterances given a training transcript when leakage is planted
+CAUSES = ("running_mean_artifact", "ordering", "memorization", "schedule")
+
+
+def _level(step):
+    """The loss a generalising model reaches after ``step`` optimizer steps."""
+    return 1.0 + 1.5 * np.exp(-step / 60)
+
+
+def _noisy_copy(words, error_rate, rng):
+    return [rng.choice(VOCABULARY) if rng.random() < error_rate else w for w in words]
+
+
+def write_jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def make_run(folder, plant=(), seed=0):
+    """A synthetic experiment folder in the CONTRACTS layout with the named causes planted.
+
+    ``plant`` may hold: running_mean_artifact, ordering, memorization, schedule_lr,
+    schedule_augment, overconfidence. Mislabelled training utterances are always present.
+    """
+    rng = np.random.default_rng(seed)
+    durations = rng.uniform(1, 10, N_TRAIN)
+    difficulty = rng.normal(0, 0.3, N_TRAIN)
+    truths = [list(rng.choice(VOCABULARY, max(2, int(2 * d)))) for d in durations]
+    ids = [f"train_{i:03d}" for i in range(N_TRAIN)]
+    labels = [
+        list(rng.choice(VOCABULARY, len(t))) if ids[i] in MISLABELLED else t
+        for i, t in enumerate(truths)
+    ]
+    visits = np.zeros(N_TRAIN, int)
+    steps, utterances, epochs, step = [], [], [], 0
+    for epoch in range(1, EPOCHS + 1):
+        order = np.argsort(durations) if "ordering" in plant else rng.permutation(N_TRAIN)
+        for s in range(STEPS_PER_EPOCH):
+            step += 1
+            level = _level(step)
+            lr = 1e-3 / np.sqrt(step + 100)
+            if "schedule_lr" in plant:
+                lr, level = 1e-3 * 0.3 ** (epoch - 1), level - 0.5 * (epoch - 1)
+            augmented = "schedule_augment" in plant and epoch == 1
+            batch = order[s * BATCH : (s + 1) * BATCH]
+            losses = []
+            for i in batch:
+                loss = (
+                    level
+                    + difficulty[i]
+                    + LENGTH_EFFECT * (durations[i] - 5.5)
+                    + 0.8 * augmented
+                    + 2.0 * (ids[i] in MISLABELLED)
+                    - MEMORIZATION_DROP * visits[i] * ("memorization" in plant)
+                    + rng.normal(0, 0.1)
+                )
+                loss = max(loss, 0.05)
+                losses.append(loss)
+                hyp = _noisy_copy(truths[i], min(0.05 * loss, 0.5), rng)
+                utterances.append(
+                    {
+                        "epoch": epoch,
+                        "id": ids[i],
+                        "loss": loss,
+                        "token_accuracy": float(np.exp(-loss)),
+                        "tokens": len(labels[i]) + 2,
+                        "seen": int(visits[i] == 0),
+                        "position": (s + 1) / STEPS_PER_EPOCH,
+                        "hyp": " ".join(hyp),
+                        "ref": " ".join(labels[i]),
+                    }
+                )
+            visits[batch] += 1
+            steps.append(
+                {
+                    "epoch": epoch,
+                    "step": step,
+                    "epoch_step": s + 1,
+                    "position": (s + 1) / STEPS_PER_EPOCH,
+                    "loss": float(np.mean(losses)),
+                    "lr": lr,
+                    "tokens": int(sum(len(labels[i]) + 2 for i in batch)),
+                    "audio_seconds": float(durations[batch].sum()),
+                    "utterances": BATCH,
+                    "augmented": augmented,
+                }
+            )
+        epochs.append(_valid_epoch(folder, epoch, level, step, plant, steps, rng))
+        epochs[-1]["lr"] = steps[-1]["lr"]
+    if "running_mean_artifact" in plant:
+        for epoch in range(1, EPOCHS + 1):
+            mine = [s for s in steps if s["epoch"] == epoch]
+            running = np.cumsum([s["loss"] for s in mine]) / np.arange(1, len(mine) + 1)
+            for s, value in zip(mine, running, strict=True):
+                s["logged_loss"] = float(value)
+    if "leakage" in plant:
+        for path in (folder / "valid").glob("utterances_epoch*.jsonl"):
+            rows = read_jsonl(path)
+            for row, label in zip(rows[:LEAKED], labels, strict=False):
+                row["ref"] = " ".join(label).upper() + "."  # normalisation must not hide it
+            write_jsonl(path, rows)
+    write_jsonl(folder / "log" / "steps.jsonl", steps)
+    write_jsonl(folder / "log" / "train_utterances.jsonl", utterances)
+    write_jsonl(folder / "epochs.jsonl", epochs)
+    sorting = "ascending" if "ordering" in plant else "random"
+    run = {"sorting": sorting, "augment": "schedule_augment" in plant, "batch_size": BATCH}
+    (folder / "run.json").write_text(json.dumps(run))
+    return folder
+
+
+VALID_RNG_SEED = 123
+
+
+def _valid_epoch(folder, epoch, level, step, plant, steps, rng):
+    """Valid utterances of one epoch (errors and NLL per utterance) and its epochs.jsonl row."""
+    valid_rng = np.random.default_rng(VALID_RNG_SEED)  # same utterances every epoch
+    speaker_effect = valid_rng.normal(0, 0.4, SPEAKERS)
+    base_wer = {1: 0.20, 2: 0.16, 3: 0.13}[epoch]
+    overconfident = "overconfidence" in plant and epoch == EPOCHS
+    rows = []
+    for spk in range(SPEAKERS):
+        for j in range(PER_SPEAKER):
+            words = int(valid_rng.integers(6, 14))
+            hardness = valid_rng.normal(0, 0.2)
+            rate = base_wer
+            if "lagging" in plant:  # the first dialect gets worse while the others improve
+                lagging = DIALECTS[spk % len(DIALECTS)] == DIALECTS[0]
+                rate = {1: 0.20, 2: 0.28, 3: 0.35}[epoch] if lagging else rate**1.3 / 0.2**0.3
+            p = min(rate * np.exp(speaker_effect[spk] + hardness), 0.9)
+            errors = int(rng.binomial(words, p))
+            nll = level + speaker_effect[spk] + hardness + rng.normal(0, 0.05)
+            nll += 0.8 * overconfident + SHIFT * ("shift" in plant)
+            rows.append(
+                {
+                    "id": f"valid_{spk}_{j}",
+                    "ref": " ".join(valid_rng.choice(VOCABULARY, words)),
+                    "hyp": "synthetic",
+                    "word_errors": errors,
+                    "words": words,
+                    "char_errors": 2 * errors,
+                    "chars": 5 * words,
+                    "dialect": DIALECTS[spk % len(DIALECTS)],
+                    "spk_id": f"spk{spk}",
+                    "loss": float(nll),
+                }
+            )
+    write_jsonl(folder / "valid" / f"utterances_epoch{epoch}.jsonl", rows)
+    nll = float(np.mean([r["loss"] for r in rows]))
+    wer = 100 * sum(r["word_errors"] for r in rows) / sum(r["words"] for r in rows)
+    mine = [s["loss"] for s in steps if s["epoch"] == epoch]
+    return {
+        "epoch": epoch,
+        "optimizer_steps": step,
+        "train_loss": float(np.mean(mine)),
+        "loss": nll + 0.3,
+        "WER": wer,
+        "CER": wer / 2,
+        "nll": nll,
+        "token_accuracy": float(np.exp(-nll)),
+        "entropy": 0.6 if overconfident else 1.0 - 0.05 * epoch,
+        "ece": 0.09 if overconfident else 0.05 - 0.005 * epoch,
+        "n_valid": len(rows),
+    }
+
+
+PLANTED = {
+    "clean": ((), []),
+    "running_mean": (("running_mean_artifact",), ["running_mean_artifact"]),
+    "ordering": (("ordering",), ["ordering"]),
+    "memorization": (("memorization",), ["memorization"]),
+    "lr_schedule": (("schedule_lr",), ["schedule"]),
+    "augmentation_schedule": (("schedule_augment",), ["schedule"]),
+}
+
+
+@pytest.fixture(scope="module")
+def diagnosed(tmp_path_factory):
+    """Every planted scenario generated and diagnosed once: name -> (folder, diagnostics)."""
+    results = {}
+    for name, (plant, _) in PLANTED.items():
+        folder = make_run(tmp_path_factory.mktemp(name), plant)
+        results[name] = (folder, diagnose.run(folder))
+    return results
+
+
+@pytest.mark.parametrize("name", PLANTED)
+def test_planted_causes_are_attributed_and_nothing_else(diagnosed, name):
+    _, result = diagnosed[name]
+    expected = PLANTED[name][1]
+    boundary = result["epoch_boundary"]
+    assert boundary["detected"] == bool(expected)
+    assert [c["cause"] for c in boundary["causes"]] == expected
+    tested = {t["cause"] for t in boundary["tests"]}
+    assert tested == set(CAUSES)  # every cause had its data, so every cause was tested
+    for test in boundary["tests"]:
+        assert test["passed"] == (test["cause"] in expected), (test["cause"], test["evidence"])
+
+
+@pytest.mark.parametrize("name", PLANTED)
+def test_every_claimed_cause_carries_numbers_that_pass_its_threshold(diagnosed, name):
+    _, result = diagnosed[name]
+    from analysis.diagnosis import boundary as b
+
+    for cause in result["epoch_boundary"]["causes"]:
+        evidence = cause["evidence"]
+        assert cause["threshold"] and evidence
+        if cause["cause"] == "running_mean_artifact":
+            assert evidence["slope_log_change_vs_log_step"] <= b.RUNNING_MEAN_SLOPE
+        elif cause["cause"] == "ordering":
+            assert abs(evidence["loss_vs_length_rho"]) >= b.LENGTH_RHO
+            assert evidence["explained_fraction"] >= b.EXPLAINED_FRACTION
+            assert evidence["sorting"] == "ascending"
+        elif cause["cause"] == "memorization":
+            assert evidence["p_value"] < b.ALPHA
+            assert evidence["never_seen_drop_mean"] < 0.5 * evidence["train_drop_mean"]
+        elif cause["cause"] == "schedule":
+            assert evidence["lr_jump"] or evidence["augmentation_switch"]
+    report = (result_folder := diagnosed[name][0]) / "diagnostics" / "report.md"
+    text = report.read_text()
+    for cause in result["epoch_boundary"]["causes"]:
+        assert f"**{cause['cause']}**: claimed" in text
+    assert json.loads((result_folder / "diagnostics" / "diagnostics.json").read_text()) == result
+
+
+def test_drop_and_memorization_numbers_match_a_recomputation(diagnosed):
+    folder, result = diagnosed["memorization"]
+    steps = read_jsonl(folder / "log" / "steps.jsonl")
+    boundary = result["epoch_boundary"]
+    k = boundary["k"]
+    assert k == STEPS_PER_EPOCH // 4
+    drops = []
+    for epoch in range(1, EPOCHS):
+        before = [s["loss"] for s in steps if s["epoch"] == epoch][-k:]
+        after = [s["loss"] for s in steps if s["epoch"] == epoch + 1][:k]
+        drops.append(np.mean(before) - np.mean(after))
+    assert boundary["drop"] == pytest.approx(np.mean(drops), abs=1e-12)
+    visits = read_jsonl(folder / "log" / "train_utterances.jsonl")
+    loss = {(u["epoch"], u["id"]): u["loss"] for u in visits}
+    train_drops = [
+        loss[(e, i)] - loss[(e + 1, i)] for (e, i) in loss if e < EPOCHS and (e + 1, i) in loss
+    ]
+    evidence = result["memorization"]["evidence"]
+    assert evidence["n_train_pairs"] == N_TRAIN * (EPOCHS - 1)
+    assert evidence["train_drop_mean"] == pytest.approx(np.mean(train_drops), abs=1e-12)
+    # Memorising adds MEMORIZATION_DROP per visit on top of what valid data gains.
+    gap = evidence["train_drop_mean"] - evidence["never_seen_drop_mean"]
+    assert gap == pytest.approx(MEMORIZATION_DROP, abs=0.1)
+
+
+def test_without_the_logs_a_cause_needs_it_is_not_claimed(tmp_path):
+    folder = make_run(tmp_path, ("memorization",))
+    (folder / "log" / "train_utterances.jsonl").unlink()
+    result = diagnose.run(folder)
+    boundary = result["epoch_boundary"]
+    assert boundary["detected"] and boundary["causes"] == []
+    assert [m["cause"] for m in boundary["not_tested"]] == ["memorization"]
+    assert "train_utterances.jsonl" in result["skipped"]["memorization"]
+    assert "label_noise_suspects" in result["skipped"]
+    assert any("No tested cause explains it" in s for s in result["verdict"])
+
+
+def test_wer_difference_is_the_paired_difference_blocked_by_speaker(diagnosed):
+    folder, result = diagnosed["clean"]
+    assert (result["best_loss_epoch"], result["best_wer_epoch"]) == (3, 3)
+    assert result["wer_difference"]["point"] == 0.0
+
+
+def test_overconfidence_and_the_checkpoint_verdict(tmp_path):
+    folder = make_run(tmp_path, ("overconfidence",))
+    result = diagnose.run(folder)
+    assert [r["flagged"] for r in result["overconfidence"]] == [False, False, True]
+    assert (result["best_loss_epoch"], result["best_wer_epoch"]) == (2, 3)
+    epochs = read_jsonl(folder / "epochs.jsonl")
+    rho = stats.spearman([e["loss"] for e in epochs], [e["WER"] for e in epochs])[0]
+    assert result["loss_wer_spearman"] == rho == -0.5  # loss ranks 2, 1, 3; WER ranks 3, 2, 1
+    first = read_jsonl(folder / "valid" / "utterances_epoch2.jsonl")
+    second = read_jsonl(folder / "valid" / "utterances_epoch3.jsonl")
+    words = sum(u["words"] for u in first)
+    expected = 100 * (sum(u["word_errors"] for u in first) - sum(u["word_errors"] for u in second))
+    difference = result["wer_difference"]
+    assert difference["point"] == pytest.approx(expected / words, abs=1e-9)
+    lo, hi = difference["ci95"]
+    assert lo < difference["point"] < hi
+    assert f"{SPEAKERS} speakers" in difference["method"]
+    assert result["verdict"][0].startswith("Trust the min-WER checkpoint (epoch 3")
+    assert any("epoch(s) 3 the model grew overconfident" in s for s in result["verdict"])
+    for plot in ("step_loss.png", "valid_loss_wer.png", "calibration.png"):
+        assert (folder / "diagnostics" / plot).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_label_noise_suspects_put_the_mislabelled_utterances_on_top(diagnosed):
+    folder, result = diagnosed["clean"]
+    suspects = result["label_noise_suspects"]
+    assert {s["id"] for s in suspects[: len(MISLABELLED)]} == set(MISLABELLED)
+    last = {u["id"]: u for u in read_jsonl(folder / "log" / "train_utterances.jsonl")}
+    for suspect in suspects:
+        assert suspect["loss"] == last[suspect["id"]]["loss"]
+        errors, words = stats.word_errors(suspect["hyp"], suspect["ref"])
+        assert suspect["wer"] == pytest.approx(100 * errors / words)
+    assert [s["score"] for s in suspects] == sorted(s["score"] for s in suspects)
+
+
+def test_paired_bootstrap_interval_covers_the_true_difference_at_its_rate():
+    """200 simulated valid sets (20 speakers x 5 utterances, correlated within speakers):
+    the 95% interval of WER(a) - WER(b) covers the population difference ~95% of the time."""
+    rng = np.random.default_rng(7)
+    speakers, per_speaker, words, trials = 20, 5, 10, 200
+
+    def sample(n_speakers):
+        speaker = np.repeat(rng.normal(0, 0.6, n_speakers), per_speaker)
+        logit = -1.5 + speaker + rng.normal(0, 0.3, speaker.shape)
+        p_a, p_b = 1 / (1 + np.exp(-logit)), 1 / (1 + np.exp(-(logit - 0.4)))
+        uniform = rng.random((len(logit), words))  # the same words fail for both when p allows
+        return (uniform < p_a[:, None]).sum(1), (uniform < p_b[:, None]).sum(1)
+
+    big_a, big_b = sample(200_000)
+    truth = 100 * (big_a.sum() - big_b.sum()) / (len(big_a) * words)
+    covered = 0
+    for trial in range(trials):
+        errors_a, errors_b = sample(speakers)
+        blocks = np.repeat(np.arange(speakers), per_speaker)
+        _, lo, hi, n_blocks = stats.paired_bootstrap_difference(
+            errors_a, errors_b, np.full(len(errors_a), words), blocks, samples=1000, seed=trial
+        )
+        assert n_blocks == speakers
+        covered += lo <= truth <= hi
+    # Binomial(200, 0.95) has sd 1.5%: 3 sd either side.
+    assert 0.90 <= covered / trials <= 0.995
+
+
+EVALS = {1: (0.91, 30.5), 2: (0.88, 27.25), 3: (0.93, 25.0)}  # eval_loss, eval_wer
+LOGS_PER_EPOCH = 40
+
+
+def write_trainer_state(folder, losses_of_epoch):
+    """A Trainer ``checkpoint-120/trainer_state.json``: 3 epochs of 40 logged losses each
+    (``losses_of_epoch(epoch, rng)``), an evaluation after each epoch, the final summary."""
+    rng = np.random.default_rng(3)
+    history = []
+    for epoch in range(1, 4):
+        for j, value in enumerate(losses_of_epoch(epoch, rng), 1):
+            history.append(
+                {
+                    "epoch": round(epoch - 1 + j / LOGS_PER_EPOCH, 4),
+                    "step": (epoch - 1) * LOGS_PER_EPOCH + j,
+                    "loss": float(value),
+                    "learning_rate": 1e-5,
+                }
+            )
+        eval_loss, eval_wer = EVALS[epoch]
+        history.append(
+            {
+                "epoch": float(epoch),
+                "step": epoch * LOGS_PER_EPOCH,
+                "eval_loss": eval_loss,
+                "eval_wer": eval_wer,
+            }
+        )
+    history.append({"epoch": 3.0, "step": 120, "train_loss": 1.5, "train_runtime": 10.0})
+    state = {
+        "log_history": history,
+        "logging_steps": 1,
+        "best_model_checkpoint": "out/checkpoint-120",
+        "best_metric": 25.0,
+    }
+    (folder / "checkpoint-120").mkdir()
+    (folder / "checkpoint-120" / "trainer_state.json").write_text(json.dumps(state))
+    return history
+
+
+def running_mean_of_a_smooth_loss(epoch, rng):
+    """A loss falling smoothly over the run, logged as its cumulative mean within the epoch."""
+    steps = (epoch - 1) * LOGS_PER_EPOCH + np.arange(1, LOGS_PER_EPOCH + 1)
+    raw = 2.5 - 0.01 * steps + rng.normal(0, 0.3, LOGS_PER_EPOCH)
+    return np.round(np.cumsum(raw) / np.arange(1, LOGS_PER_EPOCH + 1), 4)
+
+
+def test_trainer_state_is_parsed_exactly_and_its_running_mean_found(tmp_path):
+    history = write_trainer_state(tmp_path, running_mean_of_a_smooth_loss)
+    result = diagnose.run(tmp_path)
+    assert result["source"] == "trainer_state"
+    assert [(e["epoch"], e["loss"], e["WER"]) for e in result["epochs"]] == [
+        (1, 0.91, 30.5),
+        (2, 0.88, 27.25),
+        (3, 0.93, 25.0),
+    ]
+    assert (result["best_loss_epoch"], result["best_wer_epoch"]) == (2, 3)
+    assert result["kept_checkpoint"] == {"checkpoint": "out/checkpoint-120", "best_metric": 25.0}
+    assert any(s.startswith("The Trainer kept out/checkpoint-120") for s in result["verdict"])
+    assert result["loss_wer_spearman"] == stats.spearman([0.91, 0.88, 0.93], [30.5, 27.25, 25.0])[0]
+    boundary = result["epoch_boundary"]
+    assert boundary["detected"]
+    assert [c["cause"] for c in boundary["causes"]] == ["running_mean_artifact"]
+    last = [h["loss"] for h in history if "loss" in h and h["epoch"] <= 1][-boundary["k"] :]
+    first = [h["loss"] for h in history if "loss" in h and 1 < h["epoch"] <= 2][: boundary["k"]]
+    assert boundary["boundaries"][0]["drop"] == pytest.approx(np.mean(last) - np.mean(first))
+    for name in ("wer_difference", "label_noise_suspects", "overconfidence", "memorization"):
+        assert name in result["skipped"]
+    assert set(result["skipped"]).isdisjoint(result["available_analyses"])
+    text = (tmp_path / "diagnostics" / "report.md").read_text()
+    assert "## Not analysed" in text and "wer_difference" in text
+
+
+def test_a_real_drop_without_testable_causes_is_reported_unexplained(tmp_path):
+    """Per-interval losses that step down each epoch: a drop, but no cause has its data."""
+    write_trainer_state(tmp_path, lambda epoch, rng: 2.5 - 0.4 * epoch + rng.normal(0, 0.1, 40))
+    result = diagnose.run(tmp_path)
+    boundary = result["epoch_boundary"]
+    assert boundary["detected"] and boundary["causes"] == []
+    assert {t["cause"]: t["passed"] for t in boundary["tests"]} == {
+        "running_mean_artifact": False,
+        "schedule": False,
+    }
+    assert {m["cause"] for m in boundary["not_tested"]} == {"ordering", "memorization"}
+    assert any(s.startswith("No tested cause explains it") for s in result["verdict"])
+
+
+TRAIN_LOG = """\
+epoch: 1, lr: 1.00e-05 - train loss: 2.45 - valid loss: 1.23, valid CER: 10.20, valid WER: 20.10
+epoch: 2, lr: 8.00e-06 - train loss: 1.87 - valid loss: 1.19, valid CER: 9.50, valid WER: 19.40
+epoch: 3, lr: 6.00e-06 - train loss: 1.90 - valid loss: 1.31, valid CER: 9.10, valid WER: 18.80
+epoch: 3, lr: 6.00e-06 - train loss: 1.41 - valid loss: 1.21, valid CER: 9.00, valid WER: 18.70
+test set: test, epoch: 3 - test loss: 1.30, test WER: 19.00, test CER: 9.40
+"""
+
+
+def test_speechbrain_train_log_is_parsed_exactly_and_the_gaps_are_explained(tmp_path):
+    (tmp_path / "train_log.txt").write_text(TRAIN_LOG)
+    result = diagnose.run(tmp_path)
+    assert result["source"] == "train_log"
+    rows = [(e["epoch"], e["lr"], e["train_loss"], e["loss"], e["WER"]) for e in result["epochs"]]
+    # A resumed epoch logged twice: the later line wins.
+    assert rows == [
+        (1, 1e-5, 2.45, 1.23, 20.10),
+        (2, 8e-6, 1.87, 1.19, 19.40),
+        (3, 6e-6, 1.41, 1.21, 18.70),
+    ]
+    assert (result["best_loss_epoch"], result["best_wer_epoch"]) == (2, 3)
+    assert result["available_analyses"] == ["best_epochs", "loss_wer_spearman"]
+    assert "per-step" in result["skipped"]["epoch_boundary"]
+    assert "valid/utterances_epochN.jsonl" in result["skipped"]["wer_difference"]
+    assert any("epoch mean" in note for note in result["notes"])
+    text = (tmp_path / "diagnostics" / "report.md").read_text()
+    for reason in result["skipped"].values():
+        assert reason in text
+    assert parse_train_log_line("test set: test, epoch: 3 - test loss: 1.30") is None
+
+
+def test_demo_like_folder_without_step_logs_degrades_gracefully(tmp_path):
+    """epochs.jsonl and valid files only (the demo's shape): checkpoints and noise, no more."""
+    full = make_run(tmp_path / "full", ("overconfidence",))
+    folder = tmp_path / "demo"
+    (folder / "valid").mkdir(parents=True)
+    for name in ("utterances_epoch1.jsonl", "utterances_epoch2.jsonl"):
+        (folder / "valid" / name).write_text((full / "valid" / name).read_text())
+    epochs = read_jsonl(full / "epochs.jsonl")[:2]
+    keep = ("epoch", "lr", "optimizer_steps", "train_loss", "loss", "WER", "CER")
+    write_jsonl(folder / "epochs.jsonl", [{k: e[k] for k in keep} for e in epochs])
+    result = diagnose.run(folder)
+    assert result["epoch_boundary"] is None and result["label_noise_suspects"] is None
+    assert {"best_epochs", "wer_difference", "lagging_groups", "valid_set"} <= set(
+        result["available_analyses"]
+    )
+    assert result["skipped"]["overconfidence"].startswith("epochs.jsonl has no ece/entropy")
+    for cause in ("running_mean_artifact", "ordering", "schedule"):
+        assert "no per-step training losses" in result["skipped"][cause]
+    assert "train_utterances.jsonl" in result["skipped"]["memorization"]
+    assert result["plots"] == ["valid_loss_wer.png"]
+
+
+def test_cli_writes_the_outputs_and_gives_one_line_errors(tmp_path, diagnosed):
+    done = subprocess.run(
+        [sys.executable, "-m", "tools.diagnose", str(tmp_path)], capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"error: {tmp_path} has no epochs.jsonl, trainer_state.json or train_log.txt: "
+        "nothing to diagnose"
+    ]
+    folder, _ = diagnosed["ordering"]
+    done = subprocess.run(
+        [sys.executable, "-m", "tools.diagnose", str(folder)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Batches come in a sorted or fixed order" in done.stdout
+
+
+MISLABELS = {
+    "en-gb-scotland_s0011": "The committee postponed its decision until next spring.",
+    "en-us_s0155": "Fresh bread and cheese were sold out by noon.",
+}
+
+
+@pytest.mark.slow
+def test_train_py_logs_let_the_real_mislabelled_utterances_surface(tmp_path, tiny_en_dir):
+    """train.py with the real tiny.en on espeak-ng speech, two training labels replaced by
+    sentences never spoken: the diagnosis ranks exactly those two as the top suspects."""
+    import csv
+
+    from local import accent_corpus
+
+    require_espeak()
+    manifests = accent_corpus.prepare_accent_corpus(
+        tmp_path / "data",
+        tmp_path / "manifests",
+        n_valid_sentences=2,
+        n_test_sentences=1,
+        n_train_sentences=8,
+        voices=("en-us", "en-gb-scotland"),
+    )
+    with open(manifests["train"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert set(MISLABELS) <= {r["ID"] for r in rows}
+    for row in rows:
+        row["wrd"] = MISLABELS.get(row["ID"], row["wrd"])
+    train_csv = tmp_path / "train_mislabelled.csv"
+    with open(train_csv, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    exp = tmp_path / "exp"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "hparams/whisper_small.yaml",
+            f"--whisper_hub={tiny_en_dir}",
+            f"--data_folder={tmp_path / 'data'}",
+            f"--output_folder={exp}",
+            "--skip_prep=True",
+            f"--train_csv={train_csv}",
+            f"--valid_csv={manifests['valid']}",
+            f"--test_csv=[{manifests['test']}]",
+            "--number_of_epochs=2",
+            "--batch_size=4",
+            "--grad_accumulation_factor=1",
+            "--lr=1e-5",
+            "--warmup_steps=4",
+            "--trainable_patterns=[encoder_attn]",
+            "--decode_max_tokens=32",
+            "--test_beam_size=1",
+            "--num_workers=0",
+            "--ckpt_interval_minutes=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = diagnose.run(exp)
+    suspects = result["label_noise_suspects"]
+    assert {s["id"] for s in suspects[:2]} == set(MISLABELS)
+    last = {
+        u["id"]: u for u in read_jsonl(exp / "log" / "train_utterances.jsonl") if u["epoch"] == 2
+    }
+    for suspect in suspects[:2]:
+        assert suspect["ref"] == MISLABELS[suspect["id"]]
+        assert suspect["loss"] == last[suspect["id"]]["loss"]
+    # Both are far outside the loss range of the correctly labelled utterances.
+    clean = [u["loss"] for i, u in last.items() if i not in MISLABELS]
+    assert min(s["loss"] for s in suspects[:2]) > 2 * max(clean)
+    epochs = read_jsonl(exp / "epochs.jsonl")
+    assert result["best_loss_epoch"] == min(epochs, key=lambda e: (e["loss"], e["epoch"]))["epoch"]
+    assert result["best_wer_epoch"] == min(epochs, key=lambda e: (e["WER"], e["epoch"]))["epoch"]
+    assert {"memorization", "overconfidence", "label_noise_suspects", "leakage"} <= set(
+        result["available_analyses"]
+    )
+    assert result["leakage"]["same_transcript"] == 0  # the corpus splits by sentence
+    assert "logged steps" in result["skipped"]["epoch_boundary"]  # 4 steps per epoch
+    report = (exp / "diagnostics" / "report.md").read_text()
+    assert all(utt_id in report for utt_id in MISLABELS)
+
+
+def test_lagging_group_shift_and_leakage_are_found_only_when_planted(tmp_path, diagnosed):
+    _, clean = diagnosed["clean"]
+    assert not clean["distribution_shift"]["flagged"] and not clean["leakage"]["flagged"]
+    assert ("dialect", DIALECTS[0]) not in {
+        (g["column"], g["value"]) for g in clean["lagging_groups"]["lagging"]
+    }
+    result = diagnose.run(make_run(tmp_path, ("lagging", "shift", "leakage")))
+    lagging = result["lagging_groups"]
+    flagged_dialects = [g["value"] for g in lagging["lagging"] if g["column"] == "dialect"]
+    assert flagged_dialects == [DIALECTS[0]]
+    north = lagging["groups"]["dialect"][DIALECTS[0]]
+    assert north["gain"] == pytest.approx(north["wer_by_epoch"]["1"] - north["wer_by_epoch"]["3"])
+    assert north["gain"] < 0
+    assert north["gain_ci95"][1] < lagging["overall_gain"]
+    shift = result["distribution_shift"]
+    assert shift["flagged"] and shift["valid_nll"] - shift["train_unseen_nll"] > SHIFT / 2
+    leak = result["leakage"]
+    assert (leak["same_transcript"], leak["same_id"], leak["flagged"]) == (LEAKED, 0, True)
+    verdict = " ".join(result["verdict"])
+    assert f"{LEAKED} of {SPEAKERS * PER_SPEAKER} valid transcripts" in verdict
+    assert "Valid utterances are harder" in verdict and "dialect=north" in verdict
+
+
+def test_a_resumed_epoch_s_re_logged_records_replace_the_first_ones(tmp_path):
+    folder = make_run(tmp_path)
+    steps_path = folder / "log" / "steps.jsonl"
+    steps = read_jsonl(steps_path)
+    replayed = [{**s, "loss": s["loss"] + 1.0} for s in steps[70:80]]  # resumed mid-epoch 2
+    write_jsonl(steps_path, steps[:80] + replayed + steps[80:])
+    loaded = records.load(folder)
+    assert [s["step"] for s in loaded.steps] == list(range(1, EPOCHS * STEPS_PER_EPOCH + 1))
+    assert [s["loss"] for s in loaded.steps[70:80]] == [s["loss"] for s in replayed]
+
+
+def test_memorization_falls_back_to_the_epoch_valid_nll(tmp_path):
+    folder = make_run(tmp_path, ("memorization",))
+    for path in (folder / "valid").glob("utterances_epoch*.jsonl"):
+        write_jsonl(path, [{k: v for k, v in u.items() if k != "loss"} for u in read_jsonl(path)])
+    evidence = diagnose.run(folder)["memorization"]["evidence"]
+    nll = [e["nll"] for e in read_jsonl(folder / "epochs.jsonl")]
+    assert evidence["never_seen_source"] == "valid NLL per epoch (epochs.jsonl nll)"
+    assert evidence["never_seen_drop_mean"] == pytest.approx(np.mean(-np.diff(nll)))
+    assert evidence["test"].startswith("one-sided Wilcoxon")
+
+
+def test_degenerate_logs_are_reported_not_crashed_on(tmp_path):
+    """One epoch, non-finite and constant losses, a cut-off last line: every analysis either
+    runs or says why not."""
+    write_jsonl(tmp_path / "epochs.jsonl", [{"epoch": 1, "loss": float("nan"), "WER": 12.5}])
+    steps = [{"epoch": 1, "step": i, "loss": None if i % 2 else 1.0, "lr": 0.0} for i in range(9)]
+    write_jsonl(tmp_path / "log" / "steps.jsonl", steps)
+    with open(tmp_path / "log" / "steps.jsonl", "a") as f:
+        f.write('{"epoch": 1, "st')
+    result = diagnose.run(tmp_path)
+    assert (result["best_loss_epoch"], result["best_wer_epoch"]) == (None, 1)
+    assert result["epochs"][0]["loss"] is None  # NaN is written as null: strict JSON
+    assert "per-step losses of at least two epochs" in result["skipped"]["epoch_boundary"]
+    assert "needs both a min-loss and a min-WER epoch" in result["skipped"]["wer_difference"]
+    assert any("line 10 is not JSON" in note for note in result["notes"])
+    assert set(result["available_analyses"]) == {"best_epochs"}
+
+
+def test_repetition_loops_are_found_with_their_share_of_the_wer(tmp_path, diagnosed):
+    _, clean = diagnosed["clean"]
+    assert clean["repetition_loops"]["flagged"] is False
+    folder = make_run(tmp_path)
+    path = folder / "valid" / "utterances_epoch2.jsonl"
+    rows = read_jsonl(path)
+    rows[0]["hyp"] = "turn left " + "at the bridge " * 5  # 4+ copies over 8+ words
+    rows[0]["word_errors"] = 12
+    rows[1].update(loop_stopped=True, word_errors=3)  # ended by the recipe's loop stop
+    rows[2]["hyp"] = "no no no no"  # speech, not a loop
+    write_jsonl(path, rows)
+    result = diagnose.run(folder)
+    loops = result["repetition_loops"]
+    assert loops["flagged"]
+    by_epoch = {e["epoch"]: e for e in loops["epochs"]}
+    assert [e["looping"] for e in loops["epochs"]] == [[], [rows[0]["id"], rows[1]["id"]], []]
+    errors = sum(r["word_errors"] for r in rows)
+    assert by_epoch[2]["word_error_share"] == pytest.approx(15 / errors)
+    assert by_epoch[2]["wer"] == pytest.approx(100 * errors / sum(r["words"] for r in rows))
+    rest = rows[2:]
+    assert by_epoch[2]["wer_without_loops"] == pytest.approx(
+        100 * sum(r["word_errors"] for r in rest) / sum(r["words"] for r in rest)
+    )
+    assert "Valid transcripts with repetition loops: epoch 2: 2 (" in " ".join(result["verdict"])
+    report = (folder / "diagnostics" / "report.md").read_text()
+    assert "## Repetition loops in the valid transcripts" in report

@@ -1,0 +1,34 @@
+"""Export a run's min-WER checkpoint (or another kept epoch's) as a Hugging Face Whisper directory.
+
+The directory loads with ``transformers.pipeline``; ``--ct2`` adds ``DEST_DIR/ctranslate2`` for
+faster-whisper; ``--epoch N`` exports epoch N's checkpoint (e.g. the one a human review
+preferred, kept with ``review_checkpoints: True``).
+
+Usage: python -m tools.export_hf EXPERIMENT_FOLDER DEST_DIR [--ct2] [--epoch N]
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from whisper_finetuning.export import export
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("experiment_folder", type=Path, help="a train.py output folder")
+    parser.add_argument("dest_dir", type=Path, help="new Hugging Face model directory")
+    parser.add_argument("--ct2", action="store_true", help="also write DEST_DIR/ctranslate2")
+    parser.add_argument("--epoch", type=int, help="export this epoch's checkpoint (if kept)")
+    args = parser.parse_args(argv)
+    try:
+        dest = export(args.experiment_folder, args.dest_dir, args.ct2, args.epoch)
+    except (OSError, ValueError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Export a run's min-WER checkpoint (or another kept epoch's) as a Hugging Face Whisper directory.
+
+The exported directory loads with ``transformers.pipeline("automatic-speech-recognition",
+model=DEST_DIR)``; with ``--ct2`` and the ``ctranslate2`` package, ``DEST_DIR/ctranslate2``
+holds the same model for faster-whisper.
+
+``--epoch N`` exports epoch N's checkpoint instead, e.g. the one a human review preferred
+(kept when training ran with ``review_checkpoints: True``).
+
+Command line: ``python -m tools.export_hf``.
+"""
+
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.utils.checkpoints import Checkpointer
+from transformers import WhisperProcessor
+
+from whisper_finetuning.audio import CHUNK_SECONDS  # what transformers and faster-whisper pad to
+from whisper_finetuning.scoring import min_wer_earliest
+
+READABLE_FILE, READABLE_DIR = 0o644, 0o755
+CT2_SUBFOLDER = "ctranslate2"
+CT2_COPIED_FILES = ["tokenizer.json", "preprocessor_config.json"]
+
+
+def save_whisper_dir(model, tokenizer, feature_extractor, dest):
+    """Write a complete Hugging Face Whisper directory at ``dest``, all or nothing.
+
+    Files are written into a temporary sibling that is renamed into place, so ``dest`` never
+    holds half an export.
+    """
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise FileExistsError(f"{dest} already exists and is not empty: remove it or pick another")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        model.save_pretrained(staging)
+        WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(
+            staging
+        )
+        feature_extractor.save_pretrained(staging)  # preprocessor_config.json
+        tokenizer.save_vocabulary(str(staging))  # vocab.json, merges.txt, normalizer.json
+        for path in staging.iterdir():  # mkdtemp and save_pretrained make owner-only files
+            path.chmod(READABLE_FILE)
+        staging.chmod(READABLE_DIR)
+        staging.rename(dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return dest
+
+
+def load_best(experiment_folder, epoch=None):
+    """The run's ``WhisperASR`` with its min-WER (or epoch ``epoch``'s) checkpoint loaded,
+    and that checkpoint.
+
+    Works from any directory: the checkpoints are looked up in ``EXPERIMENT_FOLDER/save``, not
+    at the (possibly relative) path the run was started with.
+    """
+    experiment_folder = Path(experiment_folder)
+    hparams_file = experiment_folder / "hyperparams.yaml"
+    if not hparams_file.is_file():
+        raise FileNotFoundError(f"{hparams_file} not found: is this a train.py output folder?")
+    with open(hparams_file) as f:
+        hparams = load_hyperpyyaml(f, {"checkpointer": None})
+    save_folder = experiment_folder / Path(hparams["save_folder"]).name
+    checkpointer = Checkpointer(save_folder, recoverables={"whisper": hparams["whisper"]})
+    end_of_epoch = [c for c in checkpointer.list_checkpoints() if "WER" in c.meta]
+    if epoch is not None:
+        kept = sorted(c.meta["epoch"] for c in end_of_epoch)
+        if epoch not in kept:
+            raise FileNotFoundError(
+                f"no checkpoint of epoch {epoch} in {save_folder} (kept: {kept}); train with "
+                "review_checkpoints: True to keep the min-loss and last epochs too"
+            )
+        predicate = lambda ckpt: ckpt.meta.get("epoch") == epoch  # noqa: E731
+        checkpoint = checkpointer.recover_if_possible(ckpt_predicate=predicate)
+    else:
+        checkpoint = checkpointer.recover_if_possible(importance_key=min_wer_earliest)
+    if checkpoint is None:
+        raise FileNotFoundError(f"no checkpoint in {save_folder}: train first")
+    return hparams["whisper"], checkpoint
+
+
+def export(experiment_folder, dest_dir, ct2=False, epoch=None):
+    """Export the min-WER (or epoch ``epoch``'s) checkpoint of ``experiment_folder``."""
+    whisper, checkpoint = load_best(experiment_folder, epoch)
+    whisper.model.generation_config = whisper.generation_config
+    dest = save_whisper_dir(whisper.model, whisper.tokenizer, whisper.feature_extractor, dest_dir)
+    selected = {"checkpoint": checkpoint.path.name, **checkpoint.meta}
+    selected["encoder_window_seconds"] = whisper.window_seconds
+    with open(dest / "selected_checkpoint.json", "w") as out:
+        json.dump(selected, out, indent=2)
+    if whisper.window_seconds != CHUNK_SECONDS:
+        print(
+            f"warning: trained with a {whisper.window_seconds} s encoder window; transformers "
+            f"and faster-whisper pad to {CHUNK_SECONDS} s, which this model has not seen",
+            file=sys.stderr,
+        )
+    if ct2:
+        import ctranslate2
+
+        converter = ctranslate2.converters.TransformersConverter(
+            str(dest), copy_files=CT2_COPIED_FILES
+        )
+        converter.convert(str(dest / CT2_SUBFOLDER))
+    return dest

