@@ -11,7 +11,6 @@ Example:
 Any hyperparameter can be overridden on the command line (``--lr=1e-4``).
 """
 
-import functools
 import json
 import logging
 import os
@@ -19,17 +18,15 @@ import sys
 
 import speechbrain as sb
 import torch
-from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.utils.checkpoints import ckpt_recency
-from speechbrain.utils.distributed import run_on_main
+from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from analysis.diagnosis.run import run as diagnose
 from local import data_prep
-from whisper_finetuning import audio, data_checks, encoder_cache, files, manifests, scoring
+from whisper_finetuning import audio, data_checks, encoder_cache, manifests, scoring
 from whisper_finetuning.config import HparamsError, load_hparams
-from whisper_finetuning.decoding import beam_search, greedy_search
-from whisper_finetuning.training import distributed, resilience
+from whisper_finetuning.training import distributed, resilience, run_lock, runs, sanity, stopping
 from whisper_finetuning.training import log as training_log
 
 logger = logging.getLogger(__name__)
@@ -44,61 +41,36 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
     resume_attributes = ("loss_ema", "epoch_loss_sum", "epoch_batches")
     gathered_accumulators = ("valid_token_stats",)
 
-    def compute_forward(self, batch, stage):
-        """Augment, encode, teacher-force the decoder, and search transcripts outside training."""
-        batch = batch.to(self.device)
-        whisper = self.modules.whisper
-        tokens_bos, tokens_bos_lens = batch.tokens_bos
-        if hasattr(batch, "frozen_out"):
-            groups = whisper.split_by_length(*batch.frozen_out)
-        else:
-            wavs, wav_lens = batch.sig
-            if stage == sb.Stage.TRAIN and self.hparams.augment:
-                wavs, wav_lens = self.hparams.wav_augment(wavs, wav_lens)
-                tokens_bos = self.hparams.wav_augment.replicate_labels(tokens_bos)
-                tokens_bos_lens = self.hparams.wav_augment.replicate_labels(tokens_bos_lens)
-            with torch.no_grad():
-                groups = whisper.encode_frozen_by_window(wavs, wav_lens)
-
-        # Positions past each sequence's end hold Whisper's pad token, not SpeechBrain's 0.
-        positions = torch.arange(tokens_bos.shape[1], device=self.device)
-        lengths = torch.round(tokens_bos_lens * tokens_bos.shape[1])
-        tokens_bos = tokens_bos.masked_fill(positions[None] >= lengths[:, None], whisper.pad)
-
-        # Rows are encoded, decoded and searched per encoder window, then put back in order.
-        order, logits, found = [], [], {}
-        for rows, frozen_out in groups:
-            encoder_out = whisper.encode_trainable(frozen_out)
-            logits.append(whisper.forward_decoder(tokens_bos[rows], encoder_out))
-            order += rows
-            if stage != sb.Stage.TRAIN:
-                hyps, looped = self.search(encoder_out, stage)
-                found.update(zip(rows, zip(hyps, looped, strict=True), strict=True))
-        if len(logits) > 1:
-            logits = [torch.cat(logits)[torch.argsort(torch.tensor(order, device=self.device))]]
-        log_probs = torch.nn.functional.log_softmax(logits[0].float(), dim=-1)
-        searched = None  # (token lists, loop-stop flags) in batch order
-        if found:
-            searched = tuple(
-                map(list, zip(*(found[row] for row in range(len(order))), strict=True))
-            )
-        return log_probs, searched
-
-    def search(self, encoder_out, stage):
-        """Greedy search on valid, beam search on test: token lists and loop-stop flags."""
-        whisper = self.modules.whisper
-        if stage == sb.Stage.VALID:
-            return greedy_search(
-                whisper, encoder_out, self.hparams.decode_max_tokens, self.hparams.loop_stop
-            )
-        return beam_search(
-            whisper,
-            encoder_out,
-            self.hparams.test_beam_size,
-            self.hparams.decode_max_tokens,
-            self.hparams.length_penalty,
-            self.hparams.loop_stop,
+    def __init__(self, *args, **kwargs):
+        """SpeechBrain's Brain, plus the text normaliser and the summaries' group columns."""
+        super().__init__(*args, **kwargs)
+        whisper = self.hparams.whisper
+        self.normalize = scoring.text_normalizer(
+            self.hparams.normalizer, whisper.tokenizer, whisper.is_english
         )
+        self.group_columns = self.hparams.group_columns
+        self.output_folder = self.hparams.output_folder
+        self.train_sampler = self.hparams.train_loader_kwargs.get("batch_sampler")
+
+    def compute_forward(self, batch, stage):
+        """Augment (training), run Whisper, and search transcripts outside training."""
+        batch = batch.to(self.device)
+        tokens_bos, tokens_bos_lens = batch.tokens_bos
+        cached = hasattr(batch, "frozen_out")
+        audio, audio_lens = batch.frozen_out if cached else batch.sig
+        if stage == sb.Stage.TRAIN and self.hparams.augment and not cached:
+            audio, audio_lens = self.hparams.wav_augment(audio, audio_lens)
+            tokens_bos = self.hparams.wav_augment.replicate_labels(tokens_bos)
+            tokens_bos_lens = self.hparams.wav_augment.replicate_labels(tokens_bos_lens)
+        log_probs, states = self.modules.whisper(
+            audio, audio_lens, tokens_bos, tokens_bos_lens, cached=cached
+        )
+        searched = None  # (token lists, loop-stop flags) in batch order
+        if stage == sb.Stage.VALID:
+            searched = self.hparams.valid_search(self.hparams.whisper, states)
+        elif stage == sb.Stage.TEST:
+            searched = self.hparams.test_search(self.hparams.whisper, states)
+        return log_probs, searched
 
     def compute_objectives(self, predictions, batch, stage):
         """Label-smoothed NLL over transcript tokens; WER/CER of the searched transcripts."""
@@ -108,7 +80,7 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
             tokens_eos = self.hparams.wav_augment.replicate_labels(tokens_eos)
             tokens_eos_lens = self.hparams.wav_augment.replicate_labels(tokens_eos_lens)
         # The last prompt position predicts the first transcript token.
-        first = len(self.modules.whisper.prefix_tokens) - 1
+        first = len(self.hparams.whisper.prefix_tokens) - 1
         loss = self.hparams.nll_loss(log_probs[:, first:], tokens_eos, length=tokens_eos_lens)
         token_stats = None
         if stage != sb.Stage.TEST:  # augmented copies follow the originals: first n rows
@@ -126,7 +98,7 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
                 self.step / self.batches_per_epoch,
                 batch.id,
                 token_stats,
-                [self.modules.whisper.decode_text(t) for t in token_stats["argmax"]],
+                [self.hparams.whisper.decode_text(t) for t in token_stats["argmax"]],
                 batch.wrd,
             )
         if stage == sb.Stage.VALID:
@@ -134,7 +106,7 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
         if searched is not None:
             hyps, looped = searched
             groups = {c: getattr(batch, c) for c in self.group_columns if hasattr(batch, c)}
-            texts = [self.modules.whisper.decode_text(h) for h in hyps]
+            texts = [self.hparams.whisper.decode_text(h) for h in hyps]
             extra = {"loop_stopped": looped}
             if token_stats is not None:  # each valid utterance's own loss, for paired analyses
                 pairs = zip(token_stats["nll"], token_stats["tokens"], strict=True)
@@ -143,20 +115,20 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
             self.scorer.append(batch.id, texts, batch.wrd, groups, batch.duration, extra)
         return loss
 
-    def update_average(self, loss, avg_loss):
-        """Training shows a moving average that, unlike a per-epoch mean, never resets."""
-        if not self.modules.training or not torch.isfinite(loss):
-            return super().update_average(loss, avg_loss)
-        loss = float(loss)
-        self.epoch_loss_sum += loss
-        self.epoch_batches += 1
-        if self.loss_ema is None:
-            self.loss_ema = loss
-        self.loss_ema = LOSS_EMA_DECAY * self.loss_ema + (1 - LOSS_EMA_DECAY) * loss
-        return self.loss_ema
+    def on_fit_batch_start(self, batch, should_step):
+        """Set the Noam rate before each optimizer step (not per accumulated batch)."""
+        super().on_fit_batch_start(batch, should_step)
+        if should_step:
+            self.hparams.lr_annealing(self.optimizer)
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
-        """Log the raw loss, rate, tokens and audio of each optimizer step."""
+        """Count the loss into the epoch's mean and the moving average; log each optimizer
+        step's raw loss, rate, tokens and audio (before a checkpoint may be taken)."""
+        if torch.isfinite(loss):
+            self.epoch_loss_sum += float(loss)
+            self.epoch_batches += 1
+            ema = float(loss) if self.loss_ema is None else self.loss_ema
+            self.loss_ema = LOSS_EMA_DECAY * ema + (1 - LOSS_EMA_DECAY) * float(loss)
         tokens = int(torch.round(batch.tokens_eos[1] * batch.tokens_eos[0].shape[1]).sum())
         seconds = sum(float(d) for d in batch.duration)
         self.training_log.add_batch(loss.detach(), tokens, seconds, len(batch.id))
@@ -169,6 +141,13 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
                 lr=self.optimizer.param_groups[0]["lr"],
                 augmented=bool(self.hparams.augment and hasattr(batch, "sig")),
             )
+        super().on_fit_batch_end(batch, outputs, loss, should_step)
+
+    def update_average(self, loss, avg_loss):
+        """Training shows a moving average that, unlike a per-epoch mean, never resets."""
+        if not self.modules.training or self.loss_ema is None:
+            return super().update_average(loss, avg_loss)
+        return self.loss_ema
 
     def make_dataloader(self, dataset, stage, **loader_kwargs):
         """SpeechBrain's loader; the training one's length gives each step's epoch position."""
@@ -178,28 +157,15 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
         return loader
 
     def on_fit_start(self):
-        """Recover the latest checkpoint; a finished run is not trained again."""
+        """Start the training log, then recover (see ``ResilientBrain.on_fit_start``)."""
         self.loss_ema = None
         self.epoch_loss_sum, self.epoch_batches = 0.0, 0
         self.training_log = training_log.TrainingLog(
             os.path.join(self.output_folder, "log"),
-            enabled=sb.utils.distributed.if_main_process(),
+            enabled=if_main_process(),
             tensorboard=self.hparams.tensorboard,
         )
         super().on_fit_start()
-        counter = self.hparams.epoch_counter
-        if self.checkpointer is not None and os.path.exists(self.fit_done_file):
-            with open(self.fit_done_file) as f:
-                done_epochs = json.load(f)["epochs"]
-            if done_epochs >= counter.limit:
-                counter.current = counter.limit
-            else:
-                logger.warning(
-                    "training had finished after %d epochs; continuing from the kept "
-                    "checkpoint of epoch %d",
-                    done_epochs,
-                    counter.current,
-                )
 
     @property
     def kept_checkpoints(self):
@@ -208,16 +174,6 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
             return [scoring.min_wer_earliest, scoring.min_loss_earliest, ckpt_recency]
         return [scoring.min_wer_earliest]
 
-    @property
-    def fit_done_file(self):
-        """Marks a finished fit: only the min-WER checkpoint is left, not the last state."""
-        return os.path.join(self.hparams.save_folder, "fit_done.json")
-
-    def on_fit_batch_start(self, batch, should_step):
-        """Set the Noam rate before each optimizer step (not per accumulated batch)."""
-        if should_step:
-            self.hparams.lr_annealing(self.optimizer)
-
     def on_evaluate_start(self, max_key=None, min_key=None):
         """Load the min-WER checkpoint (ties: the earlier epoch); ``min_key=None`` keeps weights."""
         if min_key == "WER":
@@ -225,6 +181,7 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
 
     def on_stage_start(self, stage, epoch=None):
         """Note the epoch; start a fresh scorer (and token statistics) for valid and test."""
+        super().on_stage_start(stage, epoch)
         self.epoch = epoch
         if stage != sb.Stage.TRAIN:
             self.scorer = scoring.Scorer(self.normalize, self.group_columns)
@@ -232,6 +189,7 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Log the epoch; keep the min-WER checkpoint; write test summaries."""
+        super().on_stage_end(stage, stage_loss, epoch)
         if stage == sb.Stage.TRAIN:
             self.train_stats = {
                 "loss": distributed.global_ratio(self.epoch_loss_sum, self.epoch_batches)
@@ -355,7 +313,6 @@ def dataio_prepare(hparams, whisper):
             ["id", audio_key, "duration", "wrd", "tokens_bos", "tokens_eos", *group_keys]
         )
     if hparams["sanity_utterances"]:  # sanity mode batches its own repeated subset
-        datasets["valid"] = datasets["train"]
         return datasets
     if hparams["sorting"] not in SORTINGS:
         raise ValueError(f"sorting must be one of {SORTINGS}, not '{hparams['sorting']}'")
@@ -387,6 +344,12 @@ def main(argv):
     precision = run_opts.precision if "precision" in run_opts.overridden_args else None
     if (precision or hparams["precision"]) == "fp16" and not torch.cuda.is_available():
         sys.exit("error: precision fp16 needs a CUDA GPU; use --precision=bf16 or fp32 on CPU")
+    if os.environ.get("RANK", "0") == "0":  # before anything is written into the folder
+        try:
+            run_lock.acquire(hparams["output_folder"])
+        except run_lock.FolderLocked as error:
+            sys.exit(f"error: {error}")
+    stopping.install()
     distributed.init_group(run_opts)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
@@ -412,38 +375,52 @@ def main(argv):
     if hparams["sanity_utterances"]:
         if distributed.is_distributed():
             sys.exit("error: sanity mode runs on one process: start it without torchrun")
-        sys.exit(sanity_check(hparams, datasets, run_opts))
+        sys.exit(sanity.run(WhisperFineTuning, hparams, datasets["train"], run_opts))
 
-    asr_brain = make_brain(WhisperFineTuning, hparams, run_opts, hparams["output_folder"])
-    if sb.utils.distributed.if_main_process():
+    asr_brain = make_brain(hparams, run_opts)
+    if if_main_process():
         training_log.write_run_info(hparams, asr_brain.grad_accumulation_factor)
     test_sets = {name: d for name, d in datasets.items() if name not in ("train", "valid")}
-
+    zero_shot_folder = os.path.join(hparams["output_folder"], "zero_shot")
     if hparams["zero_shot_eval"]:
-        evaluate(asr_brain, test_sets, hparams, os.path.join(hparams["output_folder"], "zero_shot"))
+        runs.decode_test_sets(asr_brain, test_sets, hparams, zero_shot_folder)
 
+    stopping.defer(True)  # a stop request waits for the next optimizer step
     asr_brain.fit(
-        asr_brain.hparams.epoch_counter,
+        hparams["epoch_counter"],
         datasets["train"],
         datasets["valid"],
         train_loader_kwargs=hparams["train_loader_kwargs"],
         valid_loader_kwargs=hparams["valid_loader_kwargs"],
     )
+    stopping.defer(False)
     # Training is over: mark it so, then keep only the min-WER end-of-epoch checkpoint
     # (with review_checkpoints, the min-loss and last ones too).
-    if sb.utils.distributed.if_main_process():
-        files.write_json(asr_brain.fit_done_file, {"epochs": hparams["number_of_epochs"]})
+    if if_main_process():
+        runs.mark_fit_done(hparams["save_folder"], hparams["number_of_epochs"])
     asr_brain.checkpointer.delete_checkpoints(
         num_to_keep=1, importance_keys=asr_brain.kept_checkpoints
     )
 
-    evaluate(asr_brain, test_sets, hparams, hparams["output_folder"], min_key="WER")
+    runs.decode_test_sets(asr_brain, test_sets, hparams, hparams["output_folder"], min_key="WER")
     if hparams["zero_shot_eval"]:
         run_on_main(
             scoring.write_comparison, args=[hparams["output_folder"], next(iter(test_sets))]
         )
     if hparams["diagnose_after_training"]:
         run_on_main(diagnose_run, args=[hparams["output_folder"]])
+
+
+def make_brain(hparams, run_opts, **overrides):
+    """The recipe's Brain; ``overrides`` replace its arguments (e.g. ``checkpointer=None``)."""
+    arguments = {
+        "modules": hparams["modules"],
+        "opt_class": hparams["optimizer"],
+        "hparams": hparams,
+        "run_opts": run_opts,
+        "checkpointer": hparams["checkpointer"],
+    }
+    return WhisperFineTuning(**{**arguments, **overrides})
 
 
 def diagnose_run(output_folder):
@@ -455,126 +432,6 @@ def diagnose_run(output_folder):
         return
     for sentence in found["verdict"]:
         logger.info("diagnosis: %s", sentence)
-
-
-def make_brain(brain_class, hparams, run_opts, output_folder, **overrides):
-    """A Brain of ``brain_class`` writing into ``output_folder``; ``overrides`` replace
-    Brain arguments (e.g. ``checkpointer=None``)."""
-    arguments = {
-        "modules": hparams["modules"],
-        "opt_class": hparams["optimizer"],
-        "hparams": hparams,
-        "run_opts": run_opts,
-        "checkpointer": hparams["checkpointer"],
-        **overrides,
-    }
-    brain = brain_class(**arguments)
-    whisper = hparams["whisper"]
-    brain.normalize = scoring.text_normalizer(
-        hparams["normalizer"], whisper.tokenizer, whisper.is_english
-    )
-    brain.group_columns = hparams["group_columns"]
-    brain.train_sampler = hparams["train_loader_kwargs"].get("batch_sampler")
-    brain.output_folder = output_folder
-    return brain
-
-
-class SanityCheck(WhisperFineTuning):
-    """Overfits a few utterances at a constant rate, without label smoothing, until it
-    reproduces them, or gives up."""
-
-    def on_fit_batch_start(self, batch, should_step):
-        """A constant rate: no warmup to wait for."""
-
-    def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Score the utterances just trained on; stop once WER is 0 and the loss near 0."""
-        if stage == sb.Stage.TRAIN:
-            return super().on_stage_end(stage, stage_loss, epoch)
-        summary = self.scorer.write(os.path.join(self.output_folder, "valid"), "last", epoch)
-        self.result = {
-            "epoch": epoch,
-            "wer": summary["wer"],
-            "nll": self.valid_token_stats.summary()["nll"],
-        }
-        self.training_log.add_epoch(self.result)
-        logger.info(
-            "sanity epoch %d: WER %.2f%%, NLL %.4f", epoch, self.result["wer"], self.result["nll"]
-        )
-        if self.reproduced():
-            self.epoch_counter.current = self.epoch_counter.limit
-
-    def reproduced(self):
-        """Every word right and the per-token loss (no smoothing) under its bound."""
-        return self.result["wer"] == 0 and self.result["nll"] <= self.hparams.sanity_max_nll
-
-
-def sanity_check(hparams, datasets, run_opts):
-    """Overfit ``sanity_utterances`` training utterances; a message if that fails, else None."""
-    folder = os.path.join(hparams["output_folder"], "sanity")
-    optimizer = functools.partial(hparams["optimizer"], lr=hparams["sanity_lr"])
-    brain = make_brain(
-        SanityCheck, hparams, run_opts, folder, opt_class=optimizer, checkpointer=None
-    )
-    brain.grad_accumulation_factor = 1  # few, small batches: step on every one
-    # Label smoothing keeps the loss off zero by design: the check trains without it.
-    brain.hparams.nll_loss = functools.partial(hparams["nll_loss"], label_smoothing=0.0)
-    brain.train_sampler = None
-    brain.epoch_counter = sb.utils.epoch_loop.EpochCounter(hparams["sanity_max_epochs"])
-    # An epoch passes over the utterances several times: decoding them is the costly part.
-    repeated = torch.utils.data.ConcatDataset(
-        [datasets["train"]] * hparams["sanity_passes_per_epoch"]
-    )
-    train_loader_kwargs = {
-        **hparams["train_loader_kwargs"],
-        "shuffle": True,
-        "collate_fn": PaddedBatch,
-    }
-    brain.fit(
-        brain.epoch_counter,
-        repeated,
-        datasets["valid"],
-        train_loader_kwargs=train_loader_kwargs,
-        valid_loader_kwargs=hparams["valid_loader_kwargs"],
-    )
-    result = brain.result
-    if brain.reproduced():
-        logger.info(
-            "sanity check passed: %d utterances reproduced after %d epochs (NLL %.4f)",
-            len(datasets["train"]),
-            result["epoch"],
-            result["nll"],
-        )
-        return None
-    return (
-        f"error: sanity check FAILED: after {result['epoch']} epochs on "
-        f"{len(datasets['train'])} utterances, WER {result['wer']:.2f}% and NLL "
-        f"{result['nll']:.3f} (bound {hparams['sanity_max_nll']}): the model cannot learn "
-        "its own training data; check labels, tokens and masks (see "
-        f"{folder}/valid/utterances_last.jsonl)"
-    )
-
-
-def evaluate(asr_brain, test_sets, hparams, folder, min_key=None):
-    """Decode every test set into ``folder``; ``min_key=None`` keeps the current weights."""
-    asr_brain.test_folder = folder
-    for name, dataset in test_sets.items():
-        if min_key is None and _decoded_already(folder, name, hparams, dataset):
-            continue  # zero-shot results do not change: computed once
-        asr_brain.test_name = name
-        asr_brain.evaluate(
-            dataset, min_key=min_key, test_loader_kwargs=hparams["test_loader_kwargs"]
-        )
-
-
-def _decoded_already(folder, name, hparams, dataset):
-    """True if ``folder`` holds this test set's results from the same model and utterances."""
-    path = os.path.join(folder, f"summary_{name}.json")
-    if not os.path.exists(path):
-        return False
-    with open(path) as f:
-        summary = json.load(f)
-    same_model = summary.get("model") == str(hparams["whisper_hub"])
-    return same_model and summary["n_utterances"] == len(dataset)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,7 @@ def run_recipe(args, work, model, run_name="recipe"):
     sys.argv = ["train.py"]  # SpeechBrain reads nothing from the benchmark's arguments
     import train
     from whisper_finetuning.config import load_hparams
+    from whisper_finetuning.training import runs
 
     overrides = {
         "whisper_hub": model,
@@ -121,9 +122,7 @@ def run_recipe(args, work, model, run_name="recipe"):
     whisper = hparams["whisper"]
     start = time.perf_counter()
     datasets = train.dataio_prepare(hparams, whisper)
-    brain = train.make_brain(
-        train.WhisperFineTuning, hparams, None, hparams["output_folder"], checkpointer=None
-    )
+    brain = train.make_brain(hparams, None, checkpointer=None)
     brain.fit(
         hparams["epoch_counter"],
         datasets["train"],
@@ -131,7 +130,7 @@ def run_recipe(args, work, model, run_name="recipe"):
     )
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    train.evaluate(brain, {"valid": datasets["valid"]}, hparams, str(work / run_name))
+    runs.decode_test_sets(brain, {"valid": datasets["valid"]}, hparams, str(work / run_name))
     valid_seconds = time.perf_counter() - start
     summary = json.loads((work / run_name / "summary_valid.json").read_text())
     return train_seconds, valid_seconds, summary

@@ -183,3 +183,43 @@ def beam_search(
                     finished[b].append((normalised, sequences[b * live + k].tolist(), False))
     best = [max(hyps, key=lambda item: item[0]) for hyps in finished]
     return [tokens for _, tokens, _ in best], [looped for _, _, looped in best]
+
+
+@dataclass(frozen=True)
+class GreedySearch:
+    """Greedy search with fixed settings (built once, in the yaml)."""
+
+    max_new_tokens: int | None = None
+    loop_stop: LoopStop | None = None
+
+    def __call__(self, model, states):
+        """Token lists and loop-stop flags for every row of ``states`` (``EncoderStates``)."""
+        return _search_by_window(
+            states, lambda out: greedy_search(model, out, self.max_new_tokens, self.loop_stop)
+        )
+
+
+@dataclass(frozen=True)
+class BeamSearch:
+    """Beam search with fixed settings (built once, in the yaml)."""
+
+    beam_size: int = 5
+    max_new_tokens: int | None = None
+    length_penalty: float = 1.0
+    loop_stop: LoopStop | None = None
+
+    def __call__(self, model, states):
+        """Token lists and loop-stop flags for every row of ``states`` (``EncoderStates``)."""
+        return _search_by_window(
+            states,
+            lambda out: beam_search(
+                model, out, self.beam_size, self.max_new_tokens, self.length_penalty, self.loop_stop
+            ),
+        )
+
+
+def _search_by_window(states, search):
+    """Run ``search`` on each window's rows; (token lists, loop flags) in batch order."""
+    found = [list(zip(*search(out), strict=True)) for _, out in states.groups]
+    hyps, looped = zip(*states.rejoin(found), strict=True)
+    return list(hyps), list(looped)

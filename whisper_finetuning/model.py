@@ -1,11 +1,14 @@
 """Whisper for fine-tuning: per-utterance features, a split encoder, teacher-forced decoding.
 
-The module wraps a Hugging Face ``WhisperForConditionalGeneration`` and exposes the three
-things a recipe needs:
+``WhisperASR`` wraps a Hugging Face ``WhisperForConditionalGeneration``. Its ``forward`` is the
+one call a recipe makes: audio (or the frozen encoder bottom's cached output) and decoder tokens
+in, next-token log-probabilities in batch order out, with the encoder states for the searchers.
+Inside:
 
 * ``features``: log-mel spectrograms computed per utterance, exactly as Whisper's own
   feature extractor does (over a shorter window when ``window_seconds`` asks for one), so an
-  utterance's features never depend on its batch mates;
+  utterance's features never depend on its batch mates; a batch whose clips need different
+  windows runs one group of rows per window (``EncoderStates``);
 * ``encode_frozen`` / ``encode_trainable``: the encoder split at the boundary between its
   frozen bottom and its trainable top, so the frozen part's output can be cached on disk;
 * ``forward_decoder``: teacher-forced logits for a batch of token sequences.
@@ -17,6 +20,7 @@ and ``trainable_patterns``; the cache boundary is derived from the resulting
 
 import math
 import re
+from dataclasses import dataclass
 
 import torch
 from speechbrain.utils.checkpoints import (
@@ -37,6 +41,30 @@ from whisper_finetuning.training.checkpointing import atomic_torch_save
 
 MAX_TARGET_POSITIONS = 448
 LOG_MEL_DYNAMIC_RANGE = 8.0  # log10 units kept below each utterance's maximum
+
+
+@dataclass
+class EncoderStates:
+    """A batch's encoder output as one tensor per encoder window: ``[(row indices, states)]``.
+
+    Rows that need the same window are encoded (and decoded, and searched) together;
+    ``rejoin`` puts per-group results back in batch order.
+    """
+
+    groups: list
+
+    def rejoin(self, results):
+        """Per-group results (tensors, or lists with one item per row) in batch order."""
+        order = [row for rows, _ in self.groups for row in rows]
+        if isinstance(results[0], torch.Tensor):
+            joined = torch.cat(results)
+            if order == list(range(len(order))):
+                return joined
+            return joined[torch.argsort(torch.tensor(order, device=joined.device))]
+        joined = [None] * len(order)
+        for row, item in zip(order, (item for result in results for item in result), strict=True):
+            joined[row] = item
+        return joined
 
 
 @register_checkpoint_hooks
@@ -299,6 +327,33 @@ class WhisperASR(torch.nn.Module):
         frames (the same window): ``[(row indices, output), ...]``."""
         frames = _absolute_lengths(padded, rel_lens)
         return [(rows, _take(padded, rows)[:, :n]) for n, rows in _rows_by_key(frames)]
+
+    def forward(self, audio, audio_lens, tokens, token_lens, cached=False):
+        """Next-token log-probabilities (float32) at every position of ``tokens``, in batch
+        order, and the encoder's states for searching.
+
+        ``audio`` is a padded batch of 16 kHz waveforms or, with ``cached``, of the frozen
+        encoder bottom's cached outputs; lengths are SpeechBrain's relative ones. Positions of
+        ``tokens`` past ``token_lens`` are read as Whisper's pad token.
+        """
+        if cached:
+            frozen = self.split_by_length(audio, audio_lens)
+        else:
+            with torch.no_grad():
+                frozen = self.encode_frozen_by_window(audio, audio_lens)
+        states = EncoderStates([(rows, self.encode_trainable(out)) for rows, out in frozen])
+        tokens = self.pad_tokens(tokens, token_lens)
+        logits = states.rejoin(
+            [self.forward_decoder(tokens[rows], out) for rows, out in states.groups]
+        )
+        return torch.nn.functional.log_softmax(logits.float(), dim=-1), states
+
+    def pad_tokens(self, tokens, rel_lens):
+        """``tokens`` with the positions past each row's length set to Whisper's pad token
+        (SpeechBrain pads with 0, a real token)."""
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        lengths = torch.round(rel_lens * tokens.shape[1])
+        return tokens.masked_fill(positions[None] >= lengths[:, None], self.pad)
 
     def forward_decoder(self, tokens, encoder_out, past_key_values=None):
         """Decoder logits for ``tokens`` attending to ``encoder_out``.

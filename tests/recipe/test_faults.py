@@ -4,6 +4,8 @@ a read-only or full save folder, non-finite losses. Tiny random Whisper, espeak-
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +24,7 @@ from recipe_runs import (
     run_forked,
 )
 
-from whisper_finetuning.training import checkpointing, resilience
+from whisper_finetuning.training import checkpointing, resilience, run_lock, stopping
 from whisper_finetuning.training.checkpointing import CRASH_ENV, AtomicCheckpointer, CheckpointError
 
 EPOCHS = 2
@@ -69,6 +71,15 @@ def final_state(exp):
     }
 
 
+def steps_at_latest_checkpoint(exp):
+    """Optimizer steps done when the newest checkpoint was taken (0 without one)."""
+    saved = checkpoints(exp)
+    if not saved:
+        return 0
+    latest = max(saved, key=lambda c: yaml.safe_load((c / "CKPT.yaml").read_text())["unixtime"])
+    return yaml.safe_load((latest / "brain.ckpt").read_text())["optimizer_step"]
+
+
 def assert_same_final_state(exp, reference):
     ours, theirs = final_state(exp), final_state(reference)
     assert ours["meta"] == theirs["meta"]
@@ -107,9 +118,73 @@ def test_kill_and_rerun_ends_where_an_uninterrupted_run_ends(
     if crash_at.startswith("save"):
         (partial,) = [p for p in (tmp_path / "exp" / "save").iterdir() if p.name[0] == "."]
         assert (partial / "whisper.ckpt").exists() and not (partial / "CKPT.yaml").exists()
+    done_before = steps_at_latest_checkpoint(tmp_path / "exp")
     code, stderr = run_forked(args)
     assert code == 0, stderr[-3000:]
+    total = len(read_jsonl(tmp_path / "exp" / "log" / "steps.jsonl"))
+    if crash_at == "save:1":  # nothing to resume from: the rerun starts over
+        assert done_before == 0
+    else:  # resumed: only the steps after the checkpoint ran again
+        assert "Loading a checkpoint" in (tmp_path / "exp" / "log.txt").read_text()
+        assert 0 < done_before < total
     assert_same_final_state(tmp_path / "exp", reference)
+
+
+def test_sigterm_checkpoints_at_the_step_exits_75_and_the_rerun_resumes_exactly(
+    reference, random_whisper_dir, corpus, cache, tmp_path
+):
+    exp = tmp_path / "exp"
+    args = recipe_args(random_whisper_dir, corpus, exp, cache, augment=True)
+    # SIGTERM arrives at the start of epoch 2's second batch (optimizer step 6).
+    code, stderr = run_forked(args, env={CRASH_ENV: "train_batch:6:SIGTERM"})
+    assert code == stopping.EXIT_STATUS[signal.SIGTERM] == 75, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "stopped by SIGTERM after optimizer step 6, checkpoint saved: rerun the same command "
+        "to resume"
+    )
+    saved = [yaml.safe_load((c / "CKPT.yaml").read_text()) for c in checkpoints(exp)]
+    assert [m["intra_epoch"] for m in saved if "intra_epoch" in m] == [True]
+    assert len(read_jsonl(exp / "log" / "steps.jsonl")) == 6
+    code, stderr = run_forked(args)
+    assert code == 0, stderr[-3000:]
+    assert "Loading a checkpoint" in (exp / "log.txt").read_text()
+    assert_same_final_state(exp, reference)
+
+
+def test_a_second_run_into_a_locked_folder_fails_at_once_and_changes_no_file(
+    reference, random_whisper_dir, corpus, cache
+):
+    lock = reference / run_lock.LOCK_FILE
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    before = file_hashes(reference)
+    try:
+        code, stderr = run_forked(recipe_args(random_whisper_dir, corpus, reference, cache))
+    finally:
+        after = file_hashes(reference)
+        lock.unlink()
+    assert code == 1
+    assert one_line_error(stderr) == (
+        f"error: {reference} is in use by another run (pid {os.getpid()} on "
+        f"{socket.gethostname()}); wait for it, stop it, or pick another output_folder"
+    )
+    assert after == before
+
+
+def test_a_dead_process_lock_is_taken_over(tmp_path):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    lock = tmp_path / run_lock.LOCK_FILE
+    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    assert run_lock.acquire(tmp_path) == lock
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    with pytest.raises(run_lock.FolderLocked):  # now held by a live process: this one
+        run_lock.acquire(tmp_path)
+    lock.unlink()
 
 
 def test_read_only_save_folder_is_one_line_error_and_keeps_the_last_checkpoint(
@@ -238,7 +313,7 @@ def _single_process_valid(exp, whisper_dir, corpus, cache):
     hparams, _, _ = load_hparams("hparams/whisper_small.yaml", overrides)
     datasets = train.dataio_prepare(hparams, hparams["whisper"])
     run_opts = {"device": "cpu", "noprogressbar": True}
-    brain = train.make_brain(train.WhisperFineTuning, hparams, run_opts, str(exp))
+    brain = train.make_brain({**hparams, "output_folder": str(exp)}, run_opts)
     brain.checkpointer.recover_if_possible(importance_key=evaluation.min_wer_earliest)
     brain.on_stage_start(sb.Stage.VALID)
     brain.modules.eval()
@@ -283,7 +358,7 @@ def test_nonfinite_batches_are_skipped_and_counted_then_stop_the_run(tmp_path, c
     x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
     with caplog.at_level("WARNING"):
         skipping = _toy_fit(x, [False, True, False, True, False], tmp_path, patience=2)
-    assert "batch skipped (2 in epoch 1, nonfinite_patience=2)" in caplog.text
+    assert "the step is skipped (2 in epoch 1, nonfinite_patience=2)" in caplog.text
     assert "epoch 1: 2 batch(es) skipped for a non-finite loss" in caplog.text
     # Skipping a batch is exactly not having it: the finite batches alone give the same weights.
     assert torch.equal(skipping, _toy_fit(x[[0, 2, 4]], [False] * 3, tmp_path, patience=2))
@@ -354,37 +429,6 @@ def test_shards_interleave_back_into_set_order(monkeypatch):
     assert distributed.interleave_unique(shares, key=int) == list(range(7))
     # A sampler that pads with a repeat (as DistributedSampler does) is scored once per item.
     assert distributed.interleave_unique([[0, 2], [1, 0]], key=int) == [0, 1, 2]
-
-
-def test_checkpoints_saved_before_per_process_states_still_resume(tmp_path):
-    counter = sb.utils.epoch_loop.EpochCounter(1)
-    brain = _Toy(
-        modules={"linear": torch.nn.Linear(3, 1)},
-        opt_class=lambda params: torch.optim.SGD(params, lr=0.1),
-        hparams={"epoch_counter": counter, "output_folder": str(tmp_path)},
-        run_opts={"device": "cpu", "noprogressbar": True},
-    )
-    saved_rng = checkpointing.rng_state()
-    expected = torch.rand(3)
-    old_format = {
-        "step": 3,
-        "avg_train_loss": 0.5,
-        "optimizer_step": 2,
-        "nonfinite_count": 0,
-        "attributes": {},
-        "rng": saved_rng,
-        "log_sizes": {},
-    }
-    torch.save(old_format, tmp_path / "brain.ckpt")
-    brain._recover(tmp_path / "brain.ckpt", end_of_epoch=True)
-    assert (brain.step, brain.optimizer_step, brain.avg_train_loss) == (3, 2, 0.5)
-    assert torch.equal(torch.rand(3), expected)
-    # SpeechBrain's own YAML brain file, as the recipe wrote before it saved random states.
-    brain.step, brain.optimizer_step, brain.avg_train_loss = 7, 6, 0.25
-    sb.Brain._save(brain, tmp_path / "sb_brain.ckpt")
-    brain.step = brain.optimizer_step = brain.avg_train_loss = 0
-    brain._recover(tmp_path / "sb_brain.ckpt", end_of_epoch=True)
-    assert (brain.step, brain.optimizer_step, brain.avg_train_loss) == (7, 6, 0.25)
 
 
 def test_review_keeps_three_distinct_checkpoints_and_selection_keeps_one(tmp_path):

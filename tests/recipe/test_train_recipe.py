@@ -366,7 +366,7 @@ def test_a_batch_mixing_windows_decodes_each_row_as_it_would_alone(run):
     batch = PaddedBatch(items)
     wav_lens = torch.round(batch.sig[1] * batch.sig[0].shape[1]).long().tolist()
     assert len(whisper.window_groups(wav_lens)) > 1
-    brain = train.make_brain(train.WhisperFineTuning, hparams, None, str(exp), checkpointer=None)
+    brain = train.make_brain({**hparams, "output_folder": str(exp)}, None, checkpointer=None)
     brain.modules.eval()
     for stage in (sb.Stage.VALID, sb.Stage.TEST):
         with torch.no_grad():

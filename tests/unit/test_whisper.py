@@ -220,6 +220,46 @@ def test_searchers_stop_a_loop_and_leave_other_utterances_alone():
         assert searched == expected
 
 
+def _generated(model, feats, **settings):
+    """``generate``'s transcripts as token lists without prompt and end of text."""
+    prompt = model.prefix_tokens
+    found = []
+    for tokens in model.model.generate(feats, do_sample=False, **settings).tolist():
+        tokens = tokens[len(prompt) :] if tokens[: len(prompt)] == prompt else tokens
+        found.append(tokens[: tokens.index(model.eot)] if model.eot in tokens else tokens)
+    return found
+
+
+def test_beam_search_equals_generate_where_beams_greedy_and_length_penalties_differ(
+    random_whisper_dir,
+):
+    model = WhisperASR(str(random_whisper_dir)).eval()
+    torch.manual_seed(0)
+    feats = model.features(0.3 * torch.randn(4, 32000), torch.tensor([1.0, 0.6, 0.35, 0.8]))
+    with torch.no_grad():
+        encoder_out = model.encode(feats)
+        # Point the end-of-text embedding along the decoder's mean state, so that random
+        # hypotheses end at different lengths and the length penalty decides between them.
+        greedy, _ = greedy_search(model, encoder_out, 12)
+        tokens = torch.tensor([model.prefix_tokens + hyp for hyp in greedy])
+        states = model.model.model.decoder(input_ids=tokens, encoder_hidden_states=encoder_out)
+        direction = states.last_hidden_state.mean((0, 1))
+        top_logit = model.forward_decoder(tokens, encoder_out).max(-1).values.mean()
+        model.model.model.decoder.embed_tokens.weight[model.eot] = (
+            0.8 * top_logit * direction / direction.norm() ** 2
+        )
+        greedy, _ = greedy_search(model, encoder_out, 12)
+        found = {}
+        for penalty in (0.5, 2.0):
+            found[penalty], _ = beam_search(model, encoder_out, 5, 12, penalty)
+            expected = _generated(
+                model, feats, num_beams=5, length_penalty=penalty, max_new_tokens=12
+            )
+            assert found[penalty] == expected
+            assert all(b != g for b, g in zip(found[penalty], greedy, strict=True))
+    assert [len(h) for h in found[0.5]] != [len(h) for h in found[2.0]]
+
+
 @pytest.mark.slow
 def test_searches_on_speech_equal_transformers_generate(tiny_en_dir, tmp_path):
     model = WhisperASR(str(tiny_en_dir)).eval()

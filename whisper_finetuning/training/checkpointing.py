@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
 # Test-only fault injection: "<point>:<n>" makes the process SIGKILL itself the n-th time it
-# reaches crash_point("<point>"). Unset in normal use.
+# reaches crash_point("<point>"); "<point>:<n>:<SIGNAL>" sends that signal instead (e.g.
+# SIGTERM, as a cluster does before preempting). Unset in normal use.
 CRASH_ENV = "RECIPE_TEST_CRASH_AT"
 _crash_hits = collections.Counter()
 
@@ -44,13 +45,14 @@ class CheckpointError(RuntimeError):
 
 
 def crash_point(name):
-    """SIGKILL this process here if ``RECIPE_TEST_CRASH_AT`` asks for it (tests only)."""
+    """Signal this process here if ``RECIPE_TEST_CRASH_AT`` asks for it (tests only)."""
     wanted = os.environ.get(CRASH_ENV)
-    if not wanted or wanted.rsplit(":", 1)[0] != name:
+    if not wanted or wanted.split(":")[0] != name:
         return
+    _, count, *signal_name = wanted.split(":")
     _crash_hits[name] += 1
-    if _crash_hits[name] == int(wanted.rsplit(":", 1)[1]):
-        os.kill(os.getpid(), signal.SIGKILL)
+    if _crash_hits[name] == int(count):
+        os.kill(os.getpid(), getattr(signal, signal_name[0]) if signal_name else signal.SIGKILL)
 
 
 def fsync_path(path):

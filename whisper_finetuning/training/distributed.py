@@ -1,4 +1,4 @@
-"""Several processes (torchrun): launch flags, sharded evaluation, gradient and loss averaging.
+"""Several processes (torchrun): launch flags, sharded evaluation, agreement and sums.
 
 SpeechBrain 1.1.2 infers DDP from torchrun's ``RANK``/``LOCAL_RANK`` variables and no longer
 knows ``--distributed_launch``; it is accepted here so the documented command works:
@@ -6,9 +6,8 @@ knows ``--distributed_launch``; it is accepted here so the documented command wo
     torchrun --nproc_per_node=2 train.py hparams/whisper_small.yaml --distributed_launch \
         --distributed_backend=gloo
 
-The recipe's forward pass calls the Whisper module's methods (encoder halves, decoder,
-searchers) rather than its ``forward``, which torch's ``DistributedDataParallel`` needs to
-synchronise gradients; so gradients are averaged explicitly before each optimizer step instead.
+SpeechBrain wraps the Whisper module in ``DistributedDataParallel``: gradients are averaged
+during backward. Evaluation is sharded here without padding (``ShardSampler``).
 """
 
 import os
@@ -72,23 +71,13 @@ def eval_sampler(dataset):
     return ShardSampler(dataset) if is_distributed() else None
 
 
-def average_gradients(parameters):
-    """Average the trainable parameters' gradients over the processes (missing ones count 0)."""
+def any_true(*flags):
+    """For each flag, whether it holds on any process (one collective for all of them)."""
     if not is_distributed():
-        return
-    grads = []
-    for param in parameters:
-        if param.requires_grad:
-            if param.grad is None:
-                param.grad = torch.zeros_like(param)
-            grads.append(param.grad)
-    if not grads:
-        return
-    flat = torch.cat([grad.reshape(-1) for grad in grads])  # one collective, not one per tensor
-    torch.distributed.all_reduce(flat)
-    flat /= torch.distributed.get_world_size()
-    for grad, averaged in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
-        grad.copy_(averaged.view_as(grad))
+        return tuple(bool(flag) for flag in flags)
+    values = torch.tensor([int(flag) for flag in flags])
+    torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.MAX)
+    return tuple(bool(value) for value in values)
 
 
 def all_true(flag):

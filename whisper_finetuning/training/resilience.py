@@ -1,18 +1,25 @@
-"""What a SpeechBrain ``Brain`` needs to survive kills, bad losses and several processes.
+"""What a SpeechBrain ``Brain`` needs to survive kills, stop requests, bad losses and several
+processes, through SpeechBrain's public hooks only.
 
 ``ResilientBrain`` goes before ``sb.Brain`` in a recipe's bases and adds:
 
-* exact resuming: the brain's checkpoint file also holds, for each process, its random
-  states and the recipe's running sums (``resume_attributes``); intra-epoch checkpoints
-  restore the random state at the batch where training stopped; append-only logs are cut
-  back to where the checkpoint was taken, so a resumed run writes what an uninterrupted one
-  would have; intra-epoch checkpoints are taken between optimizer steps, and an interval
-  given on the command line (``--ckpt_interval_steps``) replaces the yaml's other one
-  (``ckpt_interval_minutes``);
-* non-finite losses: such a batch is skipped (no backward) and counted; more than
-  ``nonfinite_patience`` in one epoch stops the run with one line;
-* several processes (torchrun): evaluation sets are sharded and their scores gathered
-  (``Scorer.gather``), gradients are averaged before each step (``distributed``);
+* exact resuming: a ``ResumeState`` recoverable (``Checkpointer.add_recoverable``) holds, for
+  each process, its random states and the recipe's running sums (``resume_attributes``);
+  mid-epoch, the random states are restored at the next batch (``on_fit_batch_start``), after
+  the data loader has drawn its seed; append-only logs are cut back to where the checkpoint was
+  taken, so a resumed run writes what an uninterrupted one would have;
+* intra-epoch checkpoints only between optimizer steps (no half-accumulated gradient is lost):
+  taken in ``on_fit_batch_end`` after ``ckpt_interval_steps`` batches or
+  ``ckpt_interval_minutes`` minutes; one given on the command line switches off the yaml's
+  other one;
+* stop requests (SIGTERM, SIGUSR1, Ctrl-C; see ``stopping``): an intra-epoch checkpoint at the
+  next optimizer step, then exit with one line and a distinct status;
+* non-finite losses: SpeechBrain's ``check_loss_isfinite`` counts them (agreed over processes)
+  and ``skip_nonfinite_grads`` drops the step's gradients; more than ``nonfinite_patience`` in
+  one epoch stops the run with one line;
+* several processes (torchrun): SpeechBrain wraps the model in DistributedDataParallel
+  (gradients reduce during backward); evaluation sets are sharded without padding and their
+  scores gathered (``gather_stage``);
 * one-line errors for the faults a user can fix (a checkpoint that cannot be saved or
   loaded, a full or read-only disk, too many non-finite losses).
 """
@@ -22,7 +29,7 @@ import json
 import logging
 import os
 import sys
-import zipfile
+import time
 
 import speechbrain as sb
 import torch
@@ -30,7 +37,7 @@ from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, registe
 from speechbrain.utils.distributed import if_main_process
 
 from whisper_finetuning.files import write_json
-from whisper_finetuning.training import distributed
+from whisper_finetuning.training import distributed, runs, stopping
 from whisper_finetuning.training.checkpointing import (
     CheckpointError,
     atomic_torch_save,
@@ -45,13 +52,13 @@ logger = logging.getLogger(__name__)
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 CKPT_INTERVALS = ("ckpt_interval_minutes", "ckpt_interval_steps")
 LOG_SIZES_AT_START = "log_sizes_at_start.json"
+INTRA_EPOCH_FLAG = "intra_epoch"  # meta key of intra-epoch checkpoints
 
 
 class NonFiniteLossError(RuntimeError):
     """Too many batches with a NaN or infinite loss in one epoch."""
 
 
-@register_checkpoint_hooks
 class ResilientBrain:
     """Mixin for ``sb.Brain`` (see the module docstring).
 
@@ -78,70 +85,36 @@ class ResilientBrain:
 
     def __init__(self, modules=None, opt_class=None, hparams=None, run_opts=None, **kwargs):
         super().__init__(modules, opt_class, _one_interval(hparams, run_opts), run_opts, **kwargs)
-        self._pending_state = None
-        self._log_sizes = None
+        # Intra-epoch checkpoints are taken here, between optimizer steps: SpeechBrain's own
+        # (taken after any batch) are switched off.
+        self.ckpt_every_steps, self.ckpt_interval_steps = self.ckpt_interval_steps, 0
+        self.ckpt_every_minutes, self.ckpt_interval_minutes = self.ckpt_interval_minutes, 0
+        self.skip_nonfinite_grads = True
+        self.resume_state = ResumeState(self)
+        if self.checkpointer is not None:
+            self.checkpointer.add_recoverable("resume_state", self.resume_state)
         self._eval_batches = 0
-        self._process_states = None
 
     # ------------------------------------------------------------ resuming --
-    def _process_state(self):
-        """What this process alone knows: loop position, running sums, random states."""
-        return {
-            "step": self.step,
-            "avg_train_loss": self.avg_train_loss,
-            "optimizer_step": self.optimizer_step,
-            "nonfinite_count": getattr(self, "nonfinite_count", 0),
-            "attributes": {name: getattr(self, name) for name in self.resume_attributes},
-            "rng": rng_state(),
-        }
-
-    def gather_before_save(self):
-        """Collect every process's state for the checkpoint (called on every process)."""
-        self._process_states = distributed.gather_objects(self._process_state())
-
-    @mark_as_saver
-    def _save(self, path):
-        """Each process's state (see ``_process_state``) and the append-only logs' sizes."""
-        states, self._process_states = self._process_states, None
-        state = {
-            "processes": states or [self._process_state()],
-            "log_sizes": {name: _size(self._log_path(name)) for name in self.append_only_logs},
-        }
-        atomic_torch_save(state, path)
-
-    @mark_as_loader
-    def _recover(self, path, end_of_epoch):
-        """Restore this process's state; mid-epoch, its random states wait for the next batch
-        (see ``fit_batch``)."""
-        if not zipfile.is_zipfile(path):  # SpeechBrain's own YAML: no random state to restore
-            return super()._recover(path, end_of_epoch)
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        self._log_sizes = saved["log_sizes"]
-        state = _own_state(saved.get("processes") or [saved])  # or one process's, unnested
-        self.step = state["step"]
-        self.avg_train_loss = state["avg_train_loss"]
-        self.optimizer_step = state["optimizer_step"]
-        for name, value in state["attributes"].items():
-            setattr(self, name, value)
-        if end_of_epoch:
-            set_rng_state(state["rng"])
-        else:  # the data loader draws from the random state before the next batch
-            self._pending_state = (state["rng"], state["nonfinite_count"])
-
     def on_fit_start(self):
-        """Recover, then cut the logs back to the recovered checkpoint (unless training is over).
+        """Recover; a finished run is not trained again; when training goes on (resumed, or a
+        finished run given more epochs), cut the logs back to the recovered checkpoint.
 
         With no checkpoint to recover, the logs go back to their sizes when training first
         started here (``LOG_SIZES_AT_START``): a run killed before its first checkpoint
         leaves no records behind.
         """
-        self._log_sizes = None
+        self.resume_state.log_sizes = None
+        self._last_ckpt_time, self._steps_since_ckpt = time.time(), 0
         super().on_fit_start()
-        finished = os.path.exists(getattr(self, "fit_done_file", ""))
-        if self.checkpointer is not None and not finished and if_main_process():
-            sizes = self._log_sizes or self._sizes_at_start()
+        if self.checkpointer is None:
+            return
+        counter = self.hparams.epoch_counter
+        runs.skip_finished_epochs(self.hparams.save_folder, counter)
+        if counter.current < counter.limit and if_main_process():
+            sizes = self.resume_state.log_sizes or self._sizes_at_start()
             for name, size in sizes.items():
-                path = self._log_path(name)
+                path = self.log_path(name)
                 if _size(path) > size:
                     logger.info("resuming: %s cut back to its state at the checkpoint", name)
                     os.truncate(path, size)
@@ -152,42 +125,51 @@ class ResilientBrain:
         path = self.checkpointer.checkpoints_dir / LOG_SIZES_AT_START
         if path.exists():
             return json.loads(path.read_text())
-        sizes = {name: _size(self._log_path(name)) for name in self.append_only_logs}
+        sizes = {name: _size(self.log_path(name)) for name in self.append_only_logs}
         write_json(path, sizes)
         return sizes
 
-    def _log_path(self, name):
+    def log_path(self, name):
         """Where an append-only log lives."""
         return os.path.join(self.hparams.output_folder, name)
 
     # ------------------------------------------------------------ training --
-    def _restore_pending_state(self):
-        """Random state and non-finite count of an intra-epoch checkpoint, once resumed there."""
-        if self._pending_state is not None:
-            rng, self.nonfinite_count = self._pending_state
-            set_rng_state(rng)
-            self._pending_state = None
+    def on_stage_start(self, stage, epoch=None):
+        """Stop before a new training epoch when asked to (the epoch's checkpoint is saved)."""
+        if stage == sb.Stage.TRAIN and any(distributed.any_true(stopping.requested())):
+            stopping.exit_now(f"before epoch {epoch}")
 
-    def fit_batch(self, batch):
-        """SpeechBrain's ``fit_batch``, with non-finite losses skipped and counted."""
-        self._restore_pending_state()
+    def on_fit_batch_start(self, batch, should_step):
+        """Restore an intra-epoch checkpoint's random state and non-finite count at its batch."""
         crash_point("train_batch")
-        should_step = (self.step % self.grad_accumulation_factor) == 0
-        self.on_fit_batch_start(batch, should_step)
-        with self.training_ctx:
-            outputs = self.compute_forward(batch, sb.Stage.TRAIN)
-            loss = self.compute_objectives(outputs, batch, sb.Stage.TRAIN)
-        if distributed.all_true(bool(torch.isfinite(loss))):
-            self.scaler.scale(loss / self.grad_accumulation_factor).backward()
-        else:
-            self._skip_nonfinite()
-        if should_step:
-            self.optimizers_step()
-        self.on_fit_batch_end(batch, outputs, loss, should_step)
-        return loss.detach().cpu()
+        self.resume_state.restore_pending()
 
-    def _skip_nonfinite(self):
-        """Count a skipped batch; stop once the epoch's count exceeds the patience."""
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        """Between optimizer steps: an intra-epoch checkpoint when due or when asked to stop."""
+        self._steps_since_ckpt += 1  # batches, as SpeechBrain counts ckpt_interval_steps
+        if not should_step or self.checkpointer is None:
+            return
+        minutes = (time.time() - self._last_ckpt_time) / 60
+        due = 0 < self.ckpt_every_steps <= self._steps_since_ckpt
+        due = due or 0 < self.ckpt_every_minutes < minutes
+        due, stop = distributed.any_true(due, stopping.requested())
+        if due or stop:
+            self.checkpointer.save_and_keep_only(
+                end_of_epoch=False,
+                num_to_keep=1,
+                ckpt_predicate=lambda c: INTRA_EPOCH_FLAG in c.meta,
+                meta={INTRA_EPOCH_FLAG: True},
+                verbosity=logging.DEBUG,
+            )
+            self._last_ckpt_time, self._steps_since_ckpt = time.time(), 0
+        if stop:
+            stopping.exit_now(f"after optimizer step {self.optimizer_step}, checkpoint saved")
+
+    def check_loss_isfinite(self, loss):
+        """Count a non-finite loss on any process (its step's gradients are dropped); stop once
+        the epoch's count exceeds the patience."""
+        if distributed.all_true(bool(torch.isfinite(loss))):
+            return
         self.nonfinite_count += 1
         epoch = self.hparams.epoch_counter.current
         if self.nonfinite_count > self.nonfinite_patience:
@@ -197,39 +179,26 @@ class ResilientBrain:
                 "check the data"
             )
         logger.warning(
-            "non-finite training loss: batch skipped (%d in epoch %d, nonfinite_patience=%d)",
+            "non-finite training loss: the step is skipped (%d in epoch %d, nonfinite_patience=%d)",
             self.nonfinite_count,
             epoch,
             self.nonfinite_patience,
         )
 
-    def _fit_train(self, train_set, epoch, enable):
-        """Train one epoch, then log how many batches a non-finite loss skipped."""
-        super()._fit_train(train_set, epoch, enable)
-        self._restore_pending_state()  # resumed after the epoch's last batch: none ran
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """After training: the state of a checkpoint taken after the epoch's last batch, and
+        how many batches a non-finite loss skipped."""
+        if stage != sb.Stage.TRAIN:
+            return
+        self.resume_state.restore_pending()
         if self.nonfinite_count:
             logger.warning(
                 "epoch %d: %d batch(es) skipped for a non-finite loss", epoch, self.nonfinite_count
             )
 
-    def _should_save_intra_epoch_ckpt(self, last_ckpt_time, steps_since_ckpt):
-        """Only between optimizer steps: no half-accumulated gradient is lost on resuming."""
-        between_steps = self.step % self.grad_accumulation_factor == 0
-        return between_steps and super()._should_save_intra_epoch_ckpt(
-            last_ckpt_time, steps_since_ckpt
-        )
-
-    def optimizers_step(self):
-        """Average gradients over the processes, then step."""
-        distributed.average_gradients(self.modules.parameters())
-        super().optimizers_step()
-
-    def _wrap_distributed(self):
-        """No DistributedDataParallel wrapper: gradients are averaged in ``optimizers_step``."""
-
     # ---------------------------------------------------------- evaluation --
     def evaluate_batch(self, batch, stage):
-        """SpeechBrain's ``evaluate_batch`` (with a test-only crash point in validation)."""
+        """SpeechBrain's ``evaluate_batch``, counting batches for ``gather_stage``."""
         if stage == sb.Stage.VALID:
             crash_point("valid_batch")
         self._eval_batches += 1
@@ -254,6 +223,61 @@ class ResilientBrain:
         for name in self.gathered_accumulators:
             setattr(self, name, distributed.sum_over_processes(getattr(self, name)))
         return distributed.global_ratio(stage_loss * batches, batches)
+
+
+@register_checkpoint_hooks
+class ResumeState:
+    """What an exact resume needs beyond SpeechBrain's brain checkpoint (step counters): each
+    process's random states, non-finite count and the recipe's running sums, and the sizes
+    of the append-only logs when the checkpoint was taken."""
+
+    def __init__(self, brain):
+        self.brain = brain
+        self.log_sizes = None  # of the recovered checkpoint
+        self._gathered = None
+        self._pending = None  # (random state, non-finite count) waiting for the next batch
+
+    def _process_state(self):
+        """What this process alone knows."""
+        brain = self.brain
+        return {
+            "nonfinite_count": getattr(brain, "nonfinite_count", 0),
+            "attributes": {name: getattr(brain, name) for name in brain.resume_attributes},
+            "rng": rng_state(),
+        }
+
+    def gather_before_save(self):
+        """Collect every process's state for the checkpoint (called on every process)."""
+        self._gathered = distributed.gather_objects(self._process_state())
+
+    @mark_as_saver
+    def save(self, path):
+        """Each process's state and the append-only logs' sizes."""
+        states, self._gathered = self._gathered, None
+        sizes = {name: _size(self.brain.log_path(name)) for name in self.brain.append_only_logs}
+        atomic_torch_save(
+            {"processes": states or [self._process_state()], "log_sizes": sizes}, path
+        )
+
+    @mark_as_loader
+    def load(self, path, end_of_epoch):
+        """Restore this process's state; mid-epoch, its random states wait for the next batch."""
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        self.log_sizes = saved["log_sizes"]
+        state = _own_state(saved["processes"])
+        for name, value in state["attributes"].items():
+            setattr(self.brain, name, value)
+        if end_of_epoch:
+            set_rng_state(state["rng"])
+        else:  # the data loader draws from the random state before the next batch
+            self._pending = (state["rng"], state["nonfinite_count"])
+
+    def restore_pending(self):
+        """Apply a mid-epoch checkpoint's random state and non-finite count, once."""
+        if self._pending is not None:
+            rng, self.brain.nonfinite_count = self._pending
+            set_rng_state(rng)
+            self._pending = None
 
 
 def _own_state(saved):

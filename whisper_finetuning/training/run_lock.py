@@ -1,0 +1,68 @@
+"""One run per experiment folder: a lock file naming the process that holds it.
+
+A second run into a locked folder stops at once with one line naming the holder; a lock left
+by a process that no longer exists on this host is taken over.
+"""
+
+import atexit
+import json
+import os
+import socket
+from pathlib import Path
+
+LOCK_FILE = "run.lock"
+
+
+class FolderLocked(RuntimeError):
+    """Another live run holds the experiment folder."""
+
+
+def acquire(folder):
+    """Lock ``folder`` for this process (created if missing) until it exits."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _holder(path)
+            if holder is not None and _alive(holder):
+                raise FolderLocked(
+                    f"{folder} is in use by another run (pid {holder['pid']} on "
+                    f"{holder['host']}); wait for it, stop it, or pick another output_folder"
+                ) from None
+            path.unlink(missing_ok=True)  # a dead process's lock: take it over
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        atexit.register(_release, path, me)
+        return path
+
+
+def _holder(path):
+    """The lock's owner, or None when the file is unreadable (half written)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(holder):
+    """Whether the holder still runs (a process on another host is assumed alive)."""
+    if holder["host"] != socket.gethostname():
+        return True
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _release(path, me):
+    """Remove the lock if it is still ours."""
+    if _holder(path) == me:
+        path.unlink(missing_ok=True)
