@@ -344,11 +344,15 @@ def main(argv):
     precision = run_opts.precision if "precision" in run_opts.overridden_args else None
     if (precision or hparams["precision"]) == "fp16" and not torch.cuda.is_available():
         sys.exit("error: precision fp16 needs a CUDA GPU; use --precision=bf16 or fp32 on CPU")
-    if os.environ.get("RANK", "0") == "0":  # before anything is written into the folder
-        try:
-            run_lock.acquire(hparams["output_folder"])
-        except run_lock.FolderLocked as error:
-            sys.exit(f"error: {error}")
+    try:  # before anything is written into the folder
+        with run_lock.holding(hparams["output_folder"]):
+            fine_tune(hparams, run_opts, base_file, merged_overrides)
+    except run_lock.FolderLocked as error:
+        sys.exit(f"error: {error}")
+
+
+def fine_tune(hparams, run_opts, base_file, merged_overrides):
+    """Prepare data, fine-tune, then evaluate every test set with the min-WER checkpoint."""
     stopping.install()
     distributed.init_group(run_opts)
     sb.create_experiment_directory(

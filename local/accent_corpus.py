@@ -16,7 +16,6 @@ import argparse
 import csv
 import hashlib
 import logging
-import os
 import random
 import shutil
 import subprocess
@@ -27,8 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from whisper_finetuning.audio import audio_duration
-from whisper_finetuning.manifests import write_csv_atomically
+from whisper_finetuning.audio import SAMPLE_RATE, audio_duration
+from whisper_finetuning.files import atomic_path, write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +36,6 @@ VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-gb-x-rp")
 SPLITS = ("train", "valid", "test")
 DEFAULT_SEED = 1234
 
-SAMPLE_RATE = 16000
 SPEED_WPM = (150, 175)  # inclusive range for `espeak-ng -s`
 PITCH = (40, 60)  # inclusive range for `espeak-ng -p` (0-99 scale)
 HEADROOM_DB = 1  # espeak-ng peaks at full scale; resampling would overshoot and clip
@@ -123,14 +121,13 @@ def synthesize(utt: Utterance, data_folder: Path, tmp_dir: Path, seed: int) -> N
     speed, pitch = prosody(seed, utt.utt_id)
     raw = tmp_dir / f"{utt.utt_id}.wav"
     out = data_folder / utt.rel_wav
-    partial = out.with_suffix(".wav.partial")
     out.parent.mkdir(parents=True, exist_ok=True)
     espeak = ["espeak-ng", "-v", utt.voice, "-s", str(speed), "-p", str(pitch), "-w", str(raw)]
     _run([*espeak, utt.text], utt.utt_id)
     convert = ["-t", "wav", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", "-e", "signed-integer"]
     gain = ["gain", f"-{HEADROOM_DB}"]  # applied before sox's automatic rate effect
-    _run(["sox", "-D", "-V1", str(raw), *convert, str(partial), *gain], utt.utt_id)
-    os.replace(partial, out)
+    with atomic_path(out) as partial:
+        _run(["sox", "-D", "-V1", str(raw), *convert, partial, *gain], utt.utt_id)
     raw.unlink()
 
 
@@ -163,7 +160,7 @@ def write_manifest(path: Path, utterances: list[Utterance], data_folder: Path) -
         ]
         for utt in utterances
     ]
-    write_csv_atomically(path, MANIFEST_HEADER, rows)
+    write_csv(path, MANIFEST_HEADER, rows)
 
 
 def prepare_accent_corpus(

@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 from local.accent_corpus import prepare_accent_corpus
 from whisper_finetuning.audio import audio_duration
-from whisper_finetuning.manifests import write_csv_atomically
+from whisper_finetuning.files import write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def write_manifest(
                 *(utt.extras.get(column, "") for column in extra_columns),
             ]
         )
-    write_csv_atomically(csv_path, [*BASE_COLUMNS, *extra_columns], rows)
+    write_csv(csv_path, [*BASE_COLUMNS, *extra_columns], rows)
     logger.info("%s: wrote %d rows", csv_path, len(rows))
     if not rows:
         logger.warning("%s is empty", csv_path)

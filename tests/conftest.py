@@ -1,6 +1,7 @@
 """Shared fixtures (the bundled tiny.en converted once, tiny random Whisper checkpoints) and
 helpers: speech from espeak-ng, manifests, JSON-lines records."""
 
+import inspect
 import json
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from whisper_finetuning.audio import read_audio
 from whisper_finetuning.ct2 import ensure_tiny_en
+from whisper_finetuning.vocabulary import ENGLISH_ONLY_VOCAB_SIZE
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -24,7 +26,6 @@ TOKENIZER_FILES = (
     "preprocessor_config.json",
     "generation_config.json",
 )
-ENGLISH_ONLY_VOCAB = 51864
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +42,7 @@ def make_random_whisper(folder, tokenizer_source, multilingual=False, seed=0):
     """
     torch.manual_seed(seed)
     config = WhisperConfig(
-        vocab_size=ENGLISH_ONLY_VOCAB + int(multilingual),
+        vocab_size=ENGLISH_ONLY_VOCAB_SIZE + int(multilingual),
         num_mel_bins=80,
         d_model=64,
         encoder_layers=2,
@@ -123,3 +124,16 @@ def sine(path, seconds, rate=16000, channels=1):
         audio = np.stack([audio] * channels, axis=1)
     sf.write(path, audio, rate)
     return path
+
+
+# Tests that run the real tiny.en, espeak-ng, train.py, torchrun or a browser are marked slow:
+# every test under tests/recipe (train.py runs on spoken corpora), every test taking the real
+# model directly, and the ones marked by hand.
+SLOW_FIXTURES = {"tiny_en_dir"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        direct = set(inspect.signature(item.function).parameters)
+        if "recipe" in item.path.parts or direct & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)

@@ -146,7 +146,7 @@ def run_baseline(args, work, model):
         WhisperProcessor,
     )
 
-    from whisper_finetuning.audio import read_audio
+    from whisper_finetuning.audio import SAMPLE_RATE, read_audio
     from whisper_finetuning.scoring import Scorer, text_normalizer
 
     processor = WhisperProcessor.from_pretrained(model)
@@ -158,7 +158,7 @@ def run_baseline(args, work, model):
         return [
             {
                 "input_features": processor.feature_extractor(
-                    read_audio(row["wav"]).numpy(), sampling_rate=16000
+                    read_audio(row["wav"]).numpy(), sampling_rate=SAMPLE_RATE
                 ).input_features[0],
                 "labels": processor.tokenizer(row["wrd"]).input_ids,
             }

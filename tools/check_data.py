@@ -8,6 +8,7 @@ is an error (``whisper_finetuning/data_checks.py`` says what is checked).
 """
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from whisper_finetuning.data_checks import (
     tokenizer_counter,
 )
 from whisper_finetuning.manifests import DataError, named_manifests
-from whisper_finetuning.model import MAX_TARGET_POSITIONS
+from whisper_finetuning.vocabulary import MAX_TARGET_POSITIONS
 
 
 def main(argv=None):
@@ -36,7 +37,12 @@ def main(argv=None):
         help="Whisper model or tokenizer folder with tokenizer.json (default: the bundled "
         "tiny.en's if installed, else an estimate)",
     )
-    parser.add_argument("--max_tokens", type=int, default=MAX_TARGET_POSITIONS)
+    parser.add_argument(
+        "--max_tokens",
+        type=int,
+        help="the decoder's positions (default: the tokenizer folder's config.json, else "
+        f"{MAX_TARGET_POSITIONS})",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -47,12 +53,13 @@ def main(argv=None):
     if args.tokenizer and not tokenizer_json.is_file():
         sys.exit(f"error: {tokenizer_json} not found")
     token_count = tokenizer_counter(tokenizer_json) if tokenizer_json else None
+    max_tokens = args.max_tokens or model_positions(tokenizer_json)
     findings = run_checks(
         manifests,
         args.data_folder,
         args.output,
         token_count,
-        args.max_tokens,
+        max_tokens,
         token_count_name=f"{tokenizer_json} + {DECODER_OVERHEAD} prompt/end tokens",
     )
     for finding in findings:
@@ -63,6 +70,15 @@ def main(argv=None):
         f"report in {os.path.join(args.output, 'data_report.md')}"
     )
     return 1 if counts["error"] else 0
+
+
+def model_positions(tokenizer_json):
+    """The decoder positions in the Hugging Face config beside ``tokenizer_json``, else
+    Whisper's 448."""
+    config = tokenizer_json.parent / "config.json" if tokenizer_json else None
+    if config is None or not config.is_file():
+        return MAX_TARGET_POSITIONS
+    return json.loads(config.read_text()).get("max_target_positions", MAX_TARGET_POSITIONS)
 
 
 if __name__ == "__main__":

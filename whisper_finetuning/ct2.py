@@ -31,6 +31,7 @@ from transformers import (
 )
 
 from whisper_finetuning.export import save_whisper_dir
+from whisper_finetuning.vocabulary import is_multilingual
 
 MODEL_BIN = "model.bin"
 CT2_CONFIG = "config.json"
@@ -98,7 +99,6 @@ EOT, SOT, NO_TIMESTAMPS = "<|endoftext|>", "<|startoftranscript|>", "<|notimesta
 START_OF_PREV, TRANSLATE, TRANSCRIBE = "<|startofprev|>", "<|translate|>", "<|transcribe|>"
 TIME_PRECISION = 0.02  # seconds per timestamp token <|0.00|>, <|0.02|>, ...
 TIMESTAMP = re.compile(r"<\|\d+\.\d\d\|>")
-MULTILINGUAL_VOCAB_SIZE = 51865  # transformers' own test: .en models have 51864 tokens
 MAX_INITIAL_TIMESTAMP_INDEX = 50  # OpenAI's and ctranslate2's decoding default
 
 
@@ -353,7 +353,7 @@ def _build_configs(
         "prev_sot_token_id": ids[START_OF_PREV],
         "max_initial_timestamp_index": MAX_INITIAL_TIMESTAMP_INDEX,
         "return_timestamps": False,
-        "is_multilingual": vocab_size >= MULTILINGUAL_VOCAB_SIZE,
+        "is_multilingual": is_multilingual(vocab_size),
     }
     if "alignment_heads" in ct2_config:
         generation["alignment_heads"] = ct2_config["alignment_heads"]

@@ -42,7 +42,7 @@ from transformers.models.whisper.english_normalizer import BasicTextNormalizer
 from whisper_finetuning.audio import CHUNK_SECONDS
 from whisper_finetuning.files import write_json, write_text
 from whisper_finetuning.manifests import REQUIRED_COLUMNS, DataError, load_manifest, named_manifests
-from whisper_finetuning.model import MAX_TARGET_POSITIONS
+from whisper_finetuning.vocabulary import MAX_PROMPT_TOKENS, MAX_TARGET_POSITIONS
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +62,8 @@ TV_THRESHOLD = 0.2  # total variation distance of group proportions that counts 
 MAX_GROUP_VALUES = 50  # a column with more distinct values is not a grouping column
 MAX_ROWS_LISTED = 1000  # rows listed per finding in the JSON (n_rows has the total)
 ROWS_SHOWN = 10  # rows listed per finding in the Markdown report
-# Decoder positions besides the text: up to 4 prompt tokens (start, language, task,
-# no-timestamps on a multilingual model) and the end token.
-DECODER_OVERHEAD = 5
+# Decoder positions besides the text when no model says: the longest prompt and the end token.
+DECODER_OVERHEAD = MAX_PROMPT_TOKENS + 1
 ESTIMATE_LABEL = (
     "ESTIMATED, no tokenizer: 4 ASCII characters or 2 other UTF-8 bytes per token "
     f"(GPT-2-like byte-level BPE) + {DECODER_OVERHEAD} prompt/end tokens"
@@ -628,12 +627,12 @@ def check_before_training(hparams, whisper):
                 checked = {name: split["csv"] for name, split in json.load(f)["splits"].items()}
             if checked == {name: str(csv) for name, csv in manifests.items()}:
                 return
-        prompt = len(whisper.prefix_tokens) + 1  # the prompt, then the text and end of text
         run_checks(
             manifests,
             hparams["data_folder"],
             hparams["output_folder"],
-            token_count=lambda text: len(whisper.encode_text(text)) + prompt,
+            token_count=whisper.decoder_positions,
+            max_tokens=whisper.max_positions,
             group_columns=hparams["group_columns"],
         )
 

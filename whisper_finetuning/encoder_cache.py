@@ -12,7 +12,6 @@ makes the old entry unreachable and the next run recomputes it.
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from whisper_finetuning.audio import SAMPLE_RATE, read_audio
+from whisper_finetuning.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -111,9 +111,8 @@ class EncoderCache:
             for row, hidden in zip(rows, out.cpu().numpy().astype(CACHE_DTYPE), strict=True):
                 target = targets[row]
                 target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_suffix(f".{os.getpid()}.tmp.npy")
-                np.save(tmp, hidden)
-                os.replace(tmp, target)
+                with atomic_path(target) as tmp:
+                    np.save(tmp, hidden)
 
 
 def load_entry(path):

@@ -10,7 +10,6 @@ holds the same model for faster-whisper.
 Command line: ``python -m tools.export_hf``.
 """
 
-import json
 import shutil
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from speechbrain.utils.checkpoints import Checkpointer
 from transformers import WhisperProcessor
 
 from whisper_finetuning.audio import CHUNK_SECONDS  # what transformers and faster-whisper pad to
+from whisper_finetuning.files import write_json
 from whisper_finetuning.scoring import min_wer_earliest
 
 READABLE_FILE, READABLE_DIR = 0o644, 0o755
@@ -95,8 +95,7 @@ def export(experiment_folder, dest_dir, ct2=False, epoch=None):
     dest = save_whisper_dir(whisper.model, whisper.tokenizer, whisper.feature_extractor, dest_dir)
     selected = {"checkpoint": checkpoint.path.name, **checkpoint.meta}
     selected["encoder_window_seconds"] = whisper.window_seconds
-    with open(dest / "selected_checkpoint.json", "w") as out:
-        json.dump(selected, out, indent=2)
+    write_json(dest / "selected_checkpoint.json", selected)
     if whisper.window_seconds != CHUNK_SECONDS:
         print(
             f"warning: trained with a {whisper.window_seconds} s encoder window; transformers "

@@ -8,8 +8,6 @@ truncated. Audio at another sample rate or with several channels is converted on
 
 import csv
 import logging
-import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +15,6 @@ import soundfile as sf
 import speechbrain as sb
 
 from whisper_finetuning.audio import CHUNK_SECONDS
-from whisper_finetuning.model import MAX_TARGET_POSITIONS
 
 logger = logging.getLogger(__name__)
 
@@ -27,22 +24,6 @@ BAD_ROW_POLICIES = ("skip", "error")
 
 class DataError(ValueError):
     """A manifest or audio file that cannot be used."""
-
-
-def write_csv_atomically(csv_path, header, rows):
-    """Write a CSV via a temporary file and ``os.replace``: never half a manifest on disk."""
-    folder = os.path.dirname(os.path.abspath(csv_path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=".", suffix=".csv.tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as tmp:
-            writer = csv.writer(tmp)
-            writer.writerow(header)
-            writer.writerows(rows)
-        os.replace(tmp_path, csv_path)
-    except BaseException:
-        os.unlink(tmp_path)
-        raise
 
 
 def named_manifests(train_csv, valid_csv, test_csvs):
@@ -82,9 +63,9 @@ def _row_problem(row, whisper):
     """Why a manifest row cannot be trained on, or None."""
     if not row["wrd"].strip():
         return "empty transcript"
-    n_tokens = len(whisper.encode_text(row["wrd"])) + len(whisper.prefix_tokens) + 1
-    if n_tokens > MAX_TARGET_POSITIONS:
-        return f"label of {n_tokens} tokens exceeds the decoder's {MAX_TARGET_POSITIONS}"
+    n_tokens = whisper.decoder_positions(row["wrd"])
+    if n_tokens > whisper.max_positions:
+        return f"label of {n_tokens} tokens exceeds the decoder's {whisper.max_positions}"
     try:
         info = sf.info(row["wav"])
     except (sf.LibsndfileError, RuntimeError, OSError):

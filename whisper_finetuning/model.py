@@ -38,8 +38,8 @@ from transformers import (
 from whisper_finetuning.audio import CHUNK_SECONDS, SAMPLE_RATE
 from whisper_finetuning.bundled import resolve_source
 from whisper_finetuning.training.checkpointing import atomic_torch_save
+from whisper_finetuning.vocabulary import is_multilingual
 
-MAX_TARGET_POSITIONS = 448
 LOG_MEL_DYNAMIC_RANGE = 8.0  # log10 units kept below each utterance's maximum
 
 
@@ -169,8 +169,8 @@ class WhisperASR(torch.nn.Module):
 
     @property
     def is_multilingual(self):
-        """English-only checkpoints have 51864 tokens; multilingual ones have more."""
-        return self.model.config.vocab_size > 51864
+        """Whether the checkpoint has language and task tokens (``.en`` ones do not)."""
+        return is_multilingual(self.model.config.vocab_size)
 
     @property
     def is_english(self):
@@ -372,6 +372,15 @@ class WhisperASR(torch.nn.Module):
     def encode_text(self, text):
         """Token ids of a transcript, without special tokens (never truncated)."""
         return self.tokenizer.encode(" " + text.strip(), add_special_tokens=False)
+
+    @property
+    def max_positions(self):
+        """How many tokens the decoder reads at most: prompt, transcript and end of text."""
+        return self.model.config.max_target_positions
+
+    def decoder_positions(self, text):
+        """Decoder positions a transcript takes: prompt, its tokens and the end of text."""
+        return len(self.prefix_tokens) + len(self.encode_text(text)) + 1
 
     def decode_text(self, tokens):
         """Text of generated token ids, special tokens dropped."""

@@ -8,6 +8,7 @@ tables). ``small_valid_warning`` says when the validation set is too small to te
 epochs' checkpoints apart.
 """
 
+import io
 import json
 import logging
 import math
@@ -22,7 +23,7 @@ from transformers.models.whisper.english_normalizer import (
     EnglishTextNormalizer,
 )
 
-from whisper_finetuning.files import write_json, write_text
+from whisper_finetuning.files import write_json, write_jsonl, write_text
 from whisper_finetuning.training import distributed
 
 logger = logging.getLogger(__name__)
@@ -311,13 +312,12 @@ class Scorer:
         """
         os.makedirs(folder, exist_ok=True)
         summary = {**self.summary(epoch), "model": model}
-        with open(os.path.join(folder, f"wer_{name}.txt"), "w") as out:
-            self.wer.write_stats(out)
+        stats = io.StringIO()
+        self.wer.write_stats(stats)
+        write_text(os.path.join(folder, f"wer_{name}.txt"), stats.getvalue())
         write_json(os.path.join(folder, f"summary_{name}.json"), summary)
         write_text(os.path.join(folder, f"summary_{name}.md"), format_summary(summary, name))
-        with open(os.path.join(folder, f"utterances_{name}.jsonl"), "w") as out:
-            for utt in self.utterances:
-                out.write(json.dumps(utt) + "\n")
+        write_jsonl(os.path.join(folder, f"utterances_{name}.jsonl"), self.utterances)
         return summary
 
 
@@ -386,8 +386,7 @@ def write_comparison(output_folder, test_name, group="dialect"):
             results[label] = _rates(json.load(f), group)
     write_json(os.path.join(output_folder, "demo_results.json"), results)
     table = format_comparison(results)
-    with open(os.path.join(output_folder, "demo_results.txt"), "w") as out:
-        out.write(table + "\n")
+    write_text(os.path.join(output_folder, "demo_results.txt"), table + "\n")
     logger.info("zero-shot vs fine-tuned on %s:\n%s", test_name, table)
     return results
 

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from analysis.diagnosis import Unavailable  # noqa: E402
+from whisper_finetuning.files import atomic_path  # noqa: E402
 
 DPI = 110
 
@@ -22,11 +23,9 @@ def _finite(value):
 
 
 def _save(figure, folder, name):
-    path = os.path.join(folder, name)
-    tmp = os.path.join(folder, f".{name}.tmp.png")
-    figure.savefig(tmp, dpi=DPI, bbox_inches="tight")
+    with atomic_path(os.path.join(folder, name)) as tmp:
+        figure.savefig(tmp, dpi=DPI, bbox_inches="tight")
     plt.close(figure)
-    os.replace(tmp, path)
     return name
 
 

@@ -6,11 +6,11 @@ When reviewers corrected the same utterance differently, the latest correction i
 utterance is listed as conflicting.
 """
 
-import csv
-import os
 from pathlib import Path
 
 import ruamel.yaml
+
+from whisper_finetuning.files import write_csv
 
 CORRECTIONS_FILE = "corrections.csv"
 
@@ -28,13 +28,8 @@ def corrections(latest):
 
 def write_corrections(path, columns, rows, corrected):
     """Write the corrections manifest atomically; returns the number of rows."""
-    tmp = Path(f"{path}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for utt_id, text in corrected.items():
-            writer.writerow({**rows[utt_id], "wrd": text})
-    os.replace(tmp, path)
+    fixed = [{**rows[utt_id], "wrd": text} for utt_id, text in corrected.items()]
+    write_csv(path, columns, [[row.get(column, "") for column in columns] for row in fixed])
     return len(corrected)
 
 

@@ -20,7 +20,7 @@ from analysis.review.store import TIE, latest, read_judgments
 
 HOST = "127.0.0.1"
 LOOPBACK_NAMES = {HOST, "localhost"}
-PAGE = Path(__file__).parents[1] / "assets" / "review.html"
+PAGE = Path(__file__).with_name("page.html")
 MAX_BODY_BYTES = 64 * 1024
 MAX_DRAIN_BYTES = 16 * 1024 * 1024
 MAX_TEXT_CHARS = 4000

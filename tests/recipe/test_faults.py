@@ -23,6 +23,7 @@ from recipe_runs import (
     recipe_args,
     run_forked,
 )
+from transformers import WhisperForConditionalGeneration
 
 from whisper_finetuning.training import checkpointing, resilience, run_lock, stopping
 from whisper_finetuning.training.checkpointing import CRASH_ENV, AtomicCheckpointer, CheckpointError
@@ -180,11 +181,11 @@ def test_a_dead_process_lock_is_taken_over(tmp_path):
     )
     lock = tmp_path / run_lock.LOCK_FILE
     lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
-    assert run_lock.acquire(tmp_path) == lock
-    assert json.loads(lock.read_text())["pid"] == os.getpid()
-    with pytest.raises(run_lock.FolderLocked):  # now held by a live process: this one
-        run_lock.acquire(tmp_path)
-    lock.unlink()
+    with run_lock.holding(tmp_path):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        with pytest.raises(run_lock.FolderLocked):  # now held by a live process: this one
+            run_lock.acquire(tmp_path)
+    assert not lock.exists()
 
 
 def test_read_only_save_folder_is_one_line_error_and_keeps_the_last_checkpoint(
@@ -269,6 +270,61 @@ def test_two_process_gloo_run_writes_once_and_scores_the_whole_valid_set(
     assert best["n_valid"] == len(valid_ids)
     for key, value in brain.valid_token_stats.summary().items():
         assert best[key] == pytest.approx(value, rel=1e-6), key
+
+
+def with_values(args, **values):
+    """``args`` with ``--key=value`` replaced (or added) for each of ``values``."""
+    kept = [a for a in args if a.split("=", 1)[0][2:] not in values]
+    return kept + [f"--{key}={value}" for key, value in values.items()]
+
+
+def test_two_nodes_train_the_weights_of_one_process_with_the_same_global_batch(
+    random_whisper_dir, corpus, cache, tmp_path
+):
+    """DDP averages gradients during backward: 2 nodes x 1 process x batches of 1 make the
+    same optimizer steps as 1 process x batches of 1 x accumulation 2 (same utterances per
+    step in sorted order)."""
+    settings = {"number_of_epochs": 1, "batch_size": 1, "sorting": "ascending"}
+    single = with_values(
+        recipe_args(random_whisper_dir, corpus, tmp_path / "single", cache),
+        grad_accumulation_factor=2,
+        **settings,
+    )
+    code, stderr = run_forked(single)
+    assert code == 0, stderr[-3000:]
+    nodes_args = with_values(
+        recipe_args(random_whisper_dir, corpus, tmp_path / "nodes", cache),
+        grad_accumulation_factor=1,
+        distributed_backend="gloo",
+        **settings,
+    )
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}"]
+            + ["--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}"]
+            + ["train.py", *nodes_args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    for node in nodes:
+        _, stderr = node.communicate(timeout=900)
+        assert node.returncode == 0, stderr[-3000:]
+    ours = final_state(tmp_path / "nodes")
+    reference = final_state(tmp_path / "single")
+    assert [e["optimizer_steps"] for e in ours["epochs"]] == [4]
+    assert [e["optimizer_steps"] for e in reference["epochs"]] == [4]
+    initial = WhisperForConditionalGeneration.from_pretrained(random_whisper_dir).state_dict()
+    assert ours["weights"].keys() == reference["weights"].keys()
+    for name, value in ours["weights"].items():
+        assert not torch.equal(value, initial[name]), f"{name} did not train"
+        # Tolerance: float sums in another order (DDP's all-reduce vs accumulation).
+        torch.testing.assert_close(value, reference["weights"][name], rtol=0, atol=1e-5)
 
 
 def test_kill_under_torchrun_and_rerun_ends_where_an_uninterrupted_run_ends(

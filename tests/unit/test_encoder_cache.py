@@ -36,6 +36,7 @@ def loss(model, encoder_out, text):
     "options",
     [{}, {"trainable_encoder_layers": 1}, {"window_seconds": 1}],  # 1 s: windows of 2 s and 4 s
 )
+@pytest.mark.slow
 def test_cached_and_computed_encoder_give_the_same_loss(
     random_whisper_dir, dataset, tmp_path, options
 ):
@@ -51,6 +52,7 @@ def test_cached_and_computed_encoder_give_the_same_loss(
             )
 
 
+@pytest.mark.slow
 def test_changing_audio_or_model_recomputes(random_whisper_dir, dataset, tmp_path, caplog):
     model = WhisperASR(str(random_whisper_dir))
     cache = EncoderCache(tmp_path / "cache", model)
@@ -80,6 +82,7 @@ def test_cache_refuses_when_it_would_be_wrong(random_whisper_dir):
     assert not encoder_cache.use_cache("false", frozen, augment=False)
 
 
+@pytest.mark.slow
 def test_rows_skipped_by_the_checks_are_not_cached(random_whisper_dir, dataset, tmp_path):
     model = WhisperASR(str(random_whisper_dir))
     Path(dataset.data["u1"]["wav"]).unlink()

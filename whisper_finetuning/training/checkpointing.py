@@ -15,7 +15,6 @@ import os
 import random
 import shutil
 import signal
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +27,8 @@ from speechbrain.utils.checkpoints import (
     get_default_hook,
 )
 from speechbrain.utils.distributed import ddp_barrier, ddp_broadcast, get_rank, if_main_process
+
+from whisper_finetuning.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -66,15 +67,8 @@ def fsync_path(path):
 
 def atomic_torch_save(obj, path):
     """``torch.save`` to a temporary name, flushed, then renamed: never half a file at ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        fsync_path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def rng_state():

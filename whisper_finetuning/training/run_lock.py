@@ -4,7 +4,7 @@ A second run into a locked folder stops at once with one line naming the holder;
 by a process that no longer exists on this host is taken over.
 """
 
-import atexit
+import contextlib
 import json
 import os
 import socket
@@ -17,8 +17,22 @@ class FolderLocked(RuntimeError):
     """Another live run holds the experiment folder."""
 
 
+@contextlib.contextmanager
+def holding(folder):
+    """Hold ``folder``'s lock for the block (on the main process of a torchrun group; the
+    others share it)."""
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    path = acquire(folder)
+    try:
+        yield
+    finally:
+        release(path)
+
+
 def acquire(folder):
-    """Lock ``folder`` for this process (created if missing) until it exits."""
+    """Lock ``folder`` for this process (created if missing); returns the lock file."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
@@ -37,7 +51,6 @@ def acquire(folder):
             continue
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
-        atexit.register(_release, path, me)
         return path
 
 
@@ -62,7 +75,7 @@ def _alive(holder):
     return True
 
 
-def _release(path, me):
-    """Remove the lock if it is still ours."""
-    if _holder(path) == me:
+def release(path):
+    """Remove the lock if it is still this process's."""
+    if _holder(path) == {"pid": os.getpid(), "host": socket.gethostname()}:
         path.unlink(missing_ok=True)
