@@ -13,10 +13,9 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-import soundfile as sf
 import speechbrain as sb
 
-from whisper_finetuning.audio import CHUNK_SECONDS
+from whisper_finetuning.audio import CHUNK_SECONDS, audio_info
 from whisper_finetuning.model import MAX_TARGET_POSITIONS
 
 logger = logging.getLogger(__name__)
@@ -85,9 +84,8 @@ def _row_problem(row, whisper):
     n_tokens = len(whisper.encode_text(row["wrd"])) + len(whisper.prefix_tokens) + 1
     if n_tokens > MAX_TARGET_POSITIONS:
         return f"label of {n_tokens} tokens exceeds the decoder's {MAX_TARGET_POSITIONS}"
-    try:
-        info = sf.info(row["wav"])
-    except (sf.LibsndfileError, RuntimeError, OSError):
+    info = audio_info(row["wav"])
+    if info is None:
         return "missing or unreadable audio"
     if info.frames == 0:
         return "empty audio"
