@@ -8,9 +8,10 @@ import torch
 import yaml
 from conftest import read_jsonl
 from data_sources import build_sources, make_corpus
-from recipe_runs import one_line_error, run_forked
+from recipe_runs import killed, one_line_error, run_forked
 
 from local.data_prep import prepare
+from whisper_finetuning.training.checkpointing import CRASH_ENV
 
 
 def train_args(whisper_dir, dataset, data_folder, output, extra=()):
@@ -71,23 +72,43 @@ def csv_run(sources, random_whisper_dir, tmp_path_factory):
     return outcome(exp)
 
 
+def assert_same_outcome(ours, theirs):
+    """Bit-identical step losses, epoch record, kept checkpoint, transcripts and WER."""
+    assert len(ours["steps"]) == 3 and ours["steps"] == theirs["steps"]
+    assert ours["epochs"] == theirs["epochs"]
+    assert ours["meta"] == theirs["meta"]
+    assert ours["valid"] == theirs["valid"] and ours["test"] == theirs["test"]
+    assert ours["weights"].keys() == theirs["weights"].keys()
+    for name, value in ours["weights"].items():
+        assert torch.equal(value, theirs["weights"][name]), name
+
+
 @pytest.mark.parametrize("source", ["hf_saved", "lhotse", "shards"])
 def test_one_epoch_from_each_source_is_bit_identical_to_the_csv_path(
     source, sources, csv_run, random_whisper_dir, tmp_path
 ):
     code, stderr = run_forked(train_args(random_whisper_dir, *sources[source], tmp_path / "exp"))
     assert code == 0, stderr[-3000:]
-    ours = outcome(tmp_path / "exp")
-    assert len(ours["steps"]) == 3 and ours["steps"] == csv_run["steps"]
-    assert ours["epochs"] == csv_run["epochs"]
-    assert ours["meta"] == csv_run["meta"]
-    assert ours["valid"] == csv_run["valid"] and ours["test"] == csv_run["test"]
-    assert ours["weights"].keys() == csv_run["weights"].keys()
-    for name, value in ours["weights"].items():
-        assert torch.equal(value, csv_run["weights"][name]), name
+    assert_same_outcome(outcome(tmp_path / "exp"), csv_run)
     manifest = (tmp_path / "exp" / "manifests" / "train.csv").read_text()
     prefix = {"hf_saved": "hf://", "lhotse": "lhotse://", "shards": "$data_root/train-"}[source]
     assert manifest.splitlines()[1].split(",")[2].startswith(prefix)
+
+
+def test_a_shards_run_killed_mid_epoch_resumes_to_the_csv_paths_result(
+    sources, csv_run, random_whisper_dir, tmp_path
+):
+    """Killed at the third batch, after a checkpoint at the second: the rerun skips the two
+    batches served and ends where an uninterrupted run on the audio files ends."""
+    args = train_args(
+        random_whisper_dir, *sources["shards"], tmp_path / "exp", ["--ckpt_interval_steps=2"]
+    )
+    code, stderr = run_forked(args, env={CRASH_ENV: "train_batch:3"})
+    assert killed(code), (code, stderr[-3000:])
+    assert len(read_jsonl(tmp_path / "exp" / "log" / "steps.jsonl")) == 2
+    code, stderr = run_forked(args)
+    assert code == 0, stderr[-3000:]
+    assert_same_outcome(outcome(tmp_path / "exp"), csv_run)
 
 
 def test_a_missing_hf_split_stops_train_py_with_one_line(sources, random_whisper_dir, tmp_path):
