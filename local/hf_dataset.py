@@ -107,6 +107,7 @@ class _Split:
             self.columns[role] = chosen
         if group_columns is None:
             group_columns = [c for c in GROUP_COLUMNS if c in columns]
+        group_columns = _names(group_columns)
         for column in group_columns:
             if column not in columns:
                 raise ValueError(self._missing(f"group column '{column}'", columns, "group"))
@@ -115,7 +116,7 @@ class _Split:
             raise ValueError(
                 f"{where}: group columns {sorted(clashes)} clash with manifest columns"
             )
-        self.group_columns = list(group_columns)
+        self.group_columns = group_columns
         self.extra_columns = self.group_columns + [LANGUAGE] * bool(self.columns["language"])
 
     def _missing(self, what, columns, role):
@@ -129,16 +130,16 @@ class _Split:
     def utterance(self, index, row, wav, audio_name):
         """One manifest row candidate; the ID falls back on the audio's name, then the index."""
         if self.columns["id"]:
-            utt_id = str(row[self.columns["id"]])
+            utt_id = _text(row.get(self.columns["id"]))
         elif audio_name:
             utt_id = Path(audio_name).stem
         else:
             utt_id = f"{self.name}_{index:06d}"
-        extras = {c: _text(row[c]) for c in self.group_columns}
+        extras = {c: _text(row.get(c)) for c in self.group_columns}
         if self.columns["language"]:
-            extras[LANGUAGE] = _text(row[self.columns["language"]])
-        speaker = _text(row[self.columns["speaker"]]) if self.columns["speaker"] else ""
-        return Utterance(utt_id, wav, speaker, _text(row[self.columns["text"]]), extras)
+            extras[LANGUAGE] = _text(row.get(self.columns["language"]))
+        speaker = _text(row.get(self.columns["speaker"])) if self.columns["speaker"] else ""
+        return Utterance(utt_id, wav, speaker, _text(row.get(self.columns["text"])), extras)
 
 
 class _DatasetSplit(_Split):
@@ -174,7 +175,8 @@ class _AudiofolderSplit(_Split):
     def utterances(self, copy_to=None):
         """The split's rows, ``wav`` pointing at their audio files (already files: not copied)."""
         for index, row in enumerate(self.rows):
-            path = os.path.normpath(os.path.join(self.folder, row[AUDIOFOLDER_PATH_COLUMN]))
+            name = row.get(AUDIOFOLDER_PATH_COLUMN) or ""  # none: missing audio
+            path = os.path.normpath(os.path.join(self.folder, name))
             yield self.utterance(index, row, f"{DATA_ROOT}/{Path(path).as_posix()}", path)
 
 
@@ -206,7 +208,13 @@ def _read_metadata(path):
     with open(path, newline="", encoding="utf-8") as f:
         if path.suffix == ".csv":
             return list(csv.DictReader(f))
-        return [json.loads(line) for line in f if line.strip()]
+        rows = []
+        for number, line in enumerate(f, 1):
+            try:
+                rows += [json.loads(line)] if line.strip() else []
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}, line {number}: not JSON ({error.msg})") from None
+        return rows
 
 
 def _text(value):

@@ -29,6 +29,7 @@ LHOTSE_CUT = re.compile(r"(?P<cuts>.+)#(?P<cut>[^/]+)(?:/(?P<supervision>.+))?")
 # Leading bytes of the encoded formats, for naming audio that comes without a file name.
 MAGIC_SUFFIXES = ((b"RIFF", ".wav"), (b"fLaC", ".flac"), (b"OggS", ".ogg"), (b"ID3", ".mp3"))
 READ_CHUNK = 1 << 20
+SAVE_TO_DISK_FILES = ("dataset_dict.json", "state.json")  # a DatasetDict, or one Dataset
 
 
 class AudioSourceError(OSError):
@@ -142,18 +143,21 @@ def hf_split(folder, split, audio_column):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import datasets
 
-    saved = [
-        name
-        for name in ("dataset_dict.json", "state.json")
-        if os.path.isfile(os.path.join(folder, name))
-    ]
     try:
-        if saved:
+        if any(os.path.isfile(os.path.join(folder, name)) for name in SAVE_TO_DISK_FILES):
             loaded = datasets.load_from_disk(folder)
         else:
             loaded = datasets.load_dataset(folder)
-    except FileNotFoundError as error:
-        raise ValueError(f"no Hugging Face dataset in {folder}: {error}") from None
+    except FileNotFoundError:
+        raise ValueError(
+            f"no Hugging Face dataset in {folder}: no save_to_disk files, parquet/arrow files "
+            "or audiofolder metadata.csv/metadata.jsonl"
+        ) from None
+    except (OSError, ValueError, datasets.exceptions.DatasetsError) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(
+            f"cannot load the Hugging Face dataset in {folder}: {first_line}"
+        ) from None
     splits = loaded if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
     if split not in splits:
         raise ValueError(f"{folder} has no split '{split}' (splits: {', '.join(splits)})")

@@ -163,6 +163,24 @@ def test_wrong_columns_and_missing_splits_are_one_line_errors(
     assert not list(tmp_path.iterdir())  # checked before any manifest is written
 
 
+def test_a_folder_without_a_readable_dataset_is_a_one_line_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken" / "data").mkdir(parents=True)
+    (tmp_path / "broken" / "data" / "train-00000-of-00001.parquet").write_bytes(b"junk")
+    with pytest.raises(ValueError) as empty:
+        prepare("hf", tmp_path / "empty", tmp_path / "manifests")
+    with pytest.raises(ValueError) as broken:
+        prepare("hf", tmp_path / "broken", tmp_path / "manifests")
+    assert str(empty.value) == (
+        f"no Hugging Face dataset in {tmp_path / 'empty'}: no save_to_disk files, parquet/arrow "
+        "files or audiofolder metadata.csv/metadata.jsonl"
+    )
+    assert str(broken.value).startswith(
+        f"cannot load the Hugging Face dataset in {tmp_path / 'broken'}: "
+    )
+    assert "\n" not in str(broken.value)
+
+
 def skip_summaries(caplog):
     return [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
 
