@@ -212,6 +212,7 @@ def lhotse_cuts(cuts_file):
     return {cut.id: cut for cut in CutSet.from_file(cuts_file)}
 
 
+@functools.lru_cache(maxsize=4)  # the checks read a clip's header and then its bytes
 def _lhotse_bytes(ref):
     """The samples of a Lhotse cut (or supervision span), as a float WAV at the cut's rate."""
     import soundfile as sf

@@ -5,6 +5,7 @@ import csv
 import hashlib
 import http.client
 import io
+import json
 import logging
 import tarfile
 import threading
@@ -111,6 +112,23 @@ def test_hf_copy_audio_writes_wavs_that_read_the_same(corpus, tmp_path):
         assert torch.equal(
             read_audio(mine["wav"]), read_audio(resolve(theirs["wav"], corpus["audio"]))
         )
+
+
+def test_audiofolder_with_one_metadata_jsonl_is_split_train(corpus, tmp_path):
+    train = [r for r in corpus["rows"] if r["split"] == "train"]
+    with open(tmp_path / "metadata.jsonl", "w") as f:
+        for r in train:
+            (tmp_path / r["path"]).write_bytes((corpus["audio"] / r["path"]).read_bytes())
+            f.write(json.dumps({"file_name": r["path"], "text": r["text"], "gender": r["gender"]}))
+            f.write("\n")
+    outputs = prepare("hf", tmp_path, tmp_path / "out", valid_splits="train", test_splits=[])
+    rows = read_csv(outputs["train"])
+    reference = read_csv(corpus["csv"][0])
+    assert [(r["ID"], r["wav"], r["wrd"], r["gender"], r["duration"]) for r in rows] == [
+        (r["ID"], r["wav"], r["wrd"], r["gender"], r["duration"]) for r in reference
+    ]
+    with pytest.raises(ValueError, match=r"has no split 'validation' \(splits: train\)"):
+        prepare("hf", tmp_path, tmp_path / "other")
 
 
 def test_hf_options_name_the_columns(corpus, tmp_path):
