@@ -21,7 +21,7 @@ from analysis.review.store import JudgmentLog
 from local import shards
 from local.data_prep import DATA_ROOT, prepare, resolve
 from tools import write_shards as write_shards_tool
-from whisper_finetuning import audio_sources
+from whisper_finetuning import audio_sources, data_checks
 from whisper_finetuning.audio import SAMPLE_RATE, audio_info, read_audio
 from whisper_finetuning.encoder_cache import EncoderCache
 
@@ -87,6 +87,19 @@ def test_every_source_reads_the_waveforms_of_the_csv_path(corpus, source):
             )
             same_bytes = audio_sources.read_bytes(ref) == (corpus["audio"] / path).read_bytes()
             assert same_bytes == (source != "lhotse")  # Lhotse hands on decoded samples
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_data_checks_find_what_they_find_on_the_csv_path(corpus, source):
+    """Rates, channels, durations and hashes scanned through the references: the same
+    findings (mixed sample rates, a stereo clip, ...) for the same rows."""
+    folder, manifests = corpus["sources"][source]
+    ours = data_checks.run_checks(dict(zip(MANIFESTS, manifests, strict=True)), folder)
+    theirs = data_checks.run_checks(
+        dict(zip(MANIFESTS, corpus["csv"], strict=True)), corpus["audio"]
+    )
+    assert {f["kind"] for f in theirs} >= {"sample_rate_mix", "channel_mix"}
+    assert ours == theirs
 
 
 def test_the_encoder_cache_keys_shard_and_dataset_audio_by_its_bytes(corpus):
