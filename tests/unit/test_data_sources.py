@@ -23,7 +23,9 @@ from local.data_prep import DATA_ROOT, prepare, resolve
 from tools import write_shards as write_shards_tool
 from whisper_finetuning import audio_sources, data_checks
 from whisper_finetuning.audio import SAMPLE_RATE, audio_info, read_audio
-from whisper_finetuning.encoder_cache import EncoderCache
+from whisper_finetuning.encoder_cache import EncoderCache, load_entry
+from whisper_finetuning.manifests import load_manifest
+from whisper_finetuning.model import WhisperASR
 
 MANIFESTS = ("train", "valid", "test")
 REFERENCE_KIND = {
@@ -102,15 +104,18 @@ def test_data_checks_find_what_they_find_on_the_csv_path(corpus, source):
     assert ours == theirs
 
 
-def test_the_encoder_cache_keys_shard_and_dataset_audio_by_its_bytes(corpus):
-    """A clip stored in a shard or a dataset maps to the cache entry of the same file."""
-    cache = EncoderCache.__new__(EncoderCache)  # _entry needs only the folder
-    cache.folder = corpus["audio"] / "cache" / "fingerprint"
-    for source in ("hf_saved", "shards"):
+def test_the_encoder_cache_serves_every_source(corpus, random_whisper_dir, tmp_path):
+    """A clip in a dataset or shard has the cache entry of the file it came from (same bytes);
+    Lhotse's re-encoded clips get their own entries, with the same encoder outputs."""
+    cache = EncoderCache(tmp_path / "cache", WhisperASR(str(random_whisper_dir)))
+    reference = cache.prepare(load_manifest(corpus["csv"][0], corpus["audio"]))
+    for source in SOURCES:
         folder, manifests = corpus["sources"][source]
-        for mine, reference in zip(read_csv(manifests[0]), read_csv(corpus["csv"][0]), strict=True):
-            file_entry = cache._entry(resolve(reference["wav"], corpus["audio"]))
-            assert cache._entry(resolve(mine["wav"], folder)) == file_entry
+        entries = cache.prepare(load_manifest(manifests[0], folder))
+        assert entries.keys() == reference.keys()
+        assert (entries == reference) == (source != "lhotse"), source
+        for utt_id, entry in entries.items():
+            assert torch.equal(load_entry(entry), load_entry(reference[utt_id])), source
 
 
 def test_hf_copy_audio_writes_wavs_that_read_the_same(corpus, tmp_path):
