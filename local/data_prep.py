@@ -1,12 +1,15 @@
 """Manifest preparation for Whisper fine-tuning.
 
-Turns three dataset layouts (LibriSpeech, Common Voice, a generic folder of audio
-plus a transcript TSV) into SpeechBrain CSV manifests with the columns
-``ID,duration,wav,spk_id,wrd`` followed by dataset-specific grouping columns
-(gender, accent, dialect, ...) used for per-group error rates.
+Turns three dataset layouts (LibriSpeech, Common Voice, a generic folder of audio plus a
+transcript TSV) into SpeechBrain CSV manifests with the columns ``ID,duration,wav,spk_id,wrd``
+followed by dataset-specific grouping columns (gender, accent, dialect, ...) used for per-group
+error rates; ``prepare`` also dispatches to the accent corpus, Hugging Face datasets
+(local/hf_dataset.py), Lhotse cuts (local/lhotse_cuts.py) and tar shards (local/shards.py),
+which write their manifests with this module's ``write_manifest``.
 
-* ``wav`` is written as ``$data_root/<relative path>`` so the manifests stay valid
-  when the corpus moves; the recipe substitutes ``data_folder`` at load time.
+* ``wav`` is written as ``$data_root/<relative path>`` (or an audio reference into a shard or
+  dataset, see whisper_finetuning/audio_sources.py) so the manifests stay valid when the corpus
+  moves; the recipe substitutes ``data_folder`` at load time.
 * ``wrd`` keeps the source transcript (only surrounding whitespace is stripped):
   Whisper is trained on cased, punctuated text, so normalising would hurt it.
 * Rows that cannot be used (missing or unreadable audio, empty transcript, ...)
@@ -17,6 +20,7 @@ plus a transcript TSV) into SpeechBrain CSV manifests with the columns
 
 import csv
 import hashlib
+import importlib
 import logging
 import os
 import re
@@ -25,7 +29,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-from local.accent_corpus import prepare_accent_corpus
+from whisper_finetuning import audio_sources
 from whisper_finetuning.audio import audio_duration
 from whisper_finetuning.files import write_csv
 
@@ -68,7 +72,7 @@ class Utterance(NamedTuple):
     """One candidate manifest row before its audio has been checked."""
 
     id: str
-    path: str  # relative to data_folder, with "/" separators
+    wav: str  # the manifest's audio reference: "$data_root/<relative path>", or see audio_sources
     spk_id: str
     wrd: str
     extras: dict[str, str]  # grouping columns, e.g. gender/accent/dialect
@@ -95,7 +99,7 @@ def write_manifest(
     for utt in utterances:
         reason = _skip_reason(utt, data_folder, seen_ids)
         if reason is None:
-            duration = audio_duration(os.path.join(data_folder, utt.path))
+            duration = audio_duration(resolve(utt.wav, data_folder))
             if duration is None:
                 reason = UNREADABLE_AUDIO
         if reason is not None:
@@ -107,7 +111,7 @@ def write_manifest(
             [
                 utt.id,
                 f"{duration:.{DURATION_DECIMALS}f}",
-                f"{DATA_ROOT}/{utt.path}",
+                utt.wav,
                 utt.spk_id,
                 utt.wrd,
                 *(utt.extras.get(column, "") for column in extra_columns),
@@ -127,14 +131,19 @@ def _skip_reason(utt: Utterance, data_folder: str, seen_ids: set[str]) -> str | 
     """Why ``utt`` cannot be used, checking the cheap conditions before reading audio."""
     if not utt.wrd:
         return EMPTY_TRANSCRIPT
-    if not os.path.isfile(os.path.join(data_folder, utt.path)):
+    if not audio_sources.exists(resolve(utt.wav, data_folder)):
         return MISSING_AUDIO
     if utt.id in seen_ids:
         return DUPLICATE_ID
-    fields = (utt.id, utt.path, utt.spk_id, utt.wrd, *utt.extras.values())
+    fields = (utt.id, utt.wav.replace(DATA_ROOT, ""), utt.spk_id, utt.wrd, *utt.extras.values())
     if any(DOLLAR_VARIABLE_PATTERN.search(field) for field in fields):
         return DOLLAR_VARIABLE
     return None
+
+
+def resolve(wav, data_folder):
+    """A manifest audio reference with ``$data_root`` replaced, as the recipe loads it."""
+    return wav.replace(DATA_ROOT, str(data_folder))
 
 
 def _require(path: str | Path, what: str) -> None:
@@ -195,7 +204,7 @@ def prepare_librispeech(
                     if utt_id:
                         yield Utterance(
                             utt_id,
-                            f"{split}/{speaker}/{chapter_dir.name}/{utt_id}.flac",
+                            f"{DATA_ROOT}/{split}/{speaker}/{chapter_dir.name}/{utt_id}.flac",
                             speaker,
                             text.strip(),
                             {"gender": genders.get(speaker, "")},
@@ -248,7 +257,7 @@ def prepare_common_voice(
             clip = row["path"] or ""
             yield Utterance(
                 Path(clip).stem,
-                f"{COMMON_VOICE_CLIPS_DIR}/{clip}",
+                f"{DATA_ROOT}/{COMMON_VOICE_CLIPS_DIR}/{clip}",
                 row["client_id"] or "",
                 (row["sentence"] or "").strip(),
                 {"accent": accent, "gender": row.get("gender") or ""},
@@ -292,7 +301,7 @@ def prepare_tsv_folder(
         by_split[_split_of(row, split_column, tsv_path)].append(
             Utterance(
                 _tsv_id(relative_path),
-                relative_path,
+                f"{DATA_ROOT}/{relative_path}",
                 row.get(TSV_SPEAKER_COLUMN) or "",
                 (row[TSV_TEXT_COLUMN] or "").strip(),
                 {column: row[column] or "" for column in extra_columns},
@@ -332,11 +341,16 @@ def hash_split(key: str) -> str:
     return "valid" if bucket < TRAIN_BUCKETS + VALID_BUCKETS else "test"
 
 
+# Each dataset's preparer as "module:function", imported when chosen: the data-source modules
+# build on this module's writer, and their libraries load only when used.
 PREPARERS = {
-    "librispeech": prepare_librispeech,
-    "common_voice": prepare_common_voice,
-    "tsv_folder": prepare_tsv_folder,
-    "accent_corpus": prepare_accent_corpus,
+    "librispeech": "local.data_prep:prepare_librispeech",
+    "common_voice": "local.data_prep:prepare_common_voice",
+    "tsv_folder": "local.data_prep:prepare_tsv_folder",
+    "accent_corpus": "local.accent_corpus:prepare_accent_corpus",
+    "hf": "local.hf_dataset:prepare_hf",
+    "lhotse": "local.lhotse_cuts:prepare_lhotse",
+    "shards": "local.shards:prepare_shards",
 }
 
 
@@ -344,4 +358,5 @@ def prepare(dataset: str, data_folder, save_folder, **options) -> dict:
     """Prepare ``dataset`` (a key of ``PREPARERS``) with the preparer's keyword ``options``."""
     if dataset not in PREPARERS:
         raise ValueError(f"unknown dataset '{dataset}'; choose one of: {', '.join(PREPARERS)}")
-    return PREPARERS[dataset](data_folder, save_folder, **options)
+    module, _, function = PREPARERS[dataset].partition(":")
+    return getattr(importlib.import_module(module), function)(data_folder, save_folder, **options)

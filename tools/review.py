@@ -51,6 +51,7 @@ def build_session(args):
     from analysis.review import data
     from analysis.review.server import ReviewSession, Utterance
     from analysis.review.store import JudgmentLog, judgments_path
+    from whisper_finetuning import audio_sources
 
     exp = args.experiment_folder
     if args.candidates:
@@ -71,8 +72,8 @@ def build_session(args):
     utterances, missing = [], 0
     for record, _ in sampled:
         row = rows.get(record["id"])
-        audio = data.audio_path(row, source.data_folder) if row else None
-        missing += audio is None or not audio.is_file()
+        audio = data.audio_reference(row, source.data_folder) if row else None
+        missing += audio is None or not audio_sources.exists(audio)
         utterances.append(
             Utterance(
                 id=record["id"],

@@ -35,11 +35,11 @@ import sys
 import time
 from collections import Counter, defaultdict
 
-import soundfile as sf
 from scipy.stats import ks_2samp
 from transformers.models.whisper.english_normalizer import BasicTextNormalizer
 
-from whisper_finetuning.audio import CHUNK_SECONDS
+from whisper_finetuning import audio_sources
+from whisper_finetuning.audio import CHUNK_SECONDS, audio_info
 from whisper_finetuning.files import write_json, write_text
 from whisper_finetuning.manifests import REQUIRED_COLUMNS, DataError, load_manifest, named_manifests
 from whisper_finetuning.vocabulary import MAX_PROMPT_TOKENS, MAX_TARGET_POSITIONS
@@ -68,7 +68,6 @@ ESTIMATE_LABEL = (
     "ESTIMATED, no tokenizer: 4 ASCII characters or 2 other UTF-8 bytes per token "
     f"(GPT-2-like byte-level BPE) + {DECODER_OVERHEAD} prompt/end tokens"
 )
-HASH_CHUNK = 1 << 20
 
 
 def estimate_tokens(text):
@@ -149,17 +148,15 @@ def _load(manifests, data_folder, findings):
     return rows
 
 
-def _scan_audio(path):
-    """Header facts and a content hash of one audio file, or None if it cannot be used."""
-    try:
-        info = sf.info(path)
-        digest = hashlib.blake2b(digest_size=16)
-        with open(path, "rb") as f:
-            while chunk := f.read(HASH_CHUNK):
-                digest.update(chunk)
-    except (sf.LibsndfileError, RuntimeError, OSError):
+def _scan_audio(ref):
+    """Header facts and a content hash of one audio reference, or None if it cannot be used."""
+    info = audio_info(ref)
+    if info is None or info.frames == 0:
         return None
-    if info.frames == 0:
+    digest = hashlib.blake2b(digest_size=16)
+    try:
+        audio_sources.digest_update(digest, ref)
+    except OSError:
         return None
     return {
         "rate": info.samplerate,

@@ -6,7 +6,7 @@ cost of a step. This cache stores that output per utterance as float16 ``.npy`` 
 memory-mapped.
 
 An entry's name is a content hash of the frozen encoder weights, the feature settings and the
-audio file's bytes, so changing the model, the freezing boundary, the features or an audio file
+encoded audio's bytes, so changing the model, the freezing boundary, the features or an audio file
 makes the old entry unreachable and the next run recomputes it.
 """
 
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from whisper_finetuning import audio_sources
 from whisper_finetuning.audio import SAMPLE_RATE, read_audio
 from whisper_finetuning.files import atomic_path
 
@@ -75,12 +76,10 @@ class EncoderCache:
         self.batch_size = batch_size
         self.folder = Path(folder) / fingerprint(whisper)
 
-    def _entry(self, wav_path):
-        """Where the output for this audio file lives."""
+    def _entry(self, wav_ref):
+        """Where the output for this audio (a file, or audio in a shard or dataset) lives."""
         digest = hashlib.sha256(self.folder.name.encode())
-        with open(wav_path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
+        audio_sources.digest_update(digest, wav_ref)
         key = digest.hexdigest()
         return self.folder / key[:2] / f"{key}.npy"
 

@@ -11,10 +11,9 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-import soundfile as sf
 import speechbrain as sb
 
-from whisper_finetuning.audio import CHUNK_SECONDS
+from whisper_finetuning.audio import CHUNK_SECONDS, audio_info
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +65,8 @@ def _row_problem(row, whisper):
     n_tokens = whisper.decoder_positions(row["wrd"])
     if n_tokens > whisper.max_positions:
         return f"label of {n_tokens} tokens exceeds the decoder's {whisper.max_positions}"
-    try:
-        info = sf.info(row["wav"])
-    except (sf.LibsndfileError, RuntimeError, OSError):
+    info = audio_info(row["wav"])
+    if info is None:
         return "missing or unreadable audio"
     if info.frames == 0:
         return "empty audio"

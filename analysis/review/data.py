@@ -265,11 +265,12 @@ def read_manifest(source):
         return list(reader.fieldnames), rows
 
 
-def audio_path(row, data_folder):
-    """The audio file of a manifest row, with ``$data_root`` replaced by ``data_folder``."""
-    return Path(row["wav"].replace(DATA_ROOT, str(data_folder)))
+def audio_reference(row, data_folder):
+    """The audio reference of a manifest row (a file, or audio in a shard or dataset; see
+    ``whisper_finetuning.audio_sources``), with ``$data_root`` replaced by ``data_folder``."""
+    return row["wav"].replace(DATA_ROOT, str(data_folder))
 
 
-def audio_type(path):
-    """The MIME type to serve an audio file with."""
-    return AUDIO_TYPES.get(Path(path).suffix.lower(), "application/octet-stream")
+def audio_type(name):
+    """The MIME type to serve audio with, from its file name."""
+    return AUDIO_TYPES.get(Path(name).suffix.lower(), "application/octet-stream")

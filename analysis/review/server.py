@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from analysis.review.data import audio_type, blind_options, word_diff
 from analysis.review.store import TIE, latest, read_judgments
+from whisper_finetuning import audio_sources
 
 HOST = "127.0.0.1"
 LOOPBACK_NAMES = {HOST, "localhost"}
@@ -44,7 +45,7 @@ class Utterance:
     ref: str
     hyps: dict  # epoch -> transcript
     groups: dict
-    audio: Path | None
+    audio: str | None  # a manifest wav reference (whisper_finetuning.audio_sources)
 
 
 class ReviewSession:
@@ -212,12 +213,16 @@ class ReviewHandler(BaseHTTPRequestHandler):
     def send_audio(self, utt_id):
         """The audio of an utterance under review, whole or one byte range (for seeking)."""
         utt = self.session.utterances.get(utt_id)
-        if utt is None or utt.audio is None or not utt.audio.is_file():
+        if utt is None or utt.audio is None:
             raise BadRequest(HTTPStatus.NOT_FOUND, "no audio for that utterance")
-        data = utt.audio.read_bytes()
+        try:
+            data = audio_sources.read_bytes(utt.audio)
+            mime = audio_type(audio_sources.audio_name(utt.audio))
+        except OSError:
+            raise BadRequest(HTTPStatus.NOT_FOUND, "no audio for that utterance") from None
         match = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", ""))
         if not match or not any(match.groups()):
-            self.send_body(HTTPStatus.OK, data, audio_type(utt.audio), [("Accept-Ranges", "bytes")])
+            self.send_body(HTTPStatus.OK, data, mime, [("Accept-Ranges", "bytes")])
             return
         first, last = match.groups()
         start = int(first) if first else max(len(data) - int(last), 0)
@@ -228,9 +233,7 @@ class ReviewHandler(BaseHTTPRequestHandler):
             ("Accept-Ranges", "bytes"),
             ("Content-Range", f"bytes {start}-{end}/{len(data)}"),
         ]
-        self.send_body(
-            HTTPStatus.PARTIAL_CONTENT, data[start : end + 1], audio_type(utt.audio), headers
-        )
+        self.send_body(HTTPStatus.PARTIAL_CONTENT, data[start : end + 1], mime, headers)
 
     def drain(self, length):
         """Read and drop a refused body (bounded), so the client can read the answer."""

@@ -179,8 +179,8 @@ def test_manifest_falls_back_to_hyperparams_with_a_relative_data_folder(tmp_path
     assert source.valid_csv == exp / "manifests" / "valid.csv"
     assert source.data_folder == tmp_path / "data" / "corpus"
     assert source.group_columns == ["dialect"]
-    assert review_data.audio_path({"wav": "$data_root/w/x.flac"}, source.data_folder) == (
-        tmp_path / "data" / "corpus" / "w" / "x.flac"
+    assert review_data.audio_reference({"wav": "$data_root/w/x.flac"}, source.data_folder) == (
+        str(tmp_path / "data" / "corpus" / "w" / "x.flac")
     )
     assert review_data.audio_type("x.flac") == "audio/flac"
 
@@ -238,7 +238,7 @@ def server(tmp_path):
             UTTERANCES[u][2],
             UTTERANCES[u][3],
             {"dialect": UTTERANCES[u][0]},
-            review_data.audio_path(rows[u], source.data_folder),
+            review_data.audio_reference(rows[u], source.data_folder),
         )
         for u in REVIEW_ORDER
     ]
