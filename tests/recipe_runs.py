@@ -8,6 +8,7 @@ stdout are what a user of ``python train.py`` would see.
 import hashlib
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -149,6 +150,12 @@ def one_line_error(stderr):
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, stderr[-3000:]
     return errors[0]
+
+
+def copy_experiment(folder, dest, without=("save",)):
+    """A copy of an experiment folder without the entries named in ``without``."""
+    shutil.copytree(folder, dest, ignore=lambda _, names: [n for n in names if n in without])
+    return dest
 
 
 def file_hashes(folder):

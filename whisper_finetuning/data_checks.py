@@ -11,8 +11,11 @@ same checks (``run_checks``) before training. Severities:
 * error: the results would be wrong or a row cannot be used -- the same audio in two splits,
   a transcript of at least ``LEAK_MIN_WORDS`` words in train and in another split, speakers
   shared by a split that is otherwise speaker-disjoint, duplicate IDs, empty labels, labels
-  over the decoder's token limit, audio over 30 s, missing or unreadable audio;
-* warning: probably a mistake -- shorter shared transcripts, the same audio twice in a split,
+  over the decoder's token limit, audio over 30 s, missing or unreadable audio, NaN or
+  infinite samples, a manifest SpeechBrain cannot read (file, line, column), a valid set
+  with no transcript that has a word once normalised;
+* warning: probably a mistake -- transcripts with no word once normalised (left out of WER),
+  silent clips, clipped clips, shorter shared transcripts, the same audio twice in a split,
   mixed sample rates, manifest durations that disagree with the files, implausible speaking
   rates (characters per second, robust z-score over the corpus), distribution shift between
   train and another split, labels over the token limit by an estimated count;

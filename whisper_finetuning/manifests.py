@@ -1,9 +1,11 @@
 """Manifests and audio: load, check every row once, and read audio as Whisper wants it.
 
-Bad rows (missing or unreadable audio, empty transcripts, labels longer than the decoder can
-hold, audio over 30 s) are found before training starts and either skipped with a counted,
-logged reason or reported as one clear error, as ``on_bad_row`` says. Labels are never
-truncated. Audio at another sample rate or with several channels is converted on reading.
+A manifest that SpeechBrain cannot read as such is one error naming its file, line, column
+and what was found (``check_format``). Bad rows (missing or unreadable audio, NaN or infinite
+samples, empty transcripts, labels longer than the decoder can hold, audio over 30 s) are
+found before training starts and either skipped with a counted, logged reason or reported as
+one clear error, as ``on_bad_row`` says. Labels are never truncated. Audio at another sample
+rate or with several channels is converted on reading.
 """
 
 import csv
