@@ -33,15 +33,17 @@ SENTENCES = [
     "the clock struck seven",
     "birds sing before dawn",
 ]
-# Per-start records, rewritten by a start of train.py, a failing one too: the settings
-# (SpeechBrain's hyperparams.yaml, the recipe's run.json), the environment (env.log) and the
-# data checks' report on the manifests given (data_report.json/.md).
+# Per-start records, rewritten by a start of train.py that trains, a failing one too: the
+# settings (SpeechBrain's hyperparams.yaml, the recipe's run.json), the environment (env.log),
+# the data checks' report on the manifests given (data_report.json/.md) and the folder's lock
+# (run.lock: a forked run exits without releasing it; python train.py removes it).
 REWRITTEN_EACH_START = {
     "hyperparams.yaml",
     "run.json",
     "env.log",
     "data_report.json",
     "data_report.md",
+    "run.lock",
 }
 APPEND_ONLY = {"log.txt"}
 

@@ -10,14 +10,15 @@ that describe the training (``run.json``, ``hyperparams.yaml``, the data report)
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
 from whisper_finetuning.hparam_rules import rerun_settings
 from whisper_finetuning.manifests import named_manifests
+from whisper_finetuning.training.runs import fit_done_path
 
 RUN_INFO = "run.json"
-FIT_DONE = "fit_done.json"  # in save_folder: {"epochs": n} once training is over
 HASH_CHUNK = 1 << 20
 
 
@@ -41,7 +42,7 @@ def manifest_hashes(hparams):
 
 def will_train(hparams):
     """False when this folder's training finished with at least ``number_of_epochs`` epochs."""
-    done = Path(hparams["save_folder"]) / FIT_DONE
+    done = Path(fit_done_path(hparams["save_folder"]))
     if not done.exists():
         return True
     return json.loads(done.read_text())["epochs"] < hparams["number_of_epochs"]
@@ -49,8 +50,8 @@ def will_train(hparams):
 
 def holds_checkpoint(hparams):
     """Whether training in this folder got as far as a checkpoint."""
-    save = Path(hparams["save_folder"])
-    return (save / FIT_DONE).exists() or any(save.glob("CKPT+*"))
+    save = hparams["save_folder"]
+    return os.path.exists(fit_done_path(save)) or any(Path(save).glob("CKPT+*"))
 
 
 def check_rerun(hparams):
