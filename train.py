@@ -380,6 +380,7 @@ def fine_tune(hparams, run_opts, base_file, merged_overrides):
         sys.exit(sanity.run(WhisperFineTuning, hparams, datasets["train"], run_opts))
 
     asr_brain = make_brain(hparams, run_opts)
+    provenance.start_from(hparams)  # init_from: an earlier run's checkpoint, in a new folder
     if trains and if_main_process():
         training_log.write_run_info(hparams, asr_brain.grad_accumulation_factor)
     test_sets = {name: d for name, d in datasets.items() if name not in ("train", "valid")}

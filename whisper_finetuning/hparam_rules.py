@@ -10,6 +10,9 @@ must not change (``Rule.same_on_rerun``).
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
+
+import ruamel.yaml
 
 from whisper_finetuning.audio import CHUNK_SECONDS
 from whisper_finetuning.bundled import BUNDLED_MODELS
@@ -21,6 +24,7 @@ from whisper_finetuning.vocabulary import MAX_TARGET_POSITIONS
 SORTINGS = ("random", "ascending", "descending")
 PRECISIONS = ("fp32", "bf16", "fp16")
 TASKS = ("transcribe", "translate")
+SAVE_FOLDER = "save"  # save_folder's place in an output folder, as the yaml has it
 DATA_CHECKS = ("error", "warn", "off")
 
 
@@ -123,6 +127,22 @@ def _model_source(value):
     return None
 
 
+def _validated_run(value):
+    """A train.py output folder whose ``save`` holds a checkpoint with a valid WER."""
+    if not validated_checkpoints(value):
+        return "no checkpoint with a valid WER in its save folder"
+    return None
+
+
+def validated_checkpoints(folder):
+    """The ``CKPT.yaml`` paths in an output folder's ``save`` folder that hold a WER."""
+    found = []
+    for meta in sorted((Path(folder) / SAVE_FOLDER).glob("CKPT+*/CKPT.yaml")):
+        if "WER" in (ruamel.yaml.YAML(typ="safe").load(meta.read_text()) or {}):
+            found.append(meta)
+    return found
+
+
 def _non_empty(value):
     """At least one entry."""
     return None if value else "no manifest"
@@ -168,6 +188,12 @@ RULES = {
         "str",
         check=_model_source,
         words=f"{', '.join(BUNDLED_MODELS)}, a Hugging Face Hub name or a local model folder",
+    ),
+    "init_from": Rule(
+        "str",
+        nullable=True,
+        check=_validated_run,
+        words="the output folder of a run with a validated checkpoint",
     ),
     "whisper_cache": Rule("str", nullable=True, **RERUN_MAY_CHANGE),
     "language": Rule("str", nullable=True),

@@ -3,20 +3,28 @@
 ``run.json`` records the content hash of every manifest (``manifest_sha256``) and the settings
 a continued checkpoint depends on (``settings``: ``hparam_rules.rerun_settings``). A rerun in
 a folder that holds a checkpoint (kept by a finished run, or left by a killed one) with other
-manifests or settings stops with one line; to train on them, use a new output folder. A run
+manifests or settings stops with one line; to train on them, use a new output folder, where
+``init_from`` (that folder) starts training from its min-WER checkpoint (``start_from``). A run
 that does not train (its folder's training finished with as many epochs) leaves the files
 that describe the training (``run.json``, ``hyperparams.yaml``, the data report) as they are.
 """
 
 import hashlib
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 
-from whisper_finetuning.hparam_rules import rerun_settings
+from speechbrain.utils.checkpoints import Checkpointer
+
+from whisper_finetuning.export import describe
+from whisper_finetuning.hparam_rules import SAVE_FOLDER, rerun_settings
 from whisper_finetuning.manifests import named_manifests
+from whisper_finetuning.scoring import min_wer_earliest
 from whisper_finetuning.training.runs import fit_done_path
+
+logger = logging.getLogger(__name__)
 
 RUN_INFO = "run.json"
 HASH_CHUNK = 1 << 20
@@ -62,7 +70,7 @@ def check_rerun(hparams):
         return True
     recorded = json.loads(info_path.read_text())
     folder = hparams["output_folder"]
-    advice = "use a new --output_folder for a new run"
+    advice = f"use a new --output_folder (with --init_from={folder} to start from its checkpoint)"
     hashes, recorded_hashes = manifest_hashes(hparams), recorded.get("manifest_sha256")
     for name in dict.fromkeys([*(recorded_hashes or {}), *hashes]):
         if recorded_hashes is not None and recorded_hashes.get(name) != hashes.get(name):
@@ -79,6 +87,21 @@ def check_rerun(hparams):
                 f"not {json.dumps(settings.get(key))} (run.json); {advice}"
             )
     return will_train(hparams)
+
+
+def start_from(hparams):
+    """With ``init_from``, load that run's min-WER checkpoint into the model, unless this
+    folder holds a checkpoint of its own (resumed instead); returns the one loaded or None."""
+    source = hparams["init_from"]
+    if source is None or holds_checkpoint(hparams):
+        return None
+    checkpointer = Checkpointer(Path(source) / SAVE_FOLDER, {"whisper": hparams["whisper"]})
+    checkpoint = checkpointer.find_checkpoint(
+        importance_key=min_wer_earliest, ckpt_predicate=lambda ckpt: "WER" in ckpt.meta
+    )
+    checkpointer.load_checkpoint(checkpoint)
+    logger.info("starting from %s of %s", describe(checkpoint), source)
+    return checkpoint
 
 
 def record(hparams):

@@ -230,7 +230,8 @@ def test_checkpoint_folder_of_another_model(experiment, random_multilingual_dir,
     assert message == (
         f"error: {exp} holds a checkpoint of a run with whisper_hub: "
         f'"{experiment[0][1].split("=", 1)[1]}", not "{random_multilingual_dir}" (run.json); '
-        "use a new --output_folder for a new run"
+        "use a new --output_folder (with "
+        f"--init_from={exp} to start from its checkpoint)"
     )
     # A folder whose run.json predates the recorded settings: the checkpoint itself misfits.
     older = copy_experiment(exp, tmp_path / "exp", without=("run.json",))

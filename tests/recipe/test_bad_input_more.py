@@ -25,6 +25,7 @@ from recipe_runs import (
     recipe_args,
     run_forked,
 )
+from transformers import WhisperForConditionalGeneration
 from transformers.models.whisper.english_normalizer import BasicTextNormalizer
 
 from tools import export_hf
@@ -149,6 +150,11 @@ BAD_SETTINGS = [
         "encoder_window_seconds must be an integer from 1 to 30, not 31",
     ),
     ("--test_csv=[]", "test_csv must be a list of manifests, not [] (no manifest)"),
+    (
+        "--init_from=/no/such/run",
+        "init_from must be the output folder of a run with a validated checkpoint or null, not "
+        "'/no/such/run' (no checkpoint with a valid WER in its save folder)",
+    ),
     (
         "--whisper_hub=bundled:small",
         "whisper_hub must be bundled:tiny.en, a Hugging Face Hub name or a local model folder, "
@@ -365,7 +371,8 @@ def test_a_rerun_on_another_train_manifest_is_refused(finished, tmp_path):
     other = write_manifest(tmp_path / "train.csv", rows_of(corpus["train"])[1:])
     assert refused(finished, f"--train_csv={other}") == (
         f"error: {exp} holds a checkpoint of a run with another train manifest (run.json "
-        "records each manifest's content); use a new --output_folder for a new run"
+        "records each manifest's content); use a new --output_folder (with "
+        f"--init_from={exp} to start from its checkpoint)"
     )
 
 
@@ -373,11 +380,13 @@ def test_a_rerun_with_other_settings_is_refused(finished):
     _, exp, _ = finished
     assert refused(finished, "--lr=0.001") == (
         f"error: {exp} holds a checkpoint of a run with lr: 0.002, not 0.001 (run.json); "
-        "use a new --output_folder for a new run"
+        "use a new --output_folder (with "
+        f"--init_from={exp} to start from its checkpoint)"
     )
     assert refused(finished, "--grad_accumulation_factor=2") == (
         f"error: {exp} holds a checkpoint of a run with grad_accumulation_factor: 1, not 2 "
-        "(run.json); use a new --output_folder for a new run"
+        "(run.json); use a new --output_folder (with "
+        f"--init_from={exp} to start from its checkpoint)"
     )
 
 
@@ -393,6 +402,33 @@ def test_a_rerun_that_does_not_train_leaves_the_provenance_files(finished):
     code, stderr = rerun(finished, "--test_batch_size=1")  # a setting a rerun may change
     assert code == 0, stderr[-3000:]
     assert {name: (exp / name).read_bytes() for name in provenance_files} == before
+
+
+def test_init_from_continues_a_finished_run_on_other_data_in_a_new_folder(
+    finished, tmp_path, random_whisper_dir
+):
+    _, exp, corpus = finished
+    other = write_manifest(tmp_path / "train.csv", rows_of(corpus["train"])[1:])
+    new = tmp_path / "new"
+    # A rate so small that the new run's weights stay those it started from.
+    code, stderr = rerun(
+        finished, f"--train_csv={other}", f"--init_from={exp}", "--lr=1e-12", folder=new
+    )
+    assert code == 0, stderr[-3000:]
+    (source,) = (exp / "save").glob("CKPT+*")
+    (epoch,) = read_jsonl(exp / "epochs.jsonl")
+    assert (
+        f"starting from {source.name} (epoch 1, valid WER {epoch['WER']:.2f}%) of {exp}"
+        in (new / "log.txt").read_text()
+    )
+    (kept,) = (new / "save").glob("CKPT+*")
+    started, ended = (torch.load(c / "whisper.ckpt") for c in (source, kept))
+    assert started.keys() == ended.keys()
+    assert all(torch.allclose(started[k], ended[k], atol=1e-6) for k in started)
+    untrained = WhisperForConditionalGeneration.from_pretrained(random_whisper_dir)
+    name = "model.decoder.layers.0.fc1.weight"
+    assert not torch.allclose(started[name], untrained.state_dict()[name], atol=1e-3)
+    assert json.loads((new / "run.json").read_text())["settings"]["init_from"] == str(exp)
 
 
 # -------------------------------------------------------------------------- exports --
