@@ -24,7 +24,7 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from analysis.diagnosis.run import run as diagnose
 from local import data_prep
-from whisper_finetuning import audio, data_checks, encoder_cache, manifests, scoring
+from whisper_finetuning import audio, data_checks, encoder_cache, manifests, provenance, scoring
 from whisper_finetuning.config import HparamsError, load_hparams
 from whisper_finetuning.training import distributed, resilience, run_lock, runs, sanity, stopping
 from whisper_finetuning.training import log as training_log
@@ -32,7 +32,6 @@ from whisper_finetuning.training import log as training_log
 logger = logging.getLogger(__name__)
 
 LOSS_EMA_DECAY = 0.98
-SORTINGS = ("random", "ascending", "descending")
 
 
 class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
@@ -314,8 +313,6 @@ def dataio_prepare(hparams, whisper):
         )
     if hparams["sanity_utterances"]:  # sanity mode batches its own repeated subset
         return datasets
-    if hparams["sorting"] not in SORTINGS:
-        raise ValueError(f"sorting must be one of {SORTINGS}, not '{hparams['sorting']}'")
     if hparams["sorting"] != "random":
         datasets["train"] = datasets["train"].filtered_sorted(
             sort_key="duration", reverse=hparams["sorting"] == "descending"
@@ -338,7 +335,7 @@ def main(argv):
     """Prepare data, fine-tune, then evaluate every test set with the min-WER checkpoint."""
     hparams_file, run_opts, overrides = sb.parse_arguments(distributed.accept_launch_flag(argv))
     try:  # the yaml builds the model: a wrong checkpoint or language fails here
-        hparams, base_file, merged_overrides = load_hparams(hparams_file, overrides)
+        hparams, base_file, merged_overrides = load_hparams(hparams_file, overrides, run_opts)
     except (HparamsError, ValueError, OSError) as error:
         sys.exit(f"error: {str(error).strip().splitlines()[0]}")
     precision = run_opts.precision if "precision" in run_opts.overridden_args else None
@@ -355,9 +352,10 @@ def fine_tune(hparams, run_opts, base_file, merged_overrides):
     """Prepare data, fine-tune, then evaluate every test set with the min-WER checkpoint."""
     stopping.install()
     distributed.init_group(run_opts)
+    trains = provenance.check_rerun(hparams)  # a checkpoint's data and settings stay its own
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=str(base_file),
+        hyperparams_to_save=str(base_file) if trains else None,
         overrides=merged_overrides,
     )
     resilience.install_one_line_errors()
@@ -382,7 +380,8 @@ def fine_tune(hparams, run_opts, base_file, merged_overrides):
         sys.exit(sanity.run(WhisperFineTuning, hparams, datasets["train"], run_opts))
 
     asr_brain = make_brain(hparams, run_opts)
-    if if_main_process():
+    provenance.start_from(hparams)  # init_from: an earlier run's checkpoint, in a new folder
+    if trains and if_main_process():
         training_log.write_run_info(hparams, asr_brain.grad_accumulation_factor)
     test_sets = {name: d for name, d in datasets.items() if name not in ("train", "valid")}
     zero_shot_folder = os.path.join(hparams["output_folder"], "zero_shot")

@@ -8,6 +8,7 @@ stdout are what a user of ``python train.py`` would see.
 import hashlib
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -32,15 +33,17 @@ SENTENCES = [
     "the clock struck seven",
     "birds sing before dawn",
 ]
-# Per-start records, rewritten by a start of train.py, a failing one too: the settings
-# (SpeechBrain's hyperparams.yaml, the recipe's run.json), the environment (env.log) and the
-# data checks' report on the manifests given (data_report.json/.md).
+# Per-start records, rewritten by a start of train.py that trains, a failing one too: the
+# settings (SpeechBrain's hyperparams.yaml, the recipe's run.json), the environment (env.log),
+# the data checks' report on the manifests given (data_report.json/.md) and the folder's lock
+# (run.lock: a forked run exits without releasing it; python train.py removes it).
 REWRITTEN_EACH_START = {
     "hyperparams.yaml",
     "run.json",
     "env.log",
     "data_report.json",
     "data_report.md",
+    "run.lock",
 }
 APPEND_ONLY = {"log.txt"}
 
@@ -149,6 +152,12 @@ def one_line_error(stderr):
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, stderr[-3000:]
     return errors[0]
+
+
+def copy_experiment(folder, dest, without=("save",)):
+    """A copy of an experiment folder without the entries named in ``without``."""
+    shutil.copytree(folder, dest, ignore=lambda _, names: [n for n in names if n in without])
+    return dest
 
 
 def file_hashes(folder):

@@ -2,16 +2,18 @@
 
 The directory loads with ``transformers.pipeline``; ``--ct2`` adds ``DEST_DIR/ctranslate2`` for
 faster-whisper; ``--epoch N`` exports epoch N's checkpoint (e.g. the one a human review
-preferred, kept with ``review_checkpoints: True``).
+preferred, kept with ``review_checkpoints: True``). It says which checkpoint it took; one taken
+before any validation (a run stopped in its first epoch) only with ``--allow_unvalidated``.
 
 Usage: python -m tools.export_hf EXPERIMENT_FOLDER DEST_DIR [--ct2] [--epoch N]
+    [--allow_unvalidated]
 """
 
 import argparse
 import sys
 from pathlib import Path
 
-from whisper_finetuning.export import export
+from whisper_finetuning.export import describe, export
 
 
 def main(argv=None):
@@ -20,13 +22,20 @@ def main(argv=None):
     parser.add_argument("dest_dir", type=Path, help="new Hugging Face model directory")
     parser.add_argument("--ct2", action="store_true", help="also write DEST_DIR/ctranslate2")
     parser.add_argument("--epoch", type=int, help="export this epoch's checkpoint (if kept)")
+    parser.add_argument(
+        "--allow_unvalidated",
+        action="store_true",
+        help="with no validated checkpoint, export the latest intra-epoch one",
+    )
     args = parser.parse_args(argv)
     try:
-        dest = export(args.experiment_folder, args.dest_dir, args.ct2, args.epoch)
+        dest, checkpoint = export(
+            args.experiment_folder, args.dest_dir, args.ct2, args.epoch, args.allow_unvalidated
+        )
     except (OSError, ValueError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"wrote {dest}")
+    print(f"exported {describe(checkpoint)} to {dest}")
     return 0
 
 

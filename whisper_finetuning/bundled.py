@@ -5,6 +5,7 @@ from pathlib import Path
 from whisper_finetuning.ct2 import ensure_tiny_en
 
 BUNDLED_TINY_EN = "bundled:tiny.en"
+BUNDLED_MODELS = (BUNDLED_TINY_EN,)
 
 
 def resolve_source(source, save_path):

@@ -4,14 +4,17 @@
 differs, under ``extends: <base file>``; its keys, then the command line's, are applied to the
 base as HyperPyYAML overrides, so ``!ref`` values in the base follow them (and the child's own
 values may use ``!ref`` too). An override naming a
-key the base does not have is an error, said in one line.
+key the base does not have is an error, said in one line; so is a value of the wrong type or
+range (``hparam_rules``), found before anything is built.
 """
 
 import re
 from pathlib import Path
 
 import ruamel.yaml
-from hyperpyyaml import load_hyperpyyaml
+from hyperpyyaml import load_hyperpyyaml, resolve_references
+
+from whisper_finetuning import hparam_rules
 
 EXTENDS_KEY = "extends"
 
@@ -62,16 +65,51 @@ def resolve(hparams_file, overrides=""):
         path = base
 
 
-def load_hparams(hparams_file, overrides=""):
-    """Load ``hparams_file`` with ``overrides`` (YAML text); returns ``(hparams, base, merged)``."""
-    base, merged = resolve(hparams_file, overrides)
+def plain_values(base, merged):
+    """The hyperparameters with references and overrides resolved, no object built.
+
+    Mappings and lists are plain dicts and lists; tagged values (``!new:`` ...) stay tagged.
+    """
     with open(base) as stream:
         try:
-            hparams = load_hyperpyyaml(stream, merged)
+            resolved = resolve_references(stream, merged, overrides_must_match=True)
         except KeyError as error:
             match = re.search(r"Override '(.+?)' not found", str(error))
             key = match.group(1) if match else str(error)
             raise HparamsError(f"unknown hyperparameter '{key}': {base} has no such key") from None
         except ruamel.yaml.YAMLError as error:
             raise HparamsError(f"{base}: malformed YAML: {_first_line(error)}") from None
+    return _plain(ruamel.yaml.YAML().load(resolved))
+
+
+def _plain(node):
+    """ruamel's round-trip containers and scalars as built-in Python values."""
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    for kind in (bool, int, float, str):
+        if isinstance(node, kind):
+            return kind(node)
+    return node
+
+
+def load_hparams(hparams_file, overrides="", run_opts=None):
+    """Load ``hparams_file`` with ``overrides`` (YAML text); returns ``(hparams, base, merged)``.
+
+    Every plain value is checked (``hparam_rules``) before any object is built. SpeechBrain
+    takes some keys (``--grad_accumulation_factor``, ``--precision`` ...) as run options
+    (``run_opts``) instead of overrides: those given are checked too and replace the file's
+    values in ``hparams``, so that ``hparams`` says what the run uses.
+    """
+    base, merged = resolve(hparams_file, overrides)
+    values = plain_values(base, merged)
+    given = getattr(run_opts, "overridden_args", ())
+    run_options = {key: run_opts[key] for key in given if key in values}
+    problem = hparam_rules.check({**values, **run_options})
+    if problem:
+        raise HparamsError(problem)
+    with open(base) as stream:
+        hparams = load_hyperpyyaml(stream, merged)
+    hparams.update(run_options)
     return hparams, base, merged

@@ -11,8 +11,11 @@ same checks (``run_checks``) before training. Severities:
 * error: the results would be wrong or a row cannot be used -- the same audio in two splits,
   a transcript of at least ``LEAK_MIN_WORDS`` words in train and in another split, speakers
   shared by a split that is otherwise speaker-disjoint, duplicate IDs, empty labels, labels
-  over the decoder's token limit, audio over 30 s, missing or unreadable audio;
-* warning: probably a mistake -- shorter shared transcripts, the same audio twice in a split,
+  over the decoder's token limit, audio over 30 s, missing or unreadable audio, NaN or
+  infinite samples, a manifest SpeechBrain cannot read (file, line, column), a valid set
+  with no transcript that has a word once normalised;
+* warning: probably a mistake -- transcripts with no word once normalised (left out of WER),
+  silent clips, clipped clips, shorter shared transcripts, the same audio twice in a split,
   mixed sample rates, manifest durations that disagree with the files, implausible speaking
   rates (characters per second, robust z-score over the corpus), distribution shift between
   train and another split, labels over the token limit by an estimated count;
@@ -38,19 +41,31 @@ from collections import Counter, defaultdict
 from scipy.stats import ks_2samp
 from transformers.models.whisper.english_normalizer import BasicTextNormalizer
 
-from whisper_finetuning import audio_sources
-from whisper_finetuning.audio import CHUNK_SECONDS, audio_info
+from whisper_finetuning import audio_sources, provenance
+from whisper_finetuning.audio import CHUNK_SECONDS, CLIPPED_LEVEL, audio_info, sample_stats
 from whisper_finetuning.files import write_json, write_text
-from whisper_finetuning.manifests import REQUIRED_COLUMNS, DataError, load_manifest, named_manifests
+from whisper_finetuning.manifests import (
+    REQUIRED_COLUMNS,
+    DataError,
+    check_format,
+    load_manifest,
+    named_manifests,
+)
+from whisper_finetuning.scoring import has_words, text_normalizer
 from whisper_finetuning.vocabulary import MAX_PROMPT_TOKENS, MAX_TARGET_POSITIONS
 
 logger = logging.getLogger(__name__)
 
 SEVERITIES = ("error", "warning", "info")
-DATA_CHECKS = ("error", "warn", "off")  # the data_checks hparam
 # Row problems train.py can skip row by row (on_bad_row: skip) instead of stopping for.
-ROW_KINDS = ("unreadable_audio", "empty_label", "label_too_long", "audio_too_long")
-TRAIN = "train"
+ROW_KINDS = (
+    "unreadable_audio",
+    "non_finite_audio",
+    "empty_label",
+    "label_too_long",
+    "audio_too_long",
+)
+TRAIN, VALID = "train", "valid"
 SPEAKER_COLUMN = "spk_id"
 LEAK_MIN_WORDS = 5  # a shared transcript this long is leakage, not a common phrase
 DURATION_TOLERANCE = 0.5  # seconds a manifest's duration may differ from the file's
@@ -68,6 +83,7 @@ ESTIMATE_LABEL = (
     "ESTIMATED, no tokenizer: 4 ASCII characters or 2 other UTF-8 bytes per token "
     f"(GPT-2-like byte-level BPE) + {DECODER_OVERHEAD} prompt/end tokens"
 )
+CLIPPED_SHARE = 0.01  # a clip with more of its samples at full scale is reported as clipped
 
 
 def estimate_tokens(text):
@@ -126,6 +142,11 @@ def _load(manifests, data_folder, findings):
     """Every usable manifest's rows as dicts with ``split`` and ``id``; problems become findings."""
     rows = []
     for name, csv_path in manifests.items():
+        try:
+            check_format(csv_path, duplicates=False)
+        except DataError as error:
+            findings.append(_finding("error", "manifest", f"{name}: {error}"))
+            continue
         duplicates = _duplicate_ids(name, csv_path)
         if duplicates:
             findings.append(
@@ -149,9 +170,13 @@ def _load(manifests, data_folder, findings):
 
 
 def _scan_audio(ref):
-    """Header facts and a content hash of one audio reference, or None if it cannot be used."""
+    """Header facts, sample statistics (``audio.sample_stats``) and a content hash of one audio
+    reference, or None if it cannot be used."""
     info = audio_info(ref)
     if info is None or info.frames == 0:
+        return None
+    stats = sample_stats(ref)
+    if stats is None:
         return None
     digest = hashlib.blake2b(digest_size=16)
     try:
@@ -163,7 +188,59 @@ def _scan_audio(ref):
         "channels": info.channels,
         "seconds": info.duration,
         "hash": digest.hexdigest(),
+        **stats,
     }
+
+
+def _check_samples(rows, audio, findings):
+    """Clips with NaN or infinite samples (unusable), silent clips, clipped clips."""
+    clipped = f"over {CLIPPED_SHARE:.0%} of samples at |x| >= {CLIPPED_LEVEL}; value: share"
+    checks = (  # severity, kind, what such clips are, which clips, the value listed
+        ("error", "non_finite_audio", "have NaN or infinite samples (value: how many)",
+         lambda a: a["non_finite"] > 0, "non_finite"),
+        ("warning", "silent_audio", "are silent (every sample is 0)",
+         lambda a: a["peak"] == 0 and not a["non_finite"], None),
+        ("warning", "clipped_audio", f"are clipped ({clipped})",
+         lambda a: a["clipped"] > CLIPPED_SHARE, "clipped"),
+    )  # fmt: skip
+    for severity, kind, what, test, key in checks:
+        found = [
+            _ref(r, **({"value": round(a[key], 4)} if key else {}))
+            for r in rows
+            if (a := audio[r["wav"]]) and test(a)
+        ]
+        if found:
+            findings.append(_finding(severity, kind, f"{len(found)} rows' clips {what}", found))
+
+
+def _check_scorable(rows, normalize, findings):
+    """Transcripts with no word once normalised: left out of WER; a valid set of only such
+    transcripts cannot choose a checkpoint."""
+    unscorable = [
+        _ref(r, value=r["wrd"])
+        for r in rows
+        if r["wrd"].strip() and not has_words(normalize(r["wrd"]).split())
+    ]
+    if unscorable:
+        findings.append(
+            _finding(
+                "warning",
+                "unscorable_reference",
+                f"{len(unscorable)} transcripts have no word once normalised (no letter or "
+                "digit): left out of WER and counted (n_unscorable) in the summaries",
+                unscorable,
+            )
+        )
+    valid = [r for r in rows if r["split"] == VALID]
+    if valid and len([u for u in unscorable if u["split"] == VALID]) == len(valid):
+        findings.append(
+            _finding(
+                "error",
+                "unscorable_reference",
+                "valid: no transcript has a word once normalised: its WER is undefined and "
+                "cannot choose a checkpoint",
+            )
+        )
 
 
 def _check_rows(rows, audio, token_count, max_tokens, findings):
@@ -499,6 +576,7 @@ def run_checks(
     max_tokens=MAX_TARGET_POSITIONS,
     group_columns=None,
     token_count_name="model tokenizer",
+    normalize=None,
 ):
     """Check manifests before training; returns the findings, most severe first.
 
@@ -521,12 +599,16 @@ def run_checks(
         the required ones and ``spk_id``.
     token_count_name : str
         What counted the tokens, for the report.
+    normalize : callable or None
+        The scoring's text normaliser (``scoring.text_normalizer``); None: Whisper's basic one.
     """
     started = time.monotonic()
     findings = []
     rows = _load(manifests, data_folder, findings)
     audio = {path: _scan_audio(path) for path in dict.fromkeys(r["wav"] for r in rows)}
     _check_rows(rows, audio, token_count, max_tokens, findings)
+    _check_samples(rows, audio, findings)
+    _check_scorable(rows, normalize or BasicTextNormalizer(), findings)
     _check_formats(rows, audio, findings)
     _check_duplicates_and_leaks(rows, audio, findings)
     _check_speakers(rows, findings)
@@ -606,14 +688,14 @@ def default_tokenizer():
 def check_before_training(hparams, whisper):
     """What train.py runs: the checks (once per manifest change), then a one-line exit on
     errors that skipping rows cannot fix (``data_checks: error``)."""
-    if hparams["data_checks"] not in DATA_CHECKS:
-        sys.exit(f"error: data_checks must be one of {DATA_CHECKS}, not '{hparams['data_checks']}'")
     if hparams["data_checks"] == "off":
         return
     try:
         manifests = named_manifests(hparams["train_csv"], hparams["valid_csv"], hparams["test_csv"])
     except DataError as error:
         sys.exit(f"error: {error}")
+    if not provenance.will_train(hparams):
+        return  # a finished run's report is of the data it trained on
     report = os.path.join(hparams["output_folder"], "data_report.json")
 
     def write_report():
@@ -631,6 +713,7 @@ def check_before_training(hparams, whisper):
             token_count=whisper.decoder_positions,
             max_tokens=whisper.max_positions,
             group_columns=hparams["group_columns"],
+            normalize=text_normalizer(hparams["normalizer"], whisper.tokenizer, whisper.is_english),
         )
 
     from speechbrain.utils.distributed import run_on_main

@@ -25,7 +25,7 @@ from whisper_finetuning.files import atomic_path
 logger = logging.getLogger(__name__)
 
 CACHE_DTYPE = np.float16
-MODES = ("auto", "true", "false")
+MODES = ("auto", True, False)  # the encoder_cache hparam
 
 
 def cache_blocker(whisper, augment):
@@ -39,15 +39,12 @@ def cache_blocker(whisper, augment):
 
 def use_cache(mode, whisper, augment):
     """Decide from ``encoder_cache`` (auto/true/false) whether training reads cached outputs."""
-    mode = str(mode).lower()
-    if mode not in MODES:
-        raise ValueError(f"encoder_cache must be one of {MODES}, not '{mode}'")
     blocker = cache_blocker(whisper, augment)
-    if mode == "true" and blocker:
+    if mode is True and blocker:
         raise ValueError(f"encoder_cache=true is invalid here: {blocker}; set encoder_cache=auto")
     if mode == "auto" and blocker:
         logger.info("encoder cache off for training: %s", blocker)
-    return mode != "false" and blocker is None
+    return mode is not False and blocker is None
 
 
 def fingerprint(whisper):

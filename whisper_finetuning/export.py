@@ -7,6 +7,10 @@ holds the same model for faster-whisper.
 ``--epoch N`` exports epoch N's checkpoint instead, e.g. the one a human review preferred
 (kept when training ran with ``review_checkpoints: True``).
 
+Only checkpoints taken at an epoch's end have a valid WER. A run stopped before its first
+validation holds only an intra-epoch checkpoint: exporting it is refused unless asked for
+(``allow_unvalidated``). ``describe`` names the checkpoint an export took.
+
 Command line: ``python -m tools.export_hf``.
 """
 
@@ -16,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from hyperpyyaml import load_hyperpyyaml
-from speechbrain.utils.checkpoints import Checkpointer
+from speechbrain.utils.checkpoints import Checkpointer, ckpt_recency
 from transformers import WhisperProcessor
 
 from whisper_finetuning.audio import CHUNK_SECONDS  # what transformers and faster-whisper pad to
@@ -56,9 +60,10 @@ def save_whisper_dir(model, tokenizer, feature_extractor, dest):
     return dest
 
 
-def load_best(experiment_folder, epoch=None):
+def load_best(experiment_folder, epoch=None, allow_unvalidated=False):
     """The run's ``WhisperASR`` with its min-WER (or epoch ``epoch``'s) checkpoint loaded,
-    and that checkpoint.
+    and that checkpoint; with no validated checkpoint, the latest intra-epoch one if
+    ``allow_unvalidated``, else an error.
 
     Works from any directory: the checkpoints are looked up in ``EXPERIMENT_FOLDER/save``, not
     at the (possibly relative) path the run was started with.
@@ -82,15 +87,33 @@ def load_best(experiment_folder, epoch=None):
         predicate = lambda ckpt: ckpt.meta.get("epoch") == epoch  # noqa: E731
         checkpoint = checkpointer.recover_if_possible(ckpt_predicate=predicate)
     else:
-        checkpoint = checkpointer.recover_if_possible(importance_key=min_wer_earliest)
+        key = min_wer_earliest if end_of_epoch else ckpt_recency
+        checkpoint = checkpointer.find_checkpoint(importance_key=key)
+        if checkpoint is not None and not end_of_epoch and not allow_unvalidated:
+            raise ValueError(
+                f"{save_folder} holds only {checkpoint.path.name}, an intra-epoch checkpoint "
+                "taken before any validation (no valid WER): train through an epoch, or pass "
+                "--allow_unvalidated to export it anyway"
+            )
+        if checkpoint is not None:
+            checkpointer.load_checkpoint(checkpoint)
     if checkpoint is None:
         raise FileNotFoundError(f"no checkpoint in {save_folder}: train first")
     return hparams["whisper"], checkpoint
 
 
-def export(experiment_folder, dest_dir, ct2=False, epoch=None):
-    """Export the min-WER (or epoch ``epoch``'s) checkpoint of ``experiment_folder``."""
-    whisper, checkpoint = load_best(experiment_folder, epoch)
+def describe(checkpoint):
+    """Which checkpoint an export took, in words."""
+    meta = checkpoint.meta
+    if "WER" not in meta:
+        return f"{checkpoint.path.name} (intra-epoch, not validated)"
+    return f"{checkpoint.path.name} (epoch {meta['epoch']}, valid WER {meta['WER']:.2f}%)"
+
+
+def export(experiment_folder, dest_dir, ct2=False, epoch=None, allow_unvalidated=False):
+    """Export the min-WER (or epoch ``epoch``'s) checkpoint of ``experiment_folder``;
+    returns the destination and the checkpoint."""
+    whisper, checkpoint = load_best(experiment_folder, epoch, allow_unvalidated)
     whisper.model.generation_config = whisper.generation_config
     dest = save_whisper_dir(whisper.model, whisper.tokenizer, whisper.feature_extractor, dest_dir)
     selected = {"checkpoint": checkpoint.path.name, **checkpoint.meta}
@@ -109,4 +132,4 @@ def export(experiment_folder, dest_dir, ct2=False, epoch=None):
             str(dest), copy_files=CT2_COPIED_FILES
         )
         converter.convert(str(dest / CT2_SUBFOLDER))
-    return dest
+    return dest, checkpoint

@@ -115,11 +115,6 @@ class WhisperASR(torch.nn.Module):
         window_seconds=CHUNK_SECONDS,
     ):
         super().__init__()
-        if window_seconds not in range(1, CHUNK_SECONDS + 1):
-            raise ValueError(
-                f"encoder_window_seconds must be a whole number of seconds from 1 to "
-                f"{CHUNK_SECONDS}, not {window_seconds}"
-            )
         self.window_seconds = window_seconds
         source = resolve_source(source, save_path)
         try:

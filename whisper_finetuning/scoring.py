@@ -6,6 +6,11 @@ A ``Scorer`` collects one stage's utterances and writes what a user reads afterw
 per duration bucket, the most frequent word errors) and ``summary_NAME.md`` (the same as
 tables). ``small_valid_warning`` says when the validation set is too small to tell the
 epochs' checkpoints apart.
+
+A reference with no word once normalised (no letter or digit left: ``?!...`` becomes ``.``
+with the English normaliser) cannot be scored: it is left out of every number and counted
+(``n_unscorable``, ``unscorable_ids``). A rate over no reference words (a group of such
+references, or a whole set) is None ("no reference words"), never 0.
 """
 
 import io
@@ -34,6 +39,7 @@ BOOTSTRAP_SEED = 0
 # Upper edges (seconds) of the duration buckets; the last bucket is everything longer.
 DURATION_EDGES = (2, 5, 10, 20, 30)
 TOP_ERRORS = 20  # most frequent substitutions, insertions and deletions kept in a summary
+NO_WORDS = "no reference words"
 
 
 def text_normalizer(kind, tokenizer, english):
@@ -71,6 +77,8 @@ def _ratio_ci95(utterances, numerator, denominator, block_key):
         num, den = blocks.get(key, (0, 0))
         blocks[key] = (num + utt[numerator], den + utt[denominator])
     values = list(blocks.values())
+    if not sum(d for _, d in values):
+        return None
     rng = random.Random(BOOTSTRAP_SEED)
     estimates = []
     for _ in range(BOOTSTRAP_SAMPLES):
@@ -85,19 +93,30 @@ def _ratio_ci95(utterances, numerator, denominator, block_key):
 
 
 def _rate(utterances, numerator, denominator):
-    """Corpus-level error rate in percent."""
+    """Corpus-level error rate in percent; None over no reference units."""
     den = sum(u[denominator] for u in utterances)
-    return 100.0 * sum(u[numerator] for u in utterances) / den if den else 0.0
+    return 100.0 * sum(u[numerator] for u in utterances) / den if den else None
 
 
 def _group_rates(members, block_key):
-    """WER, CER, the WER's 95% interval and the count of a subset of utterances."""
+    """WER, CER, the WER's 95% interval, the count and the reference words of a subset."""
     return {
         "wer": _rate(members, "word_errors", "words"),
         "cer": _rate(members, "char_errors", "chars"),
         "ci95": _ratio_ci95(members, "word_errors", "words", block_key),
         "n": len(members),
+        "words": sum(u["words"] for u in members),
     }
+
+
+def has_words(normalised_words):
+    """Whether a normalised reference can be scored: some letter or digit is left."""
+    return any(character.isalnum() for word in normalised_words for character in word)
+
+
+def percent(rate, unit=""):
+    """A rate in percent as text (``12.34``, with ``unit``); ``no reference words`` for None."""
+    return NO_WORDS if rate is None else f"{rate:.2f}{unit}"
 
 
 def duration_bucket(seconds):
@@ -136,13 +155,18 @@ def top_errors(scores, top=TOP_ERRORS):
 def format_headline(summary):
     """One line for the console: ``WER 11.65% (95% CI 9.50-13.90), CER 5.58% (...), n=200``,
     followed by how many hypotheses a loop stop ended, if any."""
-    wer_lo, wer_hi = summary["wer_ci95"]
-    cer_lo, cer_hi = summary["cer_ci95"]
-    headline = (
-        f"WER {summary['wer']:.2f}% (95% CI {wer_lo:.2f}-{wer_hi:.2f}), "
-        f"CER {summary['cer']:.2f}% (95% CI {cer_lo:.2f}-{cer_hi:.2f}), "
-        f"n={summary['n_utterances']}"
-    )
+    if summary["wer"] is None:
+        headline = f"WER and CER undefined ({NO_WORDS}), n={summary['n_utterances']}"
+    else:
+        wer_lo, wer_hi = summary["wer_ci95"]
+        cer_lo, cer_hi = summary["cer_ci95"]
+        headline = (
+            f"WER {summary['wer']:.2f}% (95% CI {wer_lo:.2f}-{wer_hi:.2f}), "
+            f"CER {summary['cer']:.2f}% (95% CI {cer_lo:.2f}-{cer_hi:.2f}), "
+            f"n={summary['n_utterances']}"
+        )
+    if summary.get("n_unscorable"):
+        headline += f", {summary['n_unscorable']} reference(s) with no word left out"
     if summary.get("loop_stopped"):
         headline += f", {summary['loop_stopped']} repetition loop(s) stopped"
     return headline
@@ -159,7 +183,8 @@ def small_valid_warning(epoch_wers, summary):
     single interval with a paired difference) and assumes more utterances come from
     proportionally more speakers when the interval is blocked by speaker.
     """
-    if len(epoch_wers) < 2:
+    epoch_wers = [w for w in epoch_wers if w is not None]
+    if len(epoch_wers) < 2 or summary["wer_ci95"] is None:
         return None
     lo, hi = summary["wer_ci95"]
     half_width = (hi - lo) / 2
@@ -196,7 +221,7 @@ def edit_distance(a, b):
 
 def min_wer_earliest(ckpt):
     """Checkpoint importance: lowest valid WER first, the earlier epoch on ties."""
-    if "WER" not in ckpt.meta:
+    if ckpt.meta.get("WER") is None:
         return (-math.inf, 0)
     return (-ckpt.meta["WER"], -ckpt.meta["epoch"])
 
@@ -226,6 +251,7 @@ class Scorer:
         self.cer = ErrorRateStats(split_tokens=True)
         self.raw_wer = ErrorRateStats()
         self.utterances = []
+        self.unscorable = []  # {id, ref, hyp, group columns} of references with no word
 
     def append(self, ids, hyps, refs, groups=None, durations=None, extra=None):
         """Score a batch; ``groups`` maps a column name to its values for the batch.
@@ -236,13 +262,24 @@ class Scorer:
         """
         groups = groups or {}
         extra = extra or {}
-        norm_hyps = [self.normalize(h).split() for h in hyps]
         norm_refs = [self.normalize(r).split() for r in refs]
-        self.wer.append(ids, norm_hyps, norm_refs)
-        self.cer.append(ids, norm_hyps, norm_refs)
-        self.raw_wer.append(ids, [h.split() for h in hyps], [r.split() for r in refs])
-        for i, utt_id in enumerate(ids):
-            wer, cer = self.wer.scores[-len(ids) + i], self.cer.scores[-len(ids) + i]
+        kept = [i for i, ref in enumerate(norm_refs) if has_words(ref)]
+        for i in sorted(set(range(len(ids))) - set(kept)):
+            utt = {"id": ids[i], "ref": refs[i], "hyp": hyps[i]}
+            self.unscorable.append({**utt, **{c: v[i] for c, v in groups.items()}})
+        if not kept:
+            return
+        scored = [ids[i] for i in kept]
+        norm_hyps = [self.normalize(hyps[i]).split() for i in kept]
+        norm_refs = [norm_refs[i] for i in kept]
+        self.wer.append(scored, norm_hyps, norm_refs)
+        self.cer.append(scored, norm_hyps, norm_refs)
+        self.raw_wer.append(
+            scored, [hyps[i].split() for i in kept], [refs[i].split() for i in kept]
+        )
+        for n, i in enumerate(kept):
+            utt_id = ids[i]
+            wer, cer = self.wer.scores[-len(kept) + n], self.cer.scores[-len(kept) + n]
             utt = {
                 "id": utt_id,
                 "ref": refs[i],
@@ -267,8 +304,11 @@ class Scorer:
         if not distributed.is_distributed():
             return
         stats = (self.wer, self.cer, self.raw_wer)
-        everyone = distributed.gather_objects((self.utterances, *(s.scores for s in stats)))
+        everyone = distributed.gather_objects(
+            (self.utterances, *(s.scores for s in stats), self.unscorable)
+        )
         self.utterances = distributed.interleave_unique([e[0] for e in everyone], itemgetter("id"))
+        self.unscorable = distributed.interleave_unique([e[-1] for e in everyone], itemgetter("id"))
         for i, stat in enumerate(stats, start=1):
             stat.scores = distributed.interleave_unique([e[i] for e in everyone], itemgetter("key"))
             stat.ids = [score["key"] for score in stat.scores]
@@ -281,19 +321,25 @@ class Scorer:
             "cer": _rate(self.utterances, "char_errors", "chars"),
             "wer_ci95": _ratio_ci95(self.utterances, "word_errors", "words", block),
             "cer_ci95": _ratio_ci95(self.utterances, "char_errors", "chars", block),
-            "wer_raw": self.raw_wer.summarize("error_rate"),
+            "wer_raw": self.raw_wer.summarize("error_rate") if self.utterances else None,
             "n_utterances": len(self.utterances),
+            "n_unscorable": len(self.unscorable),
+            "unscorable_ids": sorted(u["id"] for u in self.unscorable),
             "loop_stopped": sum(bool(u.get("loop_stopped")) for u in self.utterances),
             "epoch": epoch,
             "per_group": {},
             "per_duration": {},
             "top_errors": top_errors(self.wer.scores),
         }
-        present = [c for c in self.group_columns if self.utterances and c in self.utterances[0]]
+        everyone = self.utterances + self.unscorable
+        present = [c for c in self.group_columns if everyone and c in everyone[0]]
         for column in present:
             summary["per_group"][column] = {
-                value: _group_rates([u for u in self.utterances if u[column] == value], block)
-                for value in sorted({u[column] for u in self.utterances})
+                value: {
+                    **_group_rates([u for u in self.utterances if u[column] == value], block),
+                    "n_unscorable": sum(u[column] == value for u in self.unscorable),
+                }
+                for value in sorted({u[column] for u in everyone})
             }
         if self.utterances and "duration" in self.utterances[0]:
             buckets = {}
@@ -330,9 +376,9 @@ def _rate_table(column, rows):
         "|---|---|---|---|---|",
     ]
     for label, r in rows.items():
-        lo, hi = r["ci95"]
+        interval = "-" if r["ci95"] is None else "{:.2f}-{:.2f}".format(*r["ci95"])
         lines.append(
-            f"| {label} | {r['wer']:.2f} | {lo:.2f}-{hi:.2f} | {r['cer']:.2f} | {r['n']} |"
+            f"| {label} | {percent(r['wer'])} | {interval} | {percent(r['cer'])} | {r['n']} |"
         )
     return lines + [""]
 
@@ -343,7 +389,7 @@ def format_summary(summary, name):
     lines = [
         f"# {name}{epoch}",
         "",
-        f"{format_headline(summary)}; raw (unnormalised) WER {summary['wer_raw']:.2f}%",
+        f"{format_headline(summary)}; raw (unnormalised) WER {percent(summary['wer_raw'], '%')}",
         "",
     ]
     for column, per_value in summary["per_group"].items():
@@ -401,9 +447,11 @@ def format_comparison(results, names=("zero_shot", "fine_tuned")):
         cells = [
             r["overall"] if row == "overall" else r["per_dialect"][row] for r in (first, second)
         ]
-        lines.append(f"{row:<16}" + "".join(f"{c['wer']:>16.2f}{c['cer']:>16.2f}" for c in cells))
-    relative = (
-        1 - second["overall"]["wer"] / first["overall"]["wer"] if first["overall"]["wer"] else 0
-    )
-    lines.append(f"relative WER reduction: {100 * relative:.1f}%")
+        lines.append(
+            f"{row:<16}" + "".join(f"{percent(c['wer']):>16}{percent(c['cer']):>16}" for c in cells)
+        )
+    before, after = first["overall"]["wer"], second["overall"]["wer"]
+    if before is not None and after is not None:
+        relative = 1 - after / before if before else 0
+        lines.append(f"relative WER reduction: {100 * relative:.1f}%")
     return "\n".join(lines)

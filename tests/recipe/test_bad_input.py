@@ -3,7 +3,10 @@
 Every run-level case starts from a finished one-epoch experiment and re-runs train.py on it
 with one thing wrong; it must exit 1 with a single ``error: ...`` line on stderr, and every
 file the experiment folder held before is still there, unchanged (SpeechBrain's per-start
-records aside, see ``recipe_runs.assert_nothing_lost``).
+records aside, see ``recipe_runs.assert_nothing_lost``). Cases with other data run in a copy
+of that folder without its checkpoints (a run stopped before its first checkpoint): in the
+finished folder itself, other data is refused before it is looked at
+(``test_bad_input_more``).
 """
 
 import json
@@ -16,6 +19,7 @@ import torch
 from conftest import sine, write_manifest
 from recipe_runs import (
     assert_nothing_lost,
+    copy_experiment,
     file_hashes,
     make_corpus,
     one_line_error,
@@ -40,9 +44,18 @@ def experiment(tmp_path_factory, random_whisper_dir):
     return args, root / "exp", corpus
 
 
-def fails_cleanly(experiment, *changes):
-    """Re-run the experiment with ``changes`` (``--key=value``); returns the error line."""
+@pytest.fixture(scope="module")
+def unstarted(experiment, tmp_path_factory):
+    """The finished experiment's folder without its checkpoints."""
+    return copy_experiment(experiment[1], tmp_path_factory.mktemp("unstarted") / "exp")
+
+
+def fails_cleanly(experiment, *changes, folder=None):
+    """Re-run the experiment (in ``folder`` if given) with ``changes`` (``--key=value``);
+    returns the error line."""
     args, exp, _ = experiment
+    if folder is not None:
+        exp, changes = folder, (*changes, f"--output_folder={folder}")
     keys = {change.split("=", 1)[0] for change in changes}
     before = file_hashes(exp)
     code, stderr = run_forked([a for a in args if a.split("=", 1)[0] not in keys] + [*changes])
@@ -52,7 +65,7 @@ def fails_cleanly(experiment, *changes):
     return message
 
 
-def with_bad_row(experiment, tmp_path, wav, text="hello there"):
+def with_bad_row(experiment, unstarted, tmp_path, wav, text="hello there"):
     """The training manifest plus one row ``bad``; returns (data checks' line, the row's line).
 
     With ``data_checks: error`` (the default) the data checks stop the run first; with
@@ -63,76 +76,82 @@ def with_bad_row(experiment, tmp_path, wav, text="hello there"):
     rows = [{"ID": utt_id, **row} for utt_id, row in list(train.items())[:2]]
     rows.append({"ID": "bad", "duration": 1.0, "wav": wav, "spk_id": "s9", "wrd": text})
     manifest = write_manifest(tmp_path / "bad.csv", rows)
-    checks = fails_cleanly(experiment, f"--train_csv={manifest}", "--on_bad_row=error")
+    checks = fails_cleanly(
+        experiment, f"--train_csv={manifest}", "--on_bad_row=error", folder=unstarted
+    )
     row = fails_cleanly(
-        experiment, f"--train_csv={manifest}", "--on_bad_row=error", "--data_checks=warn"
+        experiment,
+        f"--train_csv={manifest}",
+        "--on_bad_row=error",
+        "--data_checks=warn",
+        folder=unstarted,
     )
     return checks, row
 
 
-def checks_error(experiment, first):
+def checks_error(folder, first):
     """The data checks' line when ``first`` is their first error."""
-    report = experiment[1] / "data_report.md"
+    report = folder / "data_report.md"
     return f"error: data checks found {{}} error(s), first: {first}; see {report} " + (
         "(--data_checks=warn to train anyway)"
     )
 
 
-def assert_row_refused(experiment, messages, wav, check, why):
+def assert_row_refused(folder, messages, wav, check, why):
     checks, row = messages
-    assert checks in {checks_error(experiment, check).format(n) for n in (1, 2)}
+    assert checks in {checks_error(folder, check).format(n) for n in (1, 2)}
     assert row == (
         f"error: train: row bad ({wav}): {why} (1 bad rows; set on_bad_row=skip to skip them)"
     )
 
 
-def test_missing_audio(experiment, tmp_path):
+def test_missing_audio(experiment, unstarted, tmp_path):
     wav = tmp_path / "absent.wav"
-    messages = with_bad_row(experiment, tmp_path, wav)
+    messages = with_bad_row(experiment, unstarted, tmp_path, wav)
     unreadable = "1 rows have missing, empty or unreadable audio"
-    assert_row_refused(experiment, messages, wav, unreadable, "missing or unreadable audio")
+    assert_row_refused(unstarted, messages, wav, unreadable, "missing or unreadable audio")
 
 
-def test_corrupt_audio(experiment, tmp_path):
+def test_corrupt_audio(experiment, unstarted, tmp_path):
     wav = tmp_path / "corrupt.wav"
     wav.write_bytes(b"RIFF not really a wav")
-    messages = with_bad_row(experiment, tmp_path, wav)
+    messages = with_bad_row(experiment, unstarted, tmp_path, wav)
     unreadable = "1 rows have missing, empty or unreadable audio"
-    assert_row_refused(experiment, messages, wav, unreadable, "missing or unreadable audio")
+    assert_row_refused(unstarted, messages, wav, unreadable, "missing or unreadable audio")
 
 
-def test_empty_audio(experiment, tmp_path):
+def test_empty_audio(experiment, unstarted, tmp_path):
     wav = tmp_path / "empty.wav"
     sf.write(wav, np.zeros(0, dtype=np.float32), 16000)
-    messages = with_bad_row(experiment, tmp_path, wav)
+    messages = with_bad_row(experiment, unstarted, tmp_path, wav)
     unreadable = "1 rows have missing, empty or unreadable audio"
-    assert_row_refused(experiment, messages, wav, unreadable, "empty audio")
+    assert_row_refused(unstarted, messages, wav, unreadable, "empty audio")
 
 
-def test_empty_label(experiment, tmp_path):
+def test_empty_label(experiment, unstarted, tmp_path):
     wav = sine(tmp_path / "a.wav", 1.0)
-    messages = with_bad_row(experiment, tmp_path, wav, "   ")
+    messages = with_bad_row(experiment, unstarted, tmp_path, wav, "   ")
     empty = "1 rows have an empty transcript"
-    assert_row_refused(experiment, messages, wav, empty, "empty transcript")
+    assert_row_refused(unstarted, messages, wav, empty, "empty transcript")
 
 
-def test_over_long_label(experiment, tmp_path):
+def test_over_long_label(experiment, unstarted, tmp_path):
     wav = sine(tmp_path / "a.wav", 1.0)
-    messages = with_bad_row(experiment, tmp_path, wav, "word " * 500)
+    messages = with_bad_row(experiment, unstarted, tmp_path, wav, "word " * 500)
     check = (
         "1 transcripts need more than the decoder's 448 positions; they cannot be trained on "
         "without truncation"
     )
     why = "label of 503 tokens exceeds the decoder's 448"
-    assert_row_refused(experiment, messages, wav, check, why)
+    assert_row_refused(unstarted, messages, wav, check, why)
 
 
-def test_audio_over_30_seconds(experiment, tmp_path):
+def test_audio_over_30_seconds(experiment, unstarted, tmp_path):
     wav = sine(tmp_path / "long.wav", 31.0)
-    messages = with_bad_row(experiment, tmp_path, wav)
+    messages = with_bad_row(experiment, unstarted, tmp_path, wav)
     check = "1 rows have audio over Whisper's 30 s window"
     assert_row_refused(
-        experiment, messages, wav, check, "audio of 31.0 s exceeds Whisper's 30 s window"
+        unstarted, messages, wav, check, "audio of 31.0 s exceeds Whisper's 30 s window"
     )
 
 
@@ -154,20 +173,24 @@ def test_audio_is_read_as_16k_mono(tmp_path, rate, channels):
     assert torch.fft.rfft(wav[:n]).abs().argmax() == torch.fft.rfft(reference[:n]).abs().argmax()
 
 
-def test_manifest_missing_a_column(experiment, tmp_path):
+def test_manifest_missing_a_column(experiment, unstarted, tmp_path):
     path = write_manifest(tmp_path / "m.csv", [], columns=("ID", "duration", "wav"))
-    message = fails_cleanly(experiment, f"--train_csv={path}")
+    message = fails_cleanly(experiment, f"--train_csv={path}", folder=unstarted)
     first = f"train: manifest {path} lacks column(s) wrd"
-    assert message == checks_error(experiment, first).format(1)
-    message = fails_cleanly(experiment, f"--train_csv={path}", "--data_checks=off")
+    assert message == checks_error(unstarted, first).format(1)
+    message = fails_cleanly(
+        experiment, f"--train_csv={path}", "--data_checks=off", folder=unstarted
+    )
     assert message == f"error: manifest {path} lacks column(s) wrd"
 
 
-def test_unreadable_manifest(experiment, tmp_path):
-    message = fails_cleanly(experiment, f"--valid_csv={tmp_path}")
+def test_unreadable_manifest(experiment, unstarted, tmp_path):
+    message = fails_cleanly(experiment, f"--valid_csv={tmp_path}", folder=unstarted)
     first = f"valid: cannot read manifest {tmp_path}: Is a directory"
-    assert message == checks_error(experiment, first).format(1)
-    message = fails_cleanly(experiment, f"--valid_csv={tmp_path}", "--data_checks=off")
+    assert message == checks_error(unstarted, first).format(1)
+    message = fails_cleanly(
+        experiment, f"--valid_csv={tmp_path}", "--data_checks=off", folder=unstarted
+    )
     assert message == f"error: cannot read manifest {tmp_path}: Is a directory"
 
 
@@ -194,15 +217,26 @@ def test_fp16_on_cpu_and_a_missing_model(experiment):
     message = fails_cleanly(experiment, "--precision=fp16")
     assert message == "error: precision fp16 needs a CUDA GPU; use --precision=bf16 or fp32 on CPU"
     message = fails_cleanly(experiment, "--whisper_hub=/no/such/model")
-    assert message.startswith("error: cannot load the Whisper checkpoint '/no/such/model'")
-
-
-def test_checkpoint_folder_of_another_model(experiment, random_multilingual_dir):
-    _, exp, _ = experiment
-    (checkpoint,) = (exp / "save").glob("CKPT+*")
-    message = fails_cleanly(
-        experiment, f"--whisper_hub={random_multilingual_dir}", "--language=german"
+    assert message == (
+        "error: whisper_hub must be bundled:tiny.en, a Hugging Face Hub name or a local model "
+        "folder, not '/no/such/model' (no such folder)"
     )
+
+
+def test_checkpoint_folder_of_another_model(experiment, random_multilingual_dir, tmp_path):
+    _, exp, _ = experiment
+    other_model = (f"--whisper_hub={random_multilingual_dir}", "--language=german")
+    message = fails_cleanly(experiment, *other_model)
+    assert message == (
+        f"error: {exp} holds a checkpoint of a run with whisper_hub: "
+        f'"{experiment[0][1].split("=", 1)[1]}", not "{random_multilingual_dir}" (run.json); '
+        "use a new --output_folder (with "
+        f"--init_from={exp} to start from its checkpoint)"
+    )
+    # A folder whose run.json predates the recorded settings: the checkpoint itself misfits.
+    older = copy_experiment(exp, tmp_path / "exp", without=("run.json",))
+    (checkpoint,) = (older / "save").glob("CKPT+*")
+    message = fails_cleanly(experiment, *other_model, folder=older)
     assert message == (
         f"error: cannot resume from {checkpoint}: checkpoint {checkpoint / 'whisper.ckpt'} does "
         "not fit this model (e.g. model.decoder.embed_tokens.weight); it belongs to another "

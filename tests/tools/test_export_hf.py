@@ -46,7 +46,7 @@ def experiment(tmp_path_factory, tiny_en_dir):
 @pytest.mark.slow
 def test_exported_pipeline_transcribes_as_the_recipe_decoded(experiment, tmp_path):
     """Greedy valid transcripts and beam-5 test transcripts, as the pipeline gives them."""
-    dest = export_hf.export(experiment / "exp", tmp_path / "hf", ct2=True)
+    dest, _ = export_hf.export(experiment / "exp", tmp_path / "hf", ct2=True)
     selected = json.loads((dest / "selected_checkpoint.json").read_text())
     assert selected["epoch"] == 1 and selected["encoder_window_seconds"] == 30
     pipe = transformers.pipeline("automatic-speech-recognition", model=str(dest), device="cpu")

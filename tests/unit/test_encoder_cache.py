@@ -74,12 +74,12 @@ def test_cache_refuses_when_it_would_be_wrong(random_whisper_dir):
     model = WhisperASR(str(random_whisper_dir), freeze_encoder=False)
     assert not encoder_cache.use_cache("auto", model, augment=False)
     with pytest.raises(ValueError, match="convolutional stem trains"):
-        encoder_cache.use_cache("true", model, augment=False)
+        encoder_cache.use_cache(True, model, augment=False)
     frozen = WhisperASR(str(random_whisper_dir))
     with pytest.raises(ValueError, match="augmentation changes the encoder input"):
-        encoder_cache.use_cache("true", frozen, augment=True)
+        encoder_cache.use_cache(True, frozen, augment=True)
     assert encoder_cache.use_cache("auto", frozen, augment=False)
-    assert not encoder_cache.use_cache("false", frozen, augment=False)
+    assert not encoder_cache.use_cache(False, frozen, augment=False)
 
 
 @pytest.mark.slow

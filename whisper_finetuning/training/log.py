@@ -18,6 +18,7 @@ import os
 
 import torch
 
+from whisper_finetuning import provenance
 from whisper_finetuning.files import append_jsonl, write_json
 from whisper_finetuning.training import distributed
 
@@ -65,12 +66,16 @@ class Calibration:
         self.correct = torch.zeros(bins)
 
     def append(self, confidence, is_correct):
-        """Add tokens' top-1 probabilities and whether that token was the target."""
+        """Add tokens' top-1 probabilities and whether that token was the target; a NaN
+        probability (from a diverged model) has no bin and is left out."""
         bins = len(self.count)
-        index = (confidence.detach().cpu() * bins).long().clamp(max=bins - 1)
+        confidence, is_correct = confidence.detach().cpu(), is_correct.cpu()
+        finite = torch.isfinite(confidence)
+        confidence, is_correct = confidence[finite], is_correct[finite]
+        index = (confidence * bins).long().clamp(min=0, max=bins - 1)
         self.count += torch.bincount(index, minlength=bins).float()
-        self.confidence += torch.bincount(index, confidence.detach().cpu(), bins).float()
-        self.correct += torch.bincount(index, is_correct.cpu().float(), bins).float()
+        self.confidence += torch.bincount(index, confidence, bins).float()
+        self.correct += torch.bincount(index, is_correct.float(), bins).float()
 
     def ece(self):
         """Expected calibration error: bin-weighted |accuracy - confidence|."""
@@ -222,7 +227,8 @@ class TrainingLog:
 
 
 def write_run_info(hparams, grad_accumulation_factor):
-    """``run.json``: where the data is and how batches were formed, for the analysis tools.
+    """``run.json``: where the data is and how batches were formed, for the analysis tools,
+    and what the checkpoint was trained on (``provenance``).
 
     The accumulation factor is the Brain's: SpeechBrain also takes it as a run option.
     """
@@ -234,4 +240,5 @@ def write_run_info(hparams, grad_accumulation_factor):
     info["valid_csv"] = os.path.abspath(hparams["valid_csv"])
     info["test_csv"] = [os.path.abspath(csv) for csv in hparams["test_csv"]]
     info["whisper_hub"] = str(hparams["whisper_hub"])
+    info.update(provenance.record(hparams))
     write_json(os.path.join(hparams["output_folder"], "run.json"), info)
