@@ -2,9 +2,10 @@
 
 The directory loads with ``transformers.pipeline``; ``--ct2`` adds ``DEST_DIR/ctranslate2`` for
 faster-whisper; ``--epoch N`` exports epoch N's checkpoint (e.g. the one a human review
-preferred, kept with ``review_checkpoints: True``).
+preferred, kept with ``review_checkpoints: True``). Adapters (``adapter: lora``) are merged into
+the weights; ``--adapter_only`` writes PEFT's adapter folder instead.
 
-Usage: python -m tools.export_hf EXPERIMENT_FOLDER DEST_DIR [--ct2] [--epoch N]
+Usage: python -m tools.export_hf EXPERIMENT_FOLDER DEST_DIR [--ct2] [--epoch N] [--adapter_only]
 """
 
 import argparse
@@ -20,9 +21,16 @@ def main(argv=None):
     parser.add_argument("dest_dir", type=Path, help="new Hugging Face model directory")
     parser.add_argument("--ct2", action="store_true", help="also write DEST_DIR/ctranslate2")
     parser.add_argument("--epoch", type=int, help="export this epoch's checkpoint (if kept)")
+    parser.add_argument(
+        "--adapter_only",
+        action="store_true",
+        help="write the PEFT adapter folder (PeftModel.from_pretrained) instead of a merged model",
+    )
     args = parser.parse_args(argv)
     try:
-        dest = export(args.experiment_folder, args.dest_dir, args.ct2, args.epoch)
+        dest = export(
+            args.experiment_folder, args.dest_dir, args.ct2, args.epoch, args.adapter_only
+        )
     except (OSError, ValueError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

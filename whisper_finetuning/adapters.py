@@ -6,6 +6,7 @@ gains ``lora_A``/``lora_B`` (and DoRA's ``lora_magnitude_vector``) parameters, t
 that train.
 """
 
+import copy
 import re
 
 import peft
@@ -46,3 +47,21 @@ def add_adapters(model, adapter, patterns, rank, alpha, dropout):
 def is_adapter_parameter(name):
     """True for a LoRA/DoRA parameter's name."""
     return ADAPTER_PARAM_MARK in name
+
+
+def as_peft_model(model, config):
+    """``model`` with its trained adapters, wrapped as PEFT's ``PeftModel`` (which saves the
+    adapter folder and merges the adapters); ``model`` is changed in place."""
+    trained = {
+        name: param.detach().clone()
+        for name, param in model.named_parameters()
+        if is_adapter_parameter(name)
+    }
+    wrapped = peft.get_peft_model(model, copy.deepcopy(config))  # re-initialises the adapters
+    result = wrapped.base_model.model.load_state_dict(trained, strict=False)
+    unloaded = [name for name in result.missing_keys if is_adapter_parameter(name)]
+    if result.unexpected_keys or unloaded:
+        raise ValueError(
+            f"adapters do not fit PEFT's model: {(result.unexpected_keys or unloaded)[0]}"
+        )
+    return wrapped

@@ -192,11 +192,14 @@ class WhisperASR(torch.nn.Module):
     def _load(self, path, end_of_epoch):
         """Load saved parameters into the model built from ``source``."""
         del end_of_epoch  # parameters load the same either way
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        self.load_trainable(torch.load(path, map_location="cpu", weights_only=True), path)
+
+    def load_trainable(self, saved, origin):
+        """Copy saved parameters (``{name: tensor}``, from ``origin``) into the model."""
         params = dict(self.model.named_parameters())
         misfits = [k for k, v in saved.items() if k not in params or params[k].shape != v.shape]
         if misfits:
-            raise ValueError(f"checkpoint {path} does not fit this model (e.g. {misfits[0]})")
+            raise ValueError(f"checkpoint {origin} does not fit this model (e.g. {misfits[0]})")
         with torch.no_grad():
             for name, value in saved.items():
                 params[name].copy_(value)
