@@ -62,6 +62,13 @@ def resolve(hparams_file, overrides=""):
         path = base
 
 
+def plain_values(hparams_file, overrides=""):
+    """The keys of ``hparams_file`` (with ``extends`` and ``overrides`` applied) as written,
+    without building any object; ``!ref`` values stay unresolved."""
+    base, merged = resolve(hparams_file, overrides)
+    return {**_parse(base.read_text(), str(base)), **merged}
+
+
 def load_hparams(hparams_file, overrides=""):
     """Load ``hparams_file`` with ``overrides`` (YAML text); returns ``(hparams, base, merged)``."""
     base, merged = resolve(hparams_file, overrides)

@@ -239,10 +239,7 @@ class WhisperASR(torch.nn.Module):
         The blocks are the convolutional stem, each layer, then the final layer norm: 0 means
         the stem trains, ``len(layers) + 2`` means the whole encoder is frozen.
         """
-        encoder = self.model.model.encoder
-        stem = [encoder.conv1, encoder.conv2, encoder.embed_positions]
-        blocks = [stem, *([layer] for layer in encoder.layers), [encoder.layer_norm]]
-        return next((i for i, block in enumerate(blocks) if _trains(block)), len(blocks))
+        return frozen_encoder_depth(self.model)
 
     @property
     def encoder_frozen(self):
@@ -424,6 +421,14 @@ def set_trainable(model, freeze, freeze_encoder, trainable_encoder_layers, patte
     encoder.embed_positions.requires_grad_(False)
     # Whisper ties the output projection to the token embedding.
     model.proj_out.weight.requires_grad = model.model.decoder.embed_tokens.weight.requires_grad
+
+
+def frozen_encoder_depth(model):
+    """How many encoder blocks of a Hugging Face Whisper are frozen (``WhisperASR``'s property)."""
+    encoder = model.model.encoder
+    stem = [encoder.conv1, encoder.conv2, encoder.embed_positions]
+    blocks = [stem, *([layer] for layer in encoder.layers), [encoder.layer_norm]]
+    return next((i for i, block in enumerate(blocks) if _trains(block)), len(blocks))
 
 
 def _absolute_lengths(padded, rel_lens):
