@@ -3,9 +3,11 @@
 Each configuration runs in its own process: a random Whisper with the given shapes (tiny.en,
 base.en; the bundled tiny.en's tokenizer) is loaded with the recipe's ``WhisperASR`` and trained
 for three steps the way ``train.py`` does with the encoder cache (frozen encoder output in,
-teacher-forced decoder, log-softmax, label-smoothed NLL, AdamW). The peak resident memory of the
-last two steps (Linux ``VmHWM``, reset after the first step) minus the memory before the model
-was loaded is compared with ``whisper_finetuning.memory.predict``.
+teacher-forced decoder, log-softmax, label-smoothed NLL, AdamW). What a training step adds to
+the loaded model, the peak resident memory of the last two steps (Linux ``VmHWM``, reset after
+the first step) minus the memory once the model was loaded, is compared with the predicted
+gradients + optimizer state + activations; the weights (4 bytes a parameter) are exact, and the
+process's own tokenizer and Python objects are no part of a GPU's memory.
 
 Usage: python -m tools.memory_benchmark [--models tiny.en base.en] [--json FILE]
 """
@@ -77,7 +79,6 @@ def _measure(settings, model_dir, queue):
     from whisper_finetuning.model import WhisperASR
 
     torch.set_num_threads(2)
-    before = _status_kb("VmRSS")
     whisper = WhisperASR(
         str(model_dir),
         trainable_patterns=settings.trainable_patterns,
@@ -103,19 +104,24 @@ def _measure(settings, model_dir, queue):
     tokens = torch.randint(0, 50000, (settings.batch_size, settings.tokens), generator=generator)
     first = len(whisper.prefix_tokens) - 1
     lengths = torch.ones(settings.batch_size)
-    for step in range(STEPS):
-        if step == 1:  # the optimizer's state exists now: measure from here
-            Path("/proc/self/clear_refs").write_text("5")
+
+    def log_probs():
+        """compute_forward's training output: the logits are freed on return."""
         logits = whisper.forward_decoder(tokens, whisper.encode_trainable(frozen_out))
-        log_probs = torch.nn.functional.log_softmax(logits.float(), dim=-1)
+        return torch.nn.functional.log_softmax(logits.float(), dim=-1)
+
+    loaded = _status_kb("VmRSS")
+    for step in range(STEPS):
+        if step == 1:  # the optimizer's state exists now (and counts): measure from here
+            Path("/proc/self/clear_refs").write_text("5")
         loss = nll_loss(
-            log_probs[:, first:-1], tokens[:, first + 1 :], lengths, label_smoothing=0.1
+            log_probs()[:, first:-1], tokens[:, first + 1 :], lengths, label_smoothing=0.1
         )
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        del logits, log_probs, loss
-    queue.put(_status_kb("VmHWM") - before)
+        del loss
+    queue.put(_status_kb("VmHWM") - loaded)
 
 
 def measure(settings, model_dir):
@@ -142,8 +148,8 @@ def main(argv=None):
 
     tokenizer_source = resolve_source(BUNDLED_TINY_EN, None)
     rows = []
-    print("| model | trains | predicted GB | measured GB | error |")
-    print("|---|---|---|---|---|")
+    print("| model | trains | trainable | predicted step GB | measured step GB | error |")
+    print("|---|---|---|---|---|---|")
     for model in args.models:
         with tempfile.TemporaryDirectory() as model_dir:
             base = Settings(
@@ -155,24 +161,27 @@ def main(argv=None):
             _random_whisper(model_dir, base, tokenizer_source)
             for label, options in CONFIGURATIONS.items():
                 settings = dataclasses.replace(base, **options)
-                predicted, measured = predict(settings).peak, measure(settings, model_dir)
+                plan = predict(settings)
+                predicted, measured = plan.peak - plan.weights, measure(settings, model_dir)
                 error = (predicted - measured) / measured
                 rows.append(
                     {
                         "model": model,
                         "trains": label,
+                        "trainable_params": plan.trainable_params,
                         "predicted": predicted,
                         "measured": measured,
                         "error": error,
                     }
                 )
                 print(
-                    f"| {model} | {label} | {predicted / GB:.3f} | {measured / GB:.3f} | "
+                    f"| {model} | {label} | {plan.trainable_params / 1e6:.2f} M | "
+                    f"{predicted / GB:.3f} | {measured / GB:.3f} | "
                     f"{100 * error:+.1f}% |",
                     flush=True,
                 )
     worst = max(abs(r["error"]) for r in rows)
-    print(f"largest error: {100 * worst:.1f}% of the measured peak")
+    print(f"largest error: {100 * worst:.1f}% of the measured step")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0
