@@ -11,6 +11,7 @@ Example:
 Any hyperparameter can be overridden on the command line (``--lr=1e-4``).
 """
 
+import functools
 import json
 import logging
 import os
