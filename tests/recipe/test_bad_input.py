@@ -197,6 +197,7 @@ def test_fp16_on_cpu_and_a_missing_model(experiment):
     assert message.startswith("error: cannot load the Whisper checkpoint '/no/such/model'")
 
 
+@pytest.mark.slow
 def test_8bit_adamw_on_cpu_and_an_adapter_with_trainable_patterns(experiment):
     message = fails_cleanly(experiment, "--adamw_8bit=True")
     assert message == (
