@@ -4,9 +4,11 @@ The directory loads with ``transformers.pipeline``; ``--ct2`` adds ``DEST_DIR/ct
 faster-whisper; ``--epoch N`` exports epoch N's checkpoint (e.g. the one a human review
 preferred, kept with ``review_checkpoints: True``). It says which checkpoint it took; one taken
 before any validation (a run stopped in its first epoch) only with ``--allow_unvalidated``.
+Adapters (``adapter: lora``) are merged into the weights; ``--adapter_only`` writes PEFT's
+adapter folder instead.
 
 Usage: python -m tools.export_hf EXPERIMENT_FOLDER DEST_DIR [--ct2] [--epoch N]
-    [--allow_unvalidated]
+    [--allow_unvalidated] [--adapter_only]
 """
 
 import argparse
@@ -27,10 +29,20 @@ def main(argv=None):
         action="store_true",
         help="with no validated checkpoint, export the latest intra-epoch one",
     )
+    parser.add_argument(
+        "--adapter_only",
+        action="store_true",
+        help="write the PEFT adapter folder (PeftModel.from_pretrained) instead of a merged model",
+    )
     args = parser.parse_args(argv)
     try:
         dest, checkpoint = export(
-            args.experiment_folder, args.dest_dir, args.ct2, args.epoch, args.allow_unvalidated
+            args.experiment_folder,
+            args.dest_dir,
+            args.ct2,
+            args.epoch,
+            args.allow_unvalidated,
+            args.adapter_only,
         )
     except (OSError, ValueError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -11,6 +11,10 @@ Only checkpoints taken at an epoch's end have a valid WER. A run stopped before 
 validation holds only an intra-epoch checkpoint: exporting it is refused unless asked for
 (``allow_unvalidated``). ``describe`` names the checkpoint an export took.
 
+A run trained with an adapter (``adapter: lora`` or ``dora``) is exported with its adapters
+merged into the weights: a plain Whisper directory. ``--adapter_only`` writes PEFT's adapter
+folder instead, which ``PeftModel.from_pretrained(base_model, DEST_DIR)`` loads on the base model.
+
 Command line: ``python -m tools.export_hf``.
 """
 
@@ -23,6 +27,7 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.checkpoints import Checkpointer, ckpt_recency
 from transformers import WhisperProcessor
 
+from whisper_finetuning import adapters
 from whisper_finetuning.audio import CHUNK_SECONDS  # what transformers and faster-whisper pad to
 from whisper_finetuning.files import write_json
 from whisper_finetuning.scoring import min_wer_earliest
@@ -38,18 +43,27 @@ def save_whisper_dir(model, tokenizer, feature_extractor, dest):
     Files are written into a temporary sibling that is renamed into place, so ``dest`` never
     holds half an export.
     """
-    dest = Path(dest)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise FileExistsError(f"{dest} already exists and is not empty: remove it or pick another")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+
+    def write(staging):
         model.save_pretrained(staging)
         WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(
             staging
         )
         feature_extractor.save_pretrained(staging)  # preprocessor_config.json
         tokenizer.save_vocabulary(str(staging))  # vocab.json, merges.txt, normalizer.json
+
+    return write_dir_atomically(dest, write)
+
+
+def write_dir_atomically(dest, write):
+    """Let ``write(folder)`` fill a temporary sibling of ``dest``, then rename it to ``dest``."""
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise FileExistsError(f"{dest} already exists and is not empty: remove it or pick another")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        write(staging)
         for path in staging.iterdir():  # mkdtemp and save_pretrained make owner-only files
             path.chmod(READABLE_FILE)
         staging.chmod(READABLE_DIR)
@@ -110,14 +124,30 @@ def describe(checkpoint):
     return f"{checkpoint.path.name} (epoch {meta['epoch']}, valid WER {meta['WER']:.2f}%)"
 
 
-def export(experiment_folder, dest_dir, ct2=False, epoch=None, allow_unvalidated=False):
-    """Export the min-WER (or epoch ``epoch``'s) checkpoint of ``experiment_folder``;
-    returns the destination and the checkpoint."""
+def export(
+    experiment_folder, dest_dir, ct2=False, epoch=None, allow_unvalidated=False, adapter_only=False
+):
+    """Export the min-WER (or epoch ``epoch``'s) checkpoint of ``experiment_folder``; with
+    ``adapter_only``, only its adapters, as PEFT's adapter folder. Returns the destination and
+    the checkpoint."""
     whisper, checkpoint = load_best(experiment_folder, epoch, allow_unvalidated)
-    whisper.model.generation_config = whisper.generation_config
-    dest = save_whisper_dir(whisper.model, whisper.tokenizer, whisper.feature_extractor, dest_dir)
+    if adapter_only and whisper.adapter_config is None:
+        raise ValueError("--adapter_only: this run trained no adapter (adapter: lora or dora)")
+    if adapter_only and ct2:
+        raise ValueError("--ct2 converts a merged model: drop --adapter_only")
+    model = whisper.model
+    if whisper.adapter_config is not None:
+        model = adapters.as_peft_model(whisper.model, whisper.adapter_config)
+    if adapter_only:
+        dest = write_dir_atomically(dest_dir, model.save_pretrained)
+    else:
+        if whisper.adapter_config is not None:
+            model = model.merge_and_unload()
+        model.generation_config = whisper.generation_config
+        dest = save_whisper_dir(model, whisper.tokenizer, whisper.feature_extractor, dest_dir)
     selected = {"checkpoint": checkpoint.path.name, **checkpoint.meta}
     selected["encoder_window_seconds"] = whisper.window_seconds
+    selected["base_model"] = whisper.source
     write_json(dest / "selected_checkpoint.json", selected)
     if whisper.window_seconds != CHUNK_SECONDS:
         print(

@@ -14,8 +14,8 @@ Inside:
 * ``forward_decoder``: teacher-forced logits for a batch of token sequences.
 
 Which parameters train is decided here from ``freeze_encoder``, ``trainable_encoder_layers``
-and ``trainable_patterns``; the cache boundary is derived from the resulting
-``requires_grad`` flags, never declared twice.
+and ``trainable_patterns``, or by ``adapter`` (LoRA/DoRA, ``adapters.py``); the cache boundary
+is derived from the resulting ``requires_grad`` flags, never declared twice.
 """
 
 import math
@@ -35,6 +35,7 @@ from transformers import (
     WhisperTokenizer,
 )
 
+from whisper_finetuning import adapters
 from whisper_finetuning.audio import CHUNK_SECONDS, SAMPLE_RATE
 from whisper_finetuning.bundled import resolve_source
 from whisper_finetuning.training.checkpointing import atomic_torch_save
@@ -100,6 +101,16 @@ class WhisperASR(torch.nn.Module):
         encoder and the cross-attention proportionally cheaper but change what the encoder
         outputs; a clip's window depends on its own length only, never on its batch mates'.
         Measured in the README.
+    adapter : str or None
+        ``lora`` or ``dora``: only adapter weights train, injected into the linear layers whose
+        names match ``adapter_targets``; the freezing options above must stay at their defaults.
+    lora_rank, lora_alpha, lora_dropout : int, float, float
+        The adapters' rank, scale numerator (scale = alpha / rank) and input dropout.
+    adapter_targets : list of str
+        Regular expressions over module names (e.g. ``decoder.*encoder_attn.q_proj``).
+    gradient_checkpointing : bool
+        Recompute each layer's activations in the backward pass instead of keeping them (only
+        layers that run with gradients are affected).
     """
 
     def __init__(
@@ -113,10 +124,16 @@ class WhisperASR(torch.nn.Module):
         language=None,
         task="transcribe",
         window_seconds=CHUNK_SECONDS,
+        adapter=None,
+        lora_rank=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        adapter_targets=(),
+        gradient_checkpointing=False,
     ):
         super().__init__()
         self.window_seconds = window_seconds
-        source = resolve_source(source, save_path)
+        self.source = source = resolve_source(source, save_path)
         try:
             self.model = WhisperForConditionalGeneration.from_pretrained(
                 source, cache_dir=save_path
@@ -139,9 +156,26 @@ class WhisperASR(torch.nn.Module):
         self.prefix_tokens = self._prefix_tokens(language, task)
         self.eot = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
         self.pad = self.model.config.pad_token_id
-        self._set_trainable(
-            freeze, freeze_encoder, trainable_encoder_layers, list(trainable_patterns)
+        self.adapter_config = None
+        if adapter:
+            if trainable_patterns or trainable_encoder_layers or not freeze_encoder:
+                raise ValueError(
+                    "with an adapter only adapter weights train: keep trainable_patterns: [], "
+                    "trainable_encoder_layers: 0 and freeze_encoder: True"
+                )
+            self.adapter_config = adapters.add_adapters(
+                self.model, adapter, list(adapter_targets), lora_rank, lora_alpha, lora_dropout
+            )
+        set_trainable(
+            self.model,
+            freeze,
+            freeze_encoder,
+            trainable_encoder_layers,
+            list(trainable_patterns),
+            adapter=bool(adapter),
         )
+        if gradient_checkpointing:
+            self.model.activation_checkpointing_enable({"use_reentrant": False})
 
     @mark_as_saver
     def _save(self, path):
@@ -153,11 +187,14 @@ class WhisperASR(torch.nn.Module):
     def _load(self, path, end_of_epoch):
         """Load saved parameters into the model built from ``source``."""
         del end_of_epoch  # parameters load the same either way
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        self.load_trainable(torch.load(path, map_location="cpu", weights_only=True), path)
+
+    def load_trainable(self, saved, origin):
+        """Copy saved parameters (``{name: tensor}``, from ``origin``) into the model."""
         params = dict(self.model.named_parameters())
         misfits = [k for k, v in saved.items() if k not in params or params[k].shape != v.shape]
         if misfits:
-            raise ValueError(f"checkpoint {path} does not fit this model (e.g. {misfits[0]})")
+            raise ValueError(f"checkpoint {origin} does not fit this model (e.g. {misfits[0]})")
         with torch.no_grad():
             for name, value in saved.items():
                 params[name].copy_(value)
@@ -190,26 +227,6 @@ class WhisperASR(torch.nn.Module):
             raise ValueError(f"the tokenizer does not know the prompt tokens {unknown}")
         return ids
 
-    def _set_trainable(self, freeze, freeze_encoder, trainable_encoder_layers, patterns):
-        """Set ``requires_grad`` from the freezing options (see the class docstring)."""
-        encoder = self.model.model.encoder
-        for name, param in self.model.named_parameters():
-            param.requires_grad = not freeze
-            if patterns:
-                param.requires_grad = not freeze and any(re.search(p, name) for p in patterns)
-        if freeze_encoder and not patterns:
-            encoder.requires_grad_(False)
-            if trainable_encoder_layers > 0:
-                for layer in encoder.layers[-trainable_encoder_layers:]:
-                    layer.requires_grad_(not freeze)
-                encoder.layer_norm.requires_grad_(not freeze)
-        # The encoder's sinusoidal positions are fixed, as in Whisper itself.
-        encoder.embed_positions.requires_grad_(False)
-        # Whisper ties the output projection to the token embedding.
-        self.model.proj_out.weight.requires_grad = (
-            self.model.model.decoder.embed_tokens.weight.requires_grad
-        )
-
     @property
     def frozen_encoder_depth(self):
         """How many of the encoder's blocks are frozen, counted from the bottom.
@@ -217,10 +234,7 @@ class WhisperASR(torch.nn.Module):
         The blocks are the convolutional stem, each layer, then the final layer norm: 0 means
         the stem trains, ``len(layers) + 2`` means the whole encoder is frozen.
         """
-        encoder = self.model.model.encoder
-        stem = [encoder.conv1, encoder.conv2, encoder.embed_positions]
-        blocks = [stem, *([layer] for layer in encoder.layers), [encoder.layer_norm]]
-        return next((i for i, block in enumerate(blocks) if _trains(block)), len(blocks))
+        return frozen_encoder_depth(self.model)
 
     @property
     def encoder_frozen(self):
@@ -380,6 +394,36 @@ class WhisperASR(torch.nn.Module):
     def decode_text(self, tokens):
         """Text of generated token ids, special tokens dropped."""
         return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+def set_trainable(model, freeze, freeze_encoder, trainable_encoder_layers, patterns, adapter):
+    """Set ``requires_grad`` of a Hugging Face Whisper from the freezing options (see
+    ``WhisperASR``); with ``adapter``, only adapter parameters train."""
+    encoder = model.model.encoder
+    for name, param in model.named_parameters():
+        param.requires_grad = not freeze
+        if adapter:
+            param.requires_grad = not freeze and adapters.is_adapter_parameter(name)
+        elif patterns:
+            param.requires_grad = not freeze and any(re.search(p, name) for p in patterns)
+    if freeze_encoder and not patterns and not adapter:
+        encoder.requires_grad_(False)
+        if trainable_encoder_layers > 0:
+            for layer in encoder.layers[-trainable_encoder_layers:]:
+                layer.requires_grad_(not freeze)
+            encoder.layer_norm.requires_grad_(not freeze)
+    # The encoder's sinusoidal positions are fixed, as in Whisper itself.
+    encoder.embed_positions.requires_grad_(False)
+    # Whisper ties the output projection to the token embedding.
+    model.proj_out.weight.requires_grad = model.model.decoder.embed_tokens.weight.requires_grad
+
+
+def frozen_encoder_depth(model):
+    """How many encoder blocks of a Hugging Face Whisper are frozen (``WhisperASR``'s property)."""
+    encoder = model.model.encoder
+    stem = [encoder.conv1, encoder.conv2, encoder.embed_positions]
+    blocks = [stem, *([layer] for layer in encoder.layers), [encoder.layer_norm]]
+    return next((i for i, block in enumerate(blocks) if _trains(block)), len(blocks))
 
 
 def _absolute_lengths(padded, rel_lens):

@@ -223,6 +223,19 @@ def test_fp16_on_cpu_and_a_missing_model(experiment):
     )
 
 
+@pytest.mark.slow
+def test_8bit_adamw_on_cpu_and_an_adapter_with_trainable_patterns(experiment):
+    message = fails_cleanly(experiment, "--adamw_8bit=True")
+    assert message == (
+        "error: adamw_8bit needs a CUDA GPU (bitsandbytes); set adamw_8bit: False on CPU"
+    )
+    message = fails_cleanly(experiment, "--adapter=lora", "--trainable_patterns=[encoder_attn]")
+    assert message == (
+        "error: with an adapter only adapter weights train: keep trainable_patterns: [], "
+        "trainable_encoder_layers: 0 and freeze_encoder: True"
+    )
+
+
 def test_checkpoint_folder_of_another_model(experiment, random_multilingual_dir, tmp_path):
     _, exp, _ = experiment
     other_model = (f"--whisper_hub={random_multilingual_dir}", "--language=german")

@@ -1,0 +1,81 @@
+"""The memory planner's arithmetic on known shapes (its error against measured peaks is what
+python -m tools.memory_benchmark prints; README: Memory)."""
+
+import dataclasses
+
+import pytest
+
+from tools import memory as memory_tool
+from whisper_finetuning.memory import GB, Settings, predict, shape_name
+
+DECODER_ATTENTION = (
+    r"decoder\.layers\.\d+\.(self_attn|encoder_attn)\.(q_proj|k_proj|v_proj|out_proj)$",
+)
+TINY = {"d": 384, "ffn": 1536, "layers": 4, "vocab": 51865}
+
+
+def test_parameter_counts_are_whispers_published_sizes():
+    assert predict(Settings(model="tiny")).total_params == 37_760_640
+    assert predict(Settings(model="large-v3")).total_params == 1_543_490_560
+    turbo = predict(Settings(model="large-v3-turbo"))
+    assert turbo.total_params == 808_878_080
+    assert shape_name("openai/whisper-large-v3") == "large-v3"
+    assert shape_name("bundled:tiny.en") == "tiny.en"
+    with pytest.raises(ValueError, match="unknown Whisper shape 'openai/whisper-huge'"):
+        shape_name("openai/whisper-huge")
+
+
+def test_lora_trains_rank_times_both_widths_per_adapted_projection():
+    settings = Settings(
+        model="large-v3", adapter="lora", lora_rank=16, adapter_targets=DECODER_ATTENTION
+    )
+    plan = predict(settings)
+    # 32 decoder layers x 8 projections x (A: 16 x 1280, B: 1280 x 16)
+    assert plan.trainable_params == 32 * 8 * 2 * 16 * 1280
+    assert plan.total_params == 1_543_490_560 + plan.trainable_params
+    assert plan.weights == 4 * plan.total_params
+    assert plan.gradients == 4 * plan.trainable_params
+    assert plan.optimizer == 8 * plan.trainable_params
+    eight_bit = predict(dataclasses.replace(settings, adamw_8bit=True))
+    assert eight_bit.optimizer == 2 * plan.trainable_params
+
+
+def test_full_decoder_activations_follow_the_layer_count():
+    """Hand count for tiny, one utterance of 10 tokens over a 1 s window (50 frames)."""
+    settings = Settings(model="tiny", batch_size=1, tokens=10, encoder_window_seconds=1)
+    d, ffn, vocab, tokens, frames = TINY["d"], TINY["ffn"], TINY["vocab"], 10, 50
+    # per layer: 3 layer-norm inputs, self-attention q/k/v/output and its 2 linear inputs,
+    # cross-attention q/output and its 2 linear inputs, fc1's input; fc1 and GELU outputs;
+    # the cross-attention keys and values over the frames
+    per_layer = tokens * d * (3 + 4 + 2 + 2 + 2 + 1) + tokens * ffn * 2 + frames * d * 2
+    loss = 5 * tokens * vocab  # logits, log-probs, smoothed targets, KL, masked KL
+    expected = 4 * (TINY["layers"] * per_layer + loss + frames * d)
+    plan = predict(settings)
+    assert plan.activations == expected
+    eight = predict(dataclasses.replace(settings, batch_size=8))
+    assert eight.activations == 8 * expected and eight.fixed == plan.fixed
+    checkpointed = predict(dataclasses.replace(settings, gradient_checkpointing=True))
+    assert checkpointed.activations == 4 * (
+        TINY["layers"] * tokens * d + per_layer + loss + frames * d
+    )
+
+
+def test_largest_batch_is_the_last_that_fits():
+    settings = Settings(model="large-v3", adapter="lora", adapter_targets=DECODER_ATTENTION)
+    plan = predict(settings)
+    batch = plan.largest_batch(24)
+    fits = predict(dataclasses.replace(settings, batch_size=batch)).peak
+    over = predict(dataclasses.replace(settings, batch_size=batch + 1)).peak
+    assert batch > 0 and fits <= 24 * GB < over
+    assert predict(Settings(model="large-v3")).largest_batch(4) == 0  # the weights alone: 6.2 GB
+
+
+def test_the_command_reads_the_hparams_file_and_says_what_fits(capsys):
+    assert memory_tool.main(["--model", "tiny", "--batch_size", "2", "--budget_gb", "16"]) == 0
+    out = capsys.readouterr().out
+    plan = predict(Settings(model="tiny", batch_size=2))  # whisper_small.yaml: full decoder
+    assert f"{plan.trainable_params:,} trainable" in out
+    assert f"peak         {plan.peak / GB:7.2f} GB: fits in 16 GB" in out
+    assert f"  as given: {plan.largest_batch(16)}" in out
+    assert memory_tool.main(["--hparams", "no/such.yaml"]) == 1
+    assert "error: hyperparameter file not found" in capsys.readouterr().err
