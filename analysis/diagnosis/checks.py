@@ -19,7 +19,7 @@ from analysis.diagnosis.stats import (
     word_errors,
     words_of,
 )
-from whisper_finetuning.decoding import LoopStop
+from whisper_finetuning.text import LoopStop
 
 SUSPECTS_LISTED = 50
 MAX_GROUP_VALUES = 20

@@ -8,7 +8,7 @@ import re
 import numpy as np
 from scipy import stats
 
-from whisper_finetuning.scoring import edit_distance
+from whisper_finetuning.text import edit_distance
 
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_CHUNK = 250
