@@ -12,7 +12,8 @@ the drop is real and its own test passes:
   step-to-step change shrinks like 1/step within an epoch);
 - ``ordering``: batches come in a sorted or fixed order and the loss follows batch length;
 - ``memorization``: training utterances' loss falls on re-exposure much more than the loss
-  of data never trained on;
+  of data never trained on (valid utterances whose transcript is no training one), and that
+  data stops improving;
 - ``schedule``: the learning rate jumps, or augmentation switches, at the boundary.
 """
 
@@ -27,6 +28,7 @@ from analysis.diagnosis.stats import (
     mann_whitney_greater,
     spearman,
     stratified_permutation_drop,
+    words_of,
 )
 
 ALPHA = 0.01
@@ -38,6 +40,7 @@ LENGTH_RHO = 0.5  # |Spearman| of step loss with batch length, net of the run's 
 TREND_DEGREE = 3
 EXPLAINED_FRACTION = 0.5  # share of the boundary drop that batch length predicts
 MEMORIZATION_RATIO = 0.5  # never-seen data's drop below this share of the re-exposed drop
+IMPROVING_ALPHA = 0.05  # never-seen data still improves: its drops are credibly above 0
 LR_JUMP = 0.05  # relative learning-rate change at a boundary
 LR_JUMP_OVER_WITHIN = 5  # ... and this many times the 95th percentile change within epochs
 AUGMENT_CHANGE = 0.5  # change in the share of augmented steps across a boundary
@@ -313,13 +316,26 @@ def augmented_share(records):
 
 
 def memorization(records):
-    """Re-exposed training utterances' loss drop vs the drop of data never trained on."""
+    """Re-exposed training utterances' loss drop vs the drop of data never trained on (valid
+    utterances whose normalised transcript is no training transcript)."""
     visits = _visits(records)
     epochs = sorted(visits)
     train_drops, never_seen, boundaries = [], [], []
     paired_differences = []  # re-exposed drop minus its boundary's valid drop (epoch-level)
+    # Never trained on: valid utterances whose normalised transcript is not a training one.
+    train_texts = {" ".join(words_of(t)) for t in records.train_transcripts}
+    shared_text = {
+        u["id"]
+        for utts in records.valid_utterances.values()
+        for u in utts
+        if " ".join(words_of(u.get("ref"))) in train_texts
+    }
     valid = {
-        e: {u["id"]: u["loss"] for u in utts if _finite(u.get("loss"))}
+        e: {
+            u["id"]: u["loss"]
+            for u in utts
+            if _finite(u.get("loss")) and u["id"] not in shared_text
+        }
         for e, utts in records.valid_utterances.items()
     }
     valid_nll = {r["epoch"]: r["nll"] for r in records.epochs if _finite(r.get("nll"))}
@@ -351,6 +367,7 @@ def memorization(records):
                     "after_epoch": e,
                     "train_drop_mean": float(np.mean(drops)),
                     "never_seen_drop_mean": float(np.mean(unseen)),
+                    "never_seen_stalled": _stalled(unseen),
                 }
             )
     if not boundaries and confounded:
@@ -375,7 +392,13 @@ def memorization(records):
         )
         test = "one-sided Wilcoxon signed-rank, re-exposed drops > their epochs' valid NLL drop"
     train_mean, unseen_mean = float(np.mean(train_drops)), float(np.mean(never_seen))
-    passed = p_value < ALPHA and train_mean > 0 and unseen_mean < MEMORIZATION_RATIO * train_mean
+    stalled = [b["after_epoch"] for b in boundaries if b["never_seen_stalled"]]
+    passed = (
+        p_value < ALPHA
+        and train_mean > 0
+        and unseen_mean < MEMORIZATION_RATIO * train_mean
+        and bool(stalled)
+    )
     return {
         "cause": "memorization",
         "passed": bool(passed),
@@ -389,12 +412,26 @@ def memorization(records):
             "test": test,
             "boundaries": boundaries,
             "excluded_augmentation_switch_after": confounded,
+            "excluded_valid_with_training_text": len(shared_text),
+            "never_seen_stalled_after": stalled,
         },
         "threshold": (
             f"p < {ALPHA}, the re-exposed drop > 0 and the never-seen drop < "
-            f"{MEMORIZATION_RATIO:.0%} of it"
+            f"{MEMORIZATION_RATIO:.0%} of it, and at some boundary data never trained on stops "
+            f"improving (its drops not above 0 at one-sided Wilcoxon p < {IMPROVING_ALPHA}; one "
+            "epoch-level NLL: not above 0)"
         ),
     }
+
+
+def _stalled(never_seen_drops):
+    """Data never trained on no longer credibly improves across this boundary."""
+    drops = np.asarray(never_seen_drops, float)
+    if len(drops) == 1:
+        return bool(drops[0] <= 0)
+    if not np.any(drops != 0):
+        return True
+    return bool(scipy_stats.wilcoxon(drops, alternative="greater").pvalue >= IMPROVING_ALPHA)
 
 
 def schedule(records, k):

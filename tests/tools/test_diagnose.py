@@ -21,9 +21,12 @@ VOCABULARY = [f"w{i}" for i in range(300)]
 MISLABELLED = [f"train_{i:03d}" for i in (5, 50, 77, 120, 160, 201, 230, 239)]
 LENGTH_EFFECT = 0.1  # loss per second of audio above the mean
 MEMORIZATION_DROP = 0.6  # loss lost per earlier visit when memorising
+VALID_RISE = 0.05  # valid NLL added per epoch after the first when memorising
 SHIFT = 0.8  # valid NLL added when the valid set is planted off the training distribution
 LEAKED = 10  # valid utterances given a training transcript when leakage is planted
 CAUSES = ("running_mean_artifact", "ordering", "memorization", "schedule")
+MISLABEL_EFFECT = 4.0  # loss added by a wrong label (a per-token NLL near 5, as on real runs)
+HARD_DIALECT_EFFECT = 1.0  # loss added to every training utterance of a hard dialect
 
 
 def _level(step):
@@ -40,11 +43,12 @@ def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def make_run(folder, plant=(), seed=0):
+def make_run(folder, plant=(), seed=0, mislabelled=MISLABELLED):
     """A synthetic experiment folder in the CONTRACTS layout with the named causes planted.
 
     ``plant`` may hold: running_mean_artifact, ordering, memorization, schedule_lr,
-    schedule_augment, overconfidence. Mislabelled training utterances are always present.
+    schedule_augment, overconfidence, hard_dialect (the first dialect's training utterances
+    are all harder). ``mislabelled`` training utterances get a random label.
     """
     rng = np.random.default_rng(seed)
     durations = rng.uniform(1, 10, N_TRAIN)
@@ -52,7 +56,7 @@ def make_run(folder, plant=(), seed=0):
     truths = [list(rng.choice(VOCABULARY, max(2, int(2 * d)))) for d in durations]
     ids = [f"train_{i:03d}" for i in range(N_TRAIN)]
     labels = [
-        list(rng.choice(VOCABULARY, len(t))) if ids[i] in MISLABELLED else t
+        list(rng.choice(VOCABULARY, len(t))) if ids[i] in mislabelled else t
         for i, t in enumerate(truths)
     ]
     visits = np.zeros(N_TRAIN, int)
@@ -74,7 +78,8 @@ def make_run(folder, plant=(), seed=0):
                     + difficulty[i]
                     + LENGTH_EFFECT * (durations[i] - 5.5)
                     + 0.8 * augmented
-                    + 2.0 * (ids[i] in MISLABELLED)
+                    + MISLABEL_EFFECT * (ids[i] in mislabelled)
+                    + HARD_DIALECT_EFFECT * ("hard_dialect" in plant and i % len(DIALECTS) == 0)
                     - MEMORIZATION_DROP * visits[i] * ("memorization" in plant)
                     + rng.normal(0, 0.1)
                 )
@@ -92,6 +97,7 @@ def make_run(folder, plant=(), seed=0):
                         "position": (s + 1) / STEPS_PER_EPOCH,
                         "hyp": " ".join(hyp),
                         "ref": " ".join(labels[i]),
+                        "dialect": DIALECTS[i % len(DIALECTS)],
                     }
                 )
             visits[batch] += 1
@@ -128,6 +134,7 @@ def make_run(folder, plant=(), seed=0):
     write_jsonl(folder / "epochs.jsonl", epochs)
     sorting = "ascending" if "ordering" in plant else "random"
     run = {"sorting": sorting, "augment": "schedule_augment" in plant, "batch_size": BATCH}
+    run["group_columns"] = ["spk_id", "dialect"]
     (folder / "run.json").write_text(json.dumps(run))
     return folder
 
@@ -141,6 +148,8 @@ def _valid_epoch(folder, epoch, level, step, plant, steps, rng):
     speaker_effect = valid_rng.normal(0, 0.4, SPEAKERS)
     base_wer = {1: 0.20, 2: 0.16, 3: 0.13}[epoch]
     overconfident = "overconfidence" in plant and epoch == EPOCHS
+    if "memorization" in plant:  # data never trained on stops improving after epoch 1
+        level = _level(STEPS_PER_EPOCH) + VALID_RISE * (epoch - 1)
     rows = []
     for spk in range(SPEAKERS):
         for j in range(PER_SPEAKER):
@@ -266,9 +275,10 @@ def test_drop_and_memorization_numbers_match_a_recomputation(diagnosed):
     evidence = result["memorization"]["evidence"]
     assert evidence["n_train_pairs"] == N_TRAIN * (EPOCHS - 1)
     assert evidence["train_drop_mean"] == pytest.approx(np.mean(train_drops), abs=1e-12)
-    # Memorising adds MEMORIZATION_DROP per visit on top of what valid data gains.
-    gap = evidence["train_drop_mean"] - evidence["never_seen_drop_mean"]
-    assert gap == pytest.approx(MEMORIZATION_DROP, abs=0.1)
+    # Memorising adds MEMORIZATION_DROP per visit while valid data gets worse.
+    assert evidence["train_drop_mean"] > MEMORIZATION_DROP
+    assert evidence["never_seen_drop_mean"] == pytest.approx(-VALID_RISE, abs=0.03)
+    assert evidence["never_seen_stalled_after"] == [1, 2]
 
 
 def test_without_the_logs_a_cause_needs_it_is_not_claimed(tmp_path):
@@ -683,3 +693,121 @@ def test_repetition_loops_are_found_with_their_share_of_the_wer(tmp_path, diagno
     assert "Valid transcripts with repetition loops: epoch 2: 2 (" in " ".join(result["verdict"])
     report = (folder / "diagnostics" / "report.md").read_text()
     assert "## Repetition loops in the valid transcripts" in report
+
+
+TEXT_GAIN = 0.5  # loss a sentence loses once trained on in another voice
+SHIFT_BATCH = 4
+
+
+def make_shift_run(
+    folder, sentences, voices, valid_voices, valid_shift=0.0, shared_text=True, seed=0
+):
+    """One epoch on ``sentences`` x ``voices`` (spk_id = voice) in random order, validated on
+    20 other sentences spoken by ``valid_voices``; ``valid_shift`` is added to the valid NLL.
+    Without ``shared_text`` every voice speaks its own sentences.
+
+    A first visit's loss falls with the model's progress and by TEXT_GAIN when its sentence was
+    already trained on in another voice: the demo corpus's confound.
+    """
+    rng = np.random.default_rng(seed)
+    rows = [
+        (s if shared_text else s * len(voices) + j, v)
+        for s in range(sentences)
+        for j, v in enumerate(voices)
+    ]
+    order = rng.permutation(len(rows))
+    voice_effect = {v: rng.normal(0, 0.1) for v in {*voices, *valid_voices}}
+    trained_texts, utterances, steps = set(), [], []
+    n_steps = -(-len(rows) // SHIFT_BATCH)
+    for step in range(n_steps):
+        batch = [rows[i] for i in order[step * SHIFT_BATCH : (step + 1) * SHIFT_BATCH]]
+        position = (step + 1) / n_steps
+        for sentence, voice in batch:
+            loss = 1.0 + 0.5 * (1 - position) + voice_effect[voice] + rng.normal(0, 0.1)
+            loss -= TEXT_GAIN * (sentence in trained_texts)
+            utterances.append(
+                {
+                    "epoch": 1,
+                    "id": f"{voice}_s{sentence:04d}",
+                    "loss": float(loss),
+                    "seen": 1,
+                    "position": position,
+                    "hyp": f"sentence {sentence}",
+                    "ref": f"Sentence {sentence}.",
+                    "spk_id": voice,
+                }
+            )
+        trained_texts |= {sentence for sentence, _ in batch}
+        steps.append({"epoch": 1, "step": step + 1, "loss": 1.0, "position": position})
+    valid = [
+        {
+            "id": f"{voice}_v{sentence}",
+            "ref": f"valid sentence {sentence}",
+            "hyp": f"valid sentence {sentence}",
+            "word_errors": 0,
+            "words": 3,
+            "char_errors": 0,
+            "chars": 15,
+            "spk_id": voice,
+            "loss": float(1.0 + voice_effect[voice] + valid_shift + rng.normal(0, 0.1)),
+        }
+        for sentence in range(20)
+        for voice in valid_voices
+    ]
+    write_jsonl(folder / "log" / "train_utterances.jsonl", utterances)
+    write_jsonl(folder / "log" / "steps.jsonl", steps)
+    write_jsonl(folder / "valid" / "utterances_epoch1.jsonl", valid)
+    write_jsonl(folder / "epochs.jsonl", [{"epoch": 1, "loss": 1.0, "WER": 10.0}])
+    return folder
+
+
+DEMO_VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-gb-x-rp")
+OTHER_VOICES = tuple(f"other{i}" for i in range(5))
+
+
+def test_shared_sentences_in_several_voices_make_no_shift_claim(tmp_path):
+    """The demo's shape: every sentence in five voices, valid from the same generator. Late
+    first visits are easier only because their sentence was trained on in another voice; the
+    naive comparison would call that a shift, the clean one finds too few unconfounded."""
+    result = diagnose.run(make_shift_run(tmp_path, 60, DEMO_VOICES, DEMO_VOICES))
+    shift = result["distribution_shift"]
+    assert not shift["flagged"] and not shift["clean_comparison"]
+    assert shift["confounded_ratio"] > 1.25 and shift["confounded_p_value"] < 1e-6
+    late = [
+        u for u in read_jsonl(tmp_path / "log" / "train_utterances.jsonl") if u["position"] >= 0.75
+    ]
+    assert shift["n_late_first_visits"] == len(late)
+    assert shift["n_late_text_seen"] >= len(late) - 4
+    assert "transcript trained on before" in shift["confound"]
+    verdict = " ".join(result["verdict"])
+    assert "No distribution-shift claim" in verdict and "harder" not in verdict
+
+
+@pytest.mark.parametrize(
+    ("voices", "valid_voices", "comparison"),
+    [
+        # Another sentence style, same voices: unique sentences leave a clean baseline.
+        (("en-us",), ("en-us",), "valid speakers also in training"),
+        # Another voice set: 150 training voices, so late visits of new voices exist.
+        (tuple(f"spk{i}" for i in range(150)), OTHER_VOICES, "valid speakers new to training"),
+    ],
+)
+def test_a_planted_shift_is_claimed_from_a_clean_comparison(
+    tmp_path, voices, valid_voices, comparison
+):
+    sentences = 300 // len(voices)
+    same = diagnose.run(
+        make_shift_run(tmp_path / "same", sentences, voices, valid_voices, shared_text=False)
+    )
+    assert not same["distribution_shift"]["flagged"]
+    assert same["distribution_shift"]["clean_comparison"]
+    shifted = diagnose.run(
+        make_shift_run(
+            tmp_path / "shifted", sentences, voices, valid_voices, 0.5, shared_text=False
+        )
+    )
+    shift = shifted["distribution_shift"]
+    assert shift["flagged"] and shift["comparison"] == comparison
+    assert [c["comparison"] for c in shift["comparisons"]] == [comparison]
+    assert shift["valid_nll"] - shift["train_unseen_nll"] == pytest.approx(0.5, abs=0.15)
+    assert "Valid utterances are harder" in " ".join(shifted["verdict"])
