@@ -90,6 +90,9 @@ def parse_args(argv):
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--scenarios", nargs="+", default=[*TRAINED, *RELOGGED])
+    parser.add_argument(
+        "--no_training", action="store_true", help="diagnose the finished runs kept, train none"
+    )
     return parser.parse_args(argv)
 
 
@@ -244,7 +247,10 @@ def run_all(args):
             folder = work / "runs" / f"{name}_seed{seed}"
             marker = folder / "harness_done.json"
             settings = run_settings(name, args)
-            if not marker.exists() or json.loads(marker.read_text()).get("settings") != settings:
+            kept = marker.exists() and json.loads(marker.read_text()).get("settings") == settings
+            if not kept and args.no_training:
+                continue
+            if not kept:
                 start = time.monotonic()
                 if folder.exists():
                     shutil.rmtree(folder)
@@ -272,7 +278,11 @@ def run_all(args):
                 )
         for name in args.scenarios:
             folder = work / "runs" / f"{name}_seed{seed}"
-            if not (folder / "mislabelled.json").exists():
+            trained_as = RELOGGED.get(name, name)
+            marker = work / "runs" / f"{trained_as}_seed{seed}" / "harness_done.json"
+            if not marker.exists() or json.loads(marker.read_text()).get(
+                "settings"
+            ) != run_settings(trained_as, args):
                 continue
             result = diagnose(folder)
             noisy = set(json.loads((folder / "mislabelled.json").read_text()))

@@ -27,10 +27,12 @@ from whisper_finetuning.text import LoopStop
 SPEAKER = "spk_id"
 HARDEST_LISTED = 10
 MIN_NOISE_GROUP = 20  # utterances a group needs for its own null distribution
+MIN_NOISE_UTTERANCES = 10  # ... and the whole training set
 NOISE_FDR = 0.05
 LOSS_FLOOR = 1e-4  # per-token loss floor before the log (a perfectly fitted utterance)
 MAX_GROUP_VALUES = 20
 MIN_SPEAKER_BLOCKS = 5  # fewer speakers in a group: resample its utterances instead
+MIN_LAGGING_GROUP = 10  # valid utterances a group needs before it can be called lagging
 LEAKAGE_SHARE = 0.05
 LATE_POSITION = 0.75  # first-epoch visits this late are scored by nearly the validated model
 MIN_SHIFT_SAMPLE = 5
@@ -180,10 +182,10 @@ def label_noise(records):
     last_epoch = max(u["epoch"] for u in logged)
     latest = {u["id"]: u for u in logged if u["epoch"] == last_epoch}
     utterances = [latest[i] for i in sorted(latest)]
-    if len(utterances) < MIN_NOISE_GROUP:
+    if len(utterances) < MIN_NOISE_UTTERANCES:
         raise Unavailable(
             f"{len(utterances)} training utterances at the last epoch; a null distribution "
-            f"needs {MIN_NOISE_GROUP}"
+            f"needs {MIN_NOISE_UTTERANCES}"
         )
     column = _noise_group_column(records, utterances)
     scores = np.log(np.maximum([u["loss"] for u in utterances], LOSS_FLOOR))
@@ -266,12 +268,13 @@ def _paired_gain(first, last, confidence):
 
 
 def lagging_groups(records, loss_epoch, wer_epoch):
-    """Per-group WER by epoch. A group lags when its gain from the first to the last epoch is
-    credibly below the overall gain: the upper end of its paired-bootstrap interval (95%,
-    Bonferroni-corrected over the column's groups) is under the overall gain, which must be
-    positive, and its WER at the last epoch is above the overall one. Also the per-group
-    difference between the min-loss and min-WER checkpoints: where that difference comes
-    from."""
+    """Per-group WER by epoch. A group (of MIN_LAGGING_GROUP valid utterances or more: a few
+    utterances' bootstrap interval is degenerate) lags when its gain from the first to the
+    last epoch is credibly below the overall gain: the upper end of its paired-bootstrap
+    interval (95%, Bonferroni-corrected over the column's groups) is under the overall gain,
+    which must be positive, and its WER at the last epoch is above the overall one. Also the
+    per-group difference between the min-loss and min-WER checkpoints: where that difference
+    comes from."""
     epochs = sorted(records.valid_utterances)
     if len(epochs) < 2:
         raise Unavailable("needs per-utterance valid transcripts of at least two epochs")
@@ -300,7 +303,8 @@ def lagging_groups(records, loss_epoch, wer_epoch):
                 row["min_loss_minus_min_wer"] = by_epoch[loss_epoch] - by_epoch[wer_epoch]
             table[value] = row
             behind = by_epoch[last] is not None and by_epoch[last] > overall_last
-            if overall_gain > 0 and ci95[1] < overall_gain and behind:
+            enough = row["n"] >= MIN_LAGGING_GROUP
+            if overall_gain > 0 and ci95[1] < overall_gain and behind and enough:
                 result["lagging"].append(
                     {"column": column, "value": value, "gain": gain, "gain_ci95": ci95}
                 )
