@@ -291,7 +291,7 @@ def test_drop_and_memorization_numbers_match_a_recomputation(diagnosed):
 
 
 def test_without_the_logs_a_cause_needs_it_is_not_claimed(tmp_path):
-    folder = make_run(tmp_path, ("memorization",))
+    folder = make_run(tmp_path, ("memorization",), mislabelled=[])
     (folder / "log" / "train_utterances.jsonl").unlink()
     result = diagnose.run(folder)
     boundary = result["epoch_boundary"]
