@@ -145,6 +145,7 @@ VALID_RNG_SEED = 123
 def _valid_epoch(folder, epoch, level, step, plant, steps, rng):
     """Valid utterances of one epoch (errors and NLL per utterance) and its epochs.jsonl row."""
     valid_rng = np.random.default_rng(VALID_RNG_SEED)  # same utterances every epoch
+    errors_rng = np.random.default_rng(VALID_RNG_SEED + epoch)  # independent of training draws
     speaker_effect = valid_rng.normal(0, 0.4, SPEAKERS)
     base_wer = {1: 0.20, 2: 0.16, 3: 0.13}[epoch]
     overconfident = "overconfidence" in plant and epoch == EPOCHS
@@ -160,7 +161,7 @@ def _valid_epoch(folder, epoch, level, step, plant, steps, rng):
                 lagging = DIALECTS[spk % len(DIALECTS)] == DIALECTS[0]
                 rate = {1: 0.20, 2: 0.28, 3: 0.35}[epoch] if lagging else rate**1.3 / 0.2**0.3
             p = min(rate * np.exp(speaker_effect[spk] + hardness), 0.9)
-            errors = int(rng.binomial(words, p))
+            errors = int(errors_rng.binomial(words, p))
             nll = level + speaker_effect[spk] + hardness + rng.normal(0, 0.05)
             nll += 0.8 * overconfident + SHIFT * ("shift" in plant)
             rows.append(
