@@ -425,6 +425,10 @@ def distribution_shift(records):
             ),
         }
     comparisons, confounds = [], []
+    sorting = records.run_config.get("sorting")
+    if sorting in ("ascending", "descending"):  # late visits are the longest or shortest
+        sides = {}
+        confounds.append(f"batches sorted by length ({sorting}): late visits are not typical")
     for name, (valid_side, baseline) in sides.items():
         if not valid_side:
             continue
