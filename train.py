@@ -108,6 +108,7 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
                     tokens_eos_lens[:n],
                     entropy=stage == sb.Stage.VALID,
                 )
+        groups = {c: getattr(batch, c) for c in self.group_columns if hasattr(batch, c)}
         if stage == sb.Stage.TRAIN:
             self.training_log.add_utterances(
                 self.epoch,
@@ -116,12 +117,12 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
                 token_stats,
                 [self.hparams.whisper.decode_text(t) for t in token_stats["argmax"]],
                 batch.wrd,
+                groups,
             )
         if stage == sb.Stage.VALID:
             self.valid_token_stats.append(token_stats)
         if searched is not None:
             hyps, looped = searched
-            groups = {c: getattr(batch, c) for c in self.group_columns if hasattr(batch, c)}
             texts = [self.hparams.whisper.decode_text(h) for h in hyps]
             extra = {"loop_stopped": looped}
             if token_stats is not None:  # each valid utterance's own loss, for paired analyses

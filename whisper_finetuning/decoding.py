@@ -12,38 +12,10 @@ copy of the unit. ``transformers``' ``generate`` has no such stop, so decodes ag
 exactly wherever no loop was stopped, and each searcher says where one was.
 """
 
-import math
-from dataclasses import dataclass
-
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-
-@dataclass(frozen=True)
-class LoopStop:
-    """A tail counts as a loop when one unit of tokens repeats at least ``min_repeats`` times
-    consecutively over at least ``min_tokens`` tokens (so ``no no no`` is speech, not a loop)."""
-
-    min_repeats: int
-    min_tokens: int
-
-    def __post_init__(self):
-        if self.min_repeats < 2:
-            raise ValueError(f"loop_min_repeats must be 2 or more, not {self.min_repeats}")
-
-    def cut(self, tokens):
-        """The length to keep, or None: up to the end of the repeating span's first period,
-        which is one copy of the unit (rotated, when the tokens before the loop happen to end
-        like the unit does)."""
-        n = len(tokens)
-        for period in range(1, n // self.min_repeats + 1):
-            repeats = max(self.min_repeats, math.ceil(self.min_tokens / period))
-            span = period * repeats
-            if span > n or tokens[-1] != tokens[-1 - period]:
-                continue
-            if tokens[n - span + period :] == tokens[n - span : n - period]:
-                return n - span + period
-        return None
+from whisper_finetuning.text import LoopStop  # noqa: F401  (hparams and callers name it here)
 
 
 def _new_cache():

@@ -206,19 +206,6 @@ def small_valid_warning(epoch_wers, summary):
     )
 
 
-def edit_distance(a, b):
-    """Levenshtein distance between two word lists (substitutions, insertions, deletions)."""
-    previous = list(range(len(b) + 1))
-    for i, word_a in enumerate(a, 1):
-        current = [i]
-        for j, word_b in enumerate(b, 1):
-            current.append(
-                min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (word_a != word_b))
-            )
-        previous = current
-    return previous[-1]
-
-
 def min_wer_earliest(ckpt):
     """Checkpoint importance: lowest valid WER first, the earlier epoch on ties."""
     if ckpt.meta.get("WER") is None:

@@ -12,7 +12,8 @@ the drop is real and its own test passes:
   step-to-step change shrinks like 1/step within an epoch);
 - ``ordering``: batches come in a sorted or fixed order and the loss follows batch length;
 - ``memorization``: training utterances' loss falls on re-exposure much more than the loss
-  of data never trained on;
+  of data never trained on (valid utterances whose transcript is no training one), and that
+  data stops improving;
 - ``schedule``: the learning rate jumps, or augmentation switches, at the boundary.
 """
 
@@ -27,6 +28,7 @@ from analysis.diagnosis.stats import (
     mann_whitney_greater,
     spearman,
     stratified_permutation_drop,
+    words_of,
 )
 
 ALPHA = 0.01
@@ -313,13 +315,26 @@ def augmented_share(records):
 
 
 def memorization(records):
-    """Re-exposed training utterances' loss drop vs the drop of data never trained on."""
+    """Re-exposed training utterances' loss drop vs the drop of data never trained on (valid
+    utterances whose normalised transcript is no training transcript)."""
     visits = _visits(records)
     epochs = sorted(visits)
     train_drops, never_seen, boundaries = [], [], []
     paired_differences = []  # re-exposed drop minus its boundary's valid drop (epoch-level)
+    # Never trained on: valid utterances whose normalised transcript is not a training one.
+    train_texts = {" ".join(words_of(t)) for t in records.train_transcripts}
+    shared_text = {
+        u["id"]
+        for utts in records.valid_utterances.values()
+        for u in utts
+        if " ".join(words_of(u.get("ref"))) in train_texts
+    }
     valid = {
-        e: {u["id"]: u["loss"] for u in utts if _finite(u.get("loss"))}
+        e: {
+            u["id"]: u["loss"]
+            for u in utts
+            if _finite(u.get("loss")) and u["id"] not in shared_text
+        }
         for e, utts in records.valid_utterances.items()
     }
     valid_nll = {r["epoch"]: r["nll"] for r in records.epochs if _finite(r.get("nll"))}
@@ -351,6 +366,7 @@ def memorization(records):
                     "after_epoch": e,
                     "train_drop_mean": float(np.mean(drops)),
                     "never_seen_drop_mean": float(np.mean(unseen)),
+                    "never_seen_stalled": _stalled(unseen),
                 }
             )
     if not boundaries and confounded:
@@ -375,7 +391,13 @@ def memorization(records):
         )
         test = "one-sided Wilcoxon signed-rank, re-exposed drops > their epochs' valid NLL drop"
     train_mean, unseen_mean = float(np.mean(train_drops)), float(np.mean(never_seen))
-    passed = p_value < ALPHA and train_mean > 0 and unseen_mean < MEMORIZATION_RATIO * train_mean
+    stalled = [b["after_epoch"] for b in boundaries if b["never_seen_stalled"]]
+    passed = (
+        p_value < ALPHA
+        and train_mean > 0
+        and unseen_mean < MEMORIZATION_RATIO * train_mean
+        and bool(stalled)
+    )
     return {
         "cause": "memorization",
         "passed": bool(passed),
@@ -389,12 +411,21 @@ def memorization(records):
             "test": test,
             "boundaries": boundaries,
             "excluded_augmentation_switch_after": confounded,
+            "excluded_valid_with_training_text": len(shared_text),
+            "never_seen_stalled_after": stalled,
         },
         "threshold": (
             f"p < {ALPHA}, the re-exposed drop > 0 and the never-seen drop < "
-            f"{MEMORIZATION_RATIO:.0%} of it"
+            f"{MEMORIZATION_RATIO:.0%} of it, and at some boundary data never trained on stops "
+            "improving (its mean drop is not above 0)"
         ),
     }
+
+
+def _stalled(never_seen_drops):
+    """Data never trained on no longer improves across this boundary: its mean drop is not
+    above 0."""
+    return bool(np.mean(never_seen_drops) <= 0)
 
 
 def schedule(records, k):

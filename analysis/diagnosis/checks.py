@@ -6,24 +6,33 @@ Each check returns a JSON-ready dict or raises ``Unavailable`` naming what it la
 """
 
 import math
+from collections import Counter
 
 import numpy as np
+from scipy import stats
 from scipy.stats import mannwhitneyu
 
 from analysis.diagnosis import Unavailable
 from analysis.diagnosis.stats import (
     BOOTSTRAP_SAMPLES,
-    descending_rank_fraction,
+    benjamini_hochberg,
     paired_bootstrap_difference,
+    robust_location_scale,
     spearman,
     word_errors,
     words_of,
 )
-from whisper_finetuning.decoding import LoopStop
+from whisper_finetuning.text import LoopStop
 
-SUSPECTS_LISTED = 50
+SPEAKER = "spk_id"
+HARDEST_LISTED = 10
+MIN_NOISE_GROUP = 20  # utterances a group needs for its own null distribution
+MIN_NOISE_UTTERANCES = 10  # ... and the whole training set
+NOISE_FDR = 0.05
+LOSS_FLOOR = 1e-4  # per-token loss floor before the log (a perfectly fitted utterance)
 MAX_GROUP_VALUES = 20
 MIN_SPEAKER_BLOCKS = 5  # fewer speakers in a group: resample its utterances instead
+MIN_LAGGING_GROUP = 10  # valid utterances a group needs before it can be called lagging
 LEAKAGE_SHARE = 0.05
 LATE_POSITION = 0.75  # first-epoch visits this late are scored by nearly the validated model
 MIN_SHIFT_SAMPLE = 5
@@ -141,13 +150,31 @@ def overconfidence(records):
     return result
 
 
-def label_noise_suspects(records):
-    """Training utterances most likely mislabelled, most suspect first.
+def _noise_group_column(records, utterances):
+    """The group column to compare within: a manifest column logged with every utterance
+    (not the speaker) whose every value has MIN_NOISE_GROUP utterances or more."""
+    candidates = records.run_config.get("group_columns") or sorted(
+        {c for u in utterances for c, v in u.items() if isinstance(v, str)} - UTTERANCE_FIELDS
+    )
+    for column in candidates:
+        if column == SPEAKER or any(not isinstance(u.get(column), str) for u in utterances):
+            continue
+        sizes = Counter(u[column] for u in utterances)
+        if len(sizes) >= 2 and min(sizes.values()) >= MIN_NOISE_GROUP:
+            return column
+    return None
 
-    Rank by the last epoch's teacher-forced loss and by the word error rate of the model's
-    own (teacher-forced) transcript against the label; the score is the mean of both rank
-    fractions (smaller is more suspect). A mislabelled utterance is both hard to fit and
-    transcribed as something else.
+
+def label_noise(records):
+    """Training utterances whose loss is an outlier within their group, at a stated FDR.
+
+    The score is the log of the last epoch's teacher-forced loss per token. Its null
+    distribution is estimated from the run itself, within each group (e.g. dialect: a hard
+    dialect is not a label problem): centre the group's median, scale 1.4826 x its median
+    absolute deviation (both unmoved by up to half the group being mislabelled). An
+    utterance's p-value is the normal upper tail of its robust z-score; suspects are the
+    Benjamini-Hochberg rejections at false-discovery rate NOISE_FDR over all utterances. With
+    none, the hardest utterances are listed as ``hardest``, not as suspects.
     """
     logged = [u for u in records.train_utterances if _finite(u.get("loss"))]
     if not logged:
@@ -155,33 +182,57 @@ def label_noise_suspects(records):
     last_epoch = max(u["epoch"] for u in logged)
     latest = {u["id"]: u for u in logged if u["epoch"] == last_epoch}
     utterances = [latest[i] for i in sorted(latest)]
-    losses = [u["loss"] for u in utterances]
-    with_text = all(u.get("hyp") is not None and u.get("ref") is not None for u in utterances)
-    wers = []
-    for u in utterances:
-        errors, words = word_errors(u.get("hyp"), u.get("ref")) if with_text else (0, 0)
-        wers.append(100.0 * errors / words if words else (100.0 if errors else 0.0))
-    loss_rank = descending_rank_fraction(losses)
-    wer_rank = descending_rank_fraction(wers) if with_text else loss_rank
-    score = (loss_rank + wer_rank) / 2
-    order = np.lexsort((-np.array(losses), score))
-    suspects = []
-    for index in order[:SUSPECTS_LISTED]:
-        u = utterances[index]
-        suspects.append(
-            {
-                "id": u["id"],
-                "loss": u["loss"],
-                "wer": wers[index] if with_text else None,
-                "loss_rank": int(round(loss_rank[index] * len(utterances))),
-                "wer_rank": int(round(wer_rank[index] * len(utterances))) if with_text else None,
-                "score": float(score[index]),
-                "epoch": last_epoch,
-                "ref": u.get("ref"),
-                "hyp": u.get("hyp"),
-            }
+    if len(utterances) < MIN_NOISE_UTTERANCES:
+        raise Unavailable(
+            f"{len(utterances)} training utterances at the last epoch; a null distribution "
+            f"needs {MIN_NOISE_UTTERANCES}"
         )
-    return suspects
+    column = _noise_group_column(records, utterances)
+    scores = np.log(np.maximum([u["loss"] for u in utterances], LOSS_FLOOR))
+    groups = [u[column] if column else "all" for u in utterances]
+    z = np.zeros(len(utterances))
+    null = {}
+    for group in sorted(set(groups)):
+        members = np.array([g == group for g in groups])
+        centre, scale = robust_location_scale(scores[members])
+        null[group] = {"n": int(members.sum()), "median_log_loss": centre, "scale": scale}
+        z[members] = (scores[members] - centre) / scale
+    p_values = stats.norm.sf(z)
+    flagged = benjamini_hochberg(p_values, NOISE_FDR)
+    with_text = all(u.get("hyp") is not None and u.get("ref") is not None for u in utterances)
+
+    def entry(index):
+        u = utterances[index]
+        errors, words = word_errors(u.get("hyp"), u.get("ref")) if with_text else (0, 0)
+        return {
+            "id": u["id"],
+            "loss": u["loss"],
+            "robust_z": float(z[index]),
+            "p_value": float(p_values[index]),
+            "group": groups[index],
+            "wer": (100.0 * errors / words if words else None) if with_text else None,
+            "epoch": last_epoch,
+            "ref": u.get("ref"),
+            "hyp": u.get("hyp"),
+        }
+
+    order = np.argsort(-z, kind="stable")
+    suspects = [entry(i) for i in order if flagged[i]]
+    return {
+        "suspects": suspects,
+        "hardest": [] if suspects else [entry(i) for i in order[:HARDEST_LISTED]],
+        "n_utterances": len(utterances),
+        "epoch": last_epoch,
+        "group_column": column,
+        "null": null,
+        "fdr": NOISE_FDR,
+        "test": (
+            "robust z of log(teacher-forced loss per token) at the last epoch against its "
+            f"group's median and 1.4826 x MAD ({column or 'whole training set'}), normal upper "
+            f"tail p-values, Benjamini-Hochberg at FDR {NOISE_FDR:.0%} over "
+            f"{len(utterances)} utterances"
+        ),
+    }
 
 
 def _group_columns(utterances):
@@ -217,12 +268,13 @@ def _paired_gain(first, last, confidence):
 
 
 def lagging_groups(records, loss_epoch, wer_epoch):
-    """Per-group WER by epoch. A group lags when its gain from the first to the last epoch is
-    credibly below the overall gain: the upper end of its paired-bootstrap interval (95%,
-    Bonferroni-corrected over the column's groups) is under the overall gain, which must be
-    positive, and its WER at the last epoch is above the overall one. Also the per-group
-    difference between the min-loss and min-WER checkpoints: where that difference comes
-    from."""
+    """Per-group WER by epoch. A group (of MIN_LAGGING_GROUP valid utterances or more: a few
+    utterances' bootstrap interval is degenerate) lags when its gain from the first to the
+    last epoch is credibly below the overall gain: the upper end of its paired-bootstrap
+    interval (95%, Bonferroni-corrected over the column's groups) is under the overall gain,
+    which must be positive, and its WER at the last epoch is above the overall one. Also the
+    per-group difference between the min-loss and min-WER checkpoints: where that difference
+    comes from."""
     epochs = sorted(records.valid_utterances)
     if len(epochs) < 2:
         raise Unavailable("needs per-utterance valid transcripts of at least two epochs")
@@ -251,7 +303,8 @@ def lagging_groups(records, loss_epoch, wer_epoch):
                 row["min_loss_minus_min_wer"] = by_epoch[loss_epoch] - by_epoch[wer_epoch]
             table[value] = row
             behind = by_epoch[last] is not None and by_epoch[last] > overall_last
-            if overall_gain > 0 and ci95[1] < overall_gain and behind:
+            enough = row["n"] >= MIN_LAGGING_GROUP
+            if overall_gain > 0 and ci95[1] < overall_gain and behind and enough:
                 result["lagging"].append(
                     {"column": column, "value": value, "gain": gain, "gain_ci95": ci95}
                 )
@@ -281,44 +334,156 @@ def leakage(records):
     }
 
 
+def _normalised(text):
+    return " ".join(words_of(text))
+
+
+def first_visit_novelty(records):
+    """Each first-epoch visit with what the model had trained on before it: ``text_seen``
+    (its normalised transcript, e.g. the same sentence in another voice) and
+    ``speaker_seen`` (None when the logs carry no ``spk_id``). Utterances of one batch are
+    scored before that batch's update, so they do not count as trained on for each other."""
+    first_epoch = min((u["epoch"] for u in records.train_utterances), default=None)
+    visits = [
+        u
+        for u in records.train_utterances
+        if u["epoch"] == first_epoch and _finite(u.get("loss")) and u.get("seen", 1) == 1
+    ]
+    texts, speakers, result = set(), set(), []
+    by_position = {}
+    for u in visits:
+        by_position.setdefault(u.get("position") or 0, []).append(u)
+    for position in sorted(by_position):
+        batch = by_position[position]
+        for u in batch:
+            speaker = u.get(SPEAKER)
+            result.append(
+                {
+                    **u,
+                    "text_seen": _normalised(u.get("ref")) in texts,
+                    "speaker_seen": None if speaker is None else speaker in speakers,
+                }
+            )
+        texts |= {_normalised(u.get("ref")) for u in batch}
+        speakers |= {u.get(SPEAKER) for u in batch if u.get(SPEAKER) is not None}
+    return first_epoch, result
+
+
+def _shift_comparison(name, valid, baseline):
+    """Valid NLL against the baseline's: ratio of means and two-sided Mann-Whitney p."""
+    ratio = float(np.mean(valid) / np.mean(baseline))
+    return {
+        "comparison": name,
+        "valid_nll": float(np.mean(valid)),
+        "train_unseen_nll": float(np.mean(baseline)),
+        "ratio": ratio,
+        "p_value": float(mannwhitneyu(valid, baseline, alternative="two-sided").pvalue),
+        "n_valid": len(valid),
+        "n_train": len(baseline),
+    }
+
+
 def distribution_shift(records):
-    """Valid utterances against training utterances the model had not trained on yet.
+    """Valid utterances against training utterances exactly as new to the model.
 
     In the first epoch, utterances visited late (last quarter) and for the first time are
-    scored by nearly the model that is validated after it; if the valid NLL differs from
-    theirs by SHIFT_RATIO or more (Mann-Whitney, two-sided), the valid set is not drawn from
-    the training distribution (or augmentation makes training harder: see ``augment``).
+    scored by nearly the model validated after it. They are a clean baseline only if their
+    normalised transcript had not been trained on before the visit (the valid transcripts never
+    were) and their speaker is as new as the valid speakers: never trained on for valid
+    speakers absent from training, already trained on for valid speakers present in it
+    (``spk_id`` logged). Valid utterances whose transcript occurs in training are left out.
+    Each speaker condition with MIN_SHIFT_SAMPLE utterances on both sides is one comparison
+    (Bonferroni over them); the valid set is flagged when the valid NLL differs from the
+    baseline's by SHIFT_RATIO or more. With no clean comparison no claim is made and
+    ``confound`` says what prevented it.
     """
-    first_epoch = min((u["epoch"] for u in records.train_utterances), default=None)
-    unseen = [
-        u["loss"]
-        for u in records.train_utterances
-        if u["epoch"] == first_epoch
-        and u.get("seen") == 1
-        and (u.get("position") or 0) >= LATE_POSITION
-        and _finite(u.get("loss"))
-    ]
-    valid = [
-        u["loss"] for u in records.valid_utterances.get(first_epoch, []) if _finite(u.get("loss"))
-    ]
-    if len(unseen) < MIN_SHIFT_SAMPLE or len(valid) < MIN_SHIFT_SAMPLE:
+    first_epoch, visits = first_visit_novelty(records)
+    late = [u for u in visits if (u.get("position") or 0) >= LATE_POSITION]
+    valid = [u for u in records.valid_utterances.get(first_epoch, []) if _finite(u.get("loss"))]
+    if len(late) < MIN_SHIFT_SAMPLE or len(valid) < MIN_SHIFT_SAMPLE:
         raise Unavailable(
             f"needs {MIN_SHIFT_SAMPLE} or more late first-visit training losses "
             "(log/train_utterances.jsonl) and valid utterance losses of the first epoch"
         )
-    ratio = float(np.mean(valid) / np.mean(unseen))
-    p_value = float(mannwhitneyu(valid, unseen, alternative="two-sided").pvalue)
+    train_texts = {_normalised(t) for t in records.train_transcripts}
+    valid_clean_text = [u for u in valid if _normalised(u.get("ref")) not in train_texts]
+    text_clean = [u for u in late if not u["text_seen"]]
+    with_speakers = all(u["speaker_seen"] is not None for u in late) and all(
+        u.get(SPEAKER) is not None for u in valid
+    )
+    train_speakers = {u.get(SPEAKER) for u in records.train_utterances}
+    sides = {"speaker not in the logs": (valid_clean_text, text_clean)}
+    if with_speakers:
+        sides = {
+            "valid speakers also in training": (
+                [u for u in valid_clean_text if u[SPEAKER] in train_speakers],
+                [u for u in text_clean if u["speaker_seen"]],
+            ),
+            "valid speakers new to training": (
+                [u for u in valid_clean_text if u[SPEAKER] not in train_speakers],
+                [u for u in text_clean if not u["speaker_seen"]],
+            ),
+        }
+    comparisons, confounds = [], []
+    sorting = records.run_config.get("sorting")
+    if sorting in ("ascending", "descending"):  # late visits are the longest or shortest
+        sides = {}
+        confounds.append(f"batches sorted by length ({sorting}): late visits are not typical")
+    for name, (valid_side, baseline) in sides.items():
+        if not valid_side:
+            continue
+        if len(valid_side) >= MIN_SHIFT_SAMPLE and len(baseline) >= MIN_SHIFT_SAMPLE:
+            comparisons.append(
+                _shift_comparison(
+                    name, [u["loss"] for u in valid_side], [u["loss"] for u in baseline]
+                )
+            )
+            continue
+        text_seen = sum(u["text_seen"] for u in late)
+        reason = (
+            f"{name}: {len(baseline)} clean late first-epoch training utterances "
+            f"({MIN_SHIFT_SAMPLE} needed) and {len(valid_side)} valid ones; of {len(late)} late "
+            f"first visits, {text_seen} had their transcript trained on before (the same "
+            "sentence, e.g. in another voice)"
+        )
+        if with_speakers:
+            speaker_seen = sum(u["speaker_seen"] for u in late)
+            reason += f" and {speaker_seen} their speaker"
+        confounds.append(reason)
+    if len(valid_clean_text) < MIN_SHIFT_SAMPLE:
+        confounds.append(
+            f"{len(valid) - len(valid_clean_text)} of {len(valid)} valid transcripts occur in "
+            "training: too few never trained on"
+        )
+    alpha = SHIFT_ALPHA / max(len(comparisons), 1)
+    for comparison in comparisons:
+        comparison["flagged"] = bool(
+            comparison["p_value"] < alpha and abs(comparison["ratio"] - 1) >= SHIFT_RATIO
+        )
+    flagged = [c for c in comparisons if c["flagged"]]
+    shown = max(flagged or comparisons or [{}], key=lambda c: abs(c.get("ratio", 1) - 1))
+    naive = _shift_comparison(
+        "all late first visits", [u["loss"] for u in valid], [u["loss"] for u in late]
+    )
     return {
         "epoch": first_epoch,
-        "train_unseen_nll": float(np.mean(unseen)),
-        "valid_nll": float(np.mean(valid)),
-        "ratio": ratio,
-        "p_value": p_value,
-        "n_train": len(unseen),
-        "n_valid": len(valid),
+        **{k: shown.get(k) for k in ("comparison", "valid_nll", "train_unseen_nll", "ratio")},
+        **{k: shown.get(k) for k in ("p_value", "n_train", "n_valid")},
+        "clean_comparison": bool(comparisons),
+        "comparisons": comparisons,
+        "confound": "; ".join(confounds) if not comparisons else None,
+        "confounded_ratio": naive["ratio"],
+        "confounded_p_value": naive["p_value"],
+        "n_late_first_visits": len(late),
+        "n_late_text_seen": sum(u["text_seen"] for u in late),
         "augment": records.run_config.get("augment"),
-        "flagged": bool(p_value < SHIFT_ALPHA and abs(ratio - 1) >= SHIFT_RATIO),
-        "threshold": f"|valid/train NLL - 1| >= {SHIFT_RATIO} with Mann-Whitney p < {SHIFT_ALPHA}",
+        "flagged": bool(flagged),
+        "threshold": (
+            f"|valid/train NLL - 1| >= {SHIFT_RATIO} with Mann-Whitney p < {SHIFT_ALPHA} "
+            "(Bonferroni over the speaker conditions compared), against late first-epoch "
+            "training utterances whose transcript (and, as for the valid speakers, speaker) "
+            "had not been trained on"
+        ),
     }
 
 

@@ -49,36 +49,53 @@ def step_loss(records, folder, series):
     return _save(figure, folder, "step_loss.png")
 
 
+def _curve_panel(axis, x, values, best_epoch, color, label):
+    """One metric per epoch with its points labelled and its minimum ringed and annotated."""
+    axis.plot(x, values, "o-", color=color, lw=1.5, ms=6)
+    for epoch, value in zip(x, values, strict=True):
+        axis.annotate(
+            f"{value:.4g}",
+            (epoch, value),
+            textcoords="offset points",
+            xytext=(0, 7),
+            ha="center",
+            fontsize=8,
+        )
+    if best_epoch in x:
+        best = values[x.index(best_epoch)]
+        axis.scatter(
+            [best_epoch],
+            [best],
+            s=220,
+            facecolors="none",
+            edgecolors="black",
+            lw=1.5,
+            zorder=3,
+            label=f"min {label}: epoch {best_epoch}",
+        )
+        axis.axvline(best_epoch, color="grey", ls=":", lw=1)
+        axis.legend(fontsize=8, loc="best")
+    spread = (max(values) - min(values)) or abs(values[0]) * 0.05 or 1.0
+    axis.set_ylim(min(values) - 0.25 * spread, max(values) + 0.35 * spread)
+    axis.set_xlim(min(x) - 0.5, max(x) + 0.5)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_xlabel("epoch")
+    axis.set_ylabel(label)
+    axis.set_title(label)
+    axis.grid(alpha=0.3)
+
+
 def valid_curves(epochs, folder, loss_epoch, wer_epoch):
-    """Valid loss and WER per epoch, with the min-loss and min-WER epochs marked."""
+    """Valid loss and valid WER per epoch in two side-by-side panels (each its own scale, so
+    two epochs never draw one line over the other), every point shown, both minima ringed."""
     rows = [r for r in epochs if _finite(r.get("loss")) and _finite(r.get("WER"))]
     if not rows:
         raise Unavailable("no epoch with both valid loss and WER")
     x = [r["epoch"] for r in rows]
-    figure, loss_axis = plt.subplots(figsize=(7, 4))
-    wer_axis = loss_axis.twinx()
-    loss_axis.plot(x, [r["loss"] for r in rows], "o-", color="tab:blue", label="valid loss")
-    wer_axis.plot(x, [r["WER"] for r in rows], "s-", color="tab:red", label="valid WER")
-    if loss_epoch is not None:
-        loss_axis.axvline(
-            loss_epoch, color="tab:blue", ls=":", label=f"min loss (epoch {loss_epoch})"
-        )
-    if wer_epoch is not None:
-        wer_axis.axvline(wer_epoch, color="tab:red", ls="--", label=f"min WER (epoch {wer_epoch})")
-    loss_axis.set_xlabel("epoch")
-    loss_axis.set_ylabel("valid loss", color="tab:blue")
-    wer_axis.set_ylabel("valid WER (%)", color="tab:red")
-    handles = loss_axis.get_legend_handles_labels()
-    more = wer_axis.get_legend_handles_labels()
-    loss_axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    loss_axis.legend(
-        handles[0] + more[0],
-        handles[1] + more[1],
-        fontsize=8,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.15),
-        ncol=2,
-    )
+    figure, (loss_axis, wer_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    _curve_panel(loss_axis, x, [r["loss"] for r in rows], loss_epoch, "tab:blue", "valid loss")
+    _curve_panel(wer_axis, x, [r["WER"] for r in rows], wer_epoch, "tab:red", "valid WER (%)")
+    figure.tight_layout()
     return _save(figure, folder, "valid_loss_wer.png")
 
 

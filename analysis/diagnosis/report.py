@@ -5,6 +5,8 @@ the difference is noise, what explains the loss curve, and what to check next. E
 number it quotes comes from ``diagnostics.json``.
 """
 
+SHOWN_IDS = 5
+SUSPECTS_SHOWN = 20
 SOURCES = {
     "experiment": "this recipe's experiment folder",
     "trainer_state": "a transformers Trainer state",
@@ -184,12 +186,23 @@ def _other_sentences(d):
             f"Valid loss and WER {agree} over epochs (Spearman rho = {rho:.2f})"
             + ("." if rho >= 0.5 else ": the loss is no stand-in for WER on this run.")
         )
-    suspects = d["label_noise_suspects"]
-    if suspects:
-        top = ", ".join(s["id"] for s in suspects[:3])
+    noise = d.get("label_noise")
+    if noise and noise["suspects"]:
+        top = ", ".join(
+            f"{s['id']} (z = {s['robust_z']:.1f})" for s in noise["suspects"][:SHOWN_IDS]
+        )
         sentences.append(
-            f"Check the labels of the top label-noise suspects first ({top}): the model "
-            "finds them hardest and its own transcript differs most from the label."
+            f"{len(noise['suspects'])} of {noise['n_utterances']} training utterances are "
+            f"label-noise suspects at a {noise['fdr']:.0%} false-discovery rate: their loss is "
+            f"an outlier within their {noise['group_column'] or 'training set'}. Check their "
+            f"labels first: {top}."
+        )
+    elif noise:
+        hardest = ", ".join(s["id"] for s in noise["hardest"][:SHOWN_IDS])
+        sentences.append(
+            "No evidence of label noise: no training utterance's loss is an outlier within its "
+            f"{noise['group_column'] or 'training set'} at a {noise['fdr']:.0%} "
+            f"false-discovery rate. The hardest utterances ({hardest}) are hard, not suspects."
         )
     lagging = (d.get("lagging_groups") or {}).get("lagging", [])
     if lagging:
@@ -215,12 +228,20 @@ def _other_sentences(d):
     if shift and shift["flagged"]:
         harder = "harder" if shift["ratio"] > 1 else "easier"
         sentences.append(
-            f"Valid utterances are {harder} for the model than training utterances it had not "
-            f"trained on yet (NLL {shift['valid_nll']:.3f} vs {shift['train_unseen_nll']:.3f}, "
-            f"p = {shift['p_value']:.2g}): the valid set is not drawn from the training "
+            f"Valid utterances are {harder} for the model than training utterances exactly as "
+            f"new to it ({shift['comparison']}; transcript not trained on before: NLL "
+            f"{shift['valid_nll']:.3f} vs {shift['train_unseen_nll']:.3f}, p = "
+            f"{shift['p_value']:.2g}): the valid set is not drawn from the training "
             "distribution"
             + (" (or augmentation makes training harder)" if shift["augment"] else "")
             + ", so its WER says little about the training domain and vice versa."
+        )
+    elif shift and not shift["clean_comparison"]:
+        sentences.append(
+            "No distribution-shift claim: no clean comparison of valid utterances with "
+            f"training utterances the model had not trained on ({shift['confound']}). Comparing "
+            f"with all late first visits (ratio {shift['confounded_ratio']:.2f}) would be "
+            "confounded by what was trained on before them."
         )
     loops = d.get("repetition_loops")
     if loops and loops["flagged"]:
@@ -359,18 +380,19 @@ def markdown(d, folder):
                 for r in d["overconfidence"]
             ],
         )
-    if d["label_noise_suspects"]:
-        lines += ["", "## Label-noise suspects (top 10)", ""]
-        lines += [
-            "Ranked by the mean of the loss rank and the rank of the word error rate of the "
-            "model's teacher-forced transcript against the label (last epoch).",
-            "",
-        ]
+    noise = d.get("label_noise")
+    if noise:
+        listed = noise["suspects"] or noise["hardest"]
+        title = "Label-noise suspects" if noise["suspects"] else "Hardest training utterances"
+        lines += ["", f"## {title}", "", f"Test: {noise['test']}.", ""]
+        if not noise["suspects"]:
+            lines += ["No utterance passes: these are the hardest, not suspects.", ""]
         lines += _table(
-            ["id", "loss", "WER", "reference", "model's transcript"],
+            ["id", "group", "loss", "robust z", "p", "WER", "reference", "model's transcript"],
             [
-                [s["id"], s["loss"], s["wer"], s["ref"], s["hyp"]]
-                for s in d["label_noise_suspects"][:10]
+                [s["id"], s["group"], s["loss"], s["robust_z"], s["p_value"], s["wer"]]
+                + [s["ref"], s["hyp"]]
+                for s in listed[:SUSPECTS_SHOWN]
             ],
         )
     lagging = d.get("lagging_groups")

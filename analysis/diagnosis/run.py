@@ -73,6 +73,7 @@ def diagnose(run):
             analyses.skipped["memorization"] = str(memorization)
         else:
             analyses.available.append("memorization")
+    label_noise = analyses.attempt("label_noise_suspects", checks.label_noise, run)
     return {
         "source": run.source,
         "files": run.files,
@@ -87,9 +88,8 @@ def diagnose(run):
         "epoch_boundary": epoch_boundary,
         "memorization": None if isinstance(memorization, Unavailable) else memorization,
         "overconfidence": analyses.attempt("overconfidence", checks.overconfidence, run),
-        "label_noise_suspects": analyses.attempt(
-            "label_noise_suspects", checks.label_noise_suspects, run
-        ),
+        "label_noise": label_noise,
+        "label_noise_suspects": label_noise["suspects"] if label_noise else None,
         "lagging_groups": analyses.attempt(
             "lagging_groups", checks.lagging_groups, run, loss_epoch, wer_epoch
         ),

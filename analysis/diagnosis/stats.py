@@ -8,7 +8,7 @@ import re
 import numpy as np
 from scipy import stats
 
-from whisper_finetuning.scoring import edit_distance
+from whisper_finetuning.text import edit_distance
 
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_CHUNK = 250
@@ -91,7 +91,21 @@ def word_errors(hyp, ref):
     return edit_distance(ref, words_of(hyp)), len(ref)
 
 
-def descending_rank_fraction(values):
-    """Ranks as fractions in (0, 1]: the largest value gets the smallest (ties averaged)."""
+def robust_location_scale(values):
+    """Median and 1.4826 x median absolute deviation (the normal sd when no outliers); the
+    scale is floored at a thousandth of a unit so identical values do not divide by zero."""
     values = np.asarray(values, float)
-    return stats.rankdata(-values) / len(values)
+    centre = float(np.median(values))
+    return centre, max(1.4826 * float(np.median(np.abs(values - centre))), 1e-3)
+
+
+def benjamini_hochberg(p_values, fdr):
+    """Which hypotheses the Benjamini-Hochberg step-up procedure rejects at ``fdr``."""
+    p_values = np.asarray(p_values, float)
+    n = len(p_values)
+    order = np.argsort(p_values)
+    below = p_values[order] <= fdr * np.arange(1, n + 1) / n
+    rejected = np.zeros(n, bool)
+    if below.any():
+        rejected[order[: np.flatnonzero(below).max() + 1]] = True
+    return rejected

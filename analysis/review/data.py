@@ -16,7 +16,7 @@ from pathlib import Path
 
 import ruamel.yaml
 
-from whisper_finetuning.scoring import edit_distance
+from whisper_finetuning.text import edit_distance
 
 DATA_ROOT = "$data_root"
 SPEAKER_COLUMN = "spk_id"

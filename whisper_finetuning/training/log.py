@@ -199,11 +199,13 @@ class TrainingLog:
                     self.tensorboard.add_scalar(f"epoch/{key}", value, record["epoch"])
             self.tensorboard.flush()
 
-    def add_utterances(self, epoch, position, ids, stats, hyps, refs):
-        """Write each utterance's teacher-forced loss and transcript at this visit.
+    def add_utterances(self, epoch, position, ids, stats, hyps, refs, groups=None):
+        """Write each utterance's teacher-forced loss and transcript at this visit, with its
+        manifest group values (``groups``: column -> values, e.g. ``spk_id``, ``dialect``).
 
         Called on every process: under DDP every process's utterances are written.
         """
+        groups = groups or {}
         records = []
         for i, utt_id in enumerate(ids):
             tokens = stats["tokens"][i]
@@ -217,6 +219,7 @@ class TrainingLog:
                     "position": position,
                     "hyp": hyps[i],
                     "ref": refs[i],
+                    **{column: values[i] for column, values in groups.items()},
                 }
             )
         for record in (r for process in distributed.gather_objects(records) for r in process):
