@@ -11,7 +11,6 @@ Example:
 Any hyperparameter can be overridden on the command line (``--lr=1e-4``).
 """
 
-import functools
 import json
 import logging
 import os
@@ -23,13 +22,12 @@ from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.utils.checkpoints import ckpt_recency
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from analysis.diagnosis.run import run as diagnose
+from analysis.diagnosis.run import run_after_training as diagnose_run
 from local import data_prep
 from whisper_finetuning import (
     audio,
     data_checks,
     encoder_cache,
-    files,
     manifests,
     provenance,
     scoring,
@@ -38,6 +36,7 @@ from whisper_finetuning.config import HparamsError, load_hparams
 from whisper_finetuning.training import (
     averaging,
     distributed,
+    optimizers,
     resilience,
     run_lock,
     runs,
@@ -256,70 +255,6 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
             )
             logger.info("%s: %s", name, scoring.format_headline(summary))
 
-    def average_best_epochs(self, valid_set, loader_kwargs):
-        """Average the trainable weights of the ``average_checkpoints`` lowest-WER epochs, score
-        the average on the valid set, and save it as a checkpoint only if its WER is lower."""
-        record_path = os.path.join(self.output_folder, "averaging.json")
-        if os.path.exists(record_path):
-            return  # averaged before this run was resumed
-        best = self.checkpointer.find_checkpoints(
-            importance_key=scoring.min_wer_earliest,
-            max_num_checkpoints=self.hparams.average_checkpoints,
-            ckpt_predicate=lambda ckpt: "WER" in ckpt.meta,
-        )
-        if len(best) < 2:
-            logger.info("checkpoint averaging skipped: %d epoch checkpoint(s) kept", len(best))
-            return
-        epochs = [ckpt.meta["epoch"] for ckpt in best]
-        saved = [
-            torch.load(ckpt.paramfiles["whisper"], map_location="cpu", weights_only=True)
-            for ckpt in best
-        ]
-        self.modules.whisper.load_trainable(averaging.average_parameters(saved), best[0].path)
-        summary, loss = self.score_valid(valid_set, loader_kwargs, "averaged")
-        kept = summary["wer"] < best[0].meta["WER"]
-        if kept:  # the latest averaged epoch stands for it in summaries
-            self.checkpointer.save_checkpoint(
-                meta={
-                    "loss": loss,
-                    "WER": summary["wer"],
-                    "CER": summary["cer"],
-                    "epoch": max(epochs),
-                    "averaged_epochs": epochs,
-                }
-            )
-        record = {
-            "averaged_epochs": epochs,
-            "averaged_wer": summary["wer"],
-            "averaged_ci95": summary["wer_ci95"],
-            "best_epoch": epochs[0],
-            "best_epoch_wer": best[0].meta["WER"],
-            "kept": "averaged" if kept else f"epoch {epochs[0]}",
-        }
-        run_on_main(files.write_json, args=[record_path, record])
-        logger.info(
-            "average of epochs %s: valid WER %.2f vs %.2f for epoch %d: kept %s",
-            epochs,
-            summary["wer"],
-            best[0].meta["WER"],
-            epochs[0],
-            record["kept"],
-        )
-
-    def score_valid(self, valid_set, loader_kwargs, name):
-        """Greedy-decode the valid set with the current weights as an epoch's validation does,
-        into ``valid/*_NAME``: the summary and the mean loss."""
-        loader = self.make_dataloader(valid_set, sb.Stage.VALID, **loader_kwargs)
-        self.on_stage_start(sb.Stage.VALID)
-        self.modules.eval()
-        loss = 0.0
-        with torch.no_grad():
-            for count, batch in enumerate(loader, 1):
-                loss += (float(self.evaluate_batch(batch, sb.Stage.VALID)) - loss) / count
-        loss = self.gather_stage(loss)
-        folder = os.path.join(self.output_folder, "valid")
-        return run_on_main(self.scorer.write, args=[folder, name]), loss
-
     def warn_if_valid_set_too_small(self, summary):
         """Warn when the valid WER interval is wider than the spread across epochs."""
         if not sb.utils.distributed.if_main_process():
@@ -424,7 +359,7 @@ def main(argv):
     if (precision or hparams["precision"]) == "fp16" and not torch.cuda.is_available():
         sys.exit("error: precision fp16 needs a CUDA GPU; use --precision=bf16 or fp32 on CPU")
     if hparams["adamw_8bit"]:
-        hparams["optimizer"] = adamw_8bit(hparams)
+        hparams["optimizer"] = optimizers.adamw_8bit(hparams)
     try:  # before anything is written into the folder
         with run_lock.holding(hparams["output_folder"]):
             fine_tune(hparams, run_opts, base_file, merged_overrides)
@@ -482,7 +417,7 @@ def fine_tune(hparams, run_opts, base_file, merged_overrides):
     )
     stopping.defer(False)
     if hparams["average_checkpoints"] > 1:
-        asr_brain.average_best_epochs(datasets["valid"], hparams["valid_loader_kwargs"])
+        averaging.average_best_epochs(asr_brain, datasets["valid"], hparams["valid_loader_kwargs"])
     # Training is over: mark it so, then keep only the min-WER end-of-epoch checkpoint
     # (with review_checkpoints, the min-loss and last ones too).
     if if_main_process():
@@ -510,30 +445,6 @@ def make_brain(hparams, run_opts, **overrides):
         "checkpointer": hparams["checkpointer"],
     }
     return WhisperFineTuning(**{**arguments, **overrides})
-
-
-def adamw_8bit(hparams):
-    """bitsandbytes' AdamW with 8-bit states, the recipe's rate and weight decay (CUDA only)."""
-    if not torch.cuda.is_available():
-        sys.exit("error: adamw_8bit needs a CUDA GPU (bitsandbytes); set adamw_8bit: False on CPU")
-    try:
-        import bitsandbytes
-    except ImportError:
-        sys.exit("error: adamw_8bit needs bitsandbytes: pip install bitsandbytes")
-    return functools.partial(
-        bitsandbytes.optim.AdamW8bit, lr=hparams["lr"], weight_decay=hparams["weight_decay"]
-    )
-
-
-def diagnose_run(output_folder):
-    """Explain the run's loss/WER curves (python -m tools.diagnose); a failure here only warns."""
-    try:
-        found = diagnose(output_folder)
-    except Exception as error:  # the trained model and its results are already written
-        logger.warning("diagnostics failed, training results are unaffected: %r", error)
-        return
-    for sentence in found["verdict"]:
-        logger.info("diagnosis: %s", sentence)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ copy of the unit. ``transformers``' ``generate`` has no such stop, so decodes ag
 exactly wherever no loop was stopped, and each searcher says where one was.
 """
 
+from dataclasses import dataclass
+
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 

@@ -7,11 +7,14 @@ What cannot be analysed is listed with the reason, never guessed.
 """
 
 import json
+import logging
 import math
 import os
 
 from analysis.diagnosis import Unavailable, boundary, checks, plots, records, report
 from whisper_finetuning.files import write_text
+
+logger = logging.getLogger(__name__)
 
 OUTPUT_FOLDER = "diagnostics"
 
@@ -142,3 +145,14 @@ def run(exp_folder):
     text = json.dumps(_strict_json(diagnostics), indent=2, allow_nan=False)
     write_text(os.path.join(folder, "diagnostics.json"), text)
     return json.loads(text)  # exactly the file's content (e.g. epoch keys become strings)
+
+
+def run_after_training(output_folder):
+    """Explain the run's loss/WER curves (python -m tools.diagnose); a failure here only warns."""
+    try:
+        found = run(output_folder)
+    except Exception as error:  # the trained model and its results are already written
+        logger.warning("diagnostics failed, training results are unaffected: %r", error)
+        return
+    for sentence in found["verdict"]:
+        logger.info("diagnosis: %s", sentence)

@@ -1,6 +1,17 @@
-"""Checkpoint averaging: the mean of the trainable weights of a run's best epochs."""
+"""Checkpoint averaging: the mean of the trainable weights of a run's best epochs, scored on
+the valid set like an epoch and kept only if it wins."""
 
+import logging
+import os
+
+import speechbrain as sb
 import torch
+from speechbrain.utils.distributed import run_on_main
+
+from whisper_finetuning import scoring
+from whisper_finetuning.files import write_json
+
+logger = logging.getLogger(__name__)
 
 
 def average_parameters(saved):
@@ -26,3 +37,69 @@ def average_parameters(saved):
         name: torch.stack([s[name].double() for s in saved]).mean(dim=0).to(value.dtype)
         for name, value in first.items()
     }
+
+
+def average_best_epochs(brain, valid_set, loader_kwargs):
+    """Average the trainable weights of the ``average_checkpoints`` lowest-WER epochs, score
+    the average on the valid set, and save it as a checkpoint only if its WER is lower."""
+    record_path = os.path.join(brain.output_folder, "averaging.json")
+    if os.path.exists(record_path):
+        return  # averaged before this run was resumed
+    best = brain.checkpointer.find_checkpoints(
+        importance_key=scoring.min_wer_earliest,
+        max_num_checkpoints=brain.hparams.average_checkpoints,
+        ckpt_predicate=lambda ckpt: "WER" in ckpt.meta,
+    )
+    if len(best) < 2:
+        logger.info("checkpoint averaging skipped: %d epoch checkpoint(s) kept", len(best))
+        return
+    epochs = [ckpt.meta["epoch"] for ckpt in best]
+    saved = [
+        torch.load(ckpt.paramfiles["whisper"], map_location="cpu", weights_only=True)
+        for ckpt in best
+    ]
+    brain.hparams.whisper.load_trainable(average_parameters(saved), best[0].path)
+    summary, loss = score_valid(brain, valid_set, loader_kwargs, "averaged")
+    kept = summary["wer"] < best[0].meta["WER"]
+    if kept:  # the latest averaged epoch stands for it in summaries
+        brain.checkpointer.save_checkpoint(
+            meta={
+                "loss": loss,
+                "WER": summary["wer"],
+                "CER": summary["cer"],
+                "epoch": max(epochs),
+                "averaged_epochs": epochs,
+            }
+        )
+    record = {
+        "averaged_epochs": epochs,
+        "averaged_wer": summary["wer"],
+        "averaged_ci95": summary["wer_ci95"],
+        "best_epoch": epochs[0],
+        "best_epoch_wer": best[0].meta["WER"],
+        "kept": "averaged" if kept else f"epoch {epochs[0]}",
+    }
+    run_on_main(write_json, args=[record_path, record])
+    logger.info(
+        "average of epochs %s: valid WER %.2f vs %.2f for epoch %d: kept %s",
+        epochs,
+        summary["wer"],
+        best[0].meta["WER"],
+        epochs[0],
+        record["kept"],
+    )
+
+
+def score_valid(brain, valid_set, loader_kwargs, name):
+    """Greedy-decode the valid set with the current weights as an epoch's validation does,
+    into ``valid/*_NAME``: the summary and the mean loss."""
+    loader = brain.make_dataloader(valid_set, sb.Stage.VALID, **loader_kwargs)
+    brain.on_stage_start(sb.Stage.VALID)
+    brain.modules.eval()
+    loss = 0.0
+    with torch.no_grad():
+        for count, batch in enumerate(loader, 1):
+            loss += (float(brain.evaluate_batch(batch, sb.Stage.VALID)) - loss) / count
+    loss = brain.gather_stage(loss)
+    folder = os.path.join(brain.output_folder, "valid")
+    return run_on_main(brain.scorer.write, args=[folder, name]), loss
