@@ -20,7 +20,8 @@ TABLE_MODELS = ("tiny", "base", "small", "medium", "large-v3", "large-v3-turbo")
 
 def settings_from_hparams(hparams_file):
     """The memory-relevant settings of an hparams file."""
-    values = plain_values(*resolve(hparams_file))
+    # Memory does not depend on where the data are: any data_folder resolves the references.
+    values = plain_values(*resolve(hparams_file, {"data_folder": "."}))
     return Settings(
         model=shape_name(values["whisper_hub"]),
         batch_size=values["batch_size"],
