@@ -153,6 +153,22 @@ def test_sigterm_checkpoints_at_the_step_exits_75_and_the_rerun_resumes_exactly(
     assert_same_final_state(exp, reference)
 
 
+def test_a_finished_run_given_more_epochs_ends_where_an_uninterrupted_run_ends(
+    reference, random_whisper_dir, corpus, cache, tmp_path
+):
+    """One epoch, finished (test decoded, diagnosed), then the same command with two: every
+    log is cut back to the kept checkpoint and the run ends as the two-epoch reference."""
+    exp = tmp_path / "exp"
+    args = recipe_args(random_whisper_dir, corpus, exp, cache, augment=True)
+    code, stderr = run_forked(with_values(args, number_of_epochs=1))
+    assert code == 0, stderr[-3000:]
+    assert [e["epoch"] for e in read_jsonl(exp / "epochs.jsonl")] == [1]
+    assert "test set" in (exp / "train_log.txt").read_text()  # written after the checkpoint
+    code, stderr = run_forked(args)
+    assert code == 0, stderr[-3000:]
+    assert_same_final_state(exp, reference)
+
+
 def test_a_second_run_into_a_locked_folder_fails_at_once_and_changes_no_file(
     reference, random_whisper_dir, corpus, cache
 ):
