@@ -249,7 +249,7 @@ def main(argv=None):
         (work / "model").symlink_to(Path(model).resolve())
         results = {}
         for system in SYSTEMS:
-            command = [sys.executable, __file__, *sys.argv[1:], f"--system={system}"]
+            command = [sys.executable, "-m", "tools.benchmark", *sys.argv[1:], f"--system={system}"]
             command.append(f"--work_folder={work}")
             done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
             lines = [ln for ln in done.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]

@@ -12,6 +12,7 @@ import transformers
 from conftest import read_jsonl, require_espeak
 
 from tools import export_hf
+from whisper_finetuning.export import CT2_SUBFOLDER
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def test_exported_pipeline_transcribes_as_the_recipe_decoded(experiment, tmp_pat
     # The CTranslate2 export decodes greedily as the recipe did (its beam search is its own).
     import ctranslate2
 
-    ct2_model = ctranslate2.models.Whisper(str(dest / export_hf.CT2_SUBFOLDER))
+    ct2_model = ctranslate2.models.Whisper(str(dest / CT2_SUBFOLDER))
     prompt = pipe.tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", "<|notimestamps|>"])
     for utt in read_jsonl(experiment / "exp/valid/utterances_epoch1.jsonl"):
         audio = _audio(experiment, utt["id"])
