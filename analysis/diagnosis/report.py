@@ -246,8 +246,8 @@ def _other_sentences(d):
     loops = d.get("repetition_loops")
     if loops and loops["flagged"]:
         per_epoch = "; ".join(
-            f"epoch {e['epoch']}: {len(e['looping'])} ({100 * e['word_error_share']:.0f}% of its "
-            f"word errors; WER {e['wer']:.2f}, {e['wer_without_loops']:.2f} without them)"
+            f"epoch {e['epoch']}: {len(e['looping'])} ({_share(e['word_error_share'])} of its "
+            f"word errors; WER {_number(e['wer'])}, {_number(e['wer_without_loops'])} without them)"
             for e in loops["epochs"]
             if e["looping"]
         )
@@ -453,3 +453,8 @@ def markdown(d, folder):
     if d["notes"]:
         lines += ["", "## Notes on the logs", ""] + [f"- {note}" for note in d["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _share(value):
+    """A fraction as a percentage; ``n/a`` where there was nothing to divide (no word errors)."""
+    return "n/a" if value is None else f"{100 * value:.0f}%"
