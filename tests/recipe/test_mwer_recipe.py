@@ -71,14 +71,14 @@ def test_kill_mid_epoch_and_rerun_ends_where_an_uninterrupted_mwer_run_ends(
 def test_mwer_init_starts_from_a_checkpoint_folder_or_fails_in_one_line(
     reference, random_whisper_dir, corpus, tmp_path
 ):
-    args = recipe_args(random_whisper_dir, corpus, tmp_path / "exp", tmp_path / "cache")
+    args = recipe_args(random_whisper_dir, corpus, tmp_path / "exp", tmp_path / "cache", epochs=1)
     code, stderr = run_forked(args + MWER + ["--mwer_init=5"])
     assert code == 1
     assert one_line_error(stderr) == (
         f"error: mwer_init: no kept checkpoint of epoch 5 in {tmp_path / 'exp' / 'save'}"
     )
     (kept,) = (reference / "save").glob("CKPT+*")
-    code, stderr = run_forked(args + MWER + [f"--mwer_init={kept}", "--number_of_epochs=1"])
+    code, stderr = run_forked(args + MWER + [f"--mwer_init={kept}"])
     assert code == 0, stderr[-3000:]
     assert (
         f"mwer_init: starting from {kept / 'whisper.ckpt'}"
@@ -87,8 +87,7 @@ def test_mwer_init_starts_from_a_checkpoint_folder_or_fails_in_one_line(
 
 
 def test_real_tiny_en_mwer_lowers_the_expected_wer_of_its_training_batches(corpus, tmp_path):
-    args = recipe_args("bundled:tiny.en", corpus, tmp_path / "exp", tmp_path / "cache", epochs=4)
-    args += [
+    settings = [
         "--objective=mwer",
         "--trainable_patterns=[encoder_attn]",
         "--encoder_window_seconds=10",
@@ -99,6 +98,9 @@ def test_real_tiny_en_mwer_lowers_the_expected_wer_of_its_training_batches(corpu
         "--zero_shot_eval=False",
         "--diagnose_after_training=False",
     ]
+    replaced = {setting.split("=")[0] for setting in settings}
+    args = recipe_args("bundled:tiny.en", corpus, tmp_path / "exp", tmp_path / "cache", epochs=4)
+    args = [arg for arg in args if arg.split("=")[0] not in replaced] + settings
     code, stderr = run_forked(args)
     assert code == 0, stderr[-3000:]
     epochs = read_jsonl(tmp_path / "exp" / "epochs.jsonl")
