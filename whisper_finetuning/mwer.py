@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from whisper_finetuning.scoring import edit_distance
+from whisper_finetuning.text import edit_distance
 
 OBJECTIVES = ("ce", "mwer")
 # Logged per optimizer step (log/steps.jsonl) and, prefixed train_, per epoch (epochs.jsonl):
