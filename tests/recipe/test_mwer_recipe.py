@@ -2,13 +2,12 @@
 batches, a kill mid-epoch resumes exactly, ``mwer_init`` starts from a checkpoint or fails in
 one line."""
 
-import json
-
 import pytest
 from conftest import read_jsonl
 from recipe_runs import killed, make_corpus, one_line_error, recipe_args, run_forked
 from test_faults import assert_same_final_state, steps_at_latest_checkpoint
 
+from analysis.diagnosis import checks, records
 from whisper_finetuning import mwer
 from whisper_finetuning.training.checkpointing import CRASH_ENV
 
@@ -44,10 +43,10 @@ def test_mwer_steps_and_epochs_log_expected_and_oracle_wer_and_ce(reference):
         for key in mwer.STEP_KEYS:  # one batch per step: the epoch value is the steps' mean
             mean = sum(s[key] for s in in_epoch) / len(in_epoch)
             assert epoch[f"train_{key}"] == pytest.approx(mean)
-    diagnosed = json.loads((reference / "diagnostics" / "diagnostics.json").read_text())
-    assert [
-        (row["epoch"], row["train_expected_wer"], row["valid_wer"]) for row in diagnosed["mwer"]
-    ] == [(e["epoch"], e["train_expected_wer"], e["WER"]) for e in epochs]
+    diagnosed = checks.mwer_expected_wer(records.load(reference))
+    assert [(row["epoch"], row["train_expected_wer"], row["valid_wer"]) for row in diagnosed] == [
+        (e["epoch"], e["train_expected_wer"], e["WER"]) for e in epochs
+    ]
 
 
 def test_kill_mid_epoch_and_rerun_ends_where_an_uninterrupted_mwer_run_ends(
