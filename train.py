@@ -29,6 +29,7 @@ from whisper_finetuning import (
     data_checks,
     encoder_cache,
     manifests,
+    mwer,
     provenance,
     scoring,
 )
@@ -53,7 +54,13 @@ LOSS_EMA_DECAY = 0.98
 class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
     """Fine-tunes Whisper on manifests; selects checkpoints by valid WER."""
 
-    resume_attributes = ("loss_ema", "epoch_loss_sum", "epoch_batches")
+    resume_attributes = (
+        "loss_ema",
+        "epoch_loss_sum",
+        "epoch_batches",
+        "epoch_mwer_sums",
+        "mwer_initialised",
+    )
     gathered_accumulators = ("valid_token_stats",)
 
     def __init__(self, *args, **kwargs):
@@ -66,9 +73,13 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
         self.group_columns = self.hparams.group_columns
         self.output_folder = self.hparams.output_folder
         self.train_sampler = self.hparams.train_loader_kwargs.get("batch_sampler")
+        self.init_checkpoint = None
+        if self.hparams.mwer_init is not None:
+            self.init_checkpoint = mwer.init_checkpoint(self.hparams.mwer_init, self.checkpointer)
 
     def compute_forward(self, batch, stage):
-        """Augment (training), run Whisper, and search transcripts outside training."""
+        """Augment (training), run Whisper, and search transcripts outside training (and, with
+        objective mwer, N-best lists scored with gradients in training)."""
         batch = batch.to(self.device)
         tokens_bos, tokens_bos_lens = batch.tokens_bos
         cached = hasattr(batch, "frozen_out")
@@ -80,15 +91,18 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
         log_probs, states = self.modules.whisper(
             audio, audio_lens, tokens_bos, tokens_bos_lens, cached=cached
         )
-        searched = None  # (token lists, loop-stop flags) in batch order
-        if stage == sb.Stage.VALID:
+        searched = None  # (token lists, loop-stop flags) in batch order; mwer.NBest in training
+        if stage == sb.Stage.TRAIN and self.hparams.objective == "mwer":
+            searched = mwer.n_best(self.hparams.whisper, states, self.hparams.mwer_search)
+        elif stage == sb.Stage.VALID:
             searched = self.hparams.valid_search(self.hparams.whisper, states)
         elif stage == sb.Stage.TEST:
             searched = self.hparams.test_search(self.hparams.whisper, states)
         return log_probs, searched
 
     def compute_objectives(self, predictions, batch, stage):
-        """Label-smoothed NLL over transcript tokens; WER/CER of the searched transcripts."""
+        """Label-smoothed NLL over transcript tokens (with objective mwer, plus the expected word
+        errors of the N-best lists); WER/CER of the searched transcripts."""
         log_probs, searched = predictions
         tokens_eos, tokens_eos_lens = batch.tokens_eos
         if stage == sb.Stage.TRAIN and self.hparams.augment and hasattr(batch, "sig"):
@@ -97,6 +111,17 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
         # The last prompt position predicts the first transcript token.
         first = len(self.hparams.whisper.prefix_tokens) - 1
         loss = self.hparams.nll_loss(log_probs[:, first:], tokens_eos, length=tokens_eos_lens)
+        self.mwer_logged = None
+        if stage == sb.Stage.TRAIN and self.hparams.objective == "mwer":
+            refs = list(batch.wrd) * (len(searched.tokens) // len(batch.id))  # augmented copies
+            loss, self.mwer_logged = mwer.objective(
+                self.hparams.whisper,
+                searched,
+                refs,
+                self.normalize,
+                loss,
+                self.hparams.mwer_ce_weight,
+            )
         token_stats = None
         if stage != sb.Stage.TEST:  # augmented copies follow the originals: first n rows
             n = len(batch.id)
@@ -120,7 +145,7 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
             )
         if stage == sb.Stage.VALID:
             self.valid_token_stats.append(token_stats)
-        if searched is not None:
+        if stage != sb.Stage.TRAIN:
             hyps, looped = searched
             texts = [self.hparams.whisper.decode_text(h) for h in hyps]
             extra = {"loop_stopped": looped}
@@ -143,11 +168,13 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
         if torch.isfinite(loss):
             self.epoch_loss_sum += float(loss)
             self.epoch_batches += 1
+            for key, value in (self.mwer_logged or {}).items():
+                self.epoch_mwer_sums[key] = self.epoch_mwer_sums.get(key, 0.0) + value
             ema = float(loss) if self.loss_ema is None else self.loss_ema
             self.loss_ema = LOSS_EMA_DECAY * ema + (1 - LOSS_EMA_DECAY) * float(loss)
         tokens = int(torch.round(batch.tokens_eos[1] * batch.tokens_eos[0].shape[1]).sum())
         seconds = sum(float(d) for d in batch.duration)
-        self.training_log.add_batch(loss.detach(), tokens, seconds, len(batch.id))
+        self.training_log.add_batch(loss.detach(), tokens, seconds, len(batch.id), self.mwer_logged)
         if should_step:
             self.training_log.end_step(
                 epoch=self.epoch,
@@ -175,13 +202,20 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
     def on_fit_start(self):
         """Start the training log, then recover (see ``ResilientBrain.on_fit_start``)."""
         self.loss_ema = None
-        self.epoch_loss_sum, self.epoch_batches = 0.0, 0
+        self.epoch_loss_sum, self.epoch_batches, self.epoch_mwer_sums = 0.0, 0, {}
+        self.mwer_initialised = False
         self.training_log = training_log.TrainingLog(
             os.path.join(self.output_folder, "log"),
             enabled=if_main_process(),
             tensorboard=self.hparams.tensorboard,
         )
         super().on_fit_start()
+        # mwer_init's weights replace the pretrained (or recovered CE) ones once; a checkpoint
+        # saved after that carries the flag, so resuming from it keeps its own weights.
+        if self.init_checkpoint is not None and not self.mwer_initialised:
+            logger.info("mwer_init: starting from %s", self.init_checkpoint)
+            self.hparams.whisper.load_trained(self.init_checkpoint)
+            self.mwer_initialised = True
 
     @property
     def kept_checkpoints(self):
@@ -208,9 +242,10 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
         super().on_stage_end(stage, stage_loss, epoch)
         if stage == sb.Stage.TRAIN:
             self.train_stats = {
-                "loss": distributed.global_ratio(self.epoch_loss_sum, self.epoch_batches)
+                key: distributed.global_ratio(total, self.epoch_batches)
+                for key, total in {"loss": self.epoch_loss_sum, **self.epoch_mwer_sums}.items()
             }
-            self.epoch_loss_sum, self.epoch_batches = 0.0, 0
+            self.epoch_loss_sum, self.epoch_batches, self.epoch_mwer_sums = 0.0, 0, {}
             return
         stage_loss = self.gather_stage(stage_loss)  # under DDP: all processes' utterances
         if stage == sb.Stage.VALID:
@@ -235,7 +270,7 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
             self.training_log.add_epoch(
                 {
                     **stats_meta,
-                    "train_loss": self.train_stats["loss"],
+                    **{f"train_{key}": value for key, value in self.train_stats.items()},
                     **stats,
                     **self.valid_token_stats.summary(),
                     "n_valid": summary["n_utterances"],
@@ -398,7 +433,10 @@ def fine_tune(hparams, run_opts, base_file, merged_overrides):
             sys.exit("error: sanity mode runs on one process: start it without torchrun")
         sys.exit(sanity.run(WhisperFineTuning, hparams, datasets["train"], run_opts))
 
-    asr_brain = make_brain(hparams, run_opts)
+    try:
+        asr_brain = make_brain(hparams, run_opts)
+    except ValueError as error:  # mwer_init names no checkpoint
+        sys.exit(f"error: {error}")
     provenance.start_from(hparams)  # init_from: an earlier run's checkpoint, in a new folder
     if trains and if_main_process():
         training_log.write_run_info(hparams, asr_brain.grad_accumulation_factor)

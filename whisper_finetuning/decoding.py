@@ -75,14 +75,27 @@ def greedy_search(model, encoder_out, max_new_tokens=None, loop_stop=None):
 def beam_search(
     model, encoder_out, beam_size=5, max_new_tokens=None, length_penalty=1.0, loop_stop=None
 ):
-    """Beam search for a batch.
+    """Beam search for a batch: the best token list per utterance, without the prompt, and for
+    each whether ``loop_stop`` ended it (see ``beam_search_n_best``)."""
+    n_best = beam_search_n_best(
+        model, encoder_out, beam_size, max_new_tokens, length_penalty, loop_stop
+    )
+    return [hyps[0][0] for hyps in n_best], [hyps[0][1] for hyps in n_best]
 
-    Returns the best token list per utterance, without the prompt, and for each whether
-    ``loop_stop`` ended it. Hypotheses are ranked by their summed log-probability divided by
-    ``length ** length_penalty`` (``transformers``' convention); an utterance stops once it
-    has ``beam_size`` finished hypotheses and none of its live beams can still beat the best of
-    them. A beam whose tail loops finishes there, cut to one copy, ranked by its score so far
-    (loop tokens are cheap, so this favours it as ``generate``, which lets it run on, does).
+
+@torch.no_grad()
+def beam_search_n_best(
+    model, encoder_out, beam_size=5, max_new_tokens=None, length_penalty=1.0, loop_stop=None
+):
+    """Beam search for a batch, keeping up to ``beam_size`` distinct hypotheses per utterance.
+
+    Returns per utterance a list of ``(tokens, looped)``, best first: the token list without the
+    prompt and whether ``loop_stop`` ended it. Hypotheses are ranked by their summed
+    log-probability divided by ``length ** length_penalty`` (``transformers``' convention);
+    ``beam_search`` keeps the first. An utterance stops once it has ``beam_size`` finished
+    hypotheses and none of its live beams can still beat the best of them. A beam whose tail
+    loops finishes there, cut to one copy, ranked by its score so far (loop tokens are cheap,
+    so this favours it as ``generate``, which lets it run on, does).
     """
     batch = encoder_out.shape[0]
     device = encoder_out.device
@@ -155,8 +168,18 @@ def beam_search(
                 if scores[b, k] > -torch.inf:
                     normalised = scores[b, k].item() / length**length_penalty
                     finished[b].append((normalised, sequences[b * live + k].tolist(), False))
-    best = [max(hyps, key=lambda item: item[0]) for hyps in finished]
-    return [tokens for _, tokens, _ in best], [looped for _, _, looped in best]
+    return [_distinct_best(hyps, beam_size) for hyps in finished]
+
+
+def _distinct_best(scored, n):
+    """The ``n`` best distinct token lists of ``[(score, tokens, looped)]`` (a stable sort keeps
+    the first of equal scores, as ``max`` does); two beams a loop stop cut alike count once."""
+    kept, seen = [], set()
+    for _, tokens, looped in sorted(scored, key=lambda item: -item[0]):
+        if tuple(tokens) not in seen:
+            seen.add(tuple(tokens))
+            kept.append((tokens, looped))
+    return kept[:n]
 
 
 @dataclass(frozen=True)
@@ -189,6 +212,22 @@ class BeamSearch:
             lambda out: beam_search(
                 model, out, self.beam_size, self.max_new_tokens, self.length_penalty, self.loop_stop
             ),
+        )
+
+    def n_best(self, model, states):
+        """Up to ``beam_size`` distinct ``(tokens, looped)`` per row of ``states``, best first."""
+        return states.rejoin(
+            [
+                beam_search_n_best(
+                    model,
+                    out,
+                    self.beam_size,
+                    self.max_new_tokens,
+                    self.length_penalty,
+                    self.loop_stop,
+                )
+                for _, out in states.groups
+            ]
         )
 
 

@@ -18,6 +18,7 @@ from whisper_finetuning.audio import CHUNK_SECONDS
 from whisper_finetuning.bundled import BUNDLED_MODELS
 from whisper_finetuning.encoder_cache import MODES as ENCODER_CACHE_MODES
 from whisper_finetuning.manifests import BAD_ROW_POLICIES
+from whisper_finetuning.mwer import OBJECTIVES
 from whisper_finetuning.scoring import NORMALIZERS
 from whisper_finetuning.vocabulary import MAX_TARGET_POSITIONS
 
@@ -216,6 +217,11 @@ RULES = {
     "max_grad_norm": _number(0, low_open=True),
     "grad_accumulation_factor": _int(1),
     "label_smoothing": _number(0, 1),
+    # a rerun may continue a CE checkpoint with mwer; mwer_init (null, a checkpoint folder or
+    # an epoch) is checked where it is loaded (mwer.init_checkpoint)
+    "objective": _choice(*OBJECTIVES, **RERUN_MAY_CHANGE),
+    "mwer_beam_size": _int(1, **RERUN_MAY_CHANGE),
+    "mwer_ce_weight": _number(0, **RERUN_MAY_CHANGE),
     "precision": _choice(*PRECISIONS),
     "ckpt_interval_minutes": _number(0, **RERUN_MAY_CHANGE),
     "ckpt_interval_steps": _int(0, **RERUN_MAY_CHANGE),

@@ -199,6 +199,10 @@ class WhisperASR(torch.nn.Module):
             for name, value in saved.items():
                 params[name].copy_(value)
 
+    def load_trained(self, path):
+        """Load the trained parameters of a checkpoint's model file (e.g. ``mwer_init``)."""
+        self._load(path, end_of_epoch=True)
+
     @property
     def is_multilingual(self):
         """Whether the checkpoint has language and task tokens (``.en`` ones do not)."""

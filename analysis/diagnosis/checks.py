@@ -1,6 +1,6 @@
 """Per-run checks besides the epoch boundary: which checkpoint, whether the difference is
 noise, calibration per epoch, suspected label noise, lagging groups, leakage, repetition
-loops in the valid transcripts, valid size.
+loops in the valid transcripts, valid size, MWER's expected WER on train against valid WER.
 
 Each check returns a JSON-ready dict or raises ``Unavailable`` naming what it lacks.
 """
@@ -528,6 +528,28 @@ def valid_set(records, wer_epoch):
         "n_words": sum(u["words"] for u in utterances),
         "n_speakers": len(speakers) or None,
     }
+
+
+def mwer_expected_wer(records):
+    """With ``objective: mwer``, per epoch: the training batches' expected and N-best oracle
+    WER (each batch scored before its update) next to the valid WER (greedy, after the epoch),
+    and their difference ``valid_minus_expected``."""
+    rows = [r for r in records.epochs if _finite(r.get("train_expected_wer"))]
+    if not rows:
+        raise Unavailable("no epoch logs train_expected_wer (objective: mwer)")
+    return [
+        {
+            "epoch": r["epoch"],
+            "train_expected_wer": r["train_expected_wer"],
+            "train_oracle_wer": r.get("train_oracle_wer"),
+            "train_ce": r.get("train_ce"),
+            "valid_wer": r.get("WER"),
+            "valid_minus_expected": r["WER"] - r["train_expected_wer"]
+            if _finite(r.get("WER"))
+            else None,
+        }
+        for r in rows
+    ]
 
 
 def epoch_table(records):

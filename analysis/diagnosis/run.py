@@ -102,6 +102,7 @@ def diagnose(run):
         ),
         "repetition_loops": analyses.attempt("repetition_loops", checks.repetition_loops, run),
         "valid_set": analyses.attempt("valid_set", checks.valid_set, run, wer_epoch),
+        "mwer": analyses.attempt("mwer", checks.mwer_expected_wer, run),
         "available_analyses": analyses.available,
         "skipped": analyses.skipped,
     }

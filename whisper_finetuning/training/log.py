@@ -1,10 +1,11 @@
 """What a run logs beyond SpeechBrain's epoch means, so loss/WER divergence can be explained.
 
 Per optimizer step (``log/steps.jsonl``): the raw loss of that step's batches, the rate used,
-tokens and audio seconds. Per training utterance per epoch (``log/train_utterances.jsonl``):
-its teacher-forced loss at its visit, how often it has been seen, and the model's own
-teacher-forced transcript. Per validation epoch: token accuracy, predictive entropy and
-calibration (ECE), computed here from the decoder's log-probabilities.
+tokens and audio seconds (with objective mwer also ``mwer.STEP_KEYS``). Per training
+utterance per epoch (``log/train_utterances.jsonl``): its teacher-forced loss at its visit,
+how often it has been seen, and the model's own teacher-forced transcript. Per validation
+epoch: token accuracy, predictive entropy and calibration (ECE), computed here from the
+decoder's log-probabilities.
 
 Per epoch (``epochs.jsonl`` in the experiment folder): train and valid loss, WER, CER and the
 valid token statistics. With ``tensorboard`` set, the same step and epoch scalars also go to
@@ -160,12 +161,15 @@ class TrainingLog:
                     record = json.loads(line)
                     self.visits.setdefault(record["id"], set()).add(record["epoch"])
 
-    def add_batch(self, loss, tokens, audio_seconds, utterances):
-        """Accumulate one batch into the optimizer step being built."""
+    def add_batch(self, loss, tokens, audio_seconds, utterances, scalars=None):
+        """Accumulate one batch into the optimizer step being built; ``scalars`` (e.g. the MWER
+        terms) are averaged over the step's batches with a finite loss."""
         if self.pending is None:
-            self.pending = {"losses": [], **dict.fromkeys(STEP_TOTALS, 0)}
+            self.pending = {"losses": [], "scalars": [], **dict.fromkeys(STEP_TOTALS, 0)}
         finite = torch.isfinite(loss)
         self.pending["losses"].append(float(loss) if finite else None)
+        if finite and scalars:
+            self.pending["scalars"].append(scalars)
         self.pending["tokens"] += tokens
         self.pending["audio_seconds"] += audio_seconds
         self.pending["utterances"] += utterances
@@ -180,8 +184,14 @@ class TrainingLog:
         losses = [x for pending in everyone for x in pending["losses"] if x is not None]
         loss = sum(losses) / len(losses) if losses else None
         totals = {key: sum(p[key] for p in everyone) for key in STEP_TOTALS}
+        scalars = [batch for pending in everyone for batch in pending["scalars"]]
+        means = (
+            {key: sum(b[key] for b in scalars) / len(scalars) for key in scalars[0]}
+            if scalars
+            else {}
+        )
         if self.enabled:
-            record = {**fields, "loss": loss, **totals}
+            record = {**fields, "loss": loss, **means, **totals}
             append_jsonl(os.path.join(self.folder, "steps.jsonl"), record)
             if self.tensorboard is not None:
                 for key in ("loss", "lr"):
