@@ -189,7 +189,8 @@ def prepare_accent_corpus(
 ) -> dict[str, str]:
     """Synthesise the corpus into ``data_folder/wav`` and write train/valid/test manifests.
 
-    Returns {"train": path, "valid": path, "test": path} of the CSVs in ``save_folder``.
+    Returns {"train": path, "valid": path, "test": path} of the CSVs in ``save_folder``;
+    the long-form recordings' manifest is ``save_folder/longform_test.csv``.
     If those manifests already describe this configuration and all their wavs exist,
     returns at once without synthesising anything.
     """
@@ -208,11 +209,11 @@ def prepare_accent_corpus(
         for split in SPLITS
     }
     result = {split: str(path) for split, path in manifests.items()}
-    result[LONGFORM] = str(save_folder / f"{LONGFORM}.csv")
+    longform = save_folder / f"{LONGFORM}.csv"
     if manifests_current(manifests, plan, data_folder):
         logger.info("Accent corpus already prepared in %s", save_folder)
-        if not longform_current(Path(result[LONGFORM]), data_folder):
-            write_longform(Path(result[LONGFORM]), plan["test"], data_folder, seed)
+        if not longform_current(longform, data_folder):
+            write_longform(longform, plan["test"], data_folder, seed)
         return result
 
     check_tools()
@@ -227,7 +228,7 @@ def prepare_accent_corpus(
     save_folder.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
         write_manifest(manifests[split], plan[split], data_folder)
-    write_longform(Path(result[LONGFORM]), plan["test"], data_folder, seed)
+    write_longform(longform, plan["test"], data_folder, seed)
     return result
 
 
