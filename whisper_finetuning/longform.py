@@ -17,6 +17,7 @@ mean absolute boundary error: each reference segment start (end) is matched to t
 hypothesis segment start (end); the mean distance in seconds over all reference boundaries.
 """
 
+import csv
 import json
 import logging
 import os
@@ -200,12 +201,12 @@ def evaluate(
     """Decode and score one long-form manifest into ``folder`` (files ``*_longform_NAME``);
     returns the summary (None for a manifest without rows). Recordings are decoded together,
     in batches of ``batch_size`` windows that share a prompt."""
+    if _has_no_rows(csv_path):  # e.g. a demo corpus too small for a 40 s recording
+        logger.warning("long-form set %s has no recordings: nothing decoded", csv_path)
+        return None
     dataset = load_manifest(csv_path, data_folder)
     ids = list(dataset.data_ids)
     rows = [dataset.data[utt_id] for utt_id in ids]
-    if not rows:
-        logger.warning("long-form set %s has no recordings: nothing decoded", csv_path)
-        return None
     whisper.eval()
     wavs = [read_audio(row["wav"]) for row in rows]
     decoder = WindowDecoder(whisper, wavs, max_new_tokens, loop_stop, batch_size)
@@ -241,6 +242,15 @@ def evaluate(
         scorer.append([utt_id], [text], [row["wrd"]], groups, [row["duration"]], extra)
     timing.update(boundary_mae=_mean(errors), n_boundaries=len(errors))
     return scorer.write(folder, f"longform_{name}", model=model, extra={"timestamps": timing})
+
+
+def _has_no_rows(csv_path):
+    """True for a readable manifest with a header and no rows (``load_manifest`` refuses it)."""
+    try:
+        with open(csv_path, newline="") as f:
+            return next(csv.DictReader(f), None) is None
+    except OSError:
+        return False  # load_manifest says what is wrong
 
 
 def _mean(values):

@@ -308,6 +308,15 @@ def test_recordings_decoded_together_equal_each_decoded_alone():
     assert batches == [[(0, 0.0), (1, 0.0)], [(0, 29.0)], [(1, 30.0)]]
 
 
+def test_a_long_form_set_without_recordings_is_skipped(tmp_path):
+    from whisper_finetuning import longform
+
+    empty = tmp_path / "longform.csv"
+    empty.write_text("ID,duration,wav,wrd,segments\n")
+    assert longform.evaluate(None, empty, tmp_path, str.strip, tmp_path, "empty") is None
+    assert not list(tmp_path.glob("summary_*"))
+
+
 def test_boundary_errors_match_each_reference_boundary_to_the_nearest():
     reference = [Segment(0.0, 2.0, "a"), Segment(2.5, 6.0, "b")]
     hypothesis = [Segment(0.1, 2.2, "a"), Segment(2.4, 5.0, "b"), Segment(5.0, 6.5, "c")]
