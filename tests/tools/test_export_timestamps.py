@@ -49,7 +49,7 @@ def experiment(tmp_path_factory, tiny_en_dir):
 
 @pytest.mark.slow
 def test_exported_model_trained_with_timestamps_returns_timestamped_chunks(experiment, tmp_path):
-    dest = export_hf.export(experiment / "exp", tmp_path / "hf")
+    dest, _ = export_hf.export(experiment / "exp", tmp_path / "hf")
     pipe = transformers.pipeline("automatic-speech-recognition", model=str(dest), device="cpu")
     whisper = WhisperASR(str(dest)).eval()
     with open(experiment / "exp/manifests/test.csv", newline="") as f:
