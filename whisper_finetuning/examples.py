@@ -103,13 +103,6 @@ class TrainingExamples:
         longform_probability=0.0,
         condition_on_prev_probability=0.0,
     ):
-        for name, value in (
-            ("timestamp_probability", timestamp_probability),
-            ("longform_probability", longform_probability),
-            ("condition_on_prev_probability", condition_on_prev_probability),
-        ):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be between 0 and 1, not {value}")
         self.rows, self.whisper, self.seed = rows, whisper, seed
         self.timestamp_probability = timestamp_probability
         self.longform_probability = longform_probability

@@ -217,6 +217,9 @@ RULES = {
     "grad_accumulation_factor": _int(1),
     "label_smoothing": _number(0, 1),
     "precision": _choice(*PRECISIONS),
+    "timestamp_probability": _number(0, 1),
+    "longform_probability": _number(0, 1),
+    "condition_on_prev_probability": _number(0, 1),
     "ckpt_interval_minutes": _number(0, **RERUN_MAY_CHANGE),
     "ckpt_interval_steps": _int(0, **RERUN_MAY_CHANGE),
     "nonfinite_patience": _int(0, **RERUN_MAY_CHANGE),
@@ -239,6 +242,8 @@ RULES = {
     "length_penalty": _number(0, **RERUN_MAY_CHANGE),
     "loop_min_repeats": _int(2),
     "loop_min_tokens": _int(1),
+    "longform_test_csv": Rule("str_list", **RERUN_MAY_CHANGE),
+    "longform_condition_on_previous_text": Rule("bool", **RERUN_MAY_CHANGE),
     # augmentation
     "augment": BOOL,
 }

@@ -317,6 +317,14 @@ def test_a_long_form_set_without_recordings_is_skipped(tmp_path):
     assert not list(tmp_path.glob("summary_*"))
 
 
+def test_a_probability_outside_0_to_1_is_refused_before_any_work():
+    from whisper_finetuning.hparam_rules import check
+
+    assert check({"timestamp_probability": 0.5, "longform_probability": 0.2}) is None
+    problem = check({"longform_probability": 1.5})
+    assert problem.startswith("longform_probability ") and "1" in problem
+
+
 def test_boundary_errors_match_each_reference_boundary_to_the_nearest():
     reference = [Segment(0.0, 2.0, "a"), Segment(2.5, 6.0, "b")]
     hypothesis = [Segment(0.1, 2.2, "a"), Segment(2.4, 5.0, "b"), Segment(5.0, 6.5, "c")]
