@@ -28,6 +28,8 @@ from whisper_finetuning import (
     audio,
     data_checks,
     encoder_cache,
+    examples,
+    longform,
     manifests,
     mwer,
     provenance,
@@ -105,12 +107,14 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
         errors of the N-best lists); WER/CER of the searched transcripts."""
         log_probs, searched = predictions
         tokens_eos, tokens_eos_lens = batch.tokens_eos
+        prompt_lens = torch.as_tensor(batch.prompt_len, device=self.device)
         if stage == sb.Stage.TRAIN and self.hparams.augment and hasattr(batch, "sig"):
             tokens_eos = self.hparams.wav_augment.replicate_labels(tokens_eos)
             tokens_eos_lens = self.hparams.wav_augment.replicate_labels(tokens_eos_lens)
-        # The last prompt position predicts the first transcript token.
-        first = len(self.hparams.whisper.prefix_tokens) - 1
-        loss = self.hparams.nll_loss(log_probs[:, first:], tokens_eos, length=tokens_eos_lens)
+            prompt_lens = self.hparams.wav_augment.replicate_labels(prompt_lens)
+        # Each row's last prompt position predicts its first transcript token.
+        log_probs = examples.align_to_targets(log_probs, prompt_lens, tokens_eos.shape[1])
+        loss = self.hparams.nll_loss(log_probs, tokens_eos, length=tokens_eos_lens)
         self.mwer_logged = None
         if stage == sb.Stage.TRAIN and self.hparams.objective == "mwer":
             refs = list(batch.wrd) * (len(searched.tokens) // len(batch.id))  # augmented copies
@@ -127,7 +131,7 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
             n = len(batch.id)
             with torch.no_grad():
                 token_stats = training_log.token_statistics(
-                    log_probs[:n, first:],
+                    log_probs[:n],
                     tokens_eos[:n],
                     tokens_eos_lens[:n],
                     entropy=stage == sb.Stage.VALID,
@@ -140,7 +144,7 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
                 batch.id,
                 token_stats,
                 [self.hparams.whisper.decode_text(t) for t in token_stats["argmax"]],
-                batch.wrd,
+                batch.target_text,
                 groups,
             )
         if stage == sb.Stage.VALID:
@@ -233,6 +237,8 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
         """Note the epoch; start a fresh scorer (and token statistics) for valid and test."""
         super().on_stage_start(stage, epoch)
         self.epoch = epoch
+        if stage == sb.Stage.TRAIN and self.hparams.training_examples is not None:
+            self.hparams.training_examples.set_epoch(epoch)  # before the loader's workers start
         if stage != sb.Stage.TRAIN:
             self.scorer = scoring.Scorer(self.normalize, self.group_columns)
             self.valid_token_stats = training_log.ValidTokenStats()
@@ -334,20 +340,52 @@ def dataio_prepare(hparams, whisper):
         return audio.read_audio(wav)
 
     @sb.utils.data_pipeline.takes("wrd")
-    @sb.utils.data_pipeline.provides("wrd", "tokens_bos", "tokens_eos")
+    @sb.utils.data_pipeline.provides("target_text", "tokens_bos", "tokens_eos", "prompt_len")
     def text_pipeline(wrd):
-        """Transcript, prompt + transcript tokens (decoder input), transcript + EOT (targets)."""
+        """Transcript, prompt + transcript tokens (decoder input), transcript + EOT (targets),
+        prompt length."""
         yield wrd
         tokens = whisper.encode_text(wrd)
         yield torch.LongTensor(whisper.prefix_tokens + tokens)
         yield torch.LongTensor(tokens + [whisper.eot])
+        yield len(whisper.prefix_tokens)
 
-    cache_train = encoder_cache.use_cache(hparams["encoder_cache"], whisper, hparams["augment"])
+    train = datasets["train"]
+    builder = examples.TrainingExamples(
+        {utt_id: train.data[utt_id] for utt_id in train.data_ids},  # usable rows, in order
+        whisper,
+        hparams["seed"],
+        hparams["timestamp_probability"],
+        hparams["longform_probability"],
+        hparams["condition_on_prev_probability"],
+    )
+    hparams["training_examples"] = builder if builder.active else None
+
+    @sb.utils.data_pipeline.takes("id")
+    @sb.utils.data_pipeline.provides(
+        "plan", "target_text", "tokens_bos", "tokens_eos", "prompt_len"
+    )
+    def example_pipeline(utt_id):
+        """This epoch's example of the row (``TrainingExamples``): its plan, text and tokens."""
+        plan = builder.plan(utt_id)
+        yield plan
+        yield builder.text(plan)
+        tokens_bos, tokens_eos, prompt_len = builder.tokens(plan)
+        yield torch.LongTensor(tokens_bos)
+        yield torch.LongTensor(tokens_eos)
+        yield prompt_len
+
+    # Long-form examples join utterances' audio: their encoder output cannot come from the
+    # per-utterance cache.
+    cache_train = encoder_cache.use_cache(
+        hparams["encoder_cache"], whisper, hparams["augment"]
+    ) and not (builder.active and builder.longform_probability > 0)
     cache_eval = encoder_cache.use_cache(hparams["encoder_cache"], whisper, augment=False)
     if cache_train or cache_eval:
         cache = encoder_cache.EncoderCache(hparams["encoder_cache_folder"], whisper)
     for name, dataset in datasets.items():
-        dataset.add_dynamic_item(text_pipeline)
+        examples_here = name == "train" and builder.active
+        dataset.add_dynamic_item(example_pipeline if examples_here else text_pipeline)
         audio_key = "sig"
         if cache_train if name == "train" else cache_eval:
             entries = run_on_main(cache.prepare, args=[dataset])  # built once, read by all
@@ -357,11 +395,14 @@ def dataio_prepare(hparams, whisper):
                 provides="frozen_out",
             )
             audio_key = "frozen_out"
+        elif examples_here:
+            dataset.add_dynamic_item(builder.audio, takes="plan", provides="sig")
         else:
             dataset.add_dynamic_item(audio_pipeline)
         group_keys = [c for c in hparams["group_columns"] if c in manifests.columns(dataset)]
         dataset.set_output_keys(
-            ["id", audio_key, "duration", "wrd", "tokens_bos", "tokens_eos", *group_keys]
+            ["id", audio_key, "duration", "wrd", "target_text", "tokens_bos", "tokens_eos"]
+            + ["prompt_len", *group_keys]
         )
     if hparams["sanity_utterances"]:  # sanity mode batches its own repeated subset
         return datasets
@@ -444,6 +485,7 @@ def fine_tune(hparams, run_opts, base_file, merged_overrides):
     zero_shot_folder = os.path.join(hparams["output_folder"], "zero_shot")
     if hparams["zero_shot_eval"]:
         runs.decode_test_sets(asr_brain, test_sets, hparams, zero_shot_folder)
+        run_on_main(runs.decode_longform_sets, args=[asr_brain, hparams, zero_shot_folder, True])
 
     stopping.defer(True)  # a stop request waits for the next optimizer step
     asr_brain.fit(
@@ -465,10 +507,17 @@ def fine_tune(hparams, run_opts, base_file, merged_overrides):
     )
 
     runs.decode_test_sets(asr_brain, test_sets, hparams, hparams["output_folder"], min_key="WER")
+    asr_brain.on_evaluate_start(min_key="WER")  # the long-form sets too: the min-WER checkpoint
+    run_on_main(runs.decode_longform_sets, args=[asr_brain, hparams, hparams["output_folder"]])
     if hparams["zero_shot_eval"]:
         run_on_main(
             scoring.write_comparison, args=[hparams["output_folder"], next(iter(test_sets))]
         )
+        if hparams["longform_test_csv"]:
+            run_on_main(
+                longform.write_comparison,
+                args=[hparams["output_folder"], runs.longform_names(hparams)],
+            )
     if hparams["diagnose_after_training"]:
         run_on_main(diagnose_run, args=[hparams["output_folder"]])
 

@@ -8,6 +8,11 @@ gives byte-identical audio and manifests. The split is made by sentence, so no
 text is shared between train, valid and test, and every voice speaks every
 sentence of every split.
 
+For the long-form evaluation, each voice's test sentences are also joined, in order, into
+recordings of 40-90 s (``longform_test.csv``): each clip trimmed to its speech (samples above
+2% of its peak), short silent gaps between them, and the segment times recorded in a
+``segments`` column (a JSON list of ``[start, end, text]``).
+
 Usage:
     python -m local.accent_corpus DATA_FOLDER [--save_folder DIR] [--seed N]
 """
@@ -15,6 +20,7 @@ Usage:
 import argparse
 import csv
 import hashlib
+import json
 import logging
 import random
 import shutil
@@ -26,7 +32,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from whisper_finetuning.audio import SAMPLE_RATE, audio_duration
+import numpy as np
+import soundfile as sf
+
+from whisper_finetuning.audio import SAMPLE_RATE, audio_duration, read_audio
 from whisper_finetuning.files import atomic_path, write_csv
 
 logger = logging.getLogger(__name__)
@@ -45,6 +54,12 @@ DATA_ROOT = "$data_root"  # SpeechBrain replaces it with data_folder at load tim
 MANIFEST_HEADER = ("ID", "duration", "wav", "spk_id", "dialect", "wrd")
 REQUIRED_TOOLS = ("espeak-ng", "sox")
 INSTALL_HINT = "run `apt-get install espeak-ng sox` (or `make demo`, which installs them)"
+
+LONGFORM = "longform_test"  # the long-form manifest's name (a test set of train.py)
+LONGFORM_SECONDS = (40.0, 90.0)  # each recording's length lies in this range
+LONGFORM_GAP_SECONDS = (0.3, 1.0)  # silence between two sentences
+SPEECH_THRESHOLD = 0.02  # of a clip's peak: where its speech starts and ends
+LONGFORM_HEADER = (*MANIFEST_HEADER, "segments")
 
 
 @dataclass(frozen=True)
@@ -174,7 +189,8 @@ def prepare_accent_corpus(
 ) -> dict[str, str]:
     """Synthesise the corpus into ``data_folder/wav`` and write train/valid/test manifests.
 
-    Returns {"train": path, "valid": path, "test": path} of the CSVs in ``save_folder``.
+    Returns {"train": path, "valid": path, "test": path} of the CSVs in ``save_folder``;
+    the long-form recordings' manifest is ``save_folder/longform_test.csv``.
     If those manifests already describe this configuration and all their wavs exist,
     returns at once without synthesising anything.
     """
@@ -193,8 +209,11 @@ def prepare_accent_corpus(
         for split in SPLITS
     }
     result = {split: str(path) for split, path in manifests.items()}
+    longform = save_folder / f"{LONGFORM}.csv"
     if manifests_current(manifests, plan, data_folder):
         logger.info("Accent corpus already prepared in %s", save_folder)
+        if not longform_current(longform, data_folder):
+            write_longform(longform, plan["test"], data_folder, seed)
         return result
 
     check_tools()
@@ -209,7 +228,82 @@ def prepare_accent_corpus(
     save_folder.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
         write_manifest(manifests[split], plan[split], data_folder)
+    write_longform(longform, plan["test"], data_folder, seed)
     return result
+
+
+def _fraction(seed, *key):
+    """A number in [0, 1) fixed by the seed and the key."""
+    digest = hashlib.sha256(":".join(map(str, (seed, *key))).encode()).digest()
+    return int.from_bytes(digest[:8]) / 2**64
+
+
+def speech(audio):
+    """The clip cut to its speech: from the first to the last sample above the threshold."""
+    loud = np.nonzero(np.abs(audio) > SPEECH_THRESHOLD * np.abs(audio).max())[0]
+    return audio[loud[0] : loud[-1] + 1]
+
+
+def longform_recordings(utterances, data_folder, seed):
+    """Each voice's utterances joined in order into recordings of ``LONGFORM_SECONDS``:
+    ``[(recording id, voice, [(start s, clip, text), ...])]``; a voice's remainder shorter
+    than the minimum is left out."""
+    low, high = LONGFORM_SECONDS
+    recordings = []
+    for voice in dict.fromkeys(u.voice for u in utterances):
+        parts, end = [], 0.0
+        rec_id = f"{voice}_long00"
+        for utt in (u for u in utterances if u.voice == voice):
+            clip = speech(read_audio(data_folder / utt.rel_wav).numpy())
+            fraction = _fraction(seed, rec_id, len(parts), "gap")
+            gap = LONGFORM_GAP_SECONDS[0] + fraction * (
+                LONGFORM_GAP_SECONDS[1] - LONGFORM_GAP_SECONDS[0]
+            )
+            if parts and end + gap + len(clip) / SAMPLE_RATE > high:  # full: start another
+                recordings.append((rec_id, voice, parts))
+                parts, end, rec_id = [], 0.0, f"{voice}_long{int(rec_id[-2:]) + 1:02d}"
+            start = round(end + gap, 3) if parts else 0.0
+            parts.append((start, clip, utt.text))
+            end = start + len(clip) / SAMPLE_RATE
+            if end >= low + (high - low) * _fraction(seed, rec_id, "length"):
+                recordings.append((rec_id, voice, parts))
+                parts, end, rec_id = [], 0.0, f"{voice}_long{int(rec_id[-2:]) + 1:02d}"
+        if parts and end >= low:
+            recordings.append((rec_id, voice, parts))
+    return recordings
+
+
+def write_longform(path, utterances, data_folder, seed):
+    """Write the long-form recordings' audio under ``data_folder/longform`` and their
+    manifest at ``path``."""
+    rows = []
+    (data_folder / "longform").mkdir(parents=True, exist_ok=True)
+    for rec_id, voice, parts in longform_recordings(utterances, data_folder, seed):
+        last_start, last_clip, _ = parts[-1]
+        audio = np.zeros(round(last_start * SAMPLE_RATE) + len(last_clip), dtype=np.float32)
+        segments = []
+        for start, clip, text in parts:
+            first = round(start * SAMPLE_RATE)
+            audio[first : first + len(clip)] = clip
+            segments.append([start, round(start + len(clip) / SAMPLE_RATE, 3), text])
+        rel_wav = f"longform/{rec_id}.wav"
+        with atomic_path(data_folder / rel_wav) as partial:
+            sf.write(partial, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+        text = " ".join(text for _, _, text in parts)
+        duration = f"{len(audio) / SAMPLE_RATE:.3f}"
+        row = [rec_id, duration, f"{DATA_ROOT}/{rel_wav}", voice, voice, text]
+        rows.append([*row, json.dumps(segments)])
+    write_csv(path, LONGFORM_HEADER, rows)
+    logger.info("Long-form test set: %d recordings -> %s", len(rows), path)
+
+
+def longform_current(path, data_folder):
+    """True if the long-form manifest exists and all its recordings do."""
+    if not path.is_file():
+        return False
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return all(Path(r["wav"].replace(DATA_ROOT, str(data_folder))).is_file() for r in rows)
 
 
 def main(argv: list[str] | None = None) -> int:

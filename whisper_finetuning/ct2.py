@@ -31,7 +31,18 @@ from transformers import (
 )
 
 from whisper_finetuning.export import save_whisper_dir
-from whisper_finetuning.vocabulary import is_multilingual
+from whisper_finetuning.vocabulary import (
+    EOT,
+    MAX_INITIAL_TIMESTAMP_INDEX,
+    NO_TIMESTAMPS,
+    SOT,
+    START_OF_PREV,
+    TIME_PRECISION,
+    TIMESTAMP,
+    TRANSCRIBE,
+    TRANSLATE,
+    is_multilingual,
+)
 
 MODEL_BIN = "model.bin"
 CT2_CONFIG = "config.json"
@@ -94,12 +105,6 @@ LAYER_SCOPE = re.compile(r"(encoder|decoder)/layer_(\d+)/(.+)")
 WEIGHT_SCALE = "weight_scale"
 PROJECTION = "decoder/projection"  # output projection, tied to decoder/embeddings
 EMBEDDINGS_KEY = "model.decoder.embed_tokens.weight"
-
-EOT, SOT, NO_TIMESTAMPS = "<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>"
-START_OF_PREV, TRANSLATE, TRANSCRIBE = "<|startofprev|>", "<|translate|>", "<|transcribe|>"
-TIME_PRECISION = 0.02  # seconds per timestamp token <|0.00|>, <|0.02|>, ...
-TIMESTAMP = re.compile(r"<\|\d+\.\d\d\|>")
-MAX_INITIAL_TIMESTAMP_INDEX = 50  # OpenAI's and ctranslate2's decoding default
 
 
 def read_ct2_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

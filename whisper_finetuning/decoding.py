@@ -4,6 +4,8 @@ Both searchers start from the model's prompt (start of transcript, language, tas
 timestamps), reuse encoder outputs that were computed once, and suppress the tokens the
 checkpoint's generation config suppresses, the way ``transformers``' ``generate`` does, so a
 fine-tuned checkpoint decodes here exactly as its exported copy decodes in a pipeline.
+Greedy search also decodes with timestamps (another ``prompt``, ``timestamps=True``): then
+openai/whisper's timestamp rules apply (``timestamp_rules``).
 
 Optionally a ``LoopStop`` ends a hypothesis whose tail has become one unit repeated over and
 over (Whisper's best-known failure, a single one of which can add a hundred insertions to a
@@ -18,6 +20,7 @@ import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from whisper_finetuning.text import LoopStop  # noqa: F401  (hparams and callers name it here)
+from whisper_finetuning.vocabulary import MAX_INITIAL_TIMESTAMP_INDEX
 
 
 def _new_cache():
@@ -36,26 +39,64 @@ def _suppress(logits, model, first_step):
     return logits
 
 
-def _max_new_tokens(model, max_new_tokens):
+def timestamp_rules(logits, hyps, timestamp_begin, eot, no_timestamps):
+    """openai/whisper's ``ApplyTimestampRules`` (``max_initial_timestamp`` 1 s), in place:
+    no ``<|notimestamps|>``; timestamps come in pairs (except just before the end of text) and
+    never decrease, and each segment lasts at least one step; the first token is a timestamp;
+    where all timestamps together are likelier than any text token, a timestamp comes next."""
+    logits[:, no_timestamps] = -torch.inf
+    for row, hyp in enumerate(hyps):
+        last_was_timestamp = len(hyp) >= 1 and hyp[-1] >= timestamp_begin
+        penultimate_was_timestamp = len(hyp) < 2 or hyp[-2] >= timestamp_begin
+        if last_was_timestamp:
+            if penultimate_was_timestamp:  # a pair just closed: text (or the end) follows
+                logits[row, timestamp_begin:] = -torch.inf
+            else:  # a segment just ended: its closing timestamp or the end follows
+                logits[row, :eot] = -torch.inf
+        timestamps = [t for t in hyp if t >= timestamp_begin]
+        if timestamps:
+            closing = last_was_timestamp and not penultimate_was_timestamp
+            lowest = timestamps[-1] if closing else timestamps[-1] + 1
+            logits[row, timestamp_begin:lowest] = -torch.inf
+        if not hyp:
+            logits[row, :timestamp_begin] = -torch.inf
+            logits[row, timestamp_begin + MAX_INITIAL_TIMESTAMP_INDEX + 1 :] = -torch.inf
+    log_probs = logits.float().log_softmax(dim=-1)
+    timestamp_mass = log_probs[:, timestamp_begin:].logsumexp(dim=-1)
+    best_text = log_probs[:, :timestamp_begin].max(dim=-1).values
+    logits[timestamp_mass > best_text, :timestamp_begin] = -torch.inf
+    return logits
+
+
+def _max_new_tokens(prompt_length, model, max_new_tokens):
     """Cap the length so prompt plus transcript fit the decoder's positions."""
-    limit = model.model.config.max_target_positions - len(model.prefix_tokens)
+    limit = model.model.config.max_target_positions - prompt_length
     return limit if max_new_tokens is None else min(max_new_tokens, limit)
 
 
 @torch.no_grad()
-def greedy_search(model, encoder_out, max_new_tokens=None, loop_stop=None):
+def greedy_search(
+    model, encoder_out, max_new_tokens=None, loop_stop=None, prompt=None, timestamps=False
+):
     """Most likely token at each step, for a batch.
 
-    Returns the token lists without the prompt, and for each whether ``loop_stop`` ended it.
+    ``prompt`` (default: the model's) starts every row; with ``timestamps``, the prompt has
+    no ``<|notimestamps|>`` and the timestamp rules apply. Returns the token lists without
+    the prompt, and for each whether ``loop_stop`` ended it.
     """
     batch = encoder_out.shape[0]
     device = encoder_out.device
     cache = _new_cache()
+    prompt = model.prefix_tokens if prompt is None else prompt
     hyps, looped, finished = [[] for _ in range(batch)], [False] * batch, [False] * batch
-    step_input = torch.tensor([model.prefix_tokens] * batch, device=device)
-    for step in range(_max_new_tokens(model, max_new_tokens)):
+    step_input = torch.tensor([prompt] * batch, device=device)
+    for step in range(_max_new_tokens(len(prompt), model, max_new_tokens)):
         logits = model.forward_decoder(step_input, encoder_out, cache)[:, -1].float()
-        next_tokens = _suppress(logits, model, step == 0).argmax(dim=-1).tolist()
+        logits = _suppress(logits, model, step == 0)
+        if timestamps:
+            no_timestamps = model.timestamp_begin - 1
+            logits = timestamp_rules(logits, hyps, model.timestamp_begin, model.eot, no_timestamps)
+        next_tokens = logits.argmax(dim=-1).tolist()
         for b, token in enumerate(next_tokens):
             if finished[b] or token == model.eot:
                 finished[b], next_tokens[b] = True, model.eot
@@ -108,7 +149,7 @@ def beam_search_n_best(
     sequences = torch.empty(batch, 0, dtype=torch.long, device=device)
     finished = [[] for _ in range(batch)]
     done = [False] * batch
-    for step in range(_max_new_tokens(model, max_new_tokens)):
+    for step in range(_max_new_tokens(len(model.prefix_tokens), model, max_new_tokens)):
         logits = model.forward_decoder(step_input, encoder_out, cache)[:, -1].float()
         log_probs = _suppress(logits, model, step == 0).log_softmax(dim=-1)
         vocab = log_probs.shape[-1]

@@ -223,6 +223,9 @@ RULES = {
     "mwer_beam_size": _int(1, **RERUN_MAY_CHANGE),
     "mwer_ce_weight": _number(0, **RERUN_MAY_CHANGE),
     "precision": _choice(*PRECISIONS),
+    "timestamp_probability": _number(0, 1),
+    "longform_probability": _number(0, 1),
+    "condition_on_prev_probability": _number(0, 1),
     "ckpt_interval_minutes": _number(0, **RERUN_MAY_CHANGE),
     "ckpt_interval_steps": _int(0, **RERUN_MAY_CHANGE),
     "nonfinite_patience": _int(0, **RERUN_MAY_CHANGE),
@@ -245,6 +248,8 @@ RULES = {
     "length_penalty": _number(0, **RERUN_MAY_CHANGE),
     "loop_min_repeats": _int(2),
     "loop_min_tokens": _int(1),
+    "longform_test_csv": Rule("str_list", **RERUN_MAY_CHANGE),
+    "longform_condition_on_previous_text": Rule("bool", **RERUN_MAY_CHANGE),
     # augmentation
     "augment": BOOL,
 }
@@ -271,6 +276,20 @@ def check(values):
         problem = rule.problem(value)
         if problem:
             return f"{key} {problem}"
+    return _combination_problem(values)
+
+
+# MWER decodes and scores every row with the plain transcription prompt and its own reference,
+# which examples in the other formats do not have.
+_NOT_WITH_MWER = ("timestamp_probability", "longform_probability", "condition_on_prev_probability")
+
+
+def _combination_problem(values):
+    """The first pair of individually valid values that cannot be used together, or None."""
+    if values.get("objective") == "mwer":
+        for key in _NOT_WITH_MWER:
+            if values.get(key):
+                return f"{key} must be 0 with objective mwer (it scores plain transcripts only)"
     return None
 
 

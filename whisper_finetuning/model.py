@@ -39,7 +39,12 @@ from whisper_finetuning import adapters
 from whisper_finetuning.audio import CHUNK_SECONDS, SAMPLE_RATE
 from whisper_finetuning.bundled import resolve_source
 from whisper_finetuning.training.checkpointing import atomic_torch_save
-from whisper_finetuning.vocabulary import is_multilingual
+from whisper_finetuning.vocabulary import (
+    MAX_PREVIOUS_TOKENS,
+    NO_TIMESTAMPS,
+    START_OF_PREV,
+    is_multilingual,
+)
 
 LOG_MEL_DYNAMIC_RANGE = 8.0  # log10 units kept below each utterance's maximum
 
@@ -222,7 +227,7 @@ class WhisperASR(torch.nn.Module):
                     "a multilingual Whisper needs a language: pass --language=<name or code>"
                 )
             tokens += [f"<|{_language_code(language)}|>", f"<|{task}|>"]
-        tokens.append("<|notimestamps|>")
+        tokens.append(NO_TIMESTAMPS)
         ids = self.tokenizer.convert_tokens_to_ids(tokens)
         unknown = [
             tok for tok, i in zip(tokens, ids, strict=True) if i == self.tokenizer.unk_token_id
@@ -230,6 +235,22 @@ class WhisperASR(torch.nn.Module):
         if unknown:
             raise ValueError(f"the tokenizer does not know the prompt tokens {unknown}")
         return ids
+
+    def prompt(self, timestamps=False, previous=()):
+        """A decoder prompt in Whisper's format: ``<|startofprev|>`` and the last
+        ``MAX_PREVIOUS_TOKENS`` of ``previous`` (when given), then ``prefix_tokens``, without
+        ``<|notimestamps|>`` when the transcript carries timestamps."""
+        no_timestamps = self.tokenizer.convert_tokens_to_ids(NO_TIMESTAMPS)
+        start = [t for t in self.prefix_tokens if not (timestamps and t == no_timestamps)]
+        if not previous:
+            return start
+        start_of_prev = self.tokenizer.convert_tokens_to_ids(START_OF_PREV)
+        return [start_of_prev, *list(previous)[-MAX_PREVIOUS_TOKENS:], *start]
+
+    @property
+    def timestamp_begin(self):
+        """The id of ``<|0.00|>``; timestamp tokens follow it in 0.02 s steps."""
+        return self.tokenizer.convert_tokens_to_ids(NO_TIMESTAMPS) + 1
 
     @property
     def frozen_encoder_depth(self):
@@ -396,8 +417,9 @@ class WhisperASR(torch.nn.Module):
         return len(self.prefix_tokens) + len(self.encode_text(text)) + 1
 
     def decode_text(self, tokens):
-        """Text of generated token ids, special tokens dropped."""
-        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        """Text of generated token ids, special and timestamp tokens dropped."""
+        text_tokens = [t for t in tokens if t < self.timestamp_begin]
+        return self.tokenizer.decode(text_tokens, skip_special_tokens=True).strip()
 
 
 def set_trainable(model, freeze, freeze_encoder, trainable_encoder_layers, patterns, adapter):

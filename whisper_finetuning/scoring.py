@@ -337,14 +337,14 @@ class Scorer:
             }
         return summary
 
-    def write(self, folder, name, epoch=None, model=None):
+    def write(self, folder, name, epoch=None, model=None, extra=None):
         """Write ``wer_NAME.txt``, ``summary_NAME.json``/``.md`` and ``utterances_NAME.jsonl``.
 
         ``model`` (the checkpoint's source) is recorded so a summary can be told apart from one
-        of another model.
+        of another model; ``extra`` adds keys to the summary.
         """
         os.makedirs(folder, exist_ok=True)
-        summary = {**self.summary(epoch), "model": model}
+        summary = {**self.summary(epoch), "model": model, **(extra or {})}
         stats = io.StringIO()
         self.wer.write_stats(stats)
         write_text(os.path.join(folder, f"wer_{name}.txt"), stats.getvalue())

@@ -133,3 +133,43 @@ def test_rerun_is_idempotent_and_does_no_synthesis(corpora, monkeypatch):
     monkeypatch.setattr(accent_corpus, "synthesize", fail)
     assert build(root, SEED) == manifests
     assert [p.stat().st_mtime_ns for p in files] == mtimes
+
+
+def test_longform_recordings_join_one_voice_in_order_within_40_to_90_s(tmp_path):
+    import json
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    utterances = []
+    for voice in ("en-us", "en-gb"):
+        for i in range(30):
+            utt = accent_corpus.Utterance(f"{voice}_s{i:04d}", voice, f"sentence {i} of {voice}")
+            speech = 0.5 * rng.standard_normal(int(16000 * rng.uniform(2.0, 5.0)))
+            pad = np.zeros(int(16000 * 0.3))  # espeak-like silence around the speech
+            (tmp_path / utt.rel_wav).parent.mkdir(parents=True, exist_ok=True)
+            soundfile.write(tmp_path / utt.rel_wav, np.concatenate([pad, speech, pad]), 16000)
+            utterances.append(utt)
+    manifest = tmp_path / "longform_test.csv"
+    accent_corpus.write_longform(manifest, utterances, tmp_path, seed=3)
+    rows = read_rows(str(manifest))
+    assert rows and {row["spk_id"] for row in rows} == {"en-us", "en-gb"}
+    for row in rows:
+        audio, rate = soundfile.read(row["wav"].replace("$data_root", str(tmp_path)))
+        assert rate == 16000 and 40 <= len(audio) / rate <= 90
+        segments = json.loads(row["segments"])
+        texts = [text for _, _, text in segments]
+        assert row["wrd"] == " ".join(texts)
+        numbers = [int(text.split()[1]) for text in texts]
+        assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))  # in order
+        assert all(text.endswith(row["spk_id"]) for text in texts)  # one voice
+        loud = np.abs(audio) > 0
+        ms = rate // 1000  # segment times are rounded to milliseconds
+        edges = [(round(a * rate), round(b * rate)) for a, b, _ in segments]
+        for k, (first, last) in enumerate(edges):
+            # Speech where the segment says (to 1 ms), silence between segments.
+            assert loud[first] and loud[last - ms : last + ms].any()
+            if k + 1 < len(edges):
+                gap = (edges[k + 1][0] - last) / rate
+                assert 0.3 - 1e-3 <= gap <= 1.0 + 1e-3
+                assert not loud[last + ms : edges[k + 1][0]].any()

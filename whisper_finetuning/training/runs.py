@@ -5,6 +5,7 @@ import json
 import logging
 import os
 
+from whisper_finetuning import longform
 from whisper_finetuning.files import write_json
 
 logger = logging.getLogger(__name__)
@@ -52,12 +53,46 @@ def decode_test_sets(brain, test_sets, hparams, folder, min_key=None):
         brain.evaluate(dataset, min_key=min_key, test_loader_kwargs=hparams["test_loader_kwargs"])
 
 
-def _decoded_already(folder, name, hparams, dataset):
-    """True if ``folder`` holds this test set's results from the same model and utterances."""
+def decode_longform_sets(brain, hparams, folder, zero_shot=False):
+    """Decode every long-form test set (``longform_test_csv``) with the current weights into
+    ``folder``; zero-shot results are computed once per model and set."""
+    for csv_path, name in zip(hparams["longform_test_csv"], longform_names(hparams), strict=True):
+        if zero_shot and _decoded_already(folder, f"longform_{name}", hparams):
+            continue
+        summary = longform.evaluate(
+            hparams["whisper"],
+            csv_path,
+            hparams["data_folder"],
+            brain.normalize,
+            folder,
+            name,
+            hparams["longform_condition_on_previous_text"],
+            hparams["decode_max_tokens"],
+            hparams["loop_stop"],
+            model=str(hparams["whisper_hub"]),
+            group_columns=hparams["group_columns"],
+            batch_size=hparams["test_batch_size"],
+        )
+        if summary is not None:
+            logger.info(
+                "long form %s: WER %.2f%%, segment boundary error %s s",
+                name,
+                summary["wer"],
+                summary["timestamps"]["boundary_mae"],
+            )
+
+
+def longform_names(hparams):
+    """The long-form test sets' names (their manifests' stems)."""
+    return [os.path.splitext(os.path.basename(p))[0] for p in hparams["longform_test_csv"]]
+
+
+def _decoded_already(folder, name, hparams, dataset=None):
+    """True if ``folder`` holds this test set's results from the same model (and utterances)."""
     path = os.path.join(folder, f"summary_{name}.json")
     if not os.path.exists(path):
         return False
     with open(path) as f:
         summary = json.load(f)
     same_model = summary.get("model") == str(hparams["whisper_hub"])
-    return same_model and summary["n_utterances"] == len(dataset)
+    return same_model and (dataset is None or summary["n_utterances"] == len(dataset))
