@@ -74,11 +74,12 @@ def decode_longform_sets(brain, hparams, folder, zero_shot=False):
             batch_size=hparams["test_batch_size"],
         )
         if summary is not None:
+            mae = summary["timestamps"]["boundary_mae"]  # None: no segment to compare
             logger.info(
-                "long form %s: WER %.2f%%, segment boundary error %s s",
+                "long form %s: WER %.2f%%, segment boundary error %s",
                 name,
                 summary["wer"],
-                summary["timestamps"]["boundary_mae"],
+                "n/a" if mae is None else f"{mae:.3f} s",
             )
 
 
