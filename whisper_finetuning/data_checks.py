@@ -48,6 +48,7 @@ from whisper_finetuning.manifests import (
     REQUIRED_COLUMNS,
     DataError,
     check_format,
+    has_no_rows,
     load_manifest,
     named_manifests,
 )
@@ -690,7 +691,8 @@ def check_before_training(hparams, whisper):
     errors that skipping rows cannot fix (``data_checks: error``)."""
     for csv_path in hparams["longform_test_csv"]:  # decoded after training: readable now
         try:
-            check_format(csv_path)
+            if not has_no_rows(csv_path):  # a set without recordings is skipped then
+                check_format(csv_path)
         except DataError as error:
             sys.exit(f"error: long-form test set: {error}")
     if hparams["data_checks"] == "off":

@@ -17,7 +17,6 @@ mean absolute boundary error: each reference segment start (end) is matched to t
 hypothesis segment start (end); the mean distance in seconds over all reference boundaries.
 """
 
-import csv
 import json
 import logging
 import os
@@ -28,7 +27,7 @@ from whisper_finetuning.audio import CHUNK_SECONDS, SAMPLE_RATE, read_audio
 from whisper_finetuning.decoding import greedy_search
 from whisper_finetuning.examples import Segment
 from whisper_finetuning.files import write_json, write_text
-from whisper_finetuning.manifests import load_manifest
+from whisper_finetuning.manifests import has_no_rows, load_manifest
 from whisper_finetuning.scoring import Scorer
 from whisper_finetuning.vocabulary import TIME_PRECISION
 
@@ -201,7 +200,7 @@ def evaluate(
     """Decode and score one long-form manifest into ``folder`` (files ``*_longform_NAME``);
     returns the summary (None for a manifest without rows). Recordings are decoded together,
     in batches of ``batch_size`` windows that share a prompt."""
-    if _has_no_rows(csv_path):  # e.g. a demo corpus too small for a 40 s recording
+    if has_no_rows(csv_path):  # e.g. a demo corpus too small for a 40 s recording
         logger.warning("long-form set %s has no recordings: nothing decoded", csv_path)
         return None
     dataset = load_manifest(csv_path, data_folder)
@@ -242,15 +241,6 @@ def evaluate(
         scorer.append([utt_id], [text], [row["wrd"]], groups, [row["duration"]], extra)
     timing.update(boundary_mae=_mean(errors), n_boundaries=len(errors))
     return scorer.write(folder, f"longform_{name}", model=model, extra={"timestamps": timing})
-
-
-def _has_no_rows(csv_path):
-    """True for a readable manifest with a header and no rows (``load_manifest`` refuses it)."""
-    try:
-        with open(csv_path, newline="") as f:
-            return next(csv.DictReader(f), None) is None
-    except OSError:
-        return False  # load_manifest says what is wrong
 
 
 def _mean(values):

@@ -44,6 +44,15 @@ def named_manifests(train_csv, valid_csv, test_csvs):
     return manifests
 
 
+def has_no_rows(csv_path):
+    """True for a readable manifest with a header and no rows (``check_format`` refuses it)."""
+    try:
+        with open(csv_path, newline="") as f:
+            return next(csv.DictReader(f), None) is None
+    except OSError:
+        return False  # check_format says what is wrong
+
+
 def check_format(csv_path, duplicates=True):
     """Raise a ``DataError`` naming the file, line, column and what was found if the manifest
     cannot be read as SpeechBrain reads it (``duplicates``: a repeated ID too)."""
