@@ -217,6 +217,7 @@ RULES = {
     "max_grad_norm": _number(0, low_open=True),
     "grad_accumulation_factor": _int(1),
     "label_smoothing": _number(0, 1),
+    "loss_chunk_size": _int(0, **RERUN_MAY_CHANGE),
     # a rerun may continue a CE checkpoint with mwer; mwer_init (null, a checkpoint folder or
     # an epoch) is checked where it is loaded (mwer.init_checkpoint)
     "objective": _choice(*OBJECTIVES, **RERUN_MAY_CHANGE),

@@ -362,13 +362,15 @@ class WhisperASR(torch.nn.Module):
         frames = _absolute_lengths(padded, rel_lens)
         return [(rows, _take(padded, rows)[:, :n]) for n, rows in _rows_by_key(frames)]
 
-    def forward(self, audio, audio_lens, tokens, token_lens, cached=False):
+    def forward(self, audio, audio_lens, tokens, token_lens, cached=False, project=True):
         """Next-token log-probabilities (float32) at every position of ``tokens``, in batch
         order, and the encoder's states for searching.
 
         ``audio`` is a padded batch of 16 kHz waveforms or, with ``cached``, of the frozen
         encoder bottom's cached outputs; lengths are SpeechBrain's relative ones. Positions of
-        ``tokens`` past ``token_lens`` are read as Whisper's pad token.
+        ``tokens`` past ``token_lens`` are read as Whisper's pad token. Without ``project``,
+        the decoder's final hidden states instead of log-probabilities (``fast_loss`` projects
+        them a chunk at a time).
         """
         if cached:
             frozen = self.split_by_length(audio, audio_lens)
@@ -377,9 +379,12 @@ class WhisperASR(torch.nn.Module):
                 frozen = self.encode_frozen_by_window(audio, audio_lens)
         states = EncoderStates([(rows, self.encode_trainable(out)) for rows, out in frozen])
         tokens = self.pad_tokens(tokens, token_lens)
-        logits = states.rejoin(
-            [self.forward_decoder(tokens[rows], out) for rows, out in states.groups]
+        hidden = states.rejoin(
+            [self.decoder_hidden(tokens[rows], out) for rows, out in states.groups]
         )
+        if not project:
+            return hidden, states
+        logits = self.model.proj_out(hidden)
         return torch.nn.functional.log_softmax(logits.float(), dim=-1), states
 
     def pad_tokens(self, tokens, rel_lens):
@@ -395,13 +400,17 @@ class WhisperASR(torch.nn.Module):
         With ``past_key_values`` (a transformers cache), ``tokens`` holds only the new positions
         and the cache is updated in place; used by the searchers (``decoding.py``).
         """
+        return self.model.proj_out(self.decoder_hidden(tokens, encoder_out, past_key_values))
+
+    def decoder_hidden(self, tokens, encoder_out, past_key_values=None):
+        """The decoder's final hidden states (``forward_decoder`` before the projection)."""
         out = self.model.model.decoder(
             input_ids=tokens,
             encoder_hidden_states=encoder_out,
             past_key_values=past_key_values,
             use_cache=past_key_values is not None,
         )
-        return self.model.proj_out(out.last_hidden_state)
+        return out.last_hidden_state
 
     def encode_text(self, text):
         """Token ids of a transcript, without special tokens (never truncated)."""
