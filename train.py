@@ -91,7 +91,13 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
             tokens_bos = self.hparams.wav_augment.replicate_labels(tokens_bos)
             tokens_bos_lens = self.hparams.wav_augment.replicate_labels(tokens_bos_lens)
         hidden, states = self.modules.whisper(  # projected in compute_objectives' loss
-            audio, audio_lens, tokens_bos, tokens_bos_lens, cached=cached, project=False
+            audio,
+            audio_lens,
+            tokens_bos,
+            tokens_bos_lens,
+            cached=cached,
+            project=False,
+            utterance_ids=batch.id if stage == sb.Stage.TRAIN else None,
         )
         searched = None  # (token lists, loop-stop flags) in batch order; mwer.NBest in training
         if stage == sb.Stage.TRAIN and self.hparams.objective == "mwer":

@@ -207,6 +207,7 @@ RULES = {
     "normalizer": _choice("auto", *NORMALIZERS),
     "encoder_cache": _choice(*ENCODER_CACHE_MODES, **RERUN_MAY_CHANGE),
     "encoder_cache_folder": PATH,
+    "cross_attention_cache_mb": _int(0, **RERUN_MAY_CHANGE),
     # training
     "number_of_epochs": _int(1, **RERUN_MAY_CHANGE),
     "batch_size": _int(1),
