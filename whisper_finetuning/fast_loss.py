@@ -11,9 +11,6 @@ training log and the diagnosis read (``training_log.token_statistics``) come fro
 """
 
 import torch
-from speechbrain.nnet.losses import nll_loss as speechbrain_nll_loss
-
-from whisper_finetuning.training.log import token_statistics
 
 
 def nll_loss(
@@ -35,6 +32,11 @@ def nll_loss(
     time; 0 projects the whole batch at once (the reference path).
     """
     if chunk_size == 0:
+        # imported here: the chunked path (and the GPU benchmark) needs neither
+        from speechbrain.nnet.losses import nll_loss as speechbrain_nll_loss
+
+        from whisper_finetuning.training.log import token_statistics
+
         log_probs = torch.nn.functional.log_softmax(projection(hidden).float(), dim=-1)
         loss = speechbrain_nll_loss(
             log_probs, targets, length=length, label_smoothing=label_smoothing
