@@ -18,13 +18,17 @@ Each (shape, system) runs in its own process: its peak memory (CUDA: max allocat
 RSS) is its own. FLOPs are counted from the shapes (``whisper_finetuning/flops.py``) and set
 against a matrix-product probe in the same dtype on the same device.
 
+``--ddp N`` (CPU) also runs the recipe's step in N gloo DDP processes under torchrun.
+
 Usage: python -m tools.benchmark --device cuda [--shapes small,medium,large-v3]
            [--batch_size 16] [--steps 20] [--precision bf16] [--json FILE]
+       python -m tools.benchmark --device cpu --shapes tiny --ddp 2
        python -m tools.benchmark --device cpu --shapes test   (tiny shape, for tests)
 """
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -54,13 +58,23 @@ def parse_args(argv):
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20, help="timed steps, after 3 warm-ups")
     parser.add_argument("--precision", choices=("bf16", "fp32"), help="default: bf16 on cuda")
+    parser.add_argument(
+        "--ddp",
+        type=int,
+        default=0,
+        help="also run the recipe's step in this many gloo DDP processes on CPU (each with "
+        "cores/N threads, as the single process it is compared with): scaling efficiency",
+    )
     parser.add_argument("--json", help="also write the figures and ratios to this file")
+    parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)
     parser.add_argument("--shape", choices=tuple(SHAPES), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     unknown = [s for s in args.shapes.split(",") if s not in SHAPES]
     if unknown:
         parser.error(f"unknown shape {unknown[0]}: choose from {', '.join(SHAPES)}")
+    if args.ddp and args.device != "cpu":
+        parser.error("--ddp measures gloo processes on CPU: use it with --device cpu")
     if args.precision is None:
         args.precision = "fp32" if args.device == "cpu" else "bf16"
     return args
@@ -119,6 +133,23 @@ def _synchronize(args):
         torch.cuda.synchronize()
 
 
+def _decoder_hidden_module(model):
+    """The recipe's forward with the encoder cache as a module (what DDP wraps): the decoder's
+    final hidden states for tokens and cached encoder output."""
+    import torch
+
+    class DecoderHidden(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, tokens, encoder_out):
+            decoder = self.model.model.decoder
+            return decoder(input_ids=tokens, encoder_hidden_states=encoder_out).last_hidden_state
+
+    return DecoderHidden()
+
+
 def _new_model(args):
     """A random Whisper of the shape, on the device, encoder frozen."""
     import torch
@@ -132,13 +163,18 @@ def _new_model(args):
 
 
 def run_recipe(args, batches):
-    """Seconds per step of the recipe's cached step, and per batch of the cache's encoder pass."""
+    """Seconds per step of the recipe's cached step, and per batch of the cache's encoder pass.
+    Under torchrun (``--ddp``) the decoder is wrapped in DistributedDataParallel, as the
+    recipe's model is by SpeechBrain."""
     import torch
 
     from whisper_finetuning import fast_loss
 
     model = _new_model(args)
     config = model.config
+    decoder = _decoder_hidden_module(model)
+    if torch.distributed.is_initialized():
+        decoder = torch.nn.parallel.DistributedDataParallel(decoder)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     encoder_out = torch.randn(args.batch_size, FRAMES, config.d_model, dtype=torch.float16)
     encoder_out = encoder_out.pin_memory() if args.device.startswith("cuda") else encoder_out
@@ -151,9 +187,7 @@ def run_recipe(args, batches):
         targets = torch.cat([tokens[:, PROMPT:], tokens[:, :1]], dim=1)  # any ids do
         target_lens = (lengths - PROMPT + 1) / targets.shape[1]
         with _autocast(args):
-            hidden = model.model.decoder(
-                input_ids=tokens, encoder_hidden_states=cached
-            ).last_hidden_state
+            hidden = decoder(tokens, cached)
             # every row's prompt has the same length: the alignment is a slice
             hidden = hidden[:, PROMPT - 1 : PROMPT - 1 + targets.shape[1]]
             loss, _ = fast_loss.nll_loss(
@@ -262,11 +296,16 @@ def step_flops(config, batches, system):
 
 
 def worker(args):
-    """One (shape, system): its figures as one JSON line."""
+    """One (shape, system): its figures as one JSON line (under torchrun: the first process's)."""
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rank = int(os.environ.get("RANK", 0))
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        torch.distributed.init_process_group("gloo")
     config = whisper_config(args.shape)
-    batches = synthetic_batches(config, args.batch_size, args.steps + 3)
+    batches = synthetic_batches(config, args.batch_size, args.steps + 3, seed=rank)
     figures = {}
     if args.system == "recipe":
         step_seconds, encode_seconds = run_recipe(args, batches)
@@ -286,7 +325,41 @@ def worker(args):
             ),
         }
     )
-    print(RESULT_PREFIX + json.dumps(figures), flush=True)
+    if rank == 0:
+        print(RESULT_PREFIX + json.dumps(figures), flush=True)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def run_worker(argv, system, shape, processes=0, threads=None):
+    """One worker's figures; ``processes``: started by torchrun with that many processes."""
+    command = [sys.executable, "-m", "tools.benchmark", *argv]
+    if processes:
+        command[1:1] = ["-m", "torch.distributed.run", "--standalone"]
+        command[4:4] = [f"--nproc_per_node={processes}"]
+    command += [f"--system={system}", f"--shape={shape}"]
+    command += [f"--threads={threads}"] if threads else []
+    done = subprocess.run(command, capture_output=True, text=True)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+    if done.returncode or not lines:
+        sys.exit(f"error: {shape} {system} failed:\n{done.stderr[-2000:]}")
+    return json.loads(lines[-1][len(RESULT_PREFIX) :])
+
+
+def ddp_scaling(argv, args, shape):
+    """The recipe's step in one process and in ``args.ddp`` gloo processes, each with
+    cores/N threads: the N processes' utterances per second over N times the one's."""
+    threads = max(1, (os.cpu_count() or 1) // args.ddp)
+    single = run_worker(argv, "recipe", shape, 1, threads)
+    several = run_worker(argv, "recipe", shape, args.ddp, threads)
+    total = args.ddp * several["train_utterances_per_second"]
+    return {
+        "processes": args.ddp,
+        "threads_per_process": threads,
+        "one_process_utterances_per_second": single["train_utterances_per_second"],
+        "utterances_per_second": total,
+        "scaling_efficiency": total / (args.ddp * single["train_utterances_per_second"]),
+    }
 
 
 def main(argv):
@@ -306,13 +379,7 @@ def main(argv):
     for shape in args.shapes.split(","):
         results = {}
         for system in SYSTEMS:
-            command = [sys.executable, "-m", "tools.benchmark", *argv]
-            command += [f"--system={system}", f"--shape={shape}"]
-            done = subprocess.run(command, capture_output=True, text=True)
-            lines = [ln for ln in done.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
-            if done.returncode or not lines:
-                sys.exit(f"error: {shape} {system} failed:\n{done.stderr[-2000:]}")
-            results[system] = json.loads(lines[-1][len(RESULT_PREFIX) :])
+            results[system] = run_worker(argv, system, shape)
             results[system]["flop_utilisation"] = results[system]["train_flops_per_second"] / peak
         recipe, baseline = results["recipe"], results["baseline"]
         report[shape] = {
@@ -338,6 +405,14 @@ def main(argv):
             )
         )
         print(f"{'  cache build utterances/s':26}{recipe['cache_utterances_per_second']:>12.2f}")
+        if args.ddp:
+            scaling = report[shape]["ddp"] = ddp_scaling(argv, args, shape)
+            print(
+                f"  DDP, {args.ddp} gloo processes x {scaling['threads_per_process']} threads: "
+                f"{scaling['utterances_per_second']:.2f} utterances/s vs "
+                f"{scaling['one_process_utterances_per_second']:.2f} in one process, "
+                f"scaling efficiency {scaling['scaling_efficiency']:.0%}"
+            )
     if args.json:
         from whisper_finetuning.files import write_json
 

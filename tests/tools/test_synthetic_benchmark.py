@@ -56,3 +56,28 @@ def test_unknown_shape_is_one_clear_error(capsys):
     with pytest.raises(SystemExit):
         synthetic_benchmark.parse_args(["--device", "cpu", "--shapes", "huge"])
     assert "unknown shape huge" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ddp_scaling_runs_two_gloo_processes(tmp_path):
+    report_file = tmp_path / "ddp.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "tools.benchmark", "--device", "cpu", "--shapes", "test"]
+        + ["--batch_size", "2", "--steps", "2", "--ddp", "2", f"--json={report_file}"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    scaling = json.loads(report_file.read_text())["test"]["ddp"]
+    assert scaling["processes"] == 2
+    assert scaling["scaling_efficiency"] == pytest.approx(
+        scaling["utterances_per_second"] / (2 * scaling["one_process_utterances_per_second"])
+    )
+    assert "scaling efficiency" in done.stdout
+
+
+def test_ddp_is_refused_on_a_gpu(capsys):
+    with pytest.raises(SystemExit):
+        synthetic_benchmark.parse_args(["--device", "cuda", "--ddp", "2"])
+    assert "--ddp measures gloo processes on CPU" in capsys.readouterr().err
