@@ -90,8 +90,14 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
             audio, audio_lens = self.hparams.wav_augment(audio, audio_lens)
             tokens_bos = self.hparams.wav_augment.replicate_labels(tokens_bos)
             tokens_bos_lens = self.hparams.wav_augment.replicate_labels(tokens_bos_lens)
-        log_probs, states = self.modules.whisper(
-            audio, audio_lens, tokens_bos, tokens_bos_lens, cached=cached
+        hidden, states = self.modules.whisper(  # projected in compute_objectives' loss
+            audio,
+            audio_lens,
+            tokens_bos,
+            tokens_bos_lens,
+            cached=cached,
+            project=False,
+            utterance_ids=batch.id if stage == sb.Stage.TRAIN else None,
         )
         searched = None  # (token lists, loop-stop flags) in batch order; mwer.NBest in training
         if stage == sb.Stage.TRAIN and self.hparams.objective == "mwer":
@@ -100,12 +106,12 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
             searched = self.hparams.valid_search(self.hparams.whisper, states)
         elif stage == sb.Stage.TEST:
             searched = self.hparams.test_search(self.hparams.whisper, states)
-        return log_probs, searched
+        return hidden, searched
 
     def compute_objectives(self, predictions, batch, stage):
         """Label-smoothed NLL over transcript tokens (with objective mwer, plus the expected word
         errors of the N-best lists); WER/CER of the searched transcripts."""
-        log_probs, searched = predictions
+        hidden, searched = predictions
         tokens_eos, tokens_eos_lens = batch.tokens_eos
         prompt_lens = torch.as_tensor(batch.prompt_len, device=self.device)
         if stage == sb.Stage.TRAIN and self.hparams.augment and hasattr(batch, "sig"):
@@ -113,8 +119,16 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
             tokens_eos_lens = self.hparams.wav_augment.replicate_labels(tokens_eos_lens)
             prompt_lens = self.hparams.wav_augment.replicate_labels(prompt_lens)
         # Each row's last prompt position predicts its first transcript token.
-        log_probs = examples.align_to_targets(log_probs, prompt_lens, tokens_eos.shape[1])
-        loss = self.hparams.nll_loss(log_probs, tokens_eos, length=tokens_eos_lens)
+        hidden = examples.align_to_targets(hidden, prompt_lens, tokens_eos.shape[1])
+        n = len(batch.id)  # token statistics: augmented copies follow the originals
+        loss, token_stats = self.hparams.nll_loss(
+            self.hparams.whisper.model.proj_out,
+            hidden,
+            tokens_eos,
+            tokens_eos_lens,
+            statistics_rows=0 if stage == sb.Stage.TEST else n,
+            entropy=stage == sb.Stage.VALID,
+        )
         self.mwer_logged = None
         if stage == sb.Stage.TRAIN and self.hparams.objective == "mwer":
             refs = list(batch.wrd) * (len(searched.tokens) // len(batch.id))  # augmented copies
@@ -126,16 +140,6 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
                 loss,
                 self.hparams.mwer_ce_weight,
             )
-        token_stats = None
-        if stage != sb.Stage.TEST:  # augmented copies follow the originals: first n rows
-            n = len(batch.id)
-            with torch.no_grad():
-                token_stats = training_log.token_statistics(
-                    log_probs[:n],
-                    tokens_eos[:n],
-                    tokens_eos_lens[:n],
-                    entropy=stage == sb.Stage.VALID,
-                )
         groups = {c: getattr(batch, c) for c in self.group_columns if hasattr(batch, c)}
         if stage == sb.Stage.TRAIN:
             self.training_log.add_utterances(

@@ -8,15 +8,20 @@ setup: log-mel features padded to 30 s computed up front, the encoder run on eve
 encoder-output cache (for the validation utterances too), so the ratios are not flattered;
 a second recipe run shows the throughput of any later experiment that finds the cache built.
 
-Each system runs in its own process, so each peak memory figure is its own.
+Each system runs in its own process, so each peak memory figure is its own. Each system's
+training FLOPs are counted from the model's shapes (``whisper_finetuning/flops.py``) and set
+against a matrix-product probe run at the start: how close each comes to the machine's limit.
 
 Usage: python -m tools.benchmark [--epochs N] [--train_utterances N] [--encoder_window_seconds S]
                                  [--json FILE]
+       python -m tools.benchmark --device cuda ...  (random models of the real shapes on a
+                                 GPU: tools/synthetic_benchmark.py)
 """
 
 import argparse
 import csv
 import json
+import math
 import resource
 import shutil
 import subprocess
@@ -221,6 +226,47 @@ def run_baseline(args, work, model):
     return train_seconds, valid_seconds, scorer.summary()
 
 
+def training_flops(args, work, model, system):
+    """FLOPs a system's training phase computes (``flops.py``: real token lengths, no padding).
+
+    The baseline runs the 30 s encoder on every utterance in every epoch and projects every
+    decoder position; the recipe's first run encodes the train and valid utterances once, at
+    their windows, for its cache, and projects only target positions (``loss_chunk_size``).
+    """
+    from transformers import WhisperConfig, WhisperTokenizer
+
+    from whisper_finetuning import flops
+    from whisper_finetuning.audio import CHUNK_SECONDS
+
+    config = WhisperConfig.from_pretrained(model)
+    tokenizer = WhisperTokenizer.from_pretrained(model)
+    train_rows = read_rows(work / "train.csv", "")
+    full_frames = CHUNK_SECONDS * 50
+    if system == "baseline":
+        per_epoch = 0
+        for row in train_rows:
+            positions = len(tokenizer(row["wrd"]).input_ids) - 1  # labels without the start
+            per_epoch += flops.encoder_forward(config, CHUNK_SECONDS)
+            per_epoch += flops.decoder_training_step(config, positions, full_frames, positions)
+        return per_epoch * args.epochs
+
+    def window(row):
+        step = args.encoder_window_seconds
+        return min(math.ceil(float(row["duration"]) / step) * step, CHUNK_SECONDS)
+
+    prompt = len(tokenizer("").input_ids) - 1  # the prompt before the text (no end of text)
+    per_epoch = 0
+    for row in train_rows:
+        text = len(tokenizer.encode(" " + row["wrd"].strip(), add_special_tokens=False))
+        frames = window(row) * 50
+        per_epoch += flops.decoder_training_step(config, prompt + text, frames, text + 1)
+    total = per_epoch * args.epochs
+    if system == "recipe":  # it builds the encoder cache
+        valid_rows = read_rows(work / "valid.csv", "")
+        total += sum(flops.encoder_forward(config, window(row)) for row in train_rows + valid_rows)
+    return total
+
+
 def worker(args):
     """Run one system and print its figures as one JSON line."""
     work, model = Path(args.work_folder), str(Path(args.work_folder) / "model")
@@ -231,9 +277,12 @@ def worker(args):
     audio_seconds = (
         sum(float(r["duration"]) for r in read_rows(work / "train.csv", "")) * args.epochs
     )
+    train_flops = training_flops(args, work, model, args.system)
     figures = {
         "train_audio_seconds_per_second": audio_seconds / train_seconds,
         "train_seconds": train_seconds,
+        "train_flops": train_flops,
+        "train_flops_per_second": train_flops / train_seconds,
         "valid_utterances_per_second": summary["n_utterances"] / valid_seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "wer": summary["wer"],
@@ -244,9 +293,17 @@ def worker(args):
 
 
 def main(argv=None):
-    args = parse_args(argv if argv is not None else sys.argv[1:])
+    argv = argv if argv is not None else sys.argv[1:]
+    if any(arg == "--device" or arg.startswith("--device=") for arg in argv):
+        from tools import synthetic_benchmark
+
+        return synthetic_benchmark.main(argv)
+    args = parse_args(argv)
     if args.system:
         return worker(args)
+    from whisper_finetuning.flops import matmul_peak
+
+    peak = matmul_peak()  # before the systems, on the same threads and machine
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model = prepare_subsets(args, work)
@@ -260,10 +317,14 @@ def main(argv=None):
             if done.returncode or not lines:
                 sys.exit(f"error: the {system} run failed:\n{done.stderr[-2000:]}")
             results[system] = json.loads(lines[-1][len(RESULT_PREFIX) :])
+    for figures in results.values():
+        figures["flop_utilisation"] = figures["train_flops_per_second"] / peak
     recipe, warm, baseline = (results[system] for system in SYSTEMS)
     report = {
         "recipe": recipe,
+        "recipe_warm_cache": warm,
         "baseline": baseline,
+        "matmul_peak_flops": peak,
         "train_throughput_ratio": recipe["train_audio_seconds_per_second"]
         / baseline["train_audio_seconds_per_second"],
         "train_throughput_ratio_warm_cache": warm["train_audio_seconds_per_second"]
@@ -288,6 +349,14 @@ def main(argv=None):
         f"{warm['train_audio_seconds_per_second']:>12.2f}{'':>12}"
         f"{report['train_throughput_ratio_warm_cache']:>10.2f}"
     )
+    print(f"training GFLOP/s (share of the {peak / 1e9:.1f} GFLOP/s fp32 matmul peak):")
+    for system in SYSTEMS:
+        figures = results[system]
+        print(
+            f"{'  ' + system:32}{figures['train_flops_per_second'] / 1e9:>12.2f}"
+            f"{figures['flop_utilisation']:>12.1%}"
+            f"  ({figures['train_flops'] / 1e12:.2f} TFLOP in {figures['train_seconds']:.0f} s)"
+        )
     lo, hi = baseline["wer_ci95"]
     print(f"{'valid WER (%)':32}{recipe['wer']:>12.2f}{baseline['wer']:>12.2f}")
     print(f"baseline WER 95% CI: [{lo:.2f}, {hi:.2f}]")

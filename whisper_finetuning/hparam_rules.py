@@ -207,6 +207,7 @@ RULES = {
     "normalizer": _choice("auto", *NORMALIZERS),
     "encoder_cache": _choice(*ENCODER_CACHE_MODES, **RERUN_MAY_CHANGE),
     "encoder_cache_folder": PATH,
+    "cross_attention_cache_mb": _int(0, **RERUN_MAY_CHANGE),
     # training
     "number_of_epochs": _int(1, **RERUN_MAY_CHANGE),
     "batch_size": _int(1),
@@ -217,6 +218,7 @@ RULES = {
     "max_grad_norm": _number(0, low_open=True),
     "grad_accumulation_factor": _int(1),
     "label_smoothing": _number(0, 1),
+    "loss_chunk_size": _int(0, **RERUN_MAY_CHANGE),
     # a rerun may continue a CE checkpoint with mwer; mwer_init (null, a checkpoint folder or
     # an epoch) is checked where it is loaded (mwer.init_checkpoint)
     "objective": _choice(*OBJECTIVES, **RERUN_MAY_CHANGE),

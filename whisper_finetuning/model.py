@@ -35,7 +35,7 @@ from transformers import (
     WhisperTokenizer,
 )
 
-from whisper_finetuning import adapters
+from whisper_finetuning import adapters, cross_attention_cache
 from whisper_finetuning.audio import CHUNK_SECONDS, SAMPLE_RATE
 from whisper_finetuning.bundled import resolve_source
 from whisper_finetuning.training.checkpointing import atomic_torch_save
@@ -116,6 +116,10 @@ class WhisperASR(torch.nn.Module):
     gradient_checkpointing : bool
         Recompute each layer's activations in the backward pass instead of keeping them (only
         layers that run with gradients are affected).
+    cross_attention_cache_mb : int
+        With the encoder and the cross-attention's key/value projections frozen, keep up to
+        this many megabytes of training utterances' cross-attention keys and values in memory
+        (``cross_attention_cache.py``); 0: project them in every step.
     """
 
     def __init__(
@@ -135,6 +139,7 @@ class WhisperASR(torch.nn.Module):
         lora_dropout=0.0,
         adapter_targets=(),
         gradient_checkpointing=False,
+        cross_attention_cache_mb=0,
     ):
         super().__init__()
         self.window_seconds = window_seconds
@@ -181,6 +186,11 @@ class WhisperASR(torch.nn.Module):
         )
         if gradient_checkpointing:
             self.model.activation_checkpointing_enable({"use_reentrant": False})
+        self.cross_attention_cache = None
+        if cross_attention_cache_mb and cross_attention_cache.keys_values_frozen(self.model):
+            self.cross_attention_cache = cross_attention_cache.CrossAttentionCache(
+                cross_attention_cache_mb
+            )
 
     @mark_as_saver
     def _save(self, path):
@@ -362,13 +372,25 @@ class WhisperASR(torch.nn.Module):
         frames = _absolute_lengths(padded, rel_lens)
         return [(rows, _take(padded, rows)[:, :n]) for n, rows in _rows_by_key(frames)]
 
-    def forward(self, audio, audio_lens, tokens, token_lens, cached=False):
+    def forward(
+        self,
+        audio,
+        audio_lens,
+        tokens,
+        token_lens,
+        cached=False,
+        project=True,
+        utterance_ids=None,
+    ):
         """Next-token log-probabilities (float32) at every position of ``tokens``, in batch
         order, and the encoder's states for searching.
 
         ``audio`` is a padded batch of 16 kHz waveforms or, with ``cached``, of the frozen
         encoder bottom's cached outputs; lengths are SpeechBrain's relative ones. Positions of
-        ``tokens`` past ``token_lens`` are read as Whisper's pad token.
+        ``tokens`` past ``token_lens`` are read as Whisper's pad token. Without ``project``,
+        the decoder's final hidden states instead of log-probabilities (``fast_loss`` projects
+        them a chunk at a time). ``utterance_ids`` (training rows read from the encoder cache)
+        let the cross-attention cache serve each row's keys and values.
         """
         if cached:
             frozen = self.split_by_length(audio, audio_lens)
@@ -377,9 +399,20 @@ class WhisperASR(torch.nn.Module):
                 frozen = self.encode_frozen_by_window(audio, audio_lens)
         states = EncoderStates([(rows, self.encode_trainable(out)) for rows, out in frozen])
         tokens = self.pad_tokens(tokens, token_lens)
-        logits = states.rejoin(
-            [self.forward_decoder(tokens[rows], out) for rows, out in states.groups]
-        )
+        keep = cached and utterance_ids is not None and self.cross_attention_cache is not None
+
+        def decode(rows, out):
+            if not keep:
+                return self.decoder_hidden(tokens[rows], out)
+            past = self.cross_attention_cache.past_key_values(
+                self.model.model.decoder, [utterance_ids[row] for row in rows], out
+            )
+            return self.decoder_hidden(tokens[rows], out, past)
+
+        hidden = states.rejoin([decode(rows, out) for rows, out in states.groups])
+        if not project:
+            return hidden, states
+        logits = self.model.proj_out(hidden)
         return torch.nn.functional.log_softmax(logits.float(), dim=-1), states
 
     def pad_tokens(self, tokens, rel_lens):
@@ -395,13 +428,17 @@ class WhisperASR(torch.nn.Module):
         With ``past_key_values`` (a transformers cache), ``tokens`` holds only the new positions
         and the cache is updated in place; used by the searchers (``decoding.py``).
         """
+        return self.model.proj_out(self.decoder_hidden(tokens, encoder_out, past_key_values))
+
+    def decoder_hidden(self, tokens, encoder_out, past_key_values=None):
+        """The decoder's final hidden states (``forward_decoder`` before the projection)."""
         out = self.model.model.decoder(
             input_ids=tokens,
             encoder_hidden_states=encoder_out,
             past_key_values=past_key_values,
             use_cache=past_key_values is not None,
         )
-        return self.model.proj_out(out.last_hidden_state)
+        return out.last_hidden_state
 
     def encode_text(self, text):
         """Token ids of a transcript, without special tokens (never truncated)."""

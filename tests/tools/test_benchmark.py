@@ -57,3 +57,47 @@ def test_benchmark_runs_both_systems_and_writes_its_ratios(tiny_en_dir, tmp_path
     assert report["wer_recipe"] < 25 and report["wer_baseline"] < 25
     assert baseline["loop_stopped"] == 0 and recipe["loop_stopped"] in range(5)
     assert "valid decode utterances/s" in done.stdout
+    # FLOP counts: the baseline runs the 30 s encoder on every step, the cold recipe encodes
+    # each utterance once (10 s window), the warm one not at all; utilisation against the probe
+    warm = report["recipe_warm_cache"]
+    assert baseline["train_flops"] > recipe["train_flops"] > warm["train_flops"] > 0
+    assert report["matmul_peak_flops"] > 0
+    for system in (recipe, warm, baseline):
+        assert system["train_flops_per_second"] == pytest.approx(
+            system["train_flops"] / system["train_seconds"]
+        )
+        assert system["flop_utilisation"] == pytest.approx(
+            system["train_flops_per_second"] / report["matmul_peak_flops"]
+        )
+    assert "GFLOP/s" in done.stdout
+
+
+def test_training_flops_follow_each_systems_encoder_runs_windows_and_projection(
+    tiny_en_dir, tmp_path
+):
+    """Two train clips (3 s, 12 s), one valid clip, 2 epochs, the recipe at a 10 s step."""
+    from types import SimpleNamespace
+
+    from transformers import WhisperConfig
+
+    from tools.benchmark import training_flops
+    from whisper_finetuning import flops
+
+    header = "ID,duration,wav,wrd\n"
+    (tmp_path / "train.csv").write_text(header + "a,3.0,a.wav,hello world\nb,12.0,b.wav,hello\n")
+    (tmp_path / "valid.csv").write_text(header + "c,4.0,c.wav,hello\n")
+    args = SimpleNamespace(epochs=2, encoder_window_seconds=10)
+    config = WhisperConfig.from_pretrained(tiny_en_dir)
+
+    def count(system):
+        return training_flops(args, tmp_path, str(tiny_en_dir), system)
+
+    step = flops.decoder_training_step
+    # decoder inputs: <|startoftranscript|><|notimestamps|> + 2 or 1 text tokens
+    baseline_epoch = 2 * flops.encoder_forward(config, 30) + step(config, 4, 1500, 4)
+    baseline_epoch += step(config, 3, 1500, 3)
+    assert count("baseline") == 2 * baseline_epoch
+    warm_epoch = step(config, 4, 500, 3) + step(config, 3, 1000, 2)  # 10 s and 20 s windows
+    assert count("recipe_warm_cache") == 2 * warm_epoch
+    encoded = sum(flops.encoder_forward(config, seconds) for seconds in (10, 20, 10))
+    assert count("recipe") == 2 * warm_epoch + encoded

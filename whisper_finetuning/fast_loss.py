@@ -1,0 +1,141 @@
+"""The output projection and the label-smoothed NLL, a chunk of target positions at a time.
+
+The reference (``chunk_size: 0``) projects every decoder position, takes
+``log_softmax(logits.float())`` over the whole batch and hands it to SpeechBrain's ``nll_loss``;
+autograd then keeps several float32 (batch, positions, vocabulary) tensors for the backward pass.
+The chunked path projects only the positions that predict a real target token, ``chunk_size``
+of them at a time, and computes each chunk's gradients with respect to the hidden states and the
+projection weight in the forward pass (the loss is a sum over positions, so the backward pass
+only scales them): at most one chunk's logits exist at any time. The token statistics the
+training log and the diagnosis read (``training_log.token_statistics``) come from the same pass.
+"""
+
+import torch
+
+
+def nll_loss(
+    projection,
+    hidden,
+    targets,
+    length,
+    label_smoothing=0.0,
+    chunk_size=256,
+    statistics_rows=0,
+    entropy=False,
+):
+    """Label-smoothed NLL of ``targets`` and, for the first ``statistics_rows`` rows, their
+    token statistics (``training_log.token_statistics``'s dict; None when 0 rows).
+
+    ``hidden`` (batch, time, width) are the decoder's final states aligned with ``targets``
+    (batch, time); ``projection`` is the output projection (a bias-free linear layer);
+    ``length`` are SpeechBrain's relative lengths. ``chunk_size`` positions are projected at a
+    time; 0 projects the whole batch at once (the reference path).
+    """
+    if chunk_size == 0:
+        # imported here: the chunked path (and the GPU benchmark) needs neither
+        from speechbrain.nnet.losses import nll_loss as speechbrain_nll_loss
+
+        from whisper_finetuning.training.log import token_statistics
+
+        log_probs = torch.nn.functional.log_softmax(projection(hidden).float(), dim=-1)
+        loss = speechbrain_nll_loss(
+            log_probs, targets, length=length, label_smoothing=label_smoothing
+        )
+        stats = None
+        if statistics_rows:
+            n = statistics_rows
+            with torch.no_grad():
+                stats = token_statistics(log_probs[:n], targets[:n], length[:n], entropy)
+        return loss, stats
+    if projection.bias is not None:
+        raise ValueError("the chunked loss expects a bias-free output projection")
+    n_tokens = torch.round(length * targets.shape[1]).long()
+    mask = torch.arange(targets.shape[1], device=targets.device)[None] < n_tokens[:, None]
+    loss, target_lp, top_lp, argmax, entropies = _ProjectedNLL.apply(
+        hidden[mask], projection.weight, targets[mask], label_smoothing, chunk_size, entropy
+    )
+    stats = None
+    if statistics_rows:
+        stats = _statistics(
+            n_tokens[:statistics_rows], targets[mask], target_lp, top_lp, argmax, entropies
+        )
+    return loss, stats
+
+
+def _statistics(n_tokens, flat_targets, target_lp, top_lp, argmax, entropies):
+    """``token_statistics``'s dict from per-position values in row-major order (the rows of
+    ``n_tokens`` come first)."""
+    counts = n_tokens.tolist()
+    used = sum(counts)
+    hit = argmax[:used] == flat_targets[:used]
+
+    def per_row(values):
+        return [float(part.sum()) for part in torch.split(values[:used], counts)]
+
+    return {
+        "nll": per_row(-target_lp),
+        "correct": [int(part.sum()) for part in torch.split(hit, counts)],
+        "tokens": counts,
+        "entropy": per_row(entropies) if entropies is not None else None,
+        "argmax": [part.tolist() for part in torch.split(argmax[:used], counts)],
+        "confidence": top_lp[:used].exp(),
+        "is_correct": hit,
+    }
+
+
+class _ProjectedNLL(torch.autograd.Function):
+    """Mean label-smoothed NLL of ``targets`` (one per row of ``hidden``) under the logits
+    ``hidden @ weight.T``, and per-row target log-probability, top log-probability, argmax and
+    (with ``entropy``) entropy, which carry no gradient."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, label_smoothing, chunk_size, entropy):
+        count = max(hidden.shape[0], 1)
+        want_hidden, want_weight = ctx.needs_input_grad[:2]
+        grad_hidden = torch.zeros_like(hidden) if want_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
+        total = hidden.new_zeros((), dtype=torch.float32)
+        stats = {"target": [], "top": [], "argmax": [], "entropy": []}
+        for start in range(0, hidden.shape[0], chunk_size):
+            rows = hidden[start : start + chunk_size]
+            row_targets = targets[start : start + chunk_size]
+            # matmul, not F.linear: autocast casts both alike, as it does the reference's Linear
+            log_probs = torch.log_softmax(torch.matmul(rows, weight.t()).float(), dim=-1)
+            picked = log_probs.gather(-1, row_targets[:, None])[:, 0]
+            smoothed = (1 - label_smoothing) * -picked - label_smoothing * log_probs.mean(dim=-1)
+            total = total + smoothed.sum()
+            top, top_index = log_probs.max(dim=-1)
+            stats["target"].append(picked)
+            stats["top"].append(top)
+            stats["argmax"].append(top_index)
+            if entropy:
+                stats["entropy"].append(-(log_probs.exp() * log_probs).sum(dim=-1))
+            if want_hidden or want_weight:
+                # d(loss)/d(logits): the softmax minus the smoothed target distribution
+                grad_logits = log_probs.exp_().sub_(label_smoothing / log_probs.shape[-1])
+                grad_logits[torch.arange(len(rows)), row_targets] -= 1 - label_smoothing
+                grad_logits /= count
+                if want_hidden:
+                    grad_hidden[start : start + chunk_size] = torch.matmul(grad_logits, weight)
+                if want_weight:
+                    grad_weight += torch.matmul(grad_logits.t(), rows).float()
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        empty = {"argmax": hidden.new_zeros(0, dtype=torch.long)}
+        outputs = [
+            torch.cat(values) if values else empty.get(key, hidden.new_zeros(0).float())
+            for key, values in stats.items()
+        ]
+        if not entropy:
+            outputs[-1] = None
+        ctx.mark_non_differentiable(*(o for o in outputs if o is not None))
+        return (total / count, *outputs)
+
+    @staticmethod
+    def backward(ctx, grad_loss, *unused_statistics_grads):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype)
+        if grad_weight is not None:
+            grad_weight = (grad_weight * grad_loss).to(ctx.weight_dtype)
+        return grad_hidden, grad_weight, None, None, None, None
