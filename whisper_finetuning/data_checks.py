@@ -689,7 +689,7 @@ def default_tokenizer():
 def check_before_training(hparams, whisper):
     """What train.py runs: the checks (once per manifest change), then a one-line exit on
     errors that skipping rows cannot fix (``data_checks: error``)."""
-    for csv_path in hparams["longform_test_csv"]:  # decoded after training: readable now
+    for csv_path in hparams.get("longform_test_csv", []):  # decoded after training: readable now
         try:
             if not has_no_rows(csv_path):  # a set without recordings is skipped then
                 check_format(csv_path)
