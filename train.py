@@ -2,8 +2,9 @@
 """Fine-tune Whisper with SpeechBrain and keep the checkpoint with the lowest valid WER.
 
 Training minimises a label-smoothed NLL over the transcript tokens; validation decodes
-greedily and scores WER, which chooses the one checkpoint kept; the test sets are decoded with
-beam search by that checkpoint. Loss and WER can disagree: the checkpoint is chosen by WER.
+greedily and scores WER (or CER, BLEU, chrF: ``selection_metric``), which chooses the one
+checkpoint kept; the test sets are decoded with beam search by that checkpoint. Loss and WER
+can disagree: the checkpoint is chosen by WER. Each row is prompted in its own language.
 
 Example:
     python train.py hparams/whisper_small.yaml --data_folder=/path/to/data
@@ -24,8 +25,9 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from analysis.diagnosis.run import run as diagnose
 from local import data_prep
-from whisper_finetuning import audio, data_checks, encoder_cache, manifests, scoring
+from whisper_finetuning import audio, data_checks, encoder_cache, manifests, scoring, selection
 from whisper_finetuning.config import HparamsError, load_hparams
+from whisper_finetuning.selection import SELECTION_METRICS, best_earliest, min_loss_earliest
 from whisper_finetuning.training import distributed, resilience, run_lock, runs, sanity, stopping
 from whisper_finetuning.training import log as training_log
 
@@ -36,7 +38,7 @@ SORTINGS = ("random", "ascending", "descending")
 
 
 class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
-    """Fine-tunes Whisper on manifests; selects checkpoints by valid WER."""
+    """Fine-tunes Whisper on manifests; selects checkpoints by valid WER (selection_metric)."""
 
     resume_attributes = ("loss_ema", "epoch_loss_sum", "epoch_batches")
     gathered_accumulators = ("valid_token_stats",)
@@ -45,10 +47,10 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
         """SpeechBrain's Brain, plus the text normaliser and the summaries' group columns."""
         super().__init__(*args, **kwargs)
         whisper = self.hparams.whisper
-        self.normalize = scoring.text_normalizer(
-            self.hparams.normalizer, whisper.tokenizer, whisper.is_english
+        self.normalize = scoring.Normalizers(
+            self.hparams.normalizer, whisper.tokenizer, english_only=not whisper.is_multilingual
         )
-        self.group_columns = self.hparams.group_columns
+        self.group_columns = group_columns(self.hparams.group_columns)
         self.output_folder = self.hparams.output_folder
         self.train_sampler = self.hparams.train_loader_kwargs.get("batch_sampler")
 
@@ -66,10 +68,11 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
             audio, audio_lens, tokens_bos, tokens_bos_lens, cached=cached
         )
         searched = None  # (token lists, loop-stop flags) in batch order
+        prompts = batch.prompt.data  # each row's own language
         if stage == sb.Stage.VALID:
-            searched = self.hparams.valid_search(self.hparams.whisper, states)
+            searched = self.hparams.valid_search(self.hparams.whisper, states, prompts)
         elif stage == sb.Stage.TEST:
-            searched = self.hparams.test_search(self.hparams.whisper, states)
+            searched = self.hparams.test_search(self.hparams.whisper, states, prompts)
         return log_probs, searched
 
     def compute_objectives(self, predictions, batch, stage):
@@ -79,8 +82,8 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
         if stage == sb.Stage.TRAIN and self.hparams.augment and hasattr(batch, "sig"):
             tokens_eos = self.hparams.wav_augment.replicate_labels(tokens_eos)
             tokens_eos_lens = self.hparams.wav_augment.replicate_labels(tokens_eos_lens)
-        # The last prompt position predicts the first transcript token.
-        first = len(self.hparams.whisper.prefix_tokens) - 1
+        # The last prompt position predicts the first transcript token (prompts: equally long).
+        first = batch.prompt.data.shape[1] - 1
         loss = self.hparams.nll_loss(log_probs[:, first:], tokens_eos, length=tokens_eos_lens)
         token_stats = None
         if stage != sb.Stage.TEST:  # augmented copies follow the originals: first n rows
@@ -169,15 +172,18 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
 
     @property
     def kept_checkpoints(self):
-        """Importance keys of the checkpoints kept: min WER; for review also min loss and last."""
+        """Importance keys of the checkpoints kept: the best by ``selection_metric``; for
+        review also min loss and last."""
+        selected = best_earliest(self.hparams.selection_metric)
         if self.hparams.review_checkpoints:
-            return [scoring.min_wer_earliest, scoring.min_loss_earliest, ckpt_recency]
-        return [scoring.min_wer_earliest]
+            return [selected, min_loss_earliest, ckpt_recency]
+        return [selected]
 
     def on_evaluate_start(self, max_key=None, min_key=None):
-        """Load the min-WER checkpoint (ties: the earlier epoch); ``min_key=None`` keeps weights."""
-        if min_key == "WER":
-            self.checkpointer.recover_if_possible(importance_key=scoring.min_wer_earliest)
+        """Load the best checkpoint by ``min_key`` (a selection metric; ties: the earlier
+        epoch); ``min_key=None`` keeps the weights."""
+        if min_key is not None:
+            self.checkpointer.recover_if_possible(importance_key=best_earliest(min_key))
 
     def on_stage_start(self, stage, epoch=None):
         """Note the epoch; start a fresh scorer (and token statistics) for valid and test."""
@@ -188,7 +194,7 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
             self.valid_token_stats = training_log.ValidTokenStats()
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Log the epoch; keep the min-WER checkpoint; write test summaries."""
+        """Log the epoch; keep the best checkpoint by selection_metric; write test summaries."""
         super().on_stage_end(stage, stage_loss, epoch)
         if stage == sb.Stage.TRAIN:
             self.train_stats = {
@@ -206,7 +212,7 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
                 self.scorer.write,
                 args=[self.test_folder, name, self.selected_epoch(), str(self.hparams.whisper_hub)],
             )
-        stats = {"loss": stage_loss, "WER": summary["wer"], "CER": summary["cer"]}
+        stats = {"loss": stage_loss, **{key: summary[key.lower()] for key in SELECTION_METRICS}}
         if stage == sb.Stage.VALID:
             stats_meta = {
                 "epoch": epoch,
@@ -253,7 +259,9 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
         """The epoch of the checkpoint the test stage uses (None when zero-shot)."""
         if self.checkpointer is None or self.test_folder != self.output_folder:
             return None
-        best = self.checkpointer.find_checkpoint(importance_key=scoring.min_wer_earliest)
+        best = self.checkpointer.find_checkpoint(
+            importance_key=best_earliest(self.hparams.selection_metric)
+        )
         return None if best is None else best.meta["epoch"]
 
 
@@ -264,7 +272,9 @@ def dataio_prepare(hparams, whisper):
     )
     datasets = {
         name: manifests.check_rows(
-            manifests.load_manifest(csv, hparams["data_folder"]),
+            manifests.resolve_languages(
+                manifests.load_manifest(csv, hparams["data_folder"]), name, whisper
+            ),
             name,
             whisper,
             hparams["on_bad_row"],
@@ -282,13 +292,16 @@ def dataio_prepare(hparams, whisper):
         """Mono 16 kHz waveform."""
         return audio.read_audio(wav)
 
-    @sb.utils.data_pipeline.takes("wrd")
-    @sb.utils.data_pipeline.provides("wrd", "tokens_bos", "tokens_eos")
-    def text_pipeline(wrd):
-        """Transcript, prompt + transcript tokens (decoder input), transcript + EOT (targets)."""
+    @sb.utils.data_pipeline.takes("wrd", "language")
+    @sb.utils.data_pipeline.provides("wrd", "prompt", "tokens_bos", "tokens_eos")
+    def text_pipeline(wrd, language):
+        """Transcript, the row's prompt, prompt + transcript tokens (decoder input), transcript
+        + EOT (targets)."""
         yield wrd
+        prompt = whisper.prompt(language)
+        yield torch.LongTensor(prompt)
         tokens = whisper.encode_text(wrd)
-        yield torch.LongTensor(whisper.prefix_tokens + tokens)
+        yield torch.LongTensor(prompt + tokens)
         yield torch.LongTensor(tokens + [whisper.eot])
 
     cache_train = encoder_cache.use_cache(hparams["encoder_cache"], whisper, hparams["augment"])
@@ -308,9 +321,10 @@ def dataio_prepare(hparams, whisper):
             audio_key = "frozen_out"
         else:
             dataset.add_dynamic_item(audio_pipeline)
-        group_keys = [c for c in hparams["group_columns"] if c in manifests.columns(dataset)]
+        columns = manifests.columns(dataset)
+        group_keys = [c for c in group_columns(hparams["group_columns"]) if c in columns]
         dataset.set_output_keys(
-            ["id", audio_key, "duration", "wrd", "tokens_bos", "tokens_eos", *group_keys]
+            ["id", audio_key, "duration", "wrd", "prompt", "tokens_bos", "tokens_eos", *group_keys]
         )
     if hparams["sanity_utterances"]:  # sanity mode batches its own repeated subset
         return datasets
@@ -335,10 +349,11 @@ def dataio_prepare(hparams, whisper):
 
 
 def main(argv):
-    """Prepare data, fine-tune, then evaluate every test set with the min-WER checkpoint."""
+    """Prepare data, fine-tune, then evaluate every test set with the selected checkpoint."""
     hparams_file, run_opts, overrides = sb.parse_arguments(distributed.accept_launch_flag(argv))
     try:  # the yaml builds the model: a wrong checkpoint or language fails here
         hparams, base_file, merged_overrides = load_hparams(hparams_file, overrides)
+        selection.check_selection_metric(hparams["selection_metric"])
     except (HparamsError, ValueError, OSError) as error:
         sys.exit(f"error: {str(error).strip().splitlines()[0]}")
     precision = run_opts.precision if "precision" in run_opts.overridden_args else None
@@ -367,6 +382,16 @@ def main(argv):
         except (OSError, ValueError, RuntimeError) as error:
             sys.exit(f"error: data preparation failed: {error}")
     whisper = hparams["whisper"]
+    try:  # a language Whisper or this checkpoint lacks stops the run before anything is written
+        manifests.check_languages(
+            manifests.named_manifests(
+                hparams["train_csv"], hparams["valid_csv"], hparams["test_csv"]
+            ),
+            hparams["data_folder"],
+            whisper,
+        )
+    except (manifests.DataError, ValueError) as error:
+        sys.exit(f"error: {error}")
     data_checks.check_before_training(hparams, whisper)
     try:
         datasets = dataio_prepare(hparams, whisper)
@@ -394,7 +419,7 @@ def main(argv):
         valid_loader_kwargs=hparams["valid_loader_kwargs"],
     )
     stopping.defer(False)
-    # Training is over: mark it so, then keep only the min-WER end-of-epoch checkpoint
+    # Training is over: mark it so, then keep only the selected end-of-epoch checkpoint
     # (with review_checkpoints, the min-loss and last ones too).
     if if_main_process():
         runs.mark_fit_done(hparams["save_folder"], hparams["number_of_epochs"])
@@ -402,13 +427,22 @@ def main(argv):
         num_to_keep=1, importance_keys=asr_brain.kept_checkpoints
     )
 
-    runs.decode_test_sets(asr_brain, test_sets, hparams, hparams["output_folder"], min_key="WER")
+    runs.decode_test_sets(
+        asr_brain, test_sets, hparams, hparams["output_folder"], hparams["selection_metric"]
+    )
     if hparams["zero_shot_eval"]:
         run_on_main(
-            scoring.write_comparison, args=[hparams["output_folder"], next(iter(test_sets))]
+            scoring.write_comparison,
+            args=[hparams["output_folder"], next(iter(test_sets)), hparams["comparison_group"]],
         )
     if hparams["diagnose_after_training"]:
         run_on_main(diagnose_run, args=[hparams["output_folder"]])
+
+
+def group_columns(columns):
+    """The columns summaries report per value: ``group_columns``, and always the language."""
+    columns = list(columns)
+    return columns if "language" in columns else [*columns, "language"]
 
 
 def make_brain(hparams, run_opts, **overrides):

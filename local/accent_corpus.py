@@ -44,23 +44,40 @@ HEADROOM_DB = 1  # espeak-ng peaks at full scale; resampling would overshoot and
 N_WORKERS = 2  # the demo machine has two cores
 
 DATA_ROOT = "$data_root"  # SpeechBrain replaces it with data_folder at load time
-MANIFEST_HEADER = ("ID", "duration", "wav", "spk_id", "dialect", "wrd")
+MANIFEST_HEADER = ("ID", "duration", "wav", "spk_id", "dialect", "language", "wrd")
 REQUIRED_TOOLS = ("espeak-ng", "sox")
 INSTALL_HINT = "run `apt-get install espeak-ng sox` (or `make demo`, which installs them)"
 
 
 @dataclass(frozen=True)
 class Utterance:
-    """One sentence spoken by one voice."""
+    """One sentence spoken by one voice (an espeak-ng voice, ``+variant`` allowed)."""
 
     utt_id: str
     voice: str
     text: str
+    language: str = "english"
 
     @property
     def rel_wav(self) -> str:
         """Path of the audio file relative to the data folder."""
-        return f"wav/{self.voice}/{self.utt_id}.wav"
+        return f"wav/{voice_slug(self.voice)}/{self.utt_id}.wav"
+
+
+def voice_slug(voice: str) -> str:
+    """A voice as a file and ID part: ``de+m3`` -> ``de-m3``."""
+    return voice.replace("+", "-")
+
+
+def plan_split(
+    sentences: list[str], indices: list[int], voices: tuple[str, ...], language: str
+) -> list[Utterance]:
+    """Every sentence of ``indices`` spoken by every voice, in sentence order."""
+    return [
+        Utterance(f"{voice_slug(voice)}_s{index:04d}", voice, sentences[index], language)
+        for index in indices
+        for voice in voices
+    ]
 
 
 def load_sentences(path: Path = SENTENCES_FILE) -> list[str]:
@@ -159,6 +176,7 @@ def write_manifest(path: Path, utterances: list[Utterance], data_folder: Path) -
             f"{DATA_ROOT}/{utt.rel_wav}",
             utt.voice,
             utt.voice,
+            utt.language,
             utt.text,
         ]
         for utt in utterances
@@ -181,23 +199,23 @@ def prepare_accent_corpus(
     If those manifests already describe this configuration and all their wavs exist,
     returns at once without synthesising anything.
     """
-    data_folder, save_folder = Path(data_folder), Path(save_folder)
-    manifests = {split: save_folder / f"{split}.csv" for split in SPLITS}
     sentences = load_sentences()
     splits = split_sentences(
         len(sentences), n_valid_sentences, n_test_sentences, n_train_sentences, seed
     )
-    plan = {
-        split: [
-            Utterance(f"{voice}_s{index:04d}", voice, sentences[index])
-            for index in splits[split]
-            for voice in voices
-        ]
-        for split in SPLITS
-    }
+    plan = {split: plan_split(sentences, splits[split], voices, "english") for split in SPLITS}
+    return synthesize_corpus(plan, data_folder, save_folder, seed)
+
+
+def synthesize_corpus(
+    plan: dict[str, list[Utterance]], data_folder: str | Path, save_folder: str | Path, seed: int
+) -> dict[str, str]:
+    """Speak the planned utterances of each split and write its manifest (unless current)."""
+    data_folder, save_folder = Path(data_folder), Path(save_folder)
+    manifests = {split: save_folder / f"{split}.csv" for split in SPLITS}
     result = {split: str(path) for split, path in manifests.items()}
     if manifests_current(manifests, plan, data_folder):
-        logger.info("Accent corpus already prepared in %s", save_folder)
+        logger.info("Corpus already prepared in %s", save_folder)
         return result
 
     check_tools()

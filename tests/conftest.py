@@ -13,7 +13,7 @@ import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from whisper_finetuning.audio import read_audio
-from whisper_finetuning.ct2 import ensure_tiny_en
+from whisper_finetuning.bundled import ensure_tiny_en
 
 TOKENIZER_FILES = (
     "tokenizer.json",

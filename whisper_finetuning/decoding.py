@@ -1,9 +1,10 @@
 """Batched greedy and beam search over a ``WhisperASR`` with a key/value cache.
 
-Both searchers start from the model's prompt (start of transcript, language, task, no
-timestamps), reuse encoder outputs that were computed once, and suppress the tokens the
-checkpoint's generation config suppresses, the way ``transformers``' ``generate`` does, so a
-fine-tuned checkpoint decodes here exactly as its exported copy decodes in a pipeline.
+Both searchers start from each row's prompt (start of transcript, language, task, no
+timestamps; the model's default prompt unless ``prompts`` gives one per row), reuse encoder
+outputs that were computed once, and suppress the tokens the checkpoint's generation config
+suppresses, the way ``transformers``' ``generate`` does, so a fine-tuned checkpoint decodes
+here exactly as its exported copy decodes in a pipeline.
 
 Optionally a ``LoopStop`` ends a hypothesis whose tail has become one unit repeated over and
 over (Whisper's best-known failure, a single one of which can add a hundred insertions to a
@@ -62,15 +63,22 @@ def _suppress(logits, model, first_step):
     return logits
 
 
-def _max_new_tokens(model, max_new_tokens):
+def _max_new_tokens(model, max_new_tokens, prompts):
     """Cap the length so prompt plus transcript fit the decoder's positions."""
-    limit = model.model.config.max_target_positions - len(model.prefix_tokens)
+    limit = model.model.config.max_target_positions - prompts.shape[1]
     return limit if max_new_tokens is None else min(max_new_tokens, limit)
 
 
+def _prompts(model, prompts, batch, device):
+    """Each row's prompt as a ``[batch, length]`` tensor (the model's default when None)."""
+    if prompts is None:
+        prompts = [model.prefix_tokens] * batch
+    return torch.as_tensor(prompts, device=device)
+
+
 @torch.no_grad()
-def greedy_search(model, encoder_out, max_new_tokens=None, loop_stop=None):
-    """Most likely token at each step, for a batch.
+def greedy_search(model, encoder_out, max_new_tokens=None, loop_stop=None, prompts=None):
+    """Most likely token at each step, for a batch (``prompts``: one per row, equally long).
 
     Returns the token lists without the prompt, and for each whether ``loop_stop`` ended it.
     """
@@ -78,8 +86,8 @@ def greedy_search(model, encoder_out, max_new_tokens=None, loop_stop=None):
     device = encoder_out.device
     cache = _new_cache()
     hyps, looped, finished = [[] for _ in range(batch)], [False] * batch, [False] * batch
-    step_input = torch.tensor([model.prefix_tokens] * batch, device=device)
-    for step in range(_max_new_tokens(model, max_new_tokens)):
+    step_input = _prompts(model, prompts, batch, device)
+    for step in range(_max_new_tokens(model, max_new_tokens, step_input)):
         logits = model.forward_decoder(step_input, encoder_out, cache)[:, -1].float()
         next_tokens = _suppress(logits, model, step == 0).argmax(dim=-1).tolist()
         for b, token in enumerate(next_tokens):
@@ -99,9 +107,15 @@ def greedy_search(model, encoder_out, max_new_tokens=None, loop_stop=None):
 
 @torch.no_grad()
 def beam_search(
-    model, encoder_out, beam_size=5, max_new_tokens=None, length_penalty=1.0, loop_stop=None
+    model,
+    encoder_out,
+    beam_size=5,
+    max_new_tokens=None,
+    length_penalty=1.0,
+    loop_stop=None,
+    prompts=None,
 ):
-    """Beam search for a batch.
+    """Beam search for a batch (``prompts``: one per row, equally long).
 
     Returns the best token list per utterance, without the prompt, and for each whether
     ``loop_stop`` ended it. Hypotheses are ranked by their summed log-probability divided by
@@ -116,12 +130,12 @@ def beam_search(
     # The first step runs once per utterance (the cross-attention keys are computed once);
     # choosing its top tokens then widens every row into ``beam_size`` beams.
     live = 1
-    step_input = torch.tensor([model.prefix_tokens] * batch, device=device)
+    step_input = _prompts(model, prompts, batch, device)
     scores = torch.zeros(batch, live, device=device)
     sequences = torch.empty(batch, 0, dtype=torch.long, device=device)
     finished = [[] for _ in range(batch)]
     done = [False] * batch
-    for step in range(_max_new_tokens(model, max_new_tokens)):
+    for step in range(_max_new_tokens(model, max_new_tokens, step_input)):
         logits = model.forward_decoder(step_input, encoder_out, cache)[:, -1].float()
         log_probs = _suppress(logits, model, step == 0).log_softmax(dim=-1)
         vocab = log_probs.shape[-1]
@@ -192,10 +206,15 @@ class GreedySearch:
     max_new_tokens: int | None = None
     loop_stop: LoopStop | None = None
 
-    def __call__(self, model, states):
-        """Token lists and loop-stop flags for every row of ``states`` (``EncoderStates``)."""
+    def __call__(self, model, states, prompts=None):
+        """Token lists and loop-stop flags for every row of ``states`` (``EncoderStates``),
+        each searched from its row of ``prompts`` (default: the model's prompt)."""
         return _search_by_window(
-            states, lambda out: greedy_search(model, out, self.max_new_tokens, self.loop_stop)
+            states,
+            prompts,
+            lambda out, rows_prompts: greedy_search(
+                model, out, self.max_new_tokens, self.loop_stop, prompts=rows_prompts
+            ),
         )
 
 
@@ -208,18 +227,30 @@ class BeamSearch:
     length_penalty: float = 1.0
     loop_stop: LoopStop | None = None
 
-    def __call__(self, model, states):
-        """Token lists and loop-stop flags for every row of ``states`` (``EncoderStates``)."""
+    def __call__(self, model, states, prompts=None):
+        """Token lists and loop-stop flags for every row of ``states`` (``EncoderStates``),
+        each searched from its row of ``prompts`` (default: the model's prompt)."""
         return _search_by_window(
             states,
-            lambda out: beam_search(
-                model, out, self.beam_size, self.max_new_tokens, self.length_penalty, self.loop_stop
+            prompts,
+            lambda out, rows_prompts: beam_search(
+                model,
+                out,
+                self.beam_size,
+                self.max_new_tokens,
+                self.length_penalty,
+                self.loop_stop,
+                prompts=rows_prompts,
             ),
         )
 
 
-def _search_by_window(states, search):
-    """Run ``search`` on each window's rows; (token lists, loop flags) in batch order."""
-    found = [list(zip(*search(out), strict=True)) for _, out in states.groups]
+def _search_by_window(states, prompts, search):
+    """Run ``search`` on each window's rows and their prompts; (token lists, loop flags) in
+    batch order."""
+    found = [
+        list(zip(*search(out, None if prompts is None else prompts[rows]), strict=True))
+        for rows, out in states.groups
+    ]
     hyps, looped = zip(*states.rejoin(found), strict=True)
     return list(hyps), list(looped)

@@ -21,7 +21,7 @@ from speechbrain.utils.checkpoints import Checkpointer
 from transformers import WhisperProcessor
 
 from whisper_finetuning.audio import CHUNK_SECONDS  # what transformers and faster-whisper pad to
-from whisper_finetuning.scoring import min_wer_earliest
+from whisper_finetuning.selection import best_earliest
 
 READABLE_FILE, READABLE_DIR = 0o644, 0o755
 CT2_SUBFOLDER = "ctranslate2"
@@ -57,8 +57,8 @@ def save_whisper_dir(model, tokenizer, feature_extractor, dest):
 
 
 def load_best(experiment_folder, epoch=None):
-    """The run's ``WhisperASR`` with its min-WER (or epoch ``epoch``'s) checkpoint loaded,
-    and that checkpoint.
+    """The run's ``WhisperASR`` with its selected checkpoint (best by the run's
+    ``selection_metric``, WER by default) or epoch ``epoch``'s loaded, and that checkpoint.
 
     Works from any directory: the checkpoints are looked up in ``EXPERIMENT_FOLDER/save``, not
     at the (possibly relative) path the run was started with.
@@ -82,7 +82,8 @@ def load_best(experiment_folder, epoch=None):
         predicate = lambda ckpt: ckpt.meta.get("epoch") == epoch  # noqa: E731
         checkpoint = checkpointer.recover_if_possible(ckpt_predicate=predicate)
     else:
-        checkpoint = checkpointer.recover_if_possible(importance_key=min_wer_earliest)
+        metric = hparams.get("selection_metric", "WER")
+        checkpoint = checkpointer.recover_if_possible(importance_key=best_earliest(metric))
     if checkpoint is None:
         raise FileNotFoundError(f"no checkpoint in {save_folder}: train first")
     return hparams["whisper"], checkpoint

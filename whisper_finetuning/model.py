@@ -34,13 +34,16 @@ from transformers import (
     WhisperForConditionalGeneration,
     WhisperTokenizer,
 )
+from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
 
 from whisper_finetuning.audio import CHUNK_SECONDS, SAMPLE_RATE
 from whisper_finetuning.bundled import resolve_source
+from whisper_finetuning.scoring import ENGLISH
 from whisper_finetuning.training.checkpointing import atomic_torch_save
 
 MAX_TARGET_POSITIONS = 448
 LOG_MEL_DYNAMIC_RANGE = 8.0  # log10 units kept below each utterance's maximum
+TASKS = ("transcribe", "translate")
 
 
 @dataclass
@@ -91,9 +94,10 @@ class WhisperASR(torch.nn.Module):
         train (e.g. ``encoder_attn``: the decoder's cross-attention). Applied after the
         freezing flags.
     language : str or None
-        Language for multilingual checkpoints (``german``, ``de``); ignored by ``.en`` models.
+        Default language for multilingual checkpoints (``german``, ``de``): the prompt of rows
+        whose manifest gives none (``prompt``); ``.en`` models transcribe English only.
     task : str
-        ``transcribe`` or ``translate`` for multilingual checkpoints.
+        ``transcribe`` or ``translate`` (multilingual checkpoints only).
     window_seconds : int
         Each clip is padded to the smallest multiple of this many seconds that holds it, at
         most 30 (30: every clip to 30 s, as Whisper was trained). Shorter windows make the
@@ -140,8 +144,19 @@ class WhisperASR(torch.nn.Module):
             persistent=False,
         )
         self.register_buffer("window", torch.hann_window(self.feature_extractor.n_fft), False)
-        self.language = language
-        self.prefix_tokens = self._prefix_tokens(language, task)
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, not '{task}'")
+        self.task = task
+        if not self.is_multilingual and task != "transcribe":
+            raise ValueError(
+                f"task {task} needs a multilingual checkpoint; {source} is English-only (.en)"
+            )
+        self.language = None if language is None else self.language_name(language)
+        self._prompts = {}
+        # The default prompt (None for a multilingual model without a default language).
+        self.prefix_tokens = None
+        if self.language is not None or not self.is_multilingual:
+            self.prefix_tokens = self.prompt(self.language)
         self.eot = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
         self.pad = self.model.config.pad_token_id
         self._set_trainable(
@@ -172,28 +187,51 @@ class WhisperASR(torch.nn.Module):
         """English-only checkpoints have 51864 tokens; multilingual ones have more."""
         return self.model.config.vocab_size > 51864
 
-    @property
-    def is_english(self):
-        """True when transcripts are English: an ``.en`` checkpoint, or English chosen."""
-        return not self.is_multilingual or _language_code(self.language) == "en"
+    def language_name(self, language):
+        """Whisper's name of ``language`` (a name or code; None: the default language).
 
-    def _prefix_tokens(self, language, task):
-        """The decoder prompt: start, then language and task for multilingual models."""
-        tokens = ["<|startoftranscript|>"]
-        if self.is_multilingual:
-            if language is None:
+        Raises a one-line ValueError for a language Whisper lacks, for a multilingual model
+        without one, and for a language other than English on an English-only model.
+        """
+        if language is None:
+            language = self.language
+        if language is None:
+            if self.is_multilingual:
                 raise ValueError(
-                    "a multilingual Whisper needs a language: pass --language=<name or code>"
+                    "a multilingual Whisper needs a language: give the manifest a 'language' "
+                    "column or pass --language=<name or code>"
                 )
-            tokens += [f"<|{_language_code(language)}|>", f"<|{task}|>"]
-        tokens.append("<|notimestamps|>")
-        ids = self.tokenizer.convert_tokens_to_ids(tokens)
-        unknown = [
-            tok for tok, i in zip(tokens, ids, strict=True) if i == self.tokenizer.unk_token_id
-        ]
-        if unknown:
-            raise ValueError(f"the tokenizer does not know the prompt tokens {unknown}")
-        return ids
+            return ENGLISH
+        name = LANGUAGES[_language_code(language)]
+        if name != ENGLISH and not self.is_multilingual:
+            raise ValueError(
+                f"an English-only (.en) checkpoint cannot transcribe {name}: use a multilingual "
+                "one (e.g. --whisper_hub=bundled:base)"
+            )
+        return name
+
+    def prompt(self, language=None):
+        """The decoder prompt of a row in ``language`` (None: the default): start, then
+        language and task for multilingual models, then no timestamps."""
+        name = self.language_name(language)
+        if name not in self._prompts:
+            tokens = ["<|startoftranscript|>"]
+            if self.is_multilingual:
+                tokens += [f"<|{_language_code(name)}|>", f"<|{self.task}|>"]
+            tokens.append("<|notimestamps|>")
+            ids = self.tokenizer.convert_tokens_to_ids(tokens)
+            unknown = [
+                tok for tok, i in zip(tokens, ids, strict=True) if i == self.tokenizer.unk_token_id
+            ]
+            if unknown:
+                raise ValueError(f"the tokenizer does not know the prompt tokens {unknown}")
+            self._prompts[name] = ids
+        return self._prompts[name]
+
+    @property
+    def prompt_length(self):
+        """Tokens in every prompt (all languages alike): 4 multilingual, 2 English-only."""
+        return 4 if self.is_multilingual else 2
 
     def _set_trainable(self, freeze, freeze_encoder, trainable_encoder_layers, patterns):
         """Set ``requires_grad`` from the freezing options (see the class docstring)."""
@@ -403,14 +441,15 @@ def _trains(modules):
 
 def _language_code(language):
     """Whisper's language token code for a language name or code (``german`` -> ``de``)."""
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
-
-    language = language.lower()
+    language = str(language).strip().lower()
     if language in LANGUAGES:
         return language
     if language in TO_LANGUAGE_CODE:
         return TO_LANGUAGE_CODE[language]
-    raise ValueError(f"unknown Whisper language '{language}'")
+    raise ValueError(
+        f"unknown Whisper language '{language}'; valid codes (or their names): "
+        f"{', '.join(sorted(LANGUAGES))}"
+    )
 
 
 def _generation_config(source, save_path, model):

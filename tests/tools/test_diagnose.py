@@ -683,3 +683,22 @@ def test_repetition_loops_are_found_with_their_share_of_the_wer(tmp_path, diagno
     assert "Valid transcripts with repetition loops: epoch 2: 2 (" in " ".join(result["verdict"])
     report = (folder / "diagnostics" / "report.md").read_text()
     assert "## Repetition loops in the valid transcripts" in report
+
+
+def test_the_run_selection_metric_picks_the_reported_epoch(tmp_path):
+    folder = make_run(tmp_path)
+    epochs = read_jsonl(folder / "epochs.jsonl")
+    bleus = [50.0, 61.5, 61.5][: len(epochs)]  # a tie: the earlier epoch is kept
+    (folder / "epochs.jsonl").write_text(
+        "".join(json.dumps({**e, "BLEU": b}) + "\n" for e, b in zip(epochs, bleus, strict=True))
+    )
+    run = json.loads((folder / "run.json").read_text())
+    (folder / "run.json").write_text(json.dumps({**run, "selection_metric": "BLEU"}))
+    result = diagnose.run(folder)
+    assert (result["selection_metric"], result["best_metric_epoch"]) == ("BLEU", 2)
+    assert [r.get("BLEU") for r in result["epochs"]] == bleus
+    sentence = (
+        f"selection_metric is BLEU: train.py keeps epoch 2 (valid BLEU 61.50); the min-WER "
+        f"epoch is {result['best_wer_epoch']}."
+    )
+    assert sentence in result["verdict"]

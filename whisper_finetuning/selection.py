@@ -1,0 +1,48 @@
+"""The checkpoint selection rule: the best valid score by ``selection_metric``, earliest on ties.
+
+Standard library only, so the analysis tools (diagnosis, review) apply the same rule as
+train.py and the export.
+"""
+
+import math
+
+# Checkpoint metadata key -> direction: -1 when lower is better, +1 when higher is.
+SELECTION_DIRECTIONS = {"loss": -1, "WER": -1, "CER": -1, "BLEU": 1, "chrF": 1}
+SELECTION_METRICS = ("WER", "CER", "BLEU", "chrF")  # what selection_metric may name
+
+
+def check_selection_metric(name):
+    """``name`` if it is a selection metric, else a ValueError naming the valid ones."""
+    if name not in SELECTION_METRICS:
+        raise ValueError(
+            f"selection_metric must be one of {', '.join(SELECTION_METRICS)}, not '{name}'"
+        )
+    return name
+
+
+def best_earliest(key):
+    """Checkpoint importance by valid ``key`` (``WER``, ``BLEU``, ``loss``...): the best value
+    first (lowest, or highest for BLEU and chrF), the earlier epoch on ties."""
+    direction = SELECTION_DIRECTIONS[key]
+
+    def importance(ckpt):
+        if key not in ckpt.meta:
+            return (-math.inf, 0)
+        return (direction * ckpt.meta[key], -ckpt.meta["epoch"])
+
+    importance.__name__ = f"best_{key}_earliest"
+    return importance
+
+
+min_wer_earliest = best_earliest("WER")
+min_loss_earliest = best_earliest("loss")
+
+
+def best_epoch(records, key):
+    """The epoch of the best per-epoch record (``{"epoch", key, ...}``) by ``key``, the
+    earlier on ties; records without ``key`` are ignored (None when none has it)."""
+    direction = SELECTION_DIRECTIONS[key]
+    scored = [r for r in records if r.get(key) is not None]
+    if not scored:
+        return None
+    return min(scored, key=lambda r: (-direction * r[key], r["epoch"]))["epoch"]
