@@ -119,8 +119,9 @@ def fails_before_writing(args, output):
     code, stderr = run_forked(args)
     assert code == 1, stderr[-3000:]
     written = {p.name for p in output.rglob("*") if p.is_file()} if output.exists() else set()
-    # SpeechBrain's per-start records (with its copy of train.py), nothing of the run.
-    assert written <= REWRITTEN_EACH_START | APPEND_ONLY | {"train.py"}, written
+    # SpeechBrain's per-start records (with its copy of train.py) and the folder's run lock,
+    # nothing of the run.
+    assert written <= REWRITTEN_EACH_START | APPEND_ONLY | {"train.py", "run.lock"}, written
     assert not (output / "data_report.json").exists()
     return one_line_error(stderr)
 
