@@ -312,14 +312,20 @@ def test_references_with_no_word_are_left_out_of_wer_and_counted():
     assert south == {
         "wer": None,
         "cer": None,
+        "bleu": None,
+        "chrf": None,
         "ci95": None,
+        "cer_ci95": None,
+        "bleu_ci95": None,
+        "chrf_ci95": None,
         "n": 0,
         "words": 0,
         "n_unscorable": 2,
     }
     assert summary["per_group"]["dialect"]["north"]["words"] == 5
     text = scoring.format_summary({**summary, "model": None}, "test")
-    assert "| south | no reference words | - | no reference words | 0 |" in text
+    no = "no reference words"
+    assert f"| south | {no} | - | {no} | {no} | - | {no} | - | 0 |" in text
     assert "n=2, 2 reference(s) with no word left out" in text
 
 
@@ -329,7 +335,8 @@ def test_a_set_of_only_such_references_has_no_wer():
     summary = scorer.summary()
     assert summary["wer"] is None and summary["cer"] is None and summary["wer_ci95"] is None
     assert scoring.format_headline(summary) == (
-        "WER and CER undefined (no reference words), n=0, 1 reference(s) with no word left out"
+        "WER, CER, BLEU and chrF undefined (no reference words), n=0, 1 reference(s) with no word "
+        "left out"
     )
 
 

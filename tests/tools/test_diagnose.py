@@ -875,3 +875,22 @@ def test_a_planted_shift_is_claimed_from_a_clean_comparison(
     assert [c["comparison"] for c in shift["comparisons"]] == [comparison]
     assert shift["valid_nll"] - shift["train_unseen_nll"] > 0.25  # half the planted 0.5
     assert "Valid utterances are harder" in " ".join(shifted["verdict"])
+
+
+def test_the_run_selection_metric_picks_the_reported_epoch(tmp_path):
+    folder = make_run(tmp_path)
+    epochs = read_jsonl(folder / "epochs.jsonl")
+    bleus = [50.0, 61.5, 61.5][: len(epochs)]  # a tie: the earlier epoch is kept
+    (folder / "epochs.jsonl").write_text(
+        "".join(json.dumps({**e, "BLEU": b}) + "\n" for e, b in zip(epochs, bleus, strict=True))
+    )
+    run = json.loads((folder / "run.json").read_text())
+    (folder / "run.json").write_text(json.dumps({**run, "selection_metric": "BLEU"}))
+    result = diagnose.run(folder)
+    assert (result["selection_metric"], result["best_metric_epoch"]) == ("BLEU", 2)
+    assert [r.get("BLEU") for r in result["epochs"]] == bleus
+    sentence = (
+        f"selection_metric is BLEU: train.py keeps epoch 2 (valid BLEU 61.50); the min-WER "
+        f"epoch is {result['best_wer_epoch']}."
+    )
+    assert sentence in result["verdict"]

@@ -221,7 +221,7 @@ def test_greedy_search_with_timestamps_equals_transformers_generate(whisper, tin
             feats, return_timestamps=True, max_new_tokens=20, do_sample=False
         ).tolist()
     prompt = whisper.prompt(timestamps=True)
-    ours, _ = greedy_search(whisper, encoder_out, 20, prompt=prompt, timestamps=True)
+    ours, _ = greedy_search(whisper, encoder_out, 20, prompts=[prompt] * 3, timestamps=True)
     for hyp, ref in zip(ours, reference, strict=True):
         ref = ref[len(prompt) :] if ref[: len(prompt)] == prompt else ref
         # generate counts the start token in its 20 and appends a second pass over the
