@@ -534,7 +534,7 @@ def test_speechbrain_train_log_is_parsed_exactly_and_the_gaps_are_explained(tmp_
         (3, 6e-6, 1.41, 1.21, 18.70),
     ]
     assert (result["best_loss_epoch"], result["best_wer_epoch"]) == (2, 3)
-    assert result["available_analyses"] == ["best_epochs", "loss_wer_spearman"]
+    assert result["available_analyses"] == ["best_epochs", "best_metric_epoch", "loss_wer_spearman"]
     assert "per-step" in result["skipped"]["epoch_boundary"]
     assert "valid/utterances_epochN.jsonl" in result["skipped"]["wer_difference"]
     assert any("epoch mean" in note for note in result["notes"])
@@ -728,7 +728,7 @@ def test_degenerate_logs_are_reported_not_crashed_on(tmp_path):
     assert "per-step losses of at least two epochs" in result["skipped"]["epoch_boundary"]
     assert "needs both a min-loss and a min-WER epoch" in result["skipped"]["wer_difference"]
     assert any("line 10 is not JSON" in note for note in result["notes"])
-    assert set(result["available_analyses"]) == {"best_epochs"}
+    assert set(result["available_analyses"]) == {"best_epochs", "best_metric_epoch"}
 
 
 def test_repetition_loops_are_found_with_their_share_of_the_wer(tmp_path, diagnosed):
