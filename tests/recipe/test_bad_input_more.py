@@ -157,9 +157,10 @@ BAD_SETTINGS = [
     ),
     (
         "--whisper_hub=bundled:small",
-        "whisper_hub must be bundled:tiny.en, a Hugging Face Hub name or a local model folder, "
-        "not 'bundled:small' (no such bundled model)",
+        "whisper_hub must be bundled:tiny.en, bundled:base, a Hugging Face Hub name or a local "
+        "model folder, not 'bundled:small' (no such bundled model)",
     ),
+    ("--selection_metric=bleu", "selection_metric must be one of WER, CER, BLEU, chrF, not 'bleu'"),
 ]
 
 
@@ -178,8 +179,21 @@ def test_bad_setting_stops_before_the_output_folder_exists(finished, tmp_path):
 def test_a_model_folder_without_a_model(finished, tmp_path):
     message = refused(finished, f"--whisper_hub={tmp_path}")
     assert message == (
-        "error: whisper_hub must be bundled:tiny.en, a Hugging Face Hub name or a local model "
-        f"folder, not '{tmp_path}' (a folder without config.json)"
+        "error: whisper_hub must be bundled:tiny.en, bundled:base, a Hugging Face Hub name or a "
+        f"local model folder, not '{tmp_path}' (a folder without config.json)"
+    )
+
+
+def test_settings_an_english_only_model_cannot_follow(finished, random_whisper_dir):
+    """Translation, or a language other than English, on a .en checkpoint: found from its
+    config.json before the model is built."""
+    assert refused(finished, "--task=translate") == (
+        f"error: task translate needs a multilingual checkpoint; {random_whisper_dir} is "
+        "English-only (.en)"
+    )
+    assert refused(finished, "--language=de") == (
+        "error: language de: an English-only (.en) checkpoint cannot transcribe it: use a "
+        "multilingual one (e.g. --whisper_hub=bundled:base)"
     )
 
 

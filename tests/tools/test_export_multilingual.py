@@ -45,7 +45,7 @@ def experiment(tmp_path_factory):
 
 @pytest.mark.slow
 def test_exported_multilingual_pipeline_transcribes_as_the_recipe_decoded(experiment, tmp_path):
-    dest = export_hf.export(experiment / "exp", tmp_path / "hf")
+    dest, _ = export_hf.export(experiment / "exp", tmp_path / "hf")
     pipe = transformers.pipeline("automatic-speech-recognition", model=str(dest), device="cpu")
     with open(experiment / "exp" / "manifests" / "valid.csv", newline="") as f:
         wavs = {row["ID"]: row["wav"] for row in csv.DictReader(f)}
