@@ -18,6 +18,7 @@ folder instead, which ``PeftModel.from_pretrained(base_model, DEST_DIR)`` loads 
 Command line: ``python -m tools.export_hf``.
 """
 
+import copy
 import shutil
 import sys
 import tempfile
@@ -118,6 +119,17 @@ def load_best(experiment_folder, epoch=None, allow_unvalidated=False):
     return hparams["whisper"], checkpoint
 
 
+def generation_config(whisper):
+    """The checkpoint's generation config with the run's task and default language (none when
+    rows named their own): a pipeline given no language or task then prompts as the run did
+    (a ``translate`` run translates)."""
+    config = copy.deepcopy(whisper.generation_config)
+    if whisper.is_multilingual:
+        config.task = whisper.task
+        config.language = whisper.language  # Whisper's name of it, or None
+    return config
+
+
 def describe(checkpoint):
     """Which checkpoint an export took, in words."""
     meta = checkpoint.meta
@@ -145,7 +157,7 @@ def export(
     else:
         if whisper.adapter_config is not None:
             model = model.merge_and_unload()
-        model.generation_config = whisper.generation_config
+        model.generation_config = generation_config(whisper)
         dest = save_whisper_dir(model, whisper.tokenizer, whisper.feature_extractor, dest_dir)
     selected = {"checkpoint": checkpoint.path.name, **checkpoint.meta}
     selected["encoder_window_seconds"] = whisper.window_seconds

@@ -322,3 +322,14 @@ def test_checkpoints_hold_only_trainable_parameters(random_whisper_dir, tmp_path
     torch.save({"model.decoder.embed_tokens.weight": torch.zeros(3, 3)}, tmp_path / "bad.ckpt")
     with pytest.raises(ValueError, match="does not fit this model"):
         fresh._load(tmp_path / "bad.ckpt", True)
+
+
+def test_the_export_prompts_as_the_run_did_when_a_pipeline_names_nothing(random_multilingual_dir):
+    from whisper_finetuning.export import generation_config
+
+    whisper = WhisperASR(random_multilingual_dir, None, language="de", task="translate")
+    exported = generation_config(whisper)
+    assert (exported.language, exported.task) == ("german", "translate")
+    assert getattr(whisper.generation_config, "task", None) is None  # the run's own: as it was
+    rows_named = generation_config(WhisperASR(random_multilingual_dir, None))
+    assert (rows_named.language, rows_named.task) == (None, "transcribe")
