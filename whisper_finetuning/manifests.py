@@ -148,6 +148,7 @@ def resolve_languages(dataset, name, whisper):
                 where = f"row {utt_id}: " if given else ""
                 raise DataError(f"{name}: {where}{error}") from None
         row["language"] = names[given]
+    dataset.pipeline.add_static_keys(["language"])  # a manifest without the column has it now
     return dataset
 
 
