@@ -153,9 +153,14 @@ def resolve_languages(dataset, name, whisper):
 
 
 def check_languages(named, data_folder, whisper):
-    """Resolve the languages of every manifest in ``{name: csv}`` before anything is written."""
+    """Resolve the languages of every manifest in ``{name: csv}`` before anything is written
+    (a manifest that does not load is left to the data checks, which name its problem)."""
     for name, csv_path in named.items():
-        resolve_languages(load_manifest(csv_path, data_folder), name, whisper)
+        try:
+            dataset = load_manifest(csv_path, data_folder)
+        except DataError:
+            continue
+        resolve_languages(dataset, name, whisper)
 
 
 def _row_problem(row, whisper):

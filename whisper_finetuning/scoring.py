@@ -338,8 +338,8 @@ class Scorer:
                 "words": wer["num_ref_tokens"],
                 "char_errors": cer["num_edits"],
                 "chars": cer["num_ref_tokens"],
-                "bleu_stats": bleu[i],
-                "chrf_stats": chrf[i],
+                "bleu_stats": bleu[n],
+                "chrf_stats": chrf[n],
             }
             utt.update({column: values[i] for column, values in groups.items()})
             if durations is not None:

@@ -271,6 +271,20 @@ def test_bleu_and_chrf_equal_sacrebleu_overall_and_per_group(tiny_en_dir, tmp_pa
     )
 
 
+def test_references_with_no_word_are_left_out_of_bleu_and_chrf_too(tiny_en_dir):
+    tokenizer = WhisperTokenizer.from_pretrained(tiny_en_dir)
+    scorer = Scorer(evaluation.Normalizers("auto", tokenizer), ["language"])
+    refs = ["?!...", GERMAN[0], "...", GERMAN[1]]
+    hyps = ["hallo", GERMAN_HYPS[0], "noch mehr", GERMAN_HYPS[1]]
+    scorer.append(["a", "b", "c", "d"], hyps, refs, {"language": ["german"] * 4})
+    summary = scorer.summary()
+    basic = BasicTextNormalizer()
+    kept_hyps, kept_refs = [basic(hyps[1]), basic(hyps[3])], [[basic(refs[1]), basic(refs[3])]]
+    assert summary["unscorable_ids"] == ["a", "c"] and summary["n_utterances"] == 2
+    assert summary["bleu"] == pytest.approx(sacrebleu.corpus_bleu(kept_hyps, kept_refs).score)
+    assert summary["chrf"] == pytest.approx(sacrebleu.corpus_chrf(kept_hyps, kept_refs).score)
+
+
 def test_bleu_interval_resamples_speaker_blocks():
     """The BLEU interval equals a direct bootstrap over speakers of sacrebleu's corpus BLEU."""
     rng = random.Random(5)
