@@ -176,6 +176,7 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         """Count the loss into the epoch's mean and the moving average; log each optimizer
         step's raw loss, rate, tokens and audio (before a checkpoint may be taken)."""
+        loss = loss.detach()
         if torch.isfinite(loss):
             self.epoch_loss_sum += float(loss)
             self.epoch_batches += 1

@@ -1,10 +1,12 @@
 """Shared fixtures (the bundled tiny.en converted once, tiny random Whisper checkpoints) and
 helpers: speech from espeak-ng, manifests, JSON-lines records."""
 
+import csv
 import inspect
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +104,47 @@ def speak(text, path, voice="en-us"):
     tmp.unlink()
     sf.write(path, audio, 16000)
     return path
+
+
+def fine_tune_tiny_en(root, tiny_en_dir, *overrides, timeout=900):
+    """One epoch of the demo recipe on the real tiny.en (4 training sentences x en-us, en-gb;
+    30 s windows, as transformers and faster-whisper use; no zero-shot pass) in ``root / 'exp'``
+    with its corpus in ``root / 'data'``; ``overrides`` are further ``--key=value`` hparams."""
+    require_espeak()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "hparams/demo_tiny_en.yaml",
+            f"--whisper_hub={tiny_en_dir}",
+            f"--data_folder={root / 'data'}",
+            f"--output_folder={root / 'exp'}",
+            "--prep_options={n_train_sentences: 4, n_valid_sentences: 2, n_test_sentences: 1, "
+            "voices: [en-us, en-gb]}",
+            "--number_of_epochs=1",
+            "--encoder_window_seconds=30",
+            "--zero_shot_eval=False",
+            "--num_workers=0",
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root
+
+
+def run_audio(root, utt_id):
+    """A valid or test utterance's audio from a ``fine_tune_tiny_en`` run, found through its
+    manifests."""
+    for split in ("valid", "test"):
+        with open(root / f"exp/manifests/{split}.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                if row["ID"] == utt_id:
+                    path = row["wav"].replace("$data_root", str(root / "data"))
+                    return sf.read(path, dtype="float32")[0]
+    raise KeyError(utt_id)
 
 
 def write_manifest(path, rows, columns=("ID", "duration", "wav", "spk_id", "wrd")):

@@ -194,6 +194,16 @@ def test_unreadable_manifest(experiment, unstarted, tmp_path):
     assert message == f"error: cannot read manifest {tmp_path}: Is a directory"
 
 
+def test_missing_long_form_manifest_is_refused_before_training(experiment, unstarted, tmp_path):
+    missing = tmp_path / "longform_test.csv"
+    message = fails_cleanly(
+        experiment, f"--longform_test_csv=[{missing}]", "--data_checks=off", folder=unstarted
+    )
+    assert message == (
+        f"error: long-form test set: cannot read manifest {missing}: No such file or directory"
+    )
+
+
 def test_unknown_hyperparameter(experiment):
     message = fails_cleanly(experiment, "--learning_rate=0.1")
     assert message == (

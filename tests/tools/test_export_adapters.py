@@ -1,18 +1,14 @@
 """A short LoRA fine-tune of the real tiny.en, exported merged (pipeline, CTranslate2) and as
 PEFT's adapter folder: each transcribes the valid set as the recipe's greedy decoding did."""
 
-import csv
 import json
-import subprocess
-import sys
 
 import numpy as np
 import peft
 import pytest
-import soundfile as sf
 import torch
 import transformers
-from conftest import read_jsonl, require_espeak
+from conftest import fine_tune_tiny_en, read_jsonl, run_audio
 
 from whisper_finetuning import export
 
@@ -21,46 +17,19 @@ from whisper_finetuning import export
 def experiment(tmp_path_factory, tiny_en_dir):
     """One epoch of LoRA (decoder attention, rank 8) on 8 utterances: 4 steps at a rate that
     moves the adapters."""
-    require_espeak()
     root = tmp_path_factory.mktemp("export_lora")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "hparams/demo_tiny_en.yaml",
-            f"--whisper_hub={tiny_en_dir}",
-            f"--data_folder={root / 'data'}",
-            f"--output_folder={root / 'exp'}",
-            "--prep_options={n_train_sentences: 4, n_valid_sentences: 2, n_test_sentences: 1, "
-            "voices: [en-us, en-gb]}",
-            "--number_of_epochs=1",
-            "--encoder_window_seconds=30",  # what transformers and faster-whisper use
-            "--zero_shot_eval=False",
-            "--trainable_patterns=[]",
-            "--adapter=lora",
-            "--lora_rank=8",
-            "--lora_alpha=16",
-            "--lr=0.001",
-            "--warmup_steps=1",
-            "--batch_size=2",
-            "--num_workers=0",
-        ],
-        capture_output=True,
-        text=True,
+    return fine_tune_tiny_en(
+        root,
+        tiny_en_dir,
+        "--trainable_patterns=[]",
+        "--adapter=lora",
+        "--lora_rank=8",
+        "--lora_alpha=16",
+        "--lr=0.001",
+        "--warmup_steps=1",
+        "--batch_size=2",
         timeout=1200,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return root
-
-
-def _audio(experiment, utt_id):
-    """An utterance's audio, found through the run's manifests."""
-    with open(experiment / "exp/manifests/valid.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            if row["ID"] == utt_id:
-                path = row["wav"].replace("$data_root", str(experiment / "data"))
-                return sf.read(path, dtype="float32")[0]
-    raise KeyError(utt_id)
 
 
 @pytest.mark.slow
@@ -91,7 +60,7 @@ def test_merged_and_adapter_exports_transcribe_as_the_recipe_decoded(
     with_adapters = peft.PeftModel.from_pretrained(base, adapter_dir).eval()
     prompt = pipe.tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", "<|notimestamps|>"])
     for utt in decoded:
-        audio = _audio(experiment, utt["id"])
+        audio = run_audio(experiment, utt["id"])
         heard = pipe({"raw": audio, "sampling_rate": 16000}, generate_kwargs={"num_beams": 1})
         assert heard["text"].strip() == utt["hyp"]
         features = pipe.feature_extractor(audio, sampling_rate=16000, return_tensors="pt")

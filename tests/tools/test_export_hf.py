@@ -1,15 +1,11 @@
 """A short real fine-tune of tiny.en, exported: the pipeline hears what the recipe decoded."""
 
-import csv
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-import soundfile as sf
 import transformers
-from conftest import read_jsonl, require_espeak
+from conftest import fine_tune_tiny_en, read_jsonl, run_audio
 
 from tools import export_hf
 from whisper_finetuning.export import CT2_SUBFOLDER
@@ -18,30 +14,8 @@ from whisper_finetuning.export import CT2_SUBFOLDER
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory, tiny_en_dir):
     """One epoch of cross-attention fine-tuning of the real tiny.en on 8 utterances."""
-    require_espeak()
     root = tmp_path_factory.mktemp("export")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "hparams/demo_tiny_en.yaml",
-            f"--whisper_hub={tiny_en_dir}",
-            f"--data_folder={root / 'data'}",
-            f"--output_folder={root / 'exp'}",
-            "--prep_options={n_train_sentences: 4, n_valid_sentences: 2, n_test_sentences: 1, "
-            "voices: [en-us, en-gb]}",
-            "--number_of_epochs=1",
-            "--encoder_window_seconds=30",  # what transformers and faster-whisper use
-            "--zero_shot_eval=False",
-            "--test_beam_size=5",
-            "--num_workers=0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return root
+    return fine_tune_tiny_en(root, tiny_en_dir, "--test_beam_size=5")
 
 
 @pytest.mark.slow
@@ -58,7 +32,7 @@ def test_exported_pipeline_transcribes_as_the_recipe_decoded(experiment, tmp_pat
         decoded = read_jsonl(experiment / f"exp/{stage}.jsonl")
         assert len(decoded) >= 2
         for utt in decoded:
-            audio = _audio(experiment, utt["id"])
+            audio = run_audio(experiment, utt["id"])
             heard = pipe({"raw": audio, "sampling_rate": 16000}, generate_kwargs=generate_kwargs)
             # Equal wherever the recipe's loop stop did not end a hypothesis: here, everywhere.
             assert heard["text"].strip() == utt["hyp"] and utt["loop_stopped"] is False
@@ -69,7 +43,7 @@ def test_exported_pipeline_transcribes_as_the_recipe_decoded(experiment, tmp_pat
     ct2_model = ctranslate2.models.Whisper(str(dest / CT2_SUBFOLDER))
     prompt = pipe.tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", "<|notimestamps|>"])
     for utt in read_jsonl(experiment / "exp/valid/utterances_epoch1.jsonl"):
-        audio = _audio(experiment, utt["id"])
+        audio = run_audio(experiment, utt["id"])
         features = pipe.feature_extractor(audio, sampling_rate=16000, return_tensors="np")
         result = ct2_model.generate(
             ctranslate2.StorageView.from_array(np.ascontiguousarray(features.input_features)),
@@ -83,14 +57,3 @@ def test_export_without_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert export_hf.main([str(tmp_path), str(tmp_path / "out")]) == 1
     assert "hyperparams.yaml not found" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
-
-
-def _audio(experiment, utt_id):
-    """An utterance's audio, found through the run's manifests."""
-    for split in ("valid", "test"):
-        with open(experiment / f"exp/manifests/{split}.csv", newline="") as f:
-            for row in csv.DictReader(f):
-                if row["ID"] == utt_id:
-                    path = row["wav"].replace("$data_root", str(experiment / "data"))
-                    return sf.read(path, dtype="float32")[0]
-    raise KeyError(utt_id)

@@ -2,14 +2,12 @@
 timestamped chunks, and the recipe's timestamp decoding equals transformers' generate."""
 
 import csv
-import subprocess
-import sys
 
 import pytest
 import soundfile as sf
 import torch
 import transformers
-from conftest import require_espeak
+from conftest import fine_tune_tiny_en
 
 from tools import export_hf
 from whisper_finetuning.decoding import greedy_search
@@ -20,31 +18,10 @@ from whisper_finetuning.model import WhisperASR
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory, tiny_en_dir):
     """One epoch of cross-attention fine-tuning of the real tiny.en, every target timestamped."""
-    require_espeak()
     root = tmp_path_factory.mktemp("export_timestamps")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "hparams/demo_tiny_en.yaml",
-            f"--whisper_hub={tiny_en_dir}",
-            f"--data_folder={root / 'data'}",
-            f"--output_folder={root / 'exp'}",
-            "--prep_options={n_train_sentences: 4, n_valid_sentences: 2, n_test_sentences: 1, "
-            "voices: [en-us, en-gb]}",
-            "--number_of_epochs=1",
-            "--encoder_window_seconds=30",
-            "--timestamp_probability=1.0",
-            "--zero_shot_eval=False",
-            "--diagnose_after_training=False",
-            "--num_workers=0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
+    return fine_tune_tiny_en(
+        root, tiny_en_dir, "--timestamp_probability=1.0", "--diagnose_after_training=False"
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return root
 
 
 @pytest.mark.slow

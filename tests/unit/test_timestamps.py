@@ -365,6 +365,10 @@ def test_a_probability_outside_0_to_1_is_refused_before_any_work():
     assert check({"longform_probability": 1.5}) == (
         "longform_probability must be a number from 0 to 1, not 1.5"
     )
+    assert check({"objective": "mwer", "longform_probability": 0.0}) is None
+    assert check({"objective": "mwer", "timestamp_probability": 0.5}) == (
+        "timestamp_probability must be 0 with objective mwer (it scores plain transcripts only)"
+    )
 
 
 def test_boundary_errors_match_each_reference_boundary_to_the_nearest():
