@@ -6,7 +6,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint system-packages test-system-packages clean
+.PHONY: demo demo-swiss test lint system-packages test-system-packages clean
 
 # Install Debian packages $(2) unless every command in $(1) is on PATH (as root, or with sudo).
 apt_install_missing = \
@@ -31,6 +31,10 @@ test-system-packages: system-packages
 
 demo: $(INSTALLED) system-packages
 	$(PYTHON) train.py hparams/demo_tiny_en.yaml
+
+# German, French and Italian espeak-ng voices; the bundled multilingual Whisper base.
+demo-swiss: $(INSTALLED) system-packages
+	$(PYTHON) train.py hparams/demo_swiss_base.yaml
 
 lint: $(INSTALLED)
 	$(PYTHON) -m ruff check .

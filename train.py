@@ -2,8 +2,9 @@
 """Fine-tune Whisper with SpeechBrain and keep the checkpoint with the lowest valid WER.
 
 Training minimises a label-smoothed NLL over the transcript tokens; validation decodes
-greedily and scores WER, which chooses the one checkpoint kept; the test sets are decoded with
-beam search by that checkpoint. Loss and WER can disagree: the checkpoint is chosen by WER.
+greedily and scores WER (or CER, BLEU, chrF: ``selection_metric``), which chooses the one
+checkpoint kept; the test sets are decoded with beam search by that checkpoint. Loss and WER
+can disagree: the checkpoint is chosen by WER. Each row is prompted in its own language.
 
 Example:
     python train.py hparams/whisper_small.yaml --data_folder=/path/to/data
@@ -36,6 +37,7 @@ from whisper_finetuning import (
     scoring,
 )
 from whisper_finetuning.config import HparamsError, load_hparams
+from whisper_finetuning.selection import SELECTION_METRICS, best_earliest, min_loss_earliest
 from whisper_finetuning.training import (
     averaging,
     distributed,
@@ -54,7 +56,7 @@ LOSS_EMA_DECAY = 0.98
 
 
 class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
-    """Fine-tunes Whisper on manifests; selects checkpoints by valid WER."""
+    """Fine-tunes Whisper on manifests; selects checkpoints by valid WER (selection_metric)."""
 
     resume_attributes = (
         "loss_ema",
@@ -69,10 +71,10 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
         """SpeechBrain's Brain, plus the text normaliser and the summaries' group columns."""
         super().__init__(*args, **kwargs)
         whisper = self.hparams.whisper
-        self.normalize = scoring.text_normalizer(
-            self.hparams.normalizer, whisper.tokenizer, whisper.is_english
+        self.normalize = scoring.Normalizers(
+            self.hparams.normalizer, whisper.tokenizer, english_only=not whisper.is_multilingual
         )
-        self.group_columns = self.hparams.group_columns
+        self.group_columns = group_columns(self.hparams.group_columns)
         self.output_folder = self.hparams.output_folder
         self.train_sampler = self.hparams.train_loader_kwargs.get("batch_sampler")
         self.init_checkpoint = None
@@ -100,12 +102,16 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
             utterance_ids=batch.id if stage == sb.Stage.TRAIN else None,
         )
         searched = None  # (token lists, loop-stop flags) in batch order; mwer.NBest in training
-        if stage == sb.Stage.TRAIN and self.hparams.objective == "mwer":
-            searched = mwer.n_best(self.hparams.whisper, states, self.hparams.mwer_search)
+        if stage == sb.Stage.TRAIN and self.hparams.objective != "mwer":
+            return hidden, searched
+        # Searches start from each row's own prompt (its language).
+        prompts = examples.row_prompts(tokens_bos, batch.prompt_len)
+        if stage == sb.Stage.TRAIN:
+            searched = mwer.n_best(self.hparams.whisper, states, self.hparams.mwer_search, prompts)
         elif stage == sb.Stage.VALID:
-            searched = self.hparams.valid_search(self.hparams.whisper, states)
+            searched = self.hparams.valid_search(self.hparams.whisper, states, prompts)
         elif stage == sb.Stage.TEST:
-            searched = self.hparams.test_search(self.hparams.whisper, states)
+            searched = self.hparams.test_search(self.hparams.whisper, states, prompts)
         return hidden, searched
 
     def compute_objectives(self, predictions, batch, stage):
@@ -131,14 +137,15 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
         )
         self.mwer_logged = None
         if stage == sb.Stage.TRAIN and self.hparams.objective == "mwer":
-            refs = list(batch.wrd) * (len(searched.tokens) // len(batch.id))  # augmented copies
+            copies = len(searched.tokens) // len(batch.id)  # augmented copies follow
             loss, self.mwer_logged = mwer.objective(
                 self.hparams.whisper,
                 searched,
-                refs,
+                list(batch.wrd) * copies,
                 self.normalize,
                 loss,
                 self.hparams.mwer_ce_weight,
+                list(batch.language) * copies,
             )
         groups = {c: getattr(batch, c) for c in self.group_columns if hasattr(batch, c)}
         if stage == sb.Stage.TRAIN:
@@ -228,15 +235,18 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
 
     @property
     def kept_checkpoints(self):
-        """Importance keys of the checkpoints kept: min WER; for review also min loss and last."""
+        """Importance keys of the checkpoints kept: the best by ``selection_metric``; for
+        review also min loss and last."""
+        selected = best_earliest(self.hparams.selection_metric)
         if self.hparams.review_checkpoints:
-            return [scoring.min_wer_earliest, scoring.min_loss_earliest, ckpt_recency]
-        return [scoring.min_wer_earliest]
+            return [selected, min_loss_earliest, ckpt_recency]
+        return [selected]
 
     def on_evaluate_start(self, max_key=None, min_key=None):
-        """Load the min-WER checkpoint (ties: the earlier epoch); ``min_key=None`` keeps weights."""
-        if min_key == "WER":
-            self.checkpointer.recover_if_possible(importance_key=scoring.min_wer_earliest)
+        """Load the best checkpoint by ``min_key`` (a selection metric; ties: the earlier
+        epoch); ``min_key=None`` keeps the weights."""
+        if min_key is not None:
+            self.checkpointer.recover_if_possible(importance_key=best_earliest(min_key))
 
     def on_stage_start(self, stage, epoch=None):
         """Note the epoch; start a fresh scorer (and token statistics) for valid and test."""
@@ -249,7 +259,7 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
             self.valid_token_stats = training_log.ValidTokenStats()
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Log the epoch; keep the min-WER checkpoint; write test summaries."""
+        """Log the epoch; keep the best checkpoint by selection_metric; write test summaries."""
         super().on_stage_end(stage, stage_loss, epoch)
         if stage == sb.Stage.TRAIN:
             self.train_stats = {
@@ -268,7 +278,7 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
                 self.scorer.write,
                 args=[self.test_folder, name, self.selected_epoch(), str(self.hparams.whisper_hub)],
             )
-        stats = {"loss": stage_loss, "WER": summary["wer"], "CER": summary["cer"]}
+        stats = {"loss": stage_loss, **{key: summary[key.lower()] for key in SELECTION_METRICS}}
         if stage == sb.Stage.VALID:
             stats_meta = {
                 "epoch": epoch,
@@ -315,7 +325,9 @@ class WhisperFineTuning(resilience.ResilientBrain, sb.Brain):
         """The epoch of the checkpoint the test stage uses (None when zero-shot)."""
         if self.checkpointer is None or self.test_folder != self.output_folder:
             return None
-        best = self.checkpointer.find_checkpoint(importance_key=scoring.min_wer_earliest)
+        best = self.checkpointer.find_checkpoint(
+            importance_key=best_earliest(self.hparams.selection_metric)
+        )
         return None if best is None else best.meta["epoch"]
 
 
@@ -326,7 +338,9 @@ def dataio_prepare(hparams, whisper):
     )
     datasets = {
         name: manifests.check_rows(
-            manifests.load_manifest(csv, hparams["data_folder"]),
+            manifests.resolve_languages(
+                manifests.load_manifest(csv, hparams["data_folder"]), name, whisper
+            ),
             name,
             whisper,
             hparams["on_bad_row"],
@@ -344,16 +358,17 @@ def dataio_prepare(hparams, whisper):
         """Mono 16 kHz waveform."""
         return audio.read_audio(wav)
 
-    @sb.utils.data_pipeline.takes("wrd")
+    @sb.utils.data_pipeline.takes("wrd", "language")
     @sb.utils.data_pipeline.provides("target_text", "tokens_bos", "tokens_eos", "prompt_len")
-    def text_pipeline(wrd):
-        """Transcript, prompt + transcript tokens (decoder input), transcript + EOT (targets),
-        prompt length."""
+    def text_pipeline(wrd, language):
+        """Transcript, the row's prompt (in its language) + transcript tokens (decoder input),
+        transcript + EOT (targets), prompt length."""
         yield wrd
+        prompt = whisper.prompt(language)
         tokens = whisper.encode_text(wrd)
-        yield torch.LongTensor(whisper.prefix_tokens + tokens)
+        yield torch.LongTensor(prompt + tokens)
         yield torch.LongTensor(tokens + [whisper.eot])
-        yield len(whisper.prefix_tokens)
+        yield len(prompt)
 
     train = datasets["train"]
     builder = examples.TrainingExamples(
@@ -404,7 +419,8 @@ def dataio_prepare(hparams, whisper):
             dataset.add_dynamic_item(builder.audio, takes="plan", provides="sig")
         else:
             dataset.add_dynamic_item(audio_pipeline)
-        group_keys = [c for c in hparams["group_columns"] if c in manifests.columns(dataset)]
+        columns = manifests.columns(dataset)
+        group_keys = [c for c in group_columns(hparams["group_columns"]) if c in columns]
         dataset.set_output_keys(
             ["id", audio_key, "duration", "wrd", "target_text", "tokens_bos", "tokens_eos"]
             + ["prompt_len", *group_keys]
@@ -430,7 +446,7 @@ def dataio_prepare(hparams, whisper):
 
 
 def main(argv):
-    """Prepare data, fine-tune, then evaluate every test set with the min-WER checkpoint."""
+    """Prepare data, fine-tune, then evaluate every test set with the selected checkpoint."""
     hparams_file, run_opts, overrides = sb.parse_arguments(distributed.accept_launch_flag(argv))
     try:  # the yaml builds the model: a wrong checkpoint or language fails here
         hparams, base_file, merged_overrides = load_hparams(hparams_file, overrides, run_opts)
@@ -449,7 +465,7 @@ def main(argv):
 
 
 def fine_tune(hparams, run_opts, base_file, merged_overrides):
-    """Prepare data, fine-tune, then evaluate every test set with the min-WER checkpoint."""
+    """Prepare data, fine-tune, then evaluate every test set with the selected checkpoint."""
     stopping.install()
     distributed.init_group(run_opts)
     trains = provenance.check_rerun(hparams)  # a checkpoint's data and settings stay its own
@@ -469,6 +485,16 @@ def fine_tune(hparams, run_opts, base_file, merged_overrides):
         except (OSError, ValueError, RuntimeError) as error:
             sys.exit(f"error: data preparation failed: {error}")
     whisper = hparams["whisper"]
+    try:  # a language Whisper or this checkpoint lacks stops the run before anything is written
+        manifests.check_languages(
+            manifests.named_manifests(
+                hparams["train_csv"], hparams["valid_csv"], hparams["test_csv"]
+            ),
+            hparams["data_folder"],
+            whisper,
+        )
+    except (manifests.DataError, ValueError) as error:
+        sys.exit(f"error: {error}")
     data_checks.check_before_training(hparams, whisper)
     try:
         datasets = dataio_prepare(hparams, whisper)
@@ -503,7 +529,7 @@ def fine_tune(hparams, run_opts, base_file, merged_overrides):
     stopping.defer(False)
     if hparams["average_checkpoints"] > 1:
         averaging.average_best_epochs(asr_brain, datasets["valid"], hparams["valid_loader_kwargs"])
-    # Training is over: mark it so, then keep only the min-WER end-of-epoch checkpoint
+    # Training is over: mark it so, then keep only the selected end-of-epoch checkpoint
     # (with review_checkpoints, the min-loss and last ones too).
     if if_main_process():
         runs.mark_fit_done(hparams["save_folder"], hparams["number_of_epochs"])
@@ -511,12 +537,14 @@ def fine_tune(hparams, run_opts, base_file, merged_overrides):
         num_to_keep=1, importance_keys=asr_brain.kept_checkpoints
     )
 
-    runs.decode_test_sets(asr_brain, test_sets, hparams, hparams["output_folder"], min_key="WER")
-    asr_brain.on_evaluate_start(min_key="WER")  # the long-form sets too: the min-WER checkpoint
+    metric = hparams["selection_metric"]
+    runs.decode_test_sets(asr_brain, test_sets, hparams, hparams["output_folder"], min_key=metric)
+    asr_brain.on_evaluate_start(min_key=metric)  # the long-form sets too: the kept checkpoint
     run_on_main(runs.decode_longform_sets, args=[asr_brain, hparams, hparams["output_folder"]])
     if hparams["zero_shot_eval"]:
         run_on_main(
-            scoring.write_comparison, args=[hparams["output_folder"], next(iter(test_sets))]
+            scoring.write_comparison,
+            args=[hparams["output_folder"], next(iter(test_sets)), hparams["comparison_group"]],
         )
         if hparams["longform_test_csv"]:
             run_on_main(
@@ -525,6 +553,12 @@ def fine_tune(hparams, run_opts, base_file, merged_overrides):
             )
     if hparams["diagnose_after_training"]:
         run_on_main(diagnose_run, args=[hparams["output_folder"]])
+
+
+def group_columns(columns):
+    """The columns summaries report per value: ``group_columns``, and always the language."""
+    columns = list(columns)
+    return columns if "language" in columns else [*columns, "language"]
 
 
 def make_brain(hparams, run_opts, **overrides):

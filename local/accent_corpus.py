@@ -51,7 +51,7 @@ HEADROOM_DB = 1  # espeak-ng peaks at full scale; resampling would overshoot and
 N_WORKERS = 2  # the demo machine has two cores
 
 DATA_ROOT = "$data_root"  # SpeechBrain replaces it with data_folder at load time
-MANIFEST_HEADER = ("ID", "duration", "wav", "spk_id", "dialect", "wrd")
+MANIFEST_HEADER = ("ID", "duration", "wav", "spk_id", "dialect", "language", "wrd")
 REQUIRED_TOOLS = ("espeak-ng", "sox")
 INSTALL_HINT = "run `apt-get install espeak-ng sox` (or `make demo`, which installs them)"
 
@@ -64,16 +64,33 @@ LONGFORM_HEADER = (*MANIFEST_HEADER, "segments")
 
 @dataclass(frozen=True)
 class Utterance:
-    """One sentence spoken by one voice."""
+    """One sentence spoken by one voice (an espeak-ng voice, ``+variant`` allowed)."""
 
     utt_id: str
     voice: str
     text: str
+    language: str = "english"
 
     @property
     def rel_wav(self) -> str:
         """Path of the audio file relative to the data folder."""
-        return f"wav/{self.voice}/{self.utt_id}.wav"
+        return f"wav/{voice_slug(self.voice)}/{self.utt_id}.wav"
+
+
+def voice_slug(voice: str) -> str:
+    """A voice as a file and ID part: ``de+m3`` -> ``de-m3``."""
+    return voice.replace("+", "-")
+
+
+def plan_split(
+    sentences: list[str], indices: list[int], voices: tuple[str, ...], language: str
+) -> list[Utterance]:
+    """Every sentence of ``indices`` spoken by every voice, in sentence order."""
+    return [
+        Utterance(f"{voice_slug(voice)}_s{index:04d}", voice, sentences[index], language)
+        for index in indices
+        for voice in voices
+    ]
 
 
 def load_sentences(path: Path = SENTENCES_FILE) -> list[str]:
@@ -171,6 +188,7 @@ def write_manifest(path: Path, utterances: list[Utterance], data_folder: Path) -
             f"{DATA_ROOT}/{utt.rel_wav}",
             utt.voice,
             utt.voice,
+            utt.language,
             utt.text,
         ]
         for utt in utterances
@@ -194,26 +212,30 @@ def prepare_accent_corpus(
     If those manifests already describe this configuration and all their wavs exist,
     returns at once without synthesising anything.
     """
-    data_folder, save_folder = Path(data_folder), Path(save_folder)
-    manifests = {split: save_folder / f"{split}.csv" for split in SPLITS}
     sentences = load_sentences()
     splits = split_sentences(
         len(sentences), n_valid_sentences, n_test_sentences, n_train_sentences, seed
     )
-    plan = {
-        split: [
-            Utterance(f"{voice}_s{index:04d}", voice, sentences[index])
-            for index in splits[split]
-            for voice in voices
-        ]
-        for split in SPLITS
-    }
-    result = {split: str(path) for split, path in manifests.items()}
+    plan = {split: plan_split(sentences, splits[split], voices, "english") for split in SPLITS}
+    data_folder, save_folder = Path(data_folder), Path(save_folder)
+    manifests = {split: save_folder / f"{split}.csv" for split in SPLITS}
+    resynthesised = not manifests_current(manifests, plan, data_folder)
+    result = synthesize_corpus(plan, data_folder, save_folder, seed)
     longform = save_folder / f"{LONGFORM}.csv"
+    if resynthesised or not longform_current(longform, data_folder):
+        write_longform(longform, plan["test"], data_folder, seed)
+    return result
+
+
+def synthesize_corpus(
+    plan: dict[str, list[Utterance]], data_folder: str | Path, save_folder: str | Path, seed: int
+) -> dict[str, str]:
+    """Speak the planned utterances of each split and write its manifest (unless current)."""
+    data_folder, save_folder = Path(data_folder), Path(save_folder)
+    manifests = {split: save_folder / f"{split}.csv" for split in SPLITS}
+    result = {split: str(path) for split, path in manifests.items()}
     if manifests_current(manifests, plan, data_folder):
-        logger.info("Accent corpus already prepared in %s", save_folder)
-        if not longform_current(longform, data_folder):
-            write_longform(longform, plan["test"], data_folder, seed)
+        logger.info("Corpus already prepared in %s", save_folder)
         return result
 
     check_tools()
@@ -228,7 +250,6 @@ def prepare_accent_corpus(
     save_folder.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
         write_manifest(manifests[split], plan[split], data_folder)
-    write_longform(longform, plan["test"], data_folder, seed)
     return result
 
 
@@ -278,6 +299,7 @@ def write_longform(path, utterances, data_folder, seed):
     manifest at ``path``."""
     rows = []
     (data_folder / "longform").mkdir(parents=True, exist_ok=True)
+    language = {utt.voice: utt.language for utt in utterances}  # one language per voice
     for rec_id, voice, parts in longform_recordings(utterances, data_folder, seed):
         last_start, last_clip, _ = parts[-1]
         audio = np.zeros(round(last_start * SAMPLE_RATE) + len(last_clip), dtype=np.float32)
@@ -291,7 +313,7 @@ def write_longform(path, utterances, data_folder, seed):
             sf.write(partial, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
         text = " ".join(text for _, _, text in parts)
         duration = f"{len(audio) / SAMPLE_RATE:.3f}"
-        row = [rec_id, duration, f"{DATA_ROOT}/{rel_wav}", voice, voice, text]
+        row = [rec_id, duration, f"{DATA_ROOT}/{rel_wav}", voice, voice, language[voice], text]
         rows.append([*row, json.dumps(segments)])
     write_csv(path, LONGFORM_HEADER, rows)
     logger.info("Long-form test set: %d recordings -> %s", len(rows), path)

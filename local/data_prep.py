@@ -1,11 +1,12 @@
 """Manifest preparation for Whisper fine-tuning.
 
-Turns three dataset layouts (LibriSpeech, Common Voice, a generic folder of audio plus a
-transcript TSV) into SpeechBrain CSV manifests with the columns ``ID,duration,wav,spk_id,wrd``
-followed by dataset-specific grouping columns (gender, accent, dialect, ...) used for per-group
-error rates; ``prepare`` also dispatches to the accent corpus, Hugging Face datasets
-(local/hf_dataset.py), Lhotse cuts (local/lhotse_cuts.py) and tar shards (local/shards.py),
-which write their manifests with this module's ``write_manifest``.
+Turns dataset layouts (LibriSpeech, Common Voice, a generic folder of audio plus a transcript
+TSV, and the Swiss German corpora STT4SG-350, SDS-200 and SwissDial) into SpeechBrain CSV
+manifests with the columns ``ID,duration,wav,spk_id,wrd`` followed by dataset-specific
+grouping columns (gender, accent, dialect, ...) used for per-group error rates; ``prepare``
+also dispatches to the espeak-ng corpora (local/accent_corpus.py, local/swiss_corpus.py),
+Hugging Face datasets (local/hf_dataset.py), Lhotse cuts (local/lhotse_cuts.py) and tar shards
+(local/shards.py), which write their manifests with this module's ``write_manifest``.
 
 * ``wav`` is written as ``$data_root/<relative path>`` (or an audio reference into a shard or
   dataset, see whisper_finetuning/audio_sources.py) so the manifests stay valid when the corpus
@@ -341,6 +342,142 @@ def hash_split(key: str) -> str:
     return "valid" if bucket < TRAIN_BUCKETS + VALID_BUCKETS else "test"
 
 
+# The Swiss German corpora pair dialect speech with Standard German text: every row is
+# prompted as German and keeps its dialect region or canton as a group column.
+SWISS_GERMAN = "german"
+SWISS_COLUMNS = ("dialect", "canton", "gender", "age", "language")
+
+
+def _swiss_utterance(utt_id, path, row, text, dialect, speaker_column="client_id"):
+    """One Swiss German row (audio at ``path``, relative to the data folder): Standard German
+    text, the dialect and the speaker's metadata."""
+    extras = {column: (row.get(column) or "").strip() for column in ("canton", "gender", "age")}
+    extras.update(dialect=dialect, language=SWISS_GERMAN)
+    wav = f"{DATA_ROOT}/{path}"
+    return Utterance(utt_id, wav, row.get(speaker_column) or "", (text or "").strip(), extras)
+
+
+def _find_audio(data_folder, folders, relative):
+    """``folder/relative`` for the first of ``folders`` (under ``data_folder``) holding it,
+    else under the first folder (then counted as missing audio)."""
+    for folder in folders:
+        if os.path.isfile(os.path.join(data_folder, folder, relative)):
+            return f"{folder}/{relative}"
+    return f"{folders[0]}/{relative}" if folders else relative
+
+
+def prepare_stt4sg350(
+    data_folder, save_folder, train_tsv="train_all.tsv", valid_tsv="valid.tsv", test_tsv="test.tsv"
+) -> dict:
+    """Prepare STT4SG-350 (v2.1 release): ``train_all.tsv`` (or ``train_balanced.tsv``),
+    ``valid.tsv``, ``test.tsv`` and the audio folders ``clips__train_valid*/`` and
+    ``clips__test/`` holding ``<speaker>/<clip>.flac`` as named by the ``path`` column.
+
+    ``wrd`` is the Standard German ``sentence``; ``dialect`` is ``dialect_region``;
+    ``spk_id`` is ``client_id``; ``canton``, ``gender`` and ``age`` are kept when present.
+    """
+    _require(data_folder, "STT4SG-350 data_folder")
+    clip_folders = sorted(
+        entry.name
+        for entry in os.scandir(data_folder)
+        if entry.is_dir() and entry.name.startswith("clips__")
+    )
+    outputs = _outputs(save_folder)
+    csv_paths = [outputs["train"], outputs["valid"], *outputs["test"]]
+    for csv_path, tsv_name in zip(csv_paths, (train_tsv, valid_tsv, test_tsv), strict=True):
+        tsv_path = os.path.join(data_folder, tsv_name)
+        _require(tsv_path, "STT4SG-350 TSV")
+        _, rows = _read_tsv(tsv_path)
+        folders = [f for f in clip_folders if ("test" in f) == (tsv_name == test_tsv)]
+        utterances = (
+            _swiss_utterance(
+                _tsv_id(row["path"] or ""),
+                _find_audio(data_folder, folders, row["path"] or ""),
+                row,
+                row.get("sentence"),
+                (row.get("dialect_region") or "").strip(),
+            )
+            for row in rows
+        )
+        write_manifest(csv_path, data_folder, utterances, SWISS_COLUMNS)
+    return outputs
+
+
+def prepare_sds200(data_folder, save_folder, splits_folder="splits") -> dict:
+    """Prepare SDS-200: ``splits/train.tsv``, ``valid.tsv``, ``test.tsv`` with the export's
+    columns (``clip_path``, ``sentence``, ``client_id``, ``canton``, ``zipcode``, ``age``,
+    ``gender``, ...) and the dated audio folder ``export_YYYYMMDD_clips*/``.
+
+    ``wrd`` is the Standard German ``sentence``; ``dialect`` is the speaker's ``canton``.
+    """
+    _require(data_folder, "SDS-200 data_folder")
+    clip_folders = sorted(
+        entry.name for entry in os.scandir(data_folder) if entry.is_dir() and "_clips" in entry.name
+    )
+    outputs = _outputs(save_folder)
+    csv_paths = [outputs["train"], outputs["valid"], *outputs["test"]]
+    for csv_path, split in zip(csv_paths, ("train", "valid", "test"), strict=True):
+        tsv_path = os.path.join(data_folder, splits_folder, f"{split}.tsv")
+        _require(tsv_path, "SDS-200 split TSV")
+        _, rows = _read_tsv(tsv_path)
+        utterances = (
+            _swiss_utterance(
+                _tsv_id(row["clip_path"] or ""),
+                _find_audio(data_folder, clip_folders, row["clip_path"] or ""),
+                row,
+                row.get("sentence"),
+                (row.get("canton") or "").strip(),
+            )
+            for row in rows
+        )
+        write_manifest(csv_path, data_folder, utterances, SWISS_COLUMNS)
+    return outputs
+
+
+SWISSDIAL_SENTENCES = "sentences_ch_de_transcribed.json"
+SWISSDIAL_DIALECTS = ("ch_ag", "ch_be", "ch_bs", "ch_gr", "ch_lu", "ch_sg", "ch_vs", "ch_zh")
+
+
+def prepare_swissdial(data_folder, save_folder, text="de") -> dict:
+    """Prepare SwissDial: ``sentences_ch_de_transcribed.json`` (a list of ``{"id", "de",
+    "ch_be", ...}``) and one folder per dialect (``ch_be/`` or ``be/``) holding
+    ``ch_be_NNNN.wav`` for sentence ``NNNN``.
+
+    ``wrd`` is the Standard German ``de`` text (``text: dialect``: the dialect's own
+    transcription). SwissDial has no released split: sentences are split 80/10/10 by a
+    stable hash of their id, so a sentence and its dialect versions share a split. Each
+    dialect has one speaker, who is ``spk_id`` and ``dialect``.
+    """
+    import json
+
+    sentences_path = os.path.join(data_folder, SWISSDIAL_SENTENCES)
+    _require(sentences_path, "SwissDial sentences")
+    if text not in ("de", "dialect"):
+        raise ValueError(f"SwissDial text must be 'de' or 'dialect', not '{text}'")
+    with open(sentences_path, encoding="utf-8") as f:
+        sentences = json.load(f)
+    by_split = {"train": [], "valid": [], "test": []}
+    for sentence in sentences:
+        index = int(sentence["id"])
+        for dialect in SWISSDIAL_DIALECTS:
+            if dialect not in sentence:
+                continue
+            name = f"{dialect}_{index:04d}.wav"
+            folders = [dialect, dialect.removeprefix("ch_")]
+            path = _find_audio(data_folder, folders, name)
+            label = sentence["de"] if text == "de" else sentence[dialect]
+            by_split[hash_split(str(index))].append(
+                _swiss_utterance(
+                    f"{dialect}_{index:04d}", path, {"client_id": dialect}, label, dialect
+                )
+            )
+    outputs = _outputs(save_folder)
+    csv_paths = [outputs["train"], outputs["valid"], *outputs["test"]]
+    for csv_path, utterances in zip(csv_paths, by_split.values(), strict=True):
+        write_manifest(csv_path, data_folder, utterances, SWISS_COLUMNS)
+    return outputs
+
+
 # Each dataset's preparer as "module:function", imported when chosen: the data-source modules
 # build on this module's writer, and their libraries load only when used.
 PREPARERS = {
@@ -348,6 +485,10 @@ PREPARERS = {
     "common_voice": "local.data_prep:prepare_common_voice",
     "tsv_folder": "local.data_prep:prepare_tsv_folder",
     "accent_corpus": "local.accent_corpus:prepare_accent_corpus",
+    "swiss_corpus": "local.swiss_corpus:prepare_swiss_corpus",
+    "stt4sg350": "local.data_prep:prepare_stt4sg350",
+    "sds200": "local.data_prep:prepare_sds200",
+    "swissdial": "local.data_prep:prepare_swissdial",
     "hf": "local.hf_dataset:prepare_hf",
     "lhotse": "local.lhotse_cuts:prepare_lhotse",
     "shards": "local.shards:prepare_shards",

@@ -16,7 +16,7 @@ import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from whisper_finetuning.audio import read_audio
-from whisper_finetuning.ct2 import ensure_tiny_en
+from whisper_finetuning.bundled import ensure_tiny_en
 from whisper_finetuning.vocabulary import ENGLISH_ONLY_VOCAB_SIZE
 
 TOKENIZER_FILES = (

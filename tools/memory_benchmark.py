@@ -102,7 +102,7 @@ def _measure(settings, model_dir, queue):
             torch.randn(settings.batch_size, 80, 2 * frames, generator=generator)
         ).detach()
     tokens = torch.randint(0, 50000, (settings.batch_size, settings.tokens), generator=generator)
-    first = len(whisper.prefix_tokens) - 1
+    first = whisper.prompt_length - 1
     lengths = torch.ones(settings.batch_size)
 
     def log_probs():

@@ -57,10 +57,12 @@ def build_session(args):
     if args.candidates:
         candidates = args.candidates
     else:
-        candidates = list(data.candidate_roles(data.read_epochs(exp)))
+        metric = data.selection_metric(exp)
+        candidates = list(data.candidate_roles(data.read_epochs(exp), metric))
         if len(candidates) < 2:
             raise data.ReviewError(
-                f"min-WER, min-loss and last are all epoch {candidates[0]}: nothing to compare; "
+                f"{data.role_name('selected', metric)}, min-loss and last are all epoch "
+                f"{candidates[0]}: nothing to compare; "
                 f"pick epochs with --candidates (validated: {data.valid_epochs(exp)})"
             )
     transcripts = data.load_transcripts(exp, candidates)
@@ -143,8 +145,9 @@ def summarize(argv):
     if not kept:
         sys.exit(f"error: no judgments in {log}: review first")
     columns = list(dict.fromkeys(c for j in kept.values() for c in j["groups"]))
-    summary = aggregate(kept, data.min_wer_epoch(epochs), columns)
-    roles = data.candidate_roles(epochs)
+    metric = data.selection_metric(exp)
+    summary = aggregate(kept, data.selected_epoch(epochs, metric), columns)
+    roles = data.candidate_roles(epochs, metric)
     summary["candidates"] = {
         str(e): {"roles": roles.get(e, []), "WER": epochs[e]["WER"], "loss": epochs[e]["loss"]}
         for e in map(int, summary["preference"])

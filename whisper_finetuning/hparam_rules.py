@@ -7,6 +7,7 @@ it allows. ``rerun_settings`` picks the values a rerun in a folder holding a tra
 must not change (``Rule.same_on_rerun``).
 """
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -18,13 +19,19 @@ from whisper_finetuning.audio import CHUNK_SECONDS
 from whisper_finetuning.bundled import BUNDLED_MODELS
 from whisper_finetuning.encoder_cache import MODES as ENCODER_CACHE_MODES
 from whisper_finetuning.manifests import BAD_ROW_POLICIES
+from whisper_finetuning.model import language_code
 from whisper_finetuning.mwer import OBJECTIVES
 from whisper_finetuning.scoring import NORMALIZERS
-from whisper_finetuning.vocabulary import MAX_TARGET_POSITIONS
+from whisper_finetuning.selection import SELECTION_METRICS
+from whisper_finetuning.vocabulary import (
+    ENGLISH_CODE,
+    MAX_TARGET_POSITIONS,
+    TASKS,
+    is_multilingual,
+)
 
 SORTINGS = ("random", "ascending", "descending")
 PRECISIONS = ("fp32", "bf16", "fp16")
-TASKS = ("transcribe", "translate")
 SAVE_FOLDER = "save"  # save_folder's place in an output folder, as the yaml has it
 DATA_CHECKS = ("error", "warn", "off")
 
@@ -128,6 +135,28 @@ def _model_source(value):
     return None
 
 
+def _whisper_language(value):
+    """A language Whisper knows (name or code); the valid codes when not."""
+    try:
+        language_code(value)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def english_only(whisper_hub):
+    """Whether ``whisper_hub`` names an English-only (``.en``) checkpoint: a local folder by
+    its vocabulary size, a bundled or Hub name by its ``.en`` suffix; None when unknown."""
+    config = Path(os.path.expanduser(whisper_hub)) / "config.json"
+    if config.is_file():
+        try:
+            vocab_size = json.loads(config.read_text())["vocab_size"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return not is_multilingual(vocab_size)
+    return whisper_hub.rstrip("/").endswith(".en")
+
+
 def _validated_run(value):
     """A train.py output folder whose ``save`` holds a checkpoint with a valid WER."""
     if not validated_checkpoints(value):
@@ -197,7 +226,12 @@ RULES = {
         words="the output folder of a run with a validated checkpoint",
     ),
     "whisper_cache": Rule("str", nullable=True, **RERUN_MAY_CHANGE),
-    "language": Rule("str", nullable=True),
+    "language": Rule(
+        "str",
+        nullable=True,
+        check=_whisper_language,
+        words="a language Whisper knows (name or code, e.g. german or de)",
+    ),
     "task": _choice(*TASKS),
     "freeze": BOOL,
     "freeze_encoder": BOOL,
@@ -205,6 +239,8 @@ RULES = {
     "trainable_patterns": STR_LIST,
     "encoder_window_seconds": _int(1, CHUNK_SECONDS),
     "normalizer": _choice("auto", *NORMALIZERS),
+    # the valid score that keeps the checkpoint; changing it on a rerun changes what is kept
+    "selection_metric": _choice(*SELECTION_METRICS),
     "encoder_cache": _choice(*ENCODER_CACHE_MODES, **RERUN_MAY_CHANGE),
     "encoder_cache_folder": PATH,
     "cross_attention_cache_mb": _int(0, **RERUN_MAY_CHANGE),
@@ -233,6 +269,7 @@ RULES = {
     "nonfinite_patience": _int(0, **RERUN_MAY_CHANGE),
     "num_workers": _int(0, **RERUN_MAY_CHANGE),
     "zero_shot_eval": Rule("bool", **RERUN_MAY_CHANGE),
+    "comparison_group": Rule("str", **RERUN_MAY_CHANGE),
     "diagnose_after_training": Rule("bool", **RERUN_MAY_CHANGE),
     "tensorboard": Rule("bool", **RERUN_MAY_CHANGE),
     "review_checkpoints": BOOL,
@@ -288,6 +325,19 @@ _NOT_WITH_MWER = ("timestamp_probability", "longform_probability", "condition_on
 
 def _combination_problem(values):
     """The first pair of individually valid values that cannot be used together, or None."""
+    hub = values.get("whisper_hub")
+    if isinstance(hub, str) and english_only(hub):
+        if values.get("task", "transcribe") != "transcribe":
+            return (
+                f"task {values['task']} needs a multilingual checkpoint; {hub} is English-only "
+                "(.en)"
+            )
+        language = values.get("language")
+        if language is not None and language_code(language) != ENGLISH_CODE:
+            return (
+                f"language {language}: an English-only (.en) checkpoint cannot transcribe it: "
+                "use a multilingual one (e.g. --whisper_hub=bundled:base)"
+            )
     if values.get("objective") == "mwer":
         for key in _NOT_WITH_MWER:
             if values.get(key):

@@ -27,7 +27,7 @@ from whisper_finetuning.audio import CHUNK_SECONDS, SAMPLE_RATE, read_audio
 from whisper_finetuning.decoding import greedy_search
 from whisper_finetuning.examples import Segment
 from whisper_finetuning.files import write_json, write_text
-from whisper_finetuning.manifests import has_no_rows, load_manifest
+from whisper_finetuning.manifests import has_no_rows, load_manifest, resolve_languages
 from whisper_finetuning.scoring import Scorer
 from whisper_finetuning.vocabulary import TIME_PRECISION
 
@@ -134,10 +134,14 @@ def transcribe_together(decode_windows, transcriptions):
 
 class WindowDecoder:
     """Decodes windows of recordings with a ``WhisperASR``: greedy, with timestamps, in
-    batches of at most ``batch_size`` windows, each padded to 30 s."""
+    batches of at most ``batch_size`` windows, each padded to 30 s and prompted in its
+    recording's language (``languages``; default: the model's)."""
 
-    def __init__(self, whisper, wavs, max_new_tokens=None, loop_stop=None, batch_size=8):
+    def __init__(
+        self, whisper, wavs, max_new_tokens=None, loop_stop=None, batch_size=8, languages=None
+    ):
         self.whisper, self.wavs = whisper, wavs
+        self.languages = languages or [None] * len(wavs)
         self.max_new_tokens, self.loop_stop, self.batch_size = max_new_tokens, loop_stop, batch_size
         self.looped = [False] * len(wavs)
 
@@ -146,7 +150,6 @@ class WindowDecoder:
         """The token lists of windows ``[(recording index, start, end), ...]``."""
         whisper = self.whisper
         device = next(whisper.parameters()).device
-        prompt = whisper.prompt(timestamps=True, previous=previous)
         found = []
         for first in range(0, len(requests), self.batch_size):
             batch = requests[first : first + self.batch_size]
@@ -154,8 +157,12 @@ class WindowDecoder:
             for row, (index, start, end) in enumerate(batch):
                 windows[row, : end - start] = self.wavs[index][start:end]
             encoder_out = whisper.encode(whisper.features(windows))
+            prompts = [
+                whisper.prompt(self.languages[index], timestamps=True, previous=previous)
+                for index, _, _ in batch
+            ]
             tokens, looped = greedy_search(
-                whisper, encoder_out, self.max_new_tokens, self.loop_stop, prompt, timestamps=True
+                whisper, encoder_out, self.max_new_tokens, self.loop_stop, prompts, timestamps=True
             )
             for (index, _, _), stopped in zip(batch, looped, strict=True):
                 self.looped[index] = self.looped[index] or stopped
@@ -199,16 +206,18 @@ def evaluate(
 ):
     """Decode and score one long-form manifest into ``folder`` (files ``*_longform_NAME``);
     returns the summary (None for a manifest without rows). Recordings are decoded together,
-    in batches of ``batch_size`` windows that share a prompt."""
+    in batches of ``batch_size`` windows that share the previous text, each prompted in its
+    recording's language (column ``language``, else the model's)."""
     if has_no_rows(csv_path):  # e.g. a demo corpus too small for a 40 s recording
         logger.warning("long-form set %s has no recordings: nothing decoded", csv_path)
         return None
-    dataset = load_manifest(csv_path, data_folder)
+    dataset = resolve_languages(load_manifest(csv_path, data_folder), name, whisper)
     ids = list(dataset.data_ids)
     rows = [dataset.data[utt_id] for utt_id in ids]
     whisper.eval()
     wavs = [read_audio(row["wav"]) for row in rows]
-    decoder = WindowDecoder(whisper, wavs, max_new_tokens, loop_stop, batch_size)
+    languages = [row["language"] for row in rows]
+    decoder = WindowDecoder(whisper, wavs, max_new_tokens, loop_stop, batch_size, languages)
     transcriptions = [
         Transcription(len(wav), whisper.timestamp_begin, condition_on_previous_text) for wav in wavs
     ]

@@ -140,6 +140,38 @@ def columns(dataset):
     return list(first)
 
 
+def resolve_languages(dataset, name, whisper):
+    """Set every row's ``language`` to Whisper's name of it: the manifest's ``language``
+    column (a name or code) where it has a value, else the model's default language.
+
+    A language Whisper lacks, a non-English row for an English-only model, or a row with no
+    language for a multilingual model without a default is a one-line DataError.
+    """
+    names = {}
+    for utt_id, row in dataset.data.items():
+        given = (row.get("language") or "").strip() or None
+        if given not in names:
+            try:
+                names[given] = whisper.language_name(given)
+            except ValueError as error:
+                where = f"row {utt_id}: " if given else ""
+                raise DataError(f"{name}: {where}{error}") from None
+        row["language"] = names[given]
+    dataset.pipeline.add_static_keys(["language"])  # a manifest without the column has it now
+    return dataset
+
+
+def check_languages(named, data_folder, whisper):
+    """Resolve the languages of every manifest in ``{name: csv}`` before anything is written
+    (a manifest that does not load is left to the data checks, which name its problem)."""
+    for name, csv_path in named.items():
+        try:
+            dataset = load_manifest(csv_path, data_folder)
+        except DataError:
+            continue
+        resolve_languages(dataset, name, whisper)
+
+
 def _row_problem(row, whisper):
     """Why a manifest row cannot be trained on, or None."""
     if not row["wrd"].strip():

@@ -34,15 +34,21 @@ from transformers import (
     WhisperForConditionalGeneration,
     WhisperTokenizer,
 )
+from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
 
 from whisper_finetuning import adapters, cross_attention_cache
 from whisper_finetuning.audio import CHUNK_SECONDS, SAMPLE_RATE
 from whisper_finetuning.bundled import resolve_source
 from whisper_finetuning.training.checkpointing import atomic_torch_save
 from whisper_finetuning.vocabulary import (
+    ENGLISH,
+    LANGUAGE_AND_TASK_TOKENS,
     MAX_PREVIOUS_TOKENS,
+    MAX_PROMPT_TOKENS,
     NO_TIMESTAMPS,
+    SOT,
     START_OF_PREV,
+    TASKS,
     is_multilingual,
 )
 
@@ -97,9 +103,10 @@ class WhisperASR(torch.nn.Module):
         train (e.g. ``encoder_attn``: the decoder's cross-attention). Applied after the
         freezing flags.
     language : str or None
-        Language for multilingual checkpoints (``german``, ``de``); ignored by ``.en`` models.
+        Default language for multilingual checkpoints (``german``, ``de``): the prompt of rows
+        whose manifest gives none (``prompt``); ``.en`` models transcribe English only.
     task : str
-        ``transcribe`` or ``translate`` for multilingual checkpoints.
+        ``transcribe`` or ``translate`` (multilingual checkpoints only).
     window_seconds : int
         Each clip is padded to the smallest multiple of this many seconds that holds it, at
         most 30 (30: every clip to 30 s, as Whisper was trained). Shorter windows make the
@@ -162,8 +169,19 @@ class WhisperASR(torch.nn.Module):
             persistent=False,
         )
         self.register_buffer("window", torch.hann_window(self.feature_extractor.n_fft), False)
-        self.language = language
-        self.prefix_tokens = self._prefix_tokens(language, task)
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, not '{task}'")
+        self.task = task
+        if not self.is_multilingual and task != "transcribe":
+            raise ValueError(
+                f"task {task} needs a multilingual checkpoint; {source} is English-only (.en)"
+            )
+        self.language = None if language is None else self.language_name(language)
+        self._prompts = {}
+        # The default prompt (None for a multilingual model without a default language).
+        self.prefix_tokens = None
+        if self.language is not None or not self.is_multilingual:
+            self.prefix_tokens = self.prompt(self.language)
         self.eot = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
         self.pad = self.model.config.pad_token_id
         self.adapter_config = None
@@ -223,39 +241,59 @@ class WhisperASR(torch.nn.Module):
         """Whether the checkpoint has language and task tokens (``.en`` ones do not)."""
         return is_multilingual(self.model.config.vocab_size)
 
-    @property
-    def is_english(self):
-        """True when transcripts are English: an ``.en`` checkpoint, or English chosen."""
-        return not self.is_multilingual or _language_code(self.language) == "en"
+    def language_name(self, language):
+        """Whisper's name of ``language`` (a name or code; None: the default language).
 
-    def _prefix_tokens(self, language, task):
-        """The decoder prompt: start, then language and task for multilingual models."""
-        tokens = ["<|startoftranscript|>"]
-        if self.is_multilingual:
-            if language is None:
+        Raises a one-line ValueError for a language Whisper lacks, for a multilingual model
+        without one, and for a language other than English on an English-only model.
+        """
+        if language is None:
+            language = self.language
+        if language is None:
+            if self.is_multilingual:
                 raise ValueError(
-                    "a multilingual Whisper needs a language: pass --language=<name or code>"
+                    "a multilingual Whisper needs a language: give the manifest a 'language' "
+                    "column or pass --language=<name or code>"
                 )
-            tokens += [f"<|{_language_code(language)}|>", f"<|{task}|>"]
-        tokens.append(NO_TIMESTAMPS)
-        ids = self.tokenizer.convert_tokens_to_ids(tokens)
-        unknown = [
-            tok for tok, i in zip(tokens, ids, strict=True) if i == self.tokenizer.unk_token_id
-        ]
-        if unknown:
-            raise ValueError(f"the tokenizer does not know the prompt tokens {unknown}")
-        return ids
+            return ENGLISH
+        name = LANGUAGES[language_code(language)]
+        if name != ENGLISH and not self.is_multilingual:
+            raise ValueError(
+                f"an English-only (.en) checkpoint cannot transcribe {name}: use a multilingual "
+                "one (e.g. --whisper_hub=bundled:base)"
+            )
+        return name
 
-    def prompt(self, timestamps=False, previous=()):
-        """A decoder prompt in Whisper's format: ``<|startofprev|>`` and the last
-        ``MAX_PREVIOUS_TOKENS`` of ``previous`` (when given), then ``prefix_tokens``, without
-        ``<|notimestamps|>`` when the transcript carries timestamps."""
-        no_timestamps = self.tokenizer.convert_tokens_to_ids(NO_TIMESTAMPS)
-        start = [t for t in self.prefix_tokens if not (timestamps and t == no_timestamps)]
+    def prompt(self, language=None, timestamps=False, previous=()):
+        """A row's decoder prompt in Whisper's format: ``<|startofprev|>`` and the last
+        ``MAX_PREVIOUS_TOKENS`` of ``previous`` (when given), then start of transcript, the
+        row's ``language`` (None: the default) and the task for multilingual models, then
+        ``<|notimestamps|>`` unless the transcript carries timestamps. The one prompt builder:
+        training rows, examples, searches and long-form decoding all call it."""
+        name = self.language_name(language)
+        if name not in self._prompts:
+            tokens = [SOT]
+            if self.is_multilingual:
+                tokens += [f"<|{language_code(name)}|>", f"<|{self.task}|>"]
+            tokens.append(NO_TIMESTAMPS)
+            ids = self.tokenizer.convert_tokens_to_ids(tokens)
+            unknown = [
+                tok for tok, i in zip(tokens, ids, strict=True) if i == self.tokenizer.unk_token_id
+            ]
+            if unknown:
+                raise ValueError(f"the tokenizer does not know the prompt tokens {unknown}")
+            self._prompts[name] = ids
+        start = self._prompts[name][:-1] if timestamps else self._prompts[name]
         if not previous:
-            return start
+            return list(start)
         start_of_prev = self.tokenizer.convert_tokens_to_ids(START_OF_PREV)
         return [start_of_prev, *list(previous)[-MAX_PREVIOUS_TOKENS:], *start]
+
+    @property
+    def prompt_length(self):
+        """Tokens in every plain prompt (all languages alike): ``MAX_PROMPT_TOKENS`` for
+        multilingual models, without the language and task tokens for English-only ones."""
+        return MAX_PROMPT_TOKENS - (0 if self.is_multilingual else LANGUAGE_AND_TASK_TOKENS)
 
     @property
     def timestamp_begin(self):
@@ -451,7 +489,7 @@ class WhisperASR(torch.nn.Module):
 
     def decoder_positions(self, text):
         """Decoder positions a transcript takes: prompt, its tokens and the end of text."""
-        return len(self.prefix_tokens) + len(self.encode_text(text)) + 1
+        return self.prompt_length + len(self.encode_text(text)) + 1
 
     def decode_text(self, tokens):
         """Text of generated token ids, special and timestamp tokens dropped."""
@@ -512,16 +550,17 @@ def _trains(modules):
     return any(p.requires_grad for m in modules for p in m.parameters())
 
 
-def _language_code(language):
+def language_code(language):
     """Whisper's language token code for a language name or code (``german`` -> ``de``)."""
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
-
-    language = language.lower()
+    language = str(language).strip().lower()
     if language in LANGUAGES:
         return language
     if language in TO_LANGUAGE_CODE:
         return TO_LANGUAGE_CODE[language]
-    raise ValueError(f"unknown Whisper language '{language}'")
+    raise ValueError(
+        f"unknown Whisper language '{language}'; valid codes (or their names): "
+        f"{', '.join(sorted(LANGUAGES))}"
+    )
 
 
 def _generation_config(source, save_path, model):

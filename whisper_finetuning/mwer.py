@@ -32,30 +32,41 @@ class NBest:
     scores: torch.Tensor
 
 
-def n_best(model, states, search):
+def n_best(model, states, search, prompts=None):
     """Search each row of ``states`` (``EncoderStates``) for its N-best list without gradients,
-    then score every hypothesis with gradients in one decoder pass per encoder window."""
-    lists = [[tokens for tokens, _ in hyps] for hyps in search.n_best(model, states)]
+    then score every hypothesis with gradients in one decoder pass per encoder window; each row
+    starts from its row of ``prompts`` (``[rows, length]``; default: the model's prompt)."""
+    lists = [[tokens for tokens, _ in hyps] for hyps in search.n_best(model, states, prompts)]
     width = max(len(hyps) for hyps in lists)
     scores = [
-        sequence_log_probs(model, out, [lists[row] for row in rows], width)
+        sequence_log_probs(
+            model,
+            out,
+            [lists[row] for row in rows],
+            width,
+            None if prompts is None else prompts[rows],
+        )
         for rows, out in states.groups
     ]
     return NBest(lists, states.rejoin(scores))
 
 
-def sequence_log_probs(model, encoder_out, lists, width):
+def sequence_log_probs(model, encoder_out, lists, width, prompts=None):
     """Teacher-forced log P(hypothesis + end of text | prompt, audio) of every hypothesis of
-    ``lists`` (one list per row of ``encoder_out``), as ``rows x width`` padded with ``-inf``."""
+    ``lists`` (one list per row of ``encoder_out``, each after its row of ``prompts``; default:
+    the model's prompt), as ``rows x width`` padded with ``-inf``."""
     counts = [len(hyps) for hyps in lists]
+    if prompts is None:
+        prompts = [model.prompt()] * len(lists)
+    row_prompts = [list(map(int, p)) for p, hyps in zip(prompts, lists, strict=True) for _ in hyps]
     targets = [tokens + [model.eot] for hyps in lists for tokens in hyps]
-    prompt = len(model.prefix_tokens)
+    prompt = len(row_prompts[0])  # every row's prompt is equally long
     length = max(len(t) for t in targets)
     device = encoder_out.device
     inputs = torch.full((len(targets), prompt + length - 1), model.pad, device=device)
     target = torch.full((len(targets), length), model.pad, device=device)
     for i, tokens in enumerate(targets):
-        inputs[i, : prompt + len(tokens) - 1] = torch.tensor(model.prefix_tokens + tokens[:-1])
+        inputs[i, : prompt + len(tokens) - 1] = torch.tensor(row_prompts[i] + tokens[:-1])
         target[i, : len(tokens)] = torch.tensor(tokens)
     ends = torch.tensor([len(t) for t in targets], device=device)
     mask = torch.arange(length, device=device)[None] < ends[:, None]
@@ -70,18 +81,27 @@ def sequence_log_probs(model, encoder_out, lists, width):
     return scores.index_put((rows.to(device), columns.to(device)), summed)
 
 
-def word_errors(normalize, lists, refs):
+def word_errors(normalize, lists, refs, languages=None):
     """Word errors of each hypothesis text against its reference (``rows x N``, 0 where a list
-    is shorter) and each reference's word count, both after ``normalize``."""
+    is shorter) and each reference's word count, both after ``normalize`` (given each row's
+    language, from ``languages``, when it is a ``scoring.Normalizers``)."""
     width = max(len(texts) for texts in lists)
     errors = torch.zeros(len(lists), width)
     words = torch.zeros(len(lists))
-    for row, (texts, ref) in enumerate(zip(lists, refs, strict=True)):
-        ref_words = normalize(ref).split()
+    languages = languages or [None] * len(refs)
+    for row, (texts, ref, language) in enumerate(zip(lists, refs, languages, strict=True)):
+        ref_words = _normalized(normalize, ref, language).split()
         words[row] = len(ref_words)
         for i, text in enumerate(texts):
-            errors[row, i] = edit_distance(normalize(text).split(), ref_words)
+            errors[row, i] = edit_distance(
+                _normalized(normalize, text, language).split(), ref_words
+            )
     return errors, words
+
+
+def _normalized(normalize, text, language):
+    """``text`` after ``normalize``, given the language when one is known."""
+    return normalize(text) if language is None else normalize(text, language)
 
 
 def expected_error_loss(scores, errors, words):
@@ -101,11 +121,11 @@ def expected_error_loss(scores, errors, words):
     return loss, 100 * expected / total_words, 100 * oracle / total_words
 
 
-def objective(model, found, refs, normalize, ce, ce_weight):
-    """MWER loss of ``found`` (an ``NBest``) against ``refs`` + ``ce_weight`` x ``ce``, and the
-    step's logged numbers (``STEP_KEYS``)."""
+def objective(model, found, refs, normalize, ce, ce_weight, languages=None):
+    """MWER loss of ``found`` (an ``NBest``) against ``refs`` (in ``languages``, for their
+    normalisers) + ``ce_weight`` x ``ce``, and the step's logged numbers (``STEP_KEYS``)."""
     texts = [[model.decode_text(tokens) for tokens in hyps] for hyps in found.tokens]
-    errors, words = word_errors(normalize, texts, refs)
+    errors, words = word_errors(normalize, texts, refs, languages)
     loss, expected, oracle = expected_error_loss(found.scores, errors, words)
     logged = {"expected_wer": expected, "oracle_wer": oracle, "ce": float(ce.detach())}
     return loss + ce_weight * ce, logged

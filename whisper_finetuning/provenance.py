@@ -21,7 +21,7 @@ from speechbrain.utils.checkpoints import Checkpointer
 from whisper_finetuning.export import describe
 from whisper_finetuning.hparam_rules import SAVE_FOLDER, rerun_settings
 from whisper_finetuning.manifests import named_manifests
-from whisper_finetuning.scoring import min_wer_earliest
+from whisper_finetuning.selection import best_earliest
 from whisper_finetuning.training.runs import fit_done_path
 
 logger = logging.getLogger(__name__)
@@ -90,14 +90,16 @@ def check_rerun(hparams):
 
 
 def start_from(hparams):
-    """With ``init_from``, load that run's min-WER checkpoint into the model, unless this
-    folder holds a checkpoint of its own (resumed instead); returns the one loaded or None."""
+    """With ``init_from``, load that run's best checkpoint by this run's ``selection_metric``
+    into the model, unless this folder holds a checkpoint of its own (resumed instead);
+    returns the one loaded or None."""
     source = hparams["init_from"]
     if source is None or holds_checkpoint(hparams):
         return None
     checkpointer = Checkpointer(Path(source) / SAVE_FOLDER, {"whisper": hparams["whisper"]})
     checkpoint = checkpointer.find_checkpoint(
-        importance_key=min_wer_earliest, ckpt_predicate=lambda ckpt: "WER" in ckpt.meta
+        importance_key=best_earliest(hparams["selection_metric"]),
+        ckpt_predicate=lambda ckpt: "WER" in ckpt.meta,
     )
     checkpointer.load_checkpoint(checkpoint)
     logger.info("starting from %s of %s", describe(checkpoint), source)

@@ -1,10 +1,12 @@
-"""Scoring transcripts: normalised WER and CER, bootstrap intervals, per-group numbers.
+"""Scoring transcripts: normalised WER, CER, BLEU and chrF, bootstrap intervals, per group.
 
 A ``Scorer`` collects one stage's utterances and writes what a user reads afterwards:
 ``wer_NAME.txt`` (SpeechBrain's ``%WER`` headline and per-utterance alignments),
 ``summary_NAME.json`` (headline numbers with 95% intervals, per group of any grouping column,
-per duration bucket, the most frequent word errors) and ``summary_NAME.md`` (the same as
-tables). ``small_valid_warning`` says when the validation set is too small to tell the
+per duration bucket, the most frequent word errors, the normaliser applied per language) and
+``summary_NAME.md`` (the same as tables). BLEU and chrF are sacrebleu's corpus scores of the
+normalised texts (dialects without a standard spelling: WER punishes valid reformulations).
+``small_valid_warning`` says when the validation set is too small to tell the
 epochs' checkpoints apart.
 
 A reference with no word once normalised (no letter or digit left: ``?!...`` becomes ``.``
@@ -22,6 +24,8 @@ import random
 from collections import Counter
 from operator import itemgetter
 
+import numpy as np
+from sacrebleu.metrics import BLEU, CHRF
 from speechbrain.utils.metric_stats import ErrorRateStats
 from transformers.models.whisper.english_normalizer import (
     BasicTextNormalizer,
@@ -30,6 +34,7 @@ from transformers.models.whisper.english_normalizer import (
 
 from whisper_finetuning.files import write_json, write_jsonl, write_text
 from whisper_finetuning.training import distributed
+from whisper_finetuning.vocabulary import ENGLISH, ENGLISH_CODE
 
 logger = logging.getLogger(__name__)
 
@@ -65,48 +70,103 @@ def text_normalizer(kind, tokenizer, english):
     raise ValueError(f"unknown normalizer '{kind}'; choose auto or one of {NORMALIZERS}")
 
 
-def _ratio_ci95(utterances, numerator, denominator, block_key):
-    """95% bootstrap interval of sum(numerator) / sum(denominator) over utterances, in percent.
+class Normalizers:
+    """The text normaliser of each row's language.
+
+    ``auto`` gives Whisper's English normaliser to English rows (all rows of an English-only
+    model) and the basic one to the others; any other ``kind`` applies to every row.
+    """
+
+    def __init__(self, kind, tokenizer, english_only=False):
+        if kind != "auto":
+            text_normalizer(kind, tokenizer, english_only)  # an unknown kind fails here
+        self.kind, self.tokenizer, self.english_only = kind, tokenizer, english_only
+        self._built = {}
+
+    def name(self, language):
+        """The normaliser applied to rows in ``language`` (a name or code, or None when
+        unknown)."""
+        if self.kind != "auto":
+            return self.kind
+        english = str(language).strip().lower() in (ENGLISH, ENGLISH_CODE)
+        return "english" if self.english_only or english else "basic"
+
+    def __call__(self, text, language=None):
+        """``text`` normalised for ``language``."""
+        name = self.name(language)
+        if name not in self._built:
+            self._built[name] = text_normalizer(name, self.tokenizer, name == "english")
+        return self._built[name](text)
+
+
+def _percent(errors, total):
+    """An error rate in percent; None over no reference units."""
+    return 100.0 * errors / total if total else None
+
+
+_BLEU, _CHRF = BLEU(), CHRF()
+# Each metric: the additive statistics of one utterance, and the score of summed statistics.
+# sacrebleu's corpus scores are functions of summed per-sentence statistics, which is what
+# makes them resample in blocks like the error rates.
+METRICS = {
+    "wer": (itemgetter("word_errors", "words"), lambda s: _percent(*s)),
+    "cer": (itemgetter("char_errors", "chars"), lambda s: _percent(*s)),
+    "bleu": (itemgetter("bleu_stats"), lambda s: _BLEU._compute_score_from_stats(s).score),
+    "chrf": (itemgetter("chrf_stats"), lambda s: _CHRF._compute_score_from_stats(s).score),
+}
+
+
+def metric(utterances, name):
+    """Corpus-level ``name`` (wer, cer, bleu, chrf) of the utterances; None over none (or, for
+    WER and CER, over no reference units)."""
+    statistics, score = METRICS[name]
+    if not utterances:
+        return None
+    return score(np.sum([statistics(u) for u in utterances], axis=0).tolist())
+
+
+def _bootstrap_ci95(utterances, name, block_key):
+    """95% bootstrap interval of metric ``name`` over utterances (None when it is undefined).
 
     Resamples blocks (speakers, when ``block_key`` is given) rather than single utterances, so
     correlated utterances of one speaker do not make the interval look tighter than it is.
+    Every metric's statistics add up over utterances, so a block is its summed statistics.
     """
+    statistics, score = METRICS[name]
     blocks = {}
     for utt in utterances:
         key = utt.get(block_key, utt["id"]) if block_key else utt["id"]
-        num, den = blocks.get(key, (0, 0))
-        blocks[key] = (num + utt[numerator], den + utt[denominator])
-    values = list(blocks.values())
-    if not sum(d for _, d in values):
+        blocks.setdefault(key, []).append(statistics(utt))
+    if metric(utterances, name) is None:
         return None
+    values = np.array([np.sum(rows, axis=0) for rows in blocks.values()], dtype=np.int64)
     rng = random.Random(BOOTSTRAP_SEED)
-    estimates = []
-    for _ in range(BOOTSTRAP_SAMPLES):
-        sample = rng.choices(values, k=len(values))
-        den = sum(d for _, d in sample)
-        estimates.append(100.0 * sum(n for n, _ in sample) / den if den else 0.0)
-    estimates.sort()
+    drawn = [rng.choices(range(len(values)), k=len(values)) for _ in range(BOOTSTRAP_SAMPLES)]
+    counts = np.zeros((BOOTSTRAP_SAMPLES, len(values)), dtype=np.int64)  # draws of each block
+    np.add.at(counts, (np.arange(BOOTSTRAP_SAMPLES)[:, None], np.array(drawn)), 1)
+    # A resample without reference units (all its blocks empty) counts as 0.
+    estimates = sorted(score(sums) or 0.0 for sums in (counts @ values).tolist())
     return [
         estimates[int(0.025 * BOOTSTRAP_SAMPLES)],
         estimates[int(0.975 * BOOTSTRAP_SAMPLES) - 1],
     ]
 
 
-def _rate(utterances, numerator, denominator):
-    """Corpus-level error rate in percent; None over no reference units."""
-    den = sum(u[denominator] for u in utterances)
-    return 100.0 * sum(u[numerator] for u in utterances) / den if den else None
-
-
 def _group_rates(members, block_key):
-    """WER, CER, the WER's 95% interval, the count and the reference words of a subset."""
-    return {
-        "wer": _rate(members, "word_errors", "words"),
-        "cer": _rate(members, "char_errors", "chars"),
-        "ci95": _ratio_ci95(members, "word_errors", "words", block_key),
+    """WER, CER, BLEU, chrF, their 95% intervals (``ci95``: WER's), the count and the reference
+    words of a subset (None for what is undefined over no reference words)."""
+    rates = {
+        "wer": metric(members, "wer"),
+        "cer": metric(members, "cer"),
+        "bleu": metric(members, "bleu"),
+        "chrf": metric(members, "chrf"),
+        "ci95": _bootstrap_ci95(members, "wer", block_key),
         "n": len(members),
         "words": sum(u["words"] for u in members),
     }
+    for name in ("cer", "bleu", "chrf"):
+        rates[f"{name}_ci95"] = _bootstrap_ci95(members, name, block_key)
+    return rates
 
 
 def has_words(normalised_words):
@@ -117,6 +177,11 @@ def has_words(normalised_words):
 def percent(rate, unit=""):
     """A rate in percent as text (``12.34``, with ``unit``); ``no reference words`` for None."""
     return NO_WORDS if rate is None else f"{rate:.2f}{unit}"
+
+
+def _interval(ci95):
+    """A 95% interval as table text: ``9.50-13.90``, ``-`` when undefined."""
+    return "-" if ci95 is None else "{:.2f}-{:.2f}".format(*ci95)
 
 
 def duration_bucket(seconds):
@@ -152,19 +217,26 @@ def top_errors(scores, top=TOP_ERRORS):
     }
 
 
+HEADLINE_METRICS = (
+    ("wer", "WER", "%"),
+    ("cer", "CER", "%"),
+    ("bleu", "BLEU", ""),
+    ("chrf", "chrF", ""),
+)
+
+
 def format_headline(summary):
-    """One line for the console: ``WER 11.65% (95% CI 9.50-13.90), CER 5.58% (...), n=200``,
-    followed by how many hypotheses a loop stop ended, if any."""
-    if summary["wer"] is None:
-        headline = f"WER and CER undefined ({NO_WORDS}), n={summary['n_utterances']}"
+    """One line for the console: ``WER 11.65% (95% CI 9.50-13.90), CER 5.58% (...), BLEU 71.20
+    (...), chrF 83.10 (...), n=200``, followed by how many references had no word and how many
+    hypotheses a loop stop ended, if any."""
+    if summary["wer"] is None:  # no scorable reference: every metric is undefined
+        headline = f"WER, CER, BLEU and chrF undefined ({NO_WORDS}), n={summary['n_utterances']}"
     else:
-        wer_lo, wer_hi = summary["wer_ci95"]
-        cer_lo, cer_hi = summary["cer_ci95"]
-        headline = (
-            f"WER {summary['wer']:.2f}% (95% CI {wer_lo:.2f}-{wer_hi:.2f}), "
-            f"CER {summary['cer']:.2f}% (95% CI {cer_lo:.2f}-{cer_hi:.2f}), "
-            f"n={summary['n_utterances']}"
-        )
+        parts = []
+        for name, label, unit in HEADLINE_METRICS:
+            lo, hi = summary[f"{name}_ci95"]
+            parts.append(f"{label} {summary[name]:.2f}{unit} (95% CI {lo:.2f}-{hi:.2f})")
+        headline = ", ".join(parts) + f", n={summary['n_utterances']}"
     if summary.get("n_unscorable"):
         headline += f", {summary['n_unscorable']} reference(s) with no word left out"
     if summary.get("loop_stopped"):
@@ -206,27 +278,14 @@ def small_valid_warning(epoch_wers, summary):
     )
 
 
-def min_wer_earliest(ckpt):
-    """Checkpoint importance: lowest valid WER first, the earlier epoch on ties."""
-    if ckpt.meta.get("WER") is None:
-        return (-math.inf, 0)
-    return (-ckpt.meta["WER"], -ckpt.meta["epoch"])
-
-
-def min_loss_earliest(ckpt):
-    """Checkpoint importance: lowest valid loss first, the earlier epoch on ties."""
-    if "loss" not in ckpt.meta:
-        return (-math.inf, 0)
-    return (-ckpt.meta["loss"], -ckpt.meta["epoch"])
-
-
 class Scorer:
     """Collects hypotheses and references of one stage and summarises them.
 
     Arguments
     ---------
-    normalize : callable
-        Text normaliser applied to both sides before scoring.
+    normalize : Normalizers or callable
+        Text normaliser applied to both sides before scoring: per row's ``language`` group
+        value when it is a ``Normalizers``.
     group_columns : list of str
         Manifest columns to report per value of (e.g. ``dialect``, ``spk_id``).
     """
@@ -249,16 +308,20 @@ class Scorer:
         """
         groups = groups or {}
         extra = extra or {}
-        norm_refs = [self.normalize(r).split() for r in refs]
-        kept = [i for i, ref in enumerate(norm_refs) if has_words(ref)]
+        languages = groups.get("language", [None] * len(ids))
+        norm_refs = [self._normalize(r, lang) for r, lang in zip(refs, languages, strict=True)]
+        kept = [i for i, ref in enumerate(norm_refs) if has_words(ref.split())]
         for i in sorted(set(range(len(ids))) - set(kept)):
             utt = {"id": ids[i], "ref": refs[i], "hyp": hyps[i]}
             self.unscorable.append({**utt, **{c: v[i] for c, v in groups.items()}})
         if not kept:
             return
         scored = [ids[i] for i in kept]
-        norm_hyps = [self.normalize(hyps[i]).split() for i in kept]
+        norm_hyps = [self._normalize(hyps[i], languages[i]) for i in kept]
         norm_refs = [norm_refs[i] for i in kept]
+        bleu = _BLEU._extract_corpus_statistics(norm_hyps, [norm_refs])
+        chrf = _CHRF._extract_corpus_statistics(norm_hyps, [norm_refs])
+        norm_hyps, norm_refs = [h.split() for h in norm_hyps], [r.split() for r in norm_refs]
         self.wer.append(scored, norm_hyps, norm_refs)
         self.cer.append(scored, norm_hyps, norm_refs)
         self.raw_wer.append(
@@ -275,12 +338,30 @@ class Scorer:
                 "words": wer["num_ref_tokens"],
                 "char_errors": cer["num_edits"],
                 "chars": cer["num_ref_tokens"],
+                "bleu_stats": bleu[n],
+                "chrf_stats": chrf[n],
             }
             utt.update({column: values[i] for column, values in groups.items()})
             if durations is not None:
                 utt["duration"] = float(durations[i])
             utt.update({field: values[i] for field, values in extra.items()})
             self.utterances.append(utt)
+
+    def _normalize(self, text, language):
+        """``text`` normalised for its row's language."""
+        if isinstance(self.normalize, Normalizers):
+            return self.normalize(text, language)
+        return self.normalize(text)
+
+    def normalizers_applied(self):
+        """The normaliser applied per language (``all`` for rows without one)."""
+        languages = sorted({u.get("language") or "all" for u in self.utterances})
+        if isinstance(self.normalize, Normalizers):
+            return {
+                lang: self.normalize.name(None if lang == "all" else lang) for lang in languages
+            }
+        name = getattr(self.normalize, "__name__", type(self.normalize).__name__)
+        return {lang: name for lang in languages}
 
     def gather(self):
         """Under DDP, give every process all processes' utterances, each once, in set order.
@@ -301,13 +382,12 @@ class Scorer:
             stat.ids = [score["key"] for score in stat.scores]
 
     def summary(self, epoch=None):
-        """Headline WER/CER (percent) with 95% intervals, per group and duration, top errors."""
+        """Headline WER, CER, BLEU, chrF with 95% intervals; per group, per duration; top errors."""
         block = "spk_id" if self.utterances and "spk_id" in self.utterances[0] else None
         summary = {
-            "wer": _rate(self.utterances, "word_errors", "words"),
-            "cer": _rate(self.utterances, "char_errors", "chars"),
-            "wer_ci95": _ratio_ci95(self.utterances, "word_errors", "words", block),
-            "cer_ci95": _ratio_ci95(self.utterances, "char_errors", "chars", block),
+            **{name: metric(self.utterances, name) for name in METRICS},
+            **{f"{name}_ci95": _bootstrap_ci95(self.utterances, name, block) for name in METRICS},
+            "normalizer": self.normalizers_applied(),
             "wer_raw": self.raw_wer.summarize("error_rate") if self.utterances else None,
             "n_utterances": len(self.utterances),
             "n_unscorable": len(self.unscorable),
@@ -355,17 +435,18 @@ class Scorer:
 
 
 def _rate_table(column, rows):
-    """A Markdown table of {value of column: {wer, cer, ci95, n}}."""
+    """A Markdown table of {value of column: {wer, cer, bleu, chrf, ci95s, n}}."""
     lines = [
         f"## per {column}",
         "",
-        f"| {column} | WER % | 95% CI | CER % | n |",
-        "|---|---|---|---|---|",
+        f"| {column} | WER % | 95% CI | CER % | BLEU | 95% CI | chrF | 95% CI | n |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in rows.items():
-        interval = "-" if r["ci95"] is None else "{:.2f}-{:.2f}".format(*r["ci95"])
         lines.append(
-            f"| {label} | {percent(r['wer'])} | {interval} | {percent(r['cer'])} | {r['n']} |"
+            f"| {label} | {percent(r['wer'])} | {_interval(r['ci95'])} | {percent(r['cer'])} "
+            f"| {percent(r['bleu'])} | {_interval(r['bleu_ci95'])} | {percent(r['chrf'])} "
+            f"| {_interval(r['chrf_ci95'])} | {r['n']} |"
         )
     return lines + [""]
 
@@ -377,6 +458,9 @@ def format_summary(summary, name):
         f"# {name}{epoch}",
         "",
         f"{format_headline(summary)}; raw (unnormalised) WER {percent(summary['wer_raw'], '%')}",
+        "",
+        "Normaliser per language: "
+        + ", ".join(f"{lang} {name}" for lang, name in summary["normalizer"].items()),
         "",
     ]
     for column, per_value in summary["per_group"].items():
@@ -399,12 +483,17 @@ def format_summary(summary, name):
     return "\n".join(lines)
 
 
+COMPARED = ("wer", "cer", "bleu", "chrf")
+
+
 def _rates(summary, group):
-    """Overall and per-group WER/CER of a summary, in the ``demo_results.json`` shape."""
+    """Overall and per-group scores of a summary, in the ``demo_results.json`` shape."""
     per_group = summary["per_group"].get(group, {})
     return {
-        "overall": {"wer": summary["wer"], "cer": summary["cer"]},
-        "per_dialect": {k: {"wer": v["wer"], "cer": v["cer"]} for k, v in per_group.items()},
+        "overall": {k: summary[k] for k in COMPARED},
+        f"per_{group}": {
+            value: {k: rates[k] for k in COMPARED} for value, rates in per_group.items()
+        },
     }
 
 
@@ -418,24 +507,26 @@ def write_comparison(output_folder, test_name, group="dialect"):
         with open(os.path.join(folder, f"summary_{test_name}.json")) as f:
             results[label] = _rates(json.load(f), group)
     write_json(os.path.join(output_folder, "demo_results.json"), results)
-    table = format_comparison(results)
+    table = format_comparison(results, group)
     write_text(os.path.join(output_folder, "demo_results.txt"), table + "\n")
     logger.info("zero-shot vs fine-tuned on %s:\n%s", test_name, table)
     return results
 
 
-def format_comparison(results, names=("zero_shot", "fine_tuned")):
-    """A plain-text table of WER/CER per group and overall for each named result."""
+def format_comparison(results, group="dialect", names=("zero_shot", "fine_tuned")):
+    """A plain-text table of WER/CER/BLEU/chrF per group and overall for each named result."""
     first, second = (results[n] for n in names)
-    rows = [*sorted(first["per_dialect"]), "overall"]
-    header = f"{'group':<16}" + "".join(f"{n + ' WER':>16}{n + ' CER':>16}" for n in names)
+    key = f"per_{group}"
+    rows = [*sorted(first[key]), "overall"]
+    short = {"zero_shot": "zs", "fine_tuned": "ft"}
+    header = f"{group:<16}" + "".join(
+        f"{short.get(n, n) + ' ' + m.upper():>10}" for m in COMPARED for n in names
+    )
     lines = [header, "-" * len(header)]
     for row in rows:
-        cells = [
-            r["overall"] if row == "overall" else r["per_dialect"][row] for r in (first, second)
-        ]
+        cells = [r["overall"] if row == "overall" else r[key][row] for r in (first, second)]
         lines.append(
-            f"{row:<16}" + "".join(f"{percent(c['wer']):>16}{percent(c['cer']):>16}" for c in cells)
+            f"{row:<16}" + "".join(f"{percent(c[m]):>10}" for m in COMPARED for c in cells)
         )
     before, after = first["overall"]["wer"], second["overall"]["wer"]
     if before is not None and after is not None:

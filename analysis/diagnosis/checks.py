@@ -22,6 +22,7 @@ from analysis.diagnosis.stats import (
     word_errors,
     words_of,
 )
+from whisper_finetuning.selection import best_epoch
 from whisper_finetuning.text import LoopStop
 
 SPEAKER = "spk_id"
@@ -68,6 +69,16 @@ def best_epochs(records):
     if best == [None, None]:
         raise Unavailable("no epoch logs a valid loss or WER")
     return tuple(best)
+
+
+def best_metric_epoch(records):
+    """``(selection_metric, epoch)``: the run's selection metric (``run.json``; WER when it
+    predates it) and the epoch train.py keeps by it, the earlier on ties."""
+    metric = records.run_config.get("selection_metric", "WER")
+    epoch = best_epoch([r for r in records.epochs if _finite(r.get(metric))], metric)
+    if epoch is None:
+        raise Unavailable(f"no epoch logs a valid {metric}")
+    return metric, epoch
 
 
 def loss_wer_spearman(records):
@@ -557,6 +568,7 @@ def epoch_table(records):
     table = []
     for r in records.epochs:
         row = {k: r.get(k) for k in ("epoch", "lr", "train_loss", "loss", "WER", "nll")}
+        row.update({k: r[k] for k in ("CER", "BLEU", "chrF") if k in r})
         both = _finite(r.get("train_loss")) and _finite(r.get("loss"))
         row["gap"] = r["loss"] - r["train_loss"] if both else None
         table.append(row)

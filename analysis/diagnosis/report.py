@@ -110,6 +110,13 @@ def _checkpoint_sentences(d):
 
 
 def _kept_sentence(d):
+    metric, epoch = d.get("selection_metric"), d.get("best_metric_epoch")
+    if metric not in (None, "WER") and epoch is not None:
+        value = next(r.get(metric) for r in d["epochs"] if r["epoch"] == epoch)
+        return [
+            f"selection_metric is {metric}: train.py keeps epoch {epoch} (valid {metric} "
+            f"{value:.2f}); the min-WER epoch is {d['best_wer_epoch']}."
+        ]
     kept = d.get("kept_checkpoint")
     if not kept:
         return []

@@ -54,6 +54,7 @@ def diagnose(run):
     analyses = _Analyses()
     best = analyses.attempt("best_epochs", checks.best_epochs, run)
     loss_epoch, wer_epoch = best or (None, None)
+    selected = analyses.attempt("best_metric_epoch", checks.best_metric_epoch, run)
     spearman = analyses.attempt("loss_wer_spearman", checks.loss_wer_spearman, run)
     difference = analyses.attempt(
         "wer_difference", checks.wer_difference, run, loss_epoch, wer_epoch
@@ -85,6 +86,8 @@ def diagnose(run):
         "epochs": checks.epoch_table(run),
         "best_loss_epoch": loss_epoch,
         "best_wer_epoch": wer_epoch,
+        "selection_metric": selected[0] if selected else None,
+        "best_metric_epoch": selected[1] if selected else None,
         "loss_wer_spearman": spearman["rho"] if spearman else None,
         "loss_wer_spearman_detail": spearman,
         "wer_difference": difference,

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import ruamel.yaml
 
+from whisper_finetuning.selection import SELECTION_DIRECTIONS, best_epoch
 from whisper_finetuning.text import edit_distance
 
 DATA_ROOT = "$data_root"
 SPEAKER_COLUMN = "spk_id"
 DEFAULT_GROUP_COLUMNS = ("dialect", "accent", SPEAKER_COLUMN)
-ROLES = ("min-WER", "min-loss", "last")
+ROLES = ("selected", "min-loss", "last")  # "selected": train.py's pick, e.g. min-WER
 OPTION_LABELS = "ABCDEFGHIJ"
 AUDIO_TYPES = {
     ".wav": "audio/wav",
@@ -58,21 +59,36 @@ def read_epochs(exp):
     return {record["epoch"]: record for record in read_jsonl(path)}
 
 
-def min_wer_epoch(epochs):
-    """The epoch train.py keeps: lowest valid WER, the earlier on ties."""
-    return min(epochs, key=lambda e: (epochs[e]["WER"], e))
+def selection_metric(exp):
+    """The run's ``selection_metric`` (``run.json``; WER for runs that predate it)."""
+    run_file = Path(exp) / "run.json"
+    run = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    return run.get("selection_metric", "WER")
 
 
-def candidate_roles(epochs):
-    """{epoch: [roles]} for the min-WER, min-loss (earlier on ties) and last epochs."""
+def selected_epoch(epochs, metric="WER"):
+    """The epoch train.py keeps: the best valid ``metric``, the earlier on ties."""
+    return best_epoch([{**r, "epoch": e} for e, r in epochs.items()], metric)
+
+
+def role_name(role, metric="WER"):
+    """A role as shown: ``selected`` is ``min-WER`` (``max-BLEU``, ...) by the metric."""
+    if role != "selected":
+        return role
+    return f"{'min' if SELECTION_DIRECTIONS[metric] < 0 else 'max'}-{metric}"
+
+
+def candidate_roles(epochs, metric="WER"):
+    """{epoch: [roles]} for the selected (by ``metric``), min-loss (earlier on ties) and last
+    epochs."""
     chosen = {
-        "min-WER": min_wer_epoch(epochs),
-        "min-loss": min(epochs, key=lambda e: (epochs[e]["loss"], e)),
+        "selected": selected_epoch(epochs, metric),
+        "min-loss": selected_epoch(epochs, "loss"),
         "last": max(epochs),
     }
     roles = {}
     for role in ROLES:
-        roles.setdefault(chosen[role], []).append(role)
+        roles.setdefault(chosen[role], []).append(role_name(role, metric))
     return dict(sorted(roles.items()))
 
 

@@ -228,8 +228,8 @@ def test_fp16_on_cpu_and_a_missing_model(experiment):
     assert message == "error: precision fp16 needs a CUDA GPU; use --precision=bf16 or fp32 on CPU"
     message = fails_cleanly(experiment, "--whisper_hub=/no/such/model")
     assert message == (
-        "error: whisper_hub must be bundled:tiny.en, a Hugging Face Hub name or a local model "
-        "folder, not '/no/such/model' (no such folder)"
+        "error: whisper_hub must be bundled:tiny.en, bundled:base, a Hugging Face Hub name or a "
+        "local model folder, not '/no/such/model' (no such folder)"
     )
 
 

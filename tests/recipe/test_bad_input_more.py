@@ -157,9 +157,10 @@ BAD_SETTINGS = [
     ),
     (
         "--whisper_hub=bundled:small",
-        "whisper_hub must be bundled:tiny.en, a Hugging Face Hub name or a local model folder, "
-        "not 'bundled:small' (no such bundled model)",
+        "whisper_hub must be bundled:tiny.en, bundled:base, a Hugging Face Hub name or a local "
+        "model folder, not 'bundled:small' (no such bundled model)",
     ),
+    ("--selection_metric=bleu", "selection_metric must be one of WER, CER, BLEU, chrF, not 'bleu'"),
 ]
 
 
@@ -178,8 +179,21 @@ def test_bad_setting_stops_before_the_output_folder_exists(finished, tmp_path):
 def test_a_model_folder_without_a_model(finished, tmp_path):
     message = refused(finished, f"--whisper_hub={tmp_path}")
     assert message == (
-        "error: whisper_hub must be bundled:tiny.en, a Hugging Face Hub name or a local model "
-        f"folder, not '{tmp_path}' (a folder without config.json)"
+        "error: whisper_hub must be bundled:tiny.en, bundled:base, a Hugging Face Hub name or a "
+        f"local model folder, not '{tmp_path}' (a folder without config.json)"
+    )
+
+
+def test_settings_an_english_only_model_cannot_follow(finished, random_whisper_dir):
+    """Translation, or a language other than English, on a .en checkpoint: found from its
+    config.json before the model is built."""
+    assert refused(finished, "--task=translate") == (
+        f"error: task translate needs a multilingual checkpoint; {random_whisper_dir} is "
+        "English-only (.en)"
+    )
+    assert refused(finished, "--language=de") == (
+        "error: language de: an English-only (.en) checkpoint cannot transcribe it: use a "
+        "multilingual one (e.g. --whisper_hub=bundled:base)"
     )
 
 
@@ -312,14 +326,20 @@ def test_references_with_no_word_are_left_out_of_wer_and_counted():
     assert south == {
         "wer": None,
         "cer": None,
+        "bleu": None,
+        "chrf": None,
         "ci95": None,
+        "cer_ci95": None,
+        "bleu_ci95": None,
+        "chrf_ci95": None,
         "n": 0,
         "words": 0,
         "n_unscorable": 2,
     }
     assert summary["per_group"]["dialect"]["north"]["words"] == 5
     text = scoring.format_summary({**summary, "model": None}, "test")
-    assert "| south | no reference words | - | no reference words | 0 |" in text
+    no = "no reference words"
+    assert f"| south | {no} | - | {no} | {no} | - | {no} | - | 0 |" in text
     assert "n=2, 2 reference(s) with no word left out" in text
 
 
@@ -329,7 +349,8 @@ def test_a_set_of_only_such_references_has_no_wer():
     summary = scorer.summary()
     assert summary["wer"] is None and summary["cer"] is None and summary["wer_ci95"] is None
     assert scoring.format_headline(summary) == (
-        "WER and CER undefined (no reference words), n=0, 1 reference(s) with no word left out"
+        "WER, CER, BLEU and chrF undefined (no reference words), n=0, 1 reference(s) with no word "
+        "left out"
     )
 
 

@@ -374,7 +374,7 @@ def test_kill_under_torchrun_and_rerun_ends_where_an_uninterrupted_run_ends(
 def _single_process_valid(exp, whisper_dir, corpus, cache):
     """Score the valid set with the kept checkpoint in this (single) process."""
     import train
-    from whisper_finetuning import scoring as evaluation
+    from whisper_finetuning import selection
     from whisper_finetuning.config import load_hparams
 
     overrides = {
@@ -386,7 +386,7 @@ def _single_process_valid(exp, whisper_dir, corpus, cache):
     datasets = train.dataio_prepare(hparams, hparams["whisper"])
     run_opts = {"device": "cpu", "noprogressbar": True}
     brain = train.make_brain({**hparams, "output_folder": str(exp)}, run_opts)
-    brain.checkpointer.recover_if_possible(importance_key=evaluation.min_wer_earliest)
+    brain.checkpointer.recover_if_possible(importance_key=selection.min_wer_earliest)
     brain.on_stage_start(sb.Stage.VALID)
     brain.modules.eval()
     loader = brain.make_dataloader(
@@ -507,7 +507,7 @@ def test_review_keeps_three_distinct_checkpoints_and_selection_keeps_one(tmp_pat
     """Min-WER, min-loss and last are different epochs here: all three survive for review."""
     from speechbrain.utils.checkpoints import ckpt_recency
 
-    from whisper_finetuning import scoring as evaluation
+    from whisper_finetuning import selection
 
     checkpointer = AtomicCheckpointer(tmp_path)
     metas = [
@@ -521,8 +521,8 @@ def test_review_keeps_three_distinct_checkpoints_and_selection_keeps_one(tmp_pat
     def kept_epochs():
         return sorted(c.meta["epoch"] for c in checkpointer.list_checkpoints())
 
-    review = [evaluation.min_wer_earliest, evaluation.min_loss_earliest, ckpt_recency]
+    review = [selection.min_wer_earliest, selection.min_loss_earliest, ckpt_recency]
     checkpointer.delete_checkpoints(num_to_keep=1, importance_keys=review)
     assert kept_epochs() == [1, 2, 3]
-    checkpointer.delete_checkpoints(num_to_keep=1, importance_keys=[evaluation.min_wer_earliest])
+    checkpointer.delete_checkpoints(num_to_keep=1, importance_keys=[selection.min_wer_earliest])
     assert kept_epochs() == [2]

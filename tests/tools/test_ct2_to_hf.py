@@ -29,14 +29,8 @@ from transformers import (
     pipeline,
 )
 
-from whisper_finetuning.ct2 import (
-    MODEL_BIN,
-    OUTPUT_FILES,
-    bundled_tiny_en_dir,
-    convert,
-    ensure_tiny_en,
-    read_ct2_model,
-)
+from whisper_finetuning.bundled import bundled_ct2_dir, ensure_tiny_en
+from whisper_finetuning.ct2 import MODEL_BIN, OUTPUT_FILES, convert, read_ct2_model
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_RATE = 16000
@@ -69,7 +63,7 @@ TINY_EN = {
 
 @pytest.fixture(scope="session")
 def source() -> Path:
-    return bundled_tiny_en_dir()
+    return bundled_ct2_dir("tiny.en")
 
 
 @pytest.fixture(scope="session")

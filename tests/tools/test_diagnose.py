@@ -534,7 +534,7 @@ def test_speechbrain_train_log_is_parsed_exactly_and_the_gaps_are_explained(tmp_
         (3, 6e-6, 1.41, 1.21, 18.70),
     ]
     assert (result["best_loss_epoch"], result["best_wer_epoch"]) == (2, 3)
-    assert result["available_analyses"] == ["best_epochs", "loss_wer_spearman"]
+    assert result["available_analyses"] == ["best_epochs", "best_metric_epoch", "loss_wer_spearman"]
     assert "per-step" in result["skipped"]["epoch_boundary"]
     assert "valid/utterances_epochN.jsonl" in result["skipped"]["wer_difference"]
     assert any("epoch mean" in note for note in result["notes"])
@@ -728,7 +728,7 @@ def test_degenerate_logs_are_reported_not_crashed_on(tmp_path):
     assert "per-step losses of at least two epochs" in result["skipped"]["epoch_boundary"]
     assert "needs both a min-loss and a min-WER epoch" in result["skipped"]["wer_difference"]
     assert any("line 10 is not JSON" in note for note in result["notes"])
-    assert set(result["available_analyses"]) == {"best_epochs"}
+    assert set(result["available_analyses"]) == {"best_epochs", "best_metric_epoch"}
 
 
 def test_repetition_loops_are_found_with_their_share_of_the_wer(tmp_path, diagnosed):
@@ -875,3 +875,22 @@ def test_a_planted_shift_is_claimed_from_a_clean_comparison(
     assert [c["comparison"] for c in shift["comparisons"]] == [comparison]
     assert shift["valid_nll"] - shift["train_unseen_nll"] > 0.25  # half the planted 0.5
     assert "Valid utterances are harder" in " ".join(shifted["verdict"])
+
+
+def test_the_run_selection_metric_picks_the_reported_epoch(tmp_path):
+    folder = make_run(tmp_path)
+    epochs = read_jsonl(folder / "epochs.jsonl")
+    bleus = [50.0, 61.5, 61.5][: len(epochs)]  # a tie: the earlier epoch is kept
+    (folder / "epochs.jsonl").write_text(
+        "".join(json.dumps({**e, "BLEU": b}) + "\n" for e, b in zip(epochs, bleus, strict=True))
+    )
+    run = json.loads((folder / "run.json").read_text())
+    (folder / "run.json").write_text(json.dumps({**run, "selection_metric": "BLEU"}))
+    result = diagnose.run(folder)
+    assert (result["selection_metric"], result["best_metric_epoch"]) == ("BLEU", 2)
+    assert [r.get("BLEU") for r in result["epochs"]] == bleus
+    sentence = (
+        f"selection_metric is BLEU: train.py keeps epoch 2 (valid BLEU 61.50); the min-WER "
+        f"epoch is {result['best_wer_epoch']}."
+    )
+    assert sentence in result["verdict"]

@@ -48,7 +48,7 @@ def test_exported_model_trained_with_timestamps_returns_timestamped_chunks(exper
             encoder_out = whisper.encode(features)
             generated = whisper.model.generate(features, return_timestamps=True).tolist()[0]
         prompt = whisper.prompt(timestamps=True)
-        (tokens,), _ = greedy_search(whisper, encoder_out, prompt=prompt, timestamps=True)
+        (tokens,), _ = greedy_search(whisper, encoder_out, prompts=[prompt], timestamps=True)
         generated = generated[len(prompt) :] if generated[: len(prompt)] == prompt else generated
         assert tokens == [t for t in generated if t != whisper.eot]
         segments = segments_from_tokens(tokens, whisper.timestamp_begin, whisper.decode_text)

@@ -136,6 +136,12 @@ def test_candidates_are_min_wer_min_loss_and_last_with_earlier_epoch_on_ties():
     assert review_data.candidate_roles(epochs) == {1: ["min-loss"], 2: ["min-WER"], 3: ["last"]}
     tied = {1: {"WER": 10.0, "loss": 1.0}, 2: {"WER": 10.0, "loss": 1.0}}
     assert review_data.candidate_roles(tied) == {1: ["min-WER", "min-loss"], 2: ["last"]}
+    by_bleu = {1: {"BLEU": 40.0, "loss": 1.0}, 2: {"BLEU": 52.0, "loss": 0.9}, 3: {"BLEU": 52.0}}
+    by_bleu[3]["loss"] = 1.1
+    assert review_data.candidate_roles(by_bleu, "BLEU") == {
+        2: ["max-BLEU", "min-loss"],
+        3: ["last"],
+    }
 
 
 def test_word_diff_aligns_hypothesis_words_to_the_reference():

@@ -114,6 +114,7 @@ def test_manifest_fields_and_audio_format(corpora):
             voice = row["dialect"]
             assert re.fullmatch(rf"{re.escape(voice)}_s\d{{4}}", row["ID"])
             assert row["spk_id"] == voice and row["wrd"] in sentences
+            assert row["language"] == "english"
             assert row["wav"] == f"$data_root/wav/{voice}/{row['ID']}.wav"
             info = soundfile.info(row["wav"].replace("$data_root", str(root / "data")))
             assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")

@@ -24,7 +24,7 @@ def test_size_configs_extend_the_base_and_command_line_wins():
     ],
 )
 def test_recipe_configs_load(hparams_file, expected, random_whisper_dir, tmp_path):
-    overrides = f"whisper_hub: {random_whisper_dir}\ndata_folder: {tmp_path}\nlanguage: german"
+    overrides = f"whisper_hub: {random_whisper_dir}\ndata_folder: {tmp_path}\nlanguage: english"
     hparams, base, _ = load_hparams(hparams_file, overrides)
     assert base.name == "whisper_small.yaml"
     assert hparams["test_csv"][-1] == f"{hparams['manifest_folder']}/{expected}"

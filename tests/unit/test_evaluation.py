@@ -5,8 +5,11 @@ import random
 
 import jiwer
 import pytest
+import sacrebleu
 from transformers import WhisperTokenizer
+from transformers.models.whisper.english_normalizer import BasicTextNormalizer
 
+from whisper_finetuning import hparam_rules, selection
 from whisper_finetuning import scoring as evaluation
 from whisper_finetuning.scoring import Scorer, text_normalizer
 
@@ -139,7 +142,7 @@ def test_per_group_and_per_duration_equal_a_recomputation_from_the_alignments(tm
     assert evaluation.format_headline(summary) in markdown
     a = summary["per_group"]["dialect"]["a"]
     interval = f"{a['ci95'][0]:.2f}-{a['ci95'][1]:.2f}"
-    assert f"| a | {a['wer']:.2f} | {interval} | {a['cer']:.2f} | {a['n']} |" in markdown
+    assert f"| a | {a['wer']:.2f} | {interval} | {a['cer']:.2f} | {a['bleu']:.2f} |" in markdown
 
 
 def test_top_errors_count_the_normalised_alignments():
@@ -160,10 +163,15 @@ def test_headline_format():
         "cer": 5.581,
         "wer_ci95": [9.5, 13.9],
         "cer_ci95": [4.25, 7.0],
+        "bleu": 71.204,
+        "bleu_ci95": [65.0, 77.5],
+        "chrf": 83.1,
+        "chrf_ci95": [80.0, 86.25],
         "n_utterances": 200,
     }
     assert evaluation.format_headline(summary) == (
-        "WER 11.65% (95% CI 9.50-13.90), CER 5.58% (95% CI 4.25-7.00), n=200"
+        "WER 11.65% (95% CI 9.50-13.90), CER 5.58% (95% CI 4.25-7.00), "
+        "BLEU 71.20 (95% CI 65.00-77.50), chrF 83.10 (95% CI 80.00-86.25), n=200"
     )
     summary["loop_stopped"] = 2
     assert evaluation.format_headline(summary).endswith("n=200, 2 repetition loop(s) stopped")
@@ -206,7 +214,7 @@ def _coverage(block_key, trials, rng, true_rate=0.2):
                 utterances.append(
                     {"id": f"{speaker}_{i}", "spk_id": speaker, "word_errors": errors, "words": 10}
                 )
-        lo, hi = evaluation._ratio_ci95(utterances, "word_errors", "words", block_key)
+        lo, hi = evaluation._bootstrap_ci95(utterances, "wer", block_key)
         covered += lo <= 100 * true_rate <= hi
     return covered / trials
 
@@ -219,3 +227,110 @@ def test_speaker_blocked_interval_covers_at_its_rate_and_utterance_resampling_do
     assert abs(_coverage("spk_id", trials, rng) - 0.95) <= tolerance
     # Ignoring the speakers makes the interval far too narrow (measured: about 0.5).
     assert _coverage(None, 40, rng) < 0.8
+
+
+GERMAN = ["Der Zug fährt um acht Uhr ab.", "Grüezi mitenand!", "Wir gehen heute an den See."]
+GERMAN_HYPS = ["Der Zug fährt um 8 Uhr ab", "Grüezi mitenand", "Wir gehen heute zum See."]
+ENGLISH_ROWS = ["The colour is grey, Mr. Smith.", "It is half past seven."]
+ENGLISH_HYPS = ["the color is gray mister smith", "it is half past 7"]
+
+
+def test_bleu_and_chrf_equal_sacrebleu_overall_and_per_group(tiny_en_dir, tmp_path):
+    tokenizer = WhisperTokenizer.from_pretrained(tiny_en_dir)
+    normalize = evaluation.Normalizers("auto", tokenizer)
+    refs, hyps = GERMAN + ENGLISH_ROWS, GERMAN_HYPS + ENGLISH_HYPS
+    languages = ["german"] * 3 + ["english"] * 2
+    speakers = ["s1", "s2", "s1", "s3", "s3"]
+    scorer = Scorer(normalize, ["language"])
+    groups = {"language": languages, "spk_id": speakers}
+    scorer.append([f"u{i}" for i in range(5)], hyps, refs, groups)
+    summary = scorer.write(tmp_path, "test")
+
+    english, basic = text_normalizer("english", tokenizer, True), BasicTextNormalizer()
+    norm = [(english if lang == "english" else basic) for lang in languages]
+    norm_refs = [n(r) for n, r in zip(norm, refs, strict=True)]
+    norm_hyps = [n(h) for n, h in zip(norm, hyps, strict=True)]
+    assert norm_hyps[3] == norm_refs[3]  # colour/color, Mr./mister: the English map applied
+    assert summary["normalizer"] == {"english": "english", "german": "basic"}
+    assert summary["bleu"] == pytest.approx(sacrebleu.corpus_bleu(norm_hyps, [norm_refs]).score)
+    assert summary["chrf"] == pytest.approx(sacrebleu.corpus_chrf(norm_hyps, [norm_refs]).score)
+    for language, rows in (("german", [0, 1, 2]), ("english", [3, 4])):
+        got = summary["per_group"]["language"][language]
+        group_hyps, group_refs = [norm_hyps[i] for i in rows], [[norm_refs[i] for i in rows]]
+        assert got["bleu"] == pytest.approx(sacrebleu.corpus_bleu(group_hyps, group_refs).score)
+        assert got["chrf"] == pytest.approx(sacrebleu.corpus_chrf(group_hyps, group_refs).score)
+        assert got["wer"] == pytest.approx(100 * jiwer.wer(group_refs[0], group_hyps))
+    # Intervals resample speakers: with one speaker per block the interval is that of blocks.
+    lo, hi = summary["bleu_ci95"]
+    assert lo <= summary["bleu"] <= hi and lo < hi
+    german = summary["per_group"]["language"]["german"]
+    assert german["chrf_ci95"][0] <= german["chrf"] <= german["chrf_ci95"][1]
+    assert (
+        "Normaliser per language: english english, german basic"
+        in (tmp_path / "summary_test.md").read_text()
+    )
+
+
+def test_references_with_no_word_are_left_out_of_bleu_and_chrf_too(tiny_en_dir):
+    tokenizer = WhisperTokenizer.from_pretrained(tiny_en_dir)
+    scorer = Scorer(evaluation.Normalizers("auto", tokenizer), ["language"])
+    refs = ["?!...", GERMAN[0], "...", GERMAN[1]]
+    hyps = ["hallo", GERMAN_HYPS[0], "noch mehr", GERMAN_HYPS[1]]
+    scorer.append(["a", "b", "c", "d"], hyps, refs, {"language": ["german"] * 4})
+    summary = scorer.summary()
+    basic = BasicTextNormalizer()
+    kept_hyps, kept_refs = [basic(hyps[1]), basic(hyps[3])], [[basic(refs[1]), basic(refs[3])]]
+    assert summary["unscorable_ids"] == ["a", "c"] and summary["n_utterances"] == 2
+    assert summary["bleu"] == pytest.approx(sacrebleu.corpus_bleu(kept_hyps, kept_refs).score)
+    assert summary["chrf"] == pytest.approx(sacrebleu.corpus_chrf(kept_hyps, kept_refs).score)
+
+
+def test_bleu_interval_resamples_speaker_blocks():
+    """The BLEU interval equals a direct bootstrap over speakers of sacrebleu's corpus BLEU."""
+    rng = random.Random(5)
+    vocabulary = [f"w{i}" for i in range(12)]
+    ids, refs, hyps, speakers = [], [], [], []
+    for i in range(40):
+        ref = [rng.choice(vocabulary) for _ in range(8)]
+        hyps.append(" ".join(w if rng.random() > 0.3 else "x" for w in ref))
+        refs.append(" ".join(ref))
+        ids.append(f"u{i}")
+        speakers.append(f"s{i % 5}")
+    scorer = Scorer(str.strip)
+    scorer.append(ids, hyps, refs, {"spk_id": speakers})
+    summary = scorer.summary()
+    by_speaker = {s: [i for i in range(40) if speakers[i] == s] for s in sorted(set(speakers))}
+    blocks = list(by_speaker.values())
+    draw = random.Random(evaluation.BOOTSTRAP_SEED)
+    estimates = []
+    for _ in range(evaluation.BOOTSTRAP_SAMPLES):
+        rows = [i for block in draw.choices(blocks, k=len(blocks)) for i in block]
+        estimates.append(
+            sacrebleu.corpus_bleu([hyps[i] for i in rows], [[refs[i] for i in rows]]).score
+        )
+    estimates.sort()
+    assert summary["bleu_ci95"] == pytest.approx([estimates[25], estimates[974]])
+
+
+class _Checkpoint:
+    def __init__(self, meta):
+        self.meta = meta
+
+
+def test_selection_by_each_metric_keeps_the_right_epoch():
+    """Scripted valid scores per epoch: lower WER/CER, higher BLEU/chrF wins, ties earliest."""
+    epochs = [
+        {"epoch": 1, "loss": 0.9, "WER": 30.0, "CER": 12.0, "BLEU": 40.0, "chrF": 60.0},
+        {"epoch": 2, "loss": 0.7, "WER": 25.0, "CER": 13.0, "BLEU": 48.0, "chrF": 66.0},
+        {"epoch": 3, "loss": 0.6, "WER": 25.0, "CER": 11.0, "BLEU": 45.0, "chrF": 66.0},
+        {"epoch": 4, "loss": 0.6, "WER": 27.0, "CER": 11.0, "BLEU": 48.0, "chrF": 64.0},
+    ]
+    checkpoints = [_Checkpoint(meta) for meta in epochs]
+    expected = {"WER": 2, "CER": 3, "BLEU": 2, "chrF": 2, "loss": 3}
+    for key, epoch in expected.items():
+        best = max(checkpoints, key=selection.best_earliest(key))
+        assert best.meta["epoch"] == epoch, key
+    assert max(checkpoints, key=selection.min_wer_earliest).meta["epoch"] == 2
+    assert hparam_rules.check({"selection_metric": "bleu"}) == (
+        "selection_metric must be one of WER, CER, BLEU, chrF, not 'bleu'"
+    )

@@ -9,7 +9,7 @@ import torch
 from speechbrain.nnet.losses import nll_loss
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
-from whisper_finetuning import mwer
+from whisper_finetuning import mwer, scoring
 from whisper_finetuning.decoding import BeamSearch, beam_search, beam_search_n_best
 from whisper_finetuning.model import EncoderStates, WhisperASR
 
@@ -93,6 +93,32 @@ def test_hypothesis_scores_equal_one_sequence_at_a_time(random_en):
                 -1, sequence[0, len(random_en.prefix_tokens) :, None]
             ).sum()
             torch.testing.assert_close(found.scores[row, i], reference, atol=1e-5, rtol=0)
+
+
+def test_rows_in_different_languages_are_searched_and_scored_from_their_own_prompts(
+    random_multilingual_dir,
+):
+    model = WhisperASR(str(random_multilingual_dir), trainable_patterns=["encoder_attn"])
+    encoder_out = _encoded(model, 3, seed=1)
+    prompts = torch.tensor([model.prompt(lang) for lang in ("german", "french", "italian")])
+    states = EncoderStates([([1], encoder_out[1:2]), ([0, 2], encoder_out[[0, 2]])])
+    found = mwer.n_best(model, states, BeamSearch(beam_size=3, max_new_tokens=6), prompts)
+    for row, hyps in enumerate(found.tokens):
+        prompt = prompts[row].tolist()
+        alone = beam_search_n_best(model, encoder_out[row : row + 1], 3, 6, prompts=[prompt])
+        assert hyps == [t for t, _ in alone[0]]
+        for i, tokens in enumerate(hyps):
+            sequence = torch.tensor([prompt + tokens + [model.eot]])
+            logits = model.forward_decoder(sequence[:, :-1], encoder_out[row : row + 1])
+            log_probs = logits.float().log_softmax(-1)[0, len(prompt) - 1 :]
+            reference = log_probs.gather(-1, sequence[0, len(prompt) :, None]).sum()
+            torch.testing.assert_close(found.scores[row, i], reference, atol=1e-5, rtol=0)
+    # Each row's words are counted after its own language's normaliser.
+    normalize = scoring.Normalizers("auto", model.tokenizer)
+    errors, _ = mwer.word_errors(
+        normalize, [["Ten dollars."], ["Ten dollars."]], ["$10", "$10"], ["english", "german"]
+    )
+    torch.testing.assert_close(errors, torch.tensor([[0.0], [2.0]]))
 
 
 def _padded(rows):

@@ -19,6 +19,7 @@ from whisper_finetuning.examples import (
 )
 from whisper_finetuning.longform import (
     Transcription,
+    WindowDecoder,
     boundary_errors,
     transcribe,
     transcribe_together,
@@ -116,6 +117,26 @@ def test_long_form_example_joins_the_speakers_next_utterances_with_timestamps(wh
     second, _ = sf.read(manifest["r2"]["wav"], dtype="float32")
     torch.testing.assert_close(audio[start : start + len(second)], torch.from_numpy(second))
     assert not audio[3 * 16000 : start].any()  # the gap is silent
+
+
+def test_examples_prompt_in_the_row_s_language_and_join_only_one_language(
+    random_multilingual_dir,
+):
+    model = WhisperASR(str(random_multilingual_dir))
+    manifest = rows([(3.0, "eins zwei"), (2.0, "drei vier"), (2.0, "un deux"), (2.0, "fünf")])
+    for row, language in zip(
+        manifest.values(), ["german", "german", "french", "german"], strict=True
+    ):
+        row["language"] = language
+    built = TrainingExamples(manifest, model, seed=7, longform_probability=1.0)
+    plan = built.plan("r0")
+    assert plan.ids == ("r0", "r1")  # the French row ends the window
+    tokens_in, _, prompt_len = built.tokens(plan)
+    assert tokens_in[:prompt_len] == model.prompt("german", timestamps=True)
+    french = built.plan("r2")
+    assert french.ids == ("r2",)
+    tokens_in, _, prompt_len = built.tokens(french)
+    assert tokens_in[:prompt_len] == ids(model, "<|startoftranscript|>", "<|fr|>", "<|transcribe|>")
 
 
 def test_previous_text_prompt_is_never_trained_on(whisper):
@@ -221,7 +242,7 @@ def test_greedy_search_with_timestamps_equals_transformers_generate(whisper, tin
             feats, return_timestamps=True, max_new_tokens=20, do_sample=False
         ).tolist()
     prompt = whisper.prompt(timestamps=True)
-    ours, _ = greedy_search(whisper, encoder_out, 20, prompt=prompt, timestamps=True)
+    ours, _ = greedy_search(whisper, encoder_out, 20, prompts=[prompt] * 3, timestamps=True)
     for hyp, ref in zip(ours, reference, strict=True):
         ref = ref[len(prompt) :] if ref[: len(prompt)] == prompt else ref
         # generate counts the start token in its 20 and appends a second pass over the
@@ -306,6 +327,26 @@ def test_recordings_decoded_together_equal_each_decoded_alone():
     batches.clear()
     transcribe_together(decode_windows, [Transcription(n, begin) for n in lengths])
     assert batches == [[(0, 0.0), (1, 0.0)], [(0, 29.0)], [(1, 30.0)]]
+
+
+def test_each_recording_s_windows_are_prompted_in_its_language(random_multilingual_dir):
+    model = WhisperASR(str(random_multilingual_dir)).eval()
+    torch.manual_seed(2)
+    wavs = [0.3 * torch.randn(16000 * 3), 0.3 * torch.randn(16000 * 2)]
+    languages, codes = ["german", "french"], ["de", "fr"]
+    decoder = WindowDecoder(model, wavs, max_new_tokens=6, languages=languages)
+    previous = model.encode_text("vorher")
+    found = decoder([(0, 0, len(wavs[0])), (1, 0, len(wavs[1]))], previous)
+    for wav, language, code, tokens in zip(wavs, languages, codes, found, strict=True):
+        window = torch.nn.functional.pad(wav, (0, 16000 * 30 - len(wav)))[None]
+        prompt = model.prompt(language, timestamps=True, previous=previous)
+        assert prompt[-2:] == model.tokenizer.convert_tokens_to_ids(
+            [f"<|{code}|>", "<|transcribe|>"]
+        )
+        with torch.no_grad():
+            encoder_out = model.encode(model.features(window))
+            (alone,), _ = greedy_search(model, encoder_out, 6, prompts=[prompt], timestamps=True)
+        assert tokens == alone
 
 
 def test_a_long_form_set_without_recordings_is_skipped(tmp_path):

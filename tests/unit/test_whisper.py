@@ -132,7 +132,9 @@ def test_freeze_freezes_everything(random_whisper_dir):
     assert not any(p.requires_grad for p in model.parameters())
 
 
-def test_prompt_tokens_for_english_only_and_multilingual(random_en, random_multilingual_dir):
+def test_prompt_tokens_for_english_only_and_multilingual(
+    random_en, random_whisper_dir, random_multilingual_dir
+):
     tok = random_en.tokenizer
     assert random_en.prefix_tokens == tok.convert_tokens_to_ids(
         ["<|startoftranscript|>", "<|notimestamps|>"]
@@ -141,11 +143,25 @@ def test_prompt_tokens_for_english_only_and_multilingual(random_en, random_multi
     assert multi.prefix_tokens == tok.convert_tokens_to_ids(
         ["<|startoftranscript|>", "<|de|>", "<|transcribe|>", "<|notimestamps|>"]
     )
-    assert not multi.is_english and random_en.is_english
-    with pytest.raises(ValueError, match="needs a language"):
-        WhisperASR(str(random_multilingual_dir))
-    with pytest.raises(ValueError, match="unknown Whisper language 'klingon'"):
+    assert (
+        multi.prompt("fr")
+        == multi.prompt("french")
+        == tok.convert_tokens_to_ids(
+            ["<|startoftranscript|>", "<|fr|>", "<|transcribe|>", "<|notimestamps|>"]
+        )
+    )
+    translate = WhisperASR(str(random_multilingual_dir), task="translate")
+    assert translate.prefix_tokens is None  # no default language: every row must name one
+    assert translate.prompt("it")[2] == tok.convert_tokens_to_ids("<|translate|>")
+    with pytest.raises(ValueError, match="needs a language: give the manifest a 'language'"):
+        translate.prompt(None)
+    with pytest.raises(ValueError, match="unknown Whisper language 'klingon'; valid codes"):
         WhisperASR(str(random_multilingual_dir), language="klingon")
+    with pytest.raises(ValueError, match="English-only .* cannot transcribe german"):
+        random_en.prompt("de")
+    assert random_en.prompt("english") == random_en.prefix_tokens
+    with pytest.raises(ValueError, match="task translate needs a multilingual checkpoint"):
+        WhisperASR(str(random_whisper_dir), task="translate")
 
 
 def test_greedy_search_equals_transformers_generate(random_en):
@@ -193,6 +209,9 @@ class ScriptedDecoder:
 
     def __init__(self, scripts):
         self.scripts, self.step = scripts, 0
+
+    def prompt(self):
+        return self.prefix_tokens
 
     def forward_decoder(self, tokens, encoder_out, cache):
         logits = torch.full((tokens.shape[0], 1, 10), -10.0)
@@ -303,3 +322,14 @@ def test_checkpoints_hold_only_trainable_parameters(random_whisper_dir, tmp_path
     torch.save({"model.decoder.embed_tokens.weight": torch.zeros(3, 3)}, tmp_path / "bad.ckpt")
     with pytest.raises(ValueError, match="does not fit this model"):
         fresh._load(tmp_path / "bad.ckpt", True)
+
+
+def test_the_export_prompts_as_the_run_did_when_a_pipeline_names_nothing(random_multilingual_dir):
+    from whisper_finetuning.export import generation_config
+
+    whisper = WhisperASR(random_multilingual_dir, None, language="de", task="translate")
+    exported = generation_config(whisper)
+    assert (exported.language, exported.task) == ("german", "translate")
+    assert getattr(whisper.generation_config, "task", None) is None  # the run's own: as it was
+    rows_named = generation_config(WhisperASR(random_multilingual_dir, None))
+    assert (rows_named.language, rows_named.task) == (None, "transcribe")

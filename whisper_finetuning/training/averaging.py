@@ -8,8 +8,8 @@ import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import run_on_main
 
-from whisper_finetuning import scoring
 from whisper_finetuning.files import write_json
+from whisper_finetuning.selection import SELECTION_DIRECTIONS, SELECTION_METRICS, best_earliest
 
 logger = logging.getLogger(__name__)
 
@@ -40,15 +40,17 @@ def average_parameters(saved):
 
 
 def average_best_epochs(brain, valid_set, loader_kwargs):
-    """Average the trainable weights of the ``average_checkpoints`` lowest-WER epochs, score
-    the average on the valid set, and save it as a checkpoint only if its WER is lower."""
+    """Average the trainable weights of the ``average_checkpoints`` best epochs by
+    ``selection_metric`` (WER by default), score the average on the valid set, and save it as
+    a checkpoint only if it scores better by that metric."""
+    metric = brain.hparams.selection_metric
     record_path = os.path.join(brain.output_folder, "averaging.json")
     if os.path.exists(record_path):
         return  # averaged before this run was resumed
     best = brain.checkpointer.find_checkpoints(
-        importance_key=scoring.min_wer_earliest,
+        importance_key=best_earliest(metric),
         max_num_checkpoints=brain.hparams.average_checkpoints,
-        ckpt_predicate=lambda ckpt: "WER" in ckpt.meta,
+        ckpt_predicate=lambda ckpt: ckpt.meta.get(metric) is not None,
     )
     if len(best) < 2:
         logger.info("checkpoint averaging skipped: %d epoch checkpoint(s) kept", len(best))
@@ -60,13 +62,13 @@ def average_best_epochs(brain, valid_set, loader_kwargs):
     ]
     brain.hparams.whisper.load_trainable(average_parameters(saved), best[0].path)
     summary, loss = score_valid(brain, valid_set, loader_kwargs, "averaged")
-    kept = summary["wer"] < best[0].meta["WER"]
+    score = summary[metric.lower()]
+    kept = score is not None and SELECTION_DIRECTIONS[metric] * (score - best[0].meta[metric]) > 0
     if kept:  # the latest averaged epoch stands for it in summaries
         brain.checkpointer.save_checkpoint(
             meta={
                 "loss": loss,
-                "WER": summary["wer"],
-                "CER": summary["cer"],
+                **{key: summary[key.lower()] for key in SELECTION_METRICS},
                 "epoch": max(epochs),
                 "averaged_epochs": epochs,
             }
@@ -78,13 +80,15 @@ def average_best_epochs(brain, valid_set, loader_kwargs):
         "best_epoch": epochs[0],
         "best_epoch_wer": best[0].meta["WER"],
         "kept": "averaged" if kept else f"epoch {epochs[0]}",
+        "selection_metric": metric,
     }
     run_on_main(write_json, args=[record_path, record])
     logger.info(
-        "average of epochs %s: valid WER %.2f vs %.2f for epoch %d: kept %s",
+        "average of epochs %s: valid %s %s vs %.2f for epoch %d: kept %s",
         epochs,
-        summary["wer"],
-        best[0].meta["WER"],
+        metric,
+        score,
+        best[0].meta[metric],
         epochs[0],
         record["kept"],
     )

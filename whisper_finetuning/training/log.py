@@ -245,7 +245,14 @@ def write_run_info(hparams, grad_accumulation_factor):
 
     The accumulation factor is the Brain's: SpeechBrain also takes it as a run option.
     """
-    keys = ("group_columns", "sorting", "dynamic_batching", "augment", "batch_size")
+    keys = (
+        "group_columns",
+        "sorting",
+        "dynamic_batching",
+        "augment",
+        "batch_size",
+        "selection_metric",
+    )
     info = {key: hparams[key] for key in (*keys, "number_of_epochs", "seed")}
     info["grad_accumulation_factor"] = grad_accumulation_factor
     info["data_folder"] = os.path.abspath(hparams["data_folder"])

@@ -70,7 +70,7 @@ def decode_longform_sets(brain, hparams, folder, zero_shot=False):
             hparams["decode_max_tokens"],
             hparams["loop_stop"],
             model=str(hparams["whisper_hub"]),
-            group_columns=hparams["group_columns"],
+            group_columns=brain.group_columns,  # the language too: its normaliser
             batch_size=hparams["test_batch_size"],
         )
         if summary is not None:
