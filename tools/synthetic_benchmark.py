@@ -34,6 +34,8 @@ import subprocess
 import sys
 import time
 
+from whisper_finetuning import shapes
+
 RESULT_PREFIX = "SYNTHETIC "
 SYSTEMS = ("recipe", "baseline")
 WINDOW_SECONDS = 30
@@ -41,14 +43,8 @@ FRAMES = WINDOW_SECONDS * 50
 PROMPT = 2  # <|startoftranscript|><|notimestamps|>: decoder positions that predict no target
 MIN_POSITIONS, MAX_POSITIONS = 20, 40
 LABEL_SMOOTHING = 0.1
-# (d_model, encoder and decoder layers, heads, feed-forward width, mel bins, vocabulary)
-SHAPES = {
-    "test": (64, 2, 2, 128, 80, 51864),
-    "tiny": (384, 4, 6, 1536, 80, 51865),
-    "small": (768, 12, 12, 3072, 80, 51865),
-    "medium": (1024, 24, 16, 4096, 80, 51865),
-    "large-v3": (1280, 32, 20, 5120, 128, 51866),
-}
+# The real shapes, and a 64-wide 2-layer one for tests.
+SHAPES = {"test": (64, 2, 2, 2, 128, 80, 51864), **shapes.SHAPES}
 
 
 def parse_args(argv):
@@ -82,25 +78,7 @@ def parse_args(argv):
 
 def whisper_config(shape):
     """A transformers WhisperConfig of ``shape``'s dimensions, SDPA attention."""
-    from transformers import WhisperConfig
-
-    d_model, layers, heads, ffn, mels, vocab = SHAPES[shape]
-    return WhisperConfig(
-        vocab_size=vocab,
-        num_mel_bins=mels,
-        d_model=d_model,
-        encoder_layers=layers,
-        decoder_layers=layers,
-        encoder_attention_heads=heads,
-        decoder_attention_heads=heads,
-        encoder_ffn_dim=ffn,
-        decoder_ffn_dim=ffn,
-        decoder_start_token_id=50257,
-        pad_token_id=50256,
-        bos_token_id=50256,
-        eos_token_id=50256,
-        attn_implementation="sdpa",
-    )
+    return shapes.config_of(SHAPES[shape], attn_implementation="sdpa")
 
 
 def synthetic_batches(config, batch_size, count, seed=0):

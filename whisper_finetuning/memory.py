@@ -22,10 +22,11 @@ import dataclasses
 import functools
 
 import torch
-from transformers import WhisperConfig, WhisperForConditionalGeneration
+from transformers import WhisperForConditionalGeneration
 
 from whisper_finetuning import adapters
 from whisper_finetuning.model import frozen_encoder_depth, set_trainable
+from whisper_finetuning.shapes import SHAPES, config_of
 
 GB = 1e9
 FP32 = 4
@@ -35,19 +36,6 @@ ADAMW_BYTES, ADAMW_8BIT_BYTES = 8, 2  # optimizer state per trainable parameter
 # target distribution, the KL divergence and its masked copy (speechbrain's nll_loss).
 LOSS_VOCAB_TENSORS = 5
 GELU_AND_LINEAR_OUTPUTS = 2  # the feed-forward's hidden width appears twice (fc1 out, GELU out)
-
-# Whisper's published shapes: d_model, layers (encoder, decoder), heads, ffn, mel bins, vocab.
-SHAPES = {
-    "tiny": (384, 4, 4, 6, 1536, 80, 51865),
-    "tiny.en": (384, 4, 4, 6, 1536, 80, 51864),
-    "base": (512, 6, 6, 8, 2048, 80, 51865),
-    "base.en": (512, 6, 6, 8, 2048, 80, 51864),
-    "small": (768, 12, 12, 12, 3072, 80, 51865),
-    "medium": (1024, 24, 24, 16, 4096, 80, 51865),
-    "large-v2": (1280, 32, 32, 20, 5120, 80, 51865),
-    "large-v3": (1280, 32, 32, 20, 5120, 128, 51866),
-    "large-v3-turbo": (1280, 32, 4, 20, 5120, 128, 51866),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,22 +70,7 @@ def shape_name(whisper_hub):
 
 def whisper_config(name):
     """A ``WhisperConfig`` with the shapes of model ``name``."""
-    d_model, enc_layers, dec_layers, heads, ffn, mels, vocab = SHAPES[shape_name(name)]
-    return WhisperConfig(
-        vocab_size=vocab,
-        num_mel_bins=mels,
-        d_model=d_model,
-        encoder_layers=enc_layers,
-        decoder_layers=dec_layers,
-        encoder_attention_heads=heads,
-        decoder_attention_heads=heads,
-        encoder_ffn_dim=ffn,
-        decoder_ffn_dim=ffn,
-        pad_token_id=50256,
-        bos_token_id=50256,
-        eos_token_id=50256,
-        decoder_start_token_id=50257,
-    )
+    return config_of(SHAPES[shape_name(name)])
 
 
 def meta_model(settings):
