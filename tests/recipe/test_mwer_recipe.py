@@ -35,7 +35,8 @@ def test_mwer_steps_and_epochs_log_expected_and_oracle_wer_and_ce(reference):
     steps = read_jsonl(reference / "log" / "steps.jsonl")
     assert len(steps) == 8
     for step in steps:
-        assert 0 <= step["oracle_wer"] <= step["expected_wer"]
+        # the expected WER weighs the list by float32 probabilities (summing to 1 +- 1e-7)
+        assert 0 <= step["oracle_wer"] <= step["expected_wer"] + 1e-4
         assert step["ce"] > 0
     epochs = read_jsonl(reference / "epochs.jsonl")
     for epoch in epochs:
