@@ -328,26 +328,34 @@ def longform_current(path, data_folder):
     return all(Path(r["wav"].replace(DATA_ROOT, str(data_folder))).is_file() for r in rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: build the corpus and print the size of each split."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_command_line(argv, description, prepare, describe):
+    """A corpus's command line: ``prepare(data_folder, save_folder, seed=...)``, then one line
+    per split with ``describe(rows)`` (its manifest's rows)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("data_folder", help="where wav/<voice>/<id>.wav files are written")
     parser.add_argument("--save_folder", help="where manifests are written (default: data_folder)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        manifests = prepare_accent_corpus(
-            args.data_folder, args.save_folder or args.data_folder, seed=args.seed
-        )
+        manifests = prepare(args.data_folder, args.save_folder or args.data_folder, seed=args.seed)
     except (RuntimeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     for split, path in manifests.items():
         with open(path, newline="", encoding="utf-8") as f:
-            durations = [float(row["duration"]) for row in csv.DictReader(f)]
-        print(f"{split}: {len(durations)} utterances, {sum(durations) / 60:.1f} min -> {path}")
+            rows = list(csv.DictReader(f))
+        print(f"{split}: {describe(rows)} -> {path}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: build the corpus and print the size of each split."""
+
+    def describe(rows):
+        return f"{len(rows)} utterances, {sum(float(r['duration']) for r in rows) / 60:.1f} min"
+
+    return run_command_line(argv, __doc__.splitlines()[0], prepare_accent_corpus, describe)
 
 
 if __name__ == "__main__":

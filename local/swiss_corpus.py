@@ -13,9 +13,6 @@ Usage:
     python -m local.swiss_corpus DATA_FOLDER [--save_folder DIR] [--seed N]
 """
 
-import argparse
-import csv
-import logging
 import sys
 from pathlib import Path
 
@@ -24,6 +21,7 @@ from local.accent_corpus import (
     SPLITS,
     load_sentences,
     plan_split,
+    run_command_line,
     split_sentences,
     synthesize_corpus,
 )
@@ -64,25 +62,12 @@ def prepare_swiss_corpus(
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: build the corpus and print the size of each split per language."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data_folder", help="where wav/<voice>/<id>.wav files are written")
-    parser.add_argument("--save_folder", help="where manifests are written (default: data_folder)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        manifests = prepare_swiss_corpus(
-            args.data_folder, args.save_folder or args.data_folder, seed=args.seed
-        )
-    except (RuntimeError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    for split, path in manifests.items():
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+
+    def describe(rows):
         per_language = {lang: sum(r["language"] == lang for r in rows) for lang in VOICES}
-        print(f"{split}: {len(rows)} utterances {per_language} -> {path}")
-    return 0
+        return f"{len(rows)} utterances {per_language}"
+
+    return run_command_line(argv, __doc__.splitlines()[0], prepare_swiss_corpus, describe)
 
 
 if __name__ == "__main__":

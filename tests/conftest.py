@@ -17,17 +17,8 @@ from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from whisper_finetuning.audio import read_audio
 from whisper_finetuning.bundled import ensure_tiny_en
+from whisper_finetuning.ct2 import PROCESSOR_FILES
 from whisper_finetuning.vocabulary import ENGLISH_ONLY_VOCAB_SIZE
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.json",
-    "merges.txt",
-    "normalizer.json",
-    "preprocessor_config.json",
-    "generation_config.json",
-)
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +52,7 @@ def make_random_whisper(folder, tokenizer_source, multilingual=False, seed=0):
         eos_token_id=50256,
     )
     WhisperForConditionalGeneration(config).save_pretrained(folder)
-    for name in TOKENIZER_FILES:
+    for name in PROCESSOR_FILES:
         shutil.copy(tokenizer_source / name, folder / name)
     return folder
 

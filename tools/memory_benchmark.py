@@ -21,17 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from whisper_finetuning.ct2 import PROCESSOR_FILES
 from whisper_finetuning.memory import GB, Settings, predict
 
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.json",
-    "merges.txt",
-    "normalizer.json",
-    "preprocessor_config.json",
-    "generation_config.json",
-)
 DECODER_ATTENTION = (
     r"decoder\.layers\.\d+\.(self_attn|encoder_attn)\.(q_proj|k_proj|v_proj|out_proj)$",
 )
@@ -66,7 +58,7 @@ def _random_whisper(folder, settings, tokenizer_source):
 
     torch.manual_seed(0)
     WhisperForConditionalGeneration(whisper_config(settings.model)).save_pretrained(folder)
-    for name in TOKENIZER_FILES:
+    for name in PROCESSOR_FILES:
         shutil.copy(Path(tokenizer_source) / name, Path(folder) / name)
 
 

@@ -48,18 +48,19 @@ MODEL_BIN = "model.bin"
 CT2_CONFIG = "config.json"
 CT2_TOKENIZER = "tokenizer.json"
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
-# Files every finished conversion holds; DEST appears only once all are written.
-OUTPUT_FILES = (
-    "config.json",
-    "generation_config.json",
-    "model.safetensors",
-    "preprocessor_config.json",
+# A converted model's tokenizer, feature extractor and generation settings: what a random
+# model of the same vocabulary needs besides its weights.
+PROCESSOR_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "vocab.json",
     "merges.txt",
     "normalizer.json",
+    "preprocessor_config.json",
+    "generation_config.json",
 )
+# Files every finished conversion holds; DEST appears only once all are written.
+OUTPUT_FILES = ("config.json", "model.safetensors", *PROCESSOR_FILES)
 SPELLING_MAP = Path(__file__).resolve().parent / "english_spelling.json"
 
 # model.bin layout, from ctranslate2's specs/model_spec.py (_serialize) and models.cc (load).
