@@ -48,7 +48,12 @@ TRAINED = {
     "memorization": {"memorize": True},
     "noise_5+ordering": {"noise": 0.05, "overrides": ["--sorting=ascending"]},
 }
-RELOGGED = {"running_mean": "clean", "noise_5+running_mean": "noise_5"}  # from a trained run
+# Re-logged from a trained run: the running mean next to the per-step loss, or alone.
+RELOGGED = {
+    "running_mean": "clean",
+    "running_mean_only": "clean",
+    "noise_5+running_mean": "noise_5",
+}
 PLANTED = {
     "clean": set(),
     "noise_2": {"label_noise"},
@@ -59,6 +64,7 @@ PLANTED = {
     "memorization": {"memorization"},
     "noise_5+ordering": {"label_noise", "ordering"},
     "running_mean": {"running_mean_artifact"},
+    "running_mean_only": {"running_mean_artifact"},
     "noise_5+running_mean": {"label_noise", "running_mean_artifact"},
 }
 CLAIMS = (
@@ -72,10 +78,12 @@ CLAIMS = (
     "lagging_group",
     "overconfidence",
 )
-MEMORIZE_SENTENCES, MEMORIZE_EPOCHS = 6, 6
+MEMORIZE_SENTENCES, MEMORIZE_EPOCHS = 6, 8
+MEMORIZE_OVERRIDES = ["--trainable_patterns=[decoder]", "--lr=1e-4", "--warmup_steps=8"]
 DEMO_LR = 1e-4
 POOL_VALID_SENTENCES = 10
 LOGS = ("epochs.jsonl", "log", "valid", "run.json")
+CONTINUED = "continued"  # the lr_jump run's second leg
 
 
 def parse_args(argv):
@@ -164,7 +172,7 @@ def train(folder, train_csv, valid_csv, manifests, spec, seed, args):
         f"--valid_csv={valid_csv}",
         f"--batch_size={args.batch_size}",
         f"--test_csv=[{Path(manifests['test']).resolve()}]",
-        f"--output_folder={folder}",
+        "--longform_test_csv=[]",
         f"--whisper_cache={work / 'models'}",
         f"--encoder_cache_folder={work / 'encoder_cache'}",
         f"--seed={seed}",
@@ -177,21 +185,56 @@ def train(folder, train_csv, valid_csv, manifests, spec, seed, args):
         *spec.get("overrides", []),
     ]
     if spec.get("memorize"):
-        command += ["--trainable_patterns=[decoder]", "--lr=1e-3", "--warmup_steps=8"]
-    legs = [[f"--number_of_epochs={epochs}"]]
+        command += MEMORIZE_OVERRIDES
+    legs = [command + [f"--output_folder={folder}", f"--number_of_epochs={epochs}"]]
     if spec.get("lr_jump"):
-        legs = [["--number_of_epochs=1"], [f"--number_of_epochs={epochs}"]]
-        legs[1].append(f"--lr={DEMO_LR * spec['lr_jump']}")
+        # Epoch 1 at the demo rate; epoch 2 starts from its checkpoint at a tenth of it,
+        # decaying from there (Noam with one warmup step), and its logs are appended.
+        legs = [
+            command + [f"--output_folder={folder}", "--number_of_epochs=1"],
+            command
+            + [
+                f"--output_folder={folder / CONTINUED}",
+                f"--init_from={folder}",
+                "--number_of_epochs=1",
+                f"--lr={DEMO_LR * spec['lr_jump']}",
+                "--warmup_steps=1",
+            ],
+        ]
     for leg in legs:
-        done = subprocess.run(command + leg, capture_output=True, text=True)
+        done = subprocess.run(leg, capture_output=True, text=True)
         if done.returncode != 0:
             (folder / "harness_error.txt").write_text(done.stderr[-5000:])
             return False
+    if spec.get("lr_jump"):
+        append_continued_epoch(folder)
     return True
 
 
-def relog_running_mean(source, folder):
-    """A copy of ``source``'s logs whose steps also carry a running-mean ``logged_loss``."""
+def append_continued_epoch(folder):
+    """Append the continued run's epoch 1 logs to ``folder``'s as its epoch 2."""
+    continued = folder / CONTINUED
+    steps_before = len((folder / "log" / "steps.jsonl").read_text().splitlines())
+    renumbered = {
+        "epochs.jsonl": lambda r: {**r, "epoch": r["epoch"] + 1},
+        "log/steps.jsonl": lambda r: {
+            **r,
+            "epoch": r["epoch"] + 1,
+            "step": r["step"] + steps_before,
+        },
+        "log/train_utterances.jsonl": lambda r: {**r, "epoch": r["epoch"] + 1},
+        "valid/utterances_epoch1.jsonl": lambda r: r,
+    }
+    for name, renumber in renumbered.items():
+        rows = [json.loads(line) for line in (continued / name).read_text().splitlines() if line]
+        target = folder / name.replace("epoch1", "epoch2")
+        with open(target, "a") as f:
+            f.writelines(json.dumps(renumber(row)) + "\n" for row in rows)
+
+
+def relog_running_mean(source, folder, keep_step_loss):
+    """A copy of ``source``'s logs whose steps carry a running-mean ``logged_loss``, next to
+    the per-step ``loss`` or (a logger that writes only the mean) instead of it."""
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -209,6 +252,8 @@ def relog_running_mean(source, folder):
             total, count = totals.get(step["epoch"], (0.0, 0))
             totals[step["epoch"]] = (total + step["loss"], count + 1)
             step["logged_loss"] = totals[step["epoch"]][0] / totals[step["epoch"]][1]
+            if not keep_step_loss:
+                del step["loss"]
     steps_path.write_text("".join(json.dumps(s) + "\n" for s in steps))
     for name in ("mislabelled.json",):
         if (source / name).exists():
@@ -217,7 +262,10 @@ def relog_running_mean(source, folder):
 
 def claims(result):
     """The claims a diagnosis makes, by name."""
-    made = {c["cause"] for c in (result.get("epoch_boundary") or {}).get("causes", [])}
+    # Causes of a drop, and what the report states about the logger, order and schedule
+    # without one (analysis.diagnosis.report).
+    boundary = result.get("epoch_boundary") or {}
+    made = {t["cause"] for t in boundary.get("tests", []) if t["passed"]}
     if (result.get("memorization") or {}).get("passed"):
         made.add("memorization")
     if result.get("label_noise_suspects"):
@@ -274,7 +322,9 @@ def run_all(args):
                 and (work / "runs" / f"{source}_seed{seed}" / "harness_done.json").exists()
             ):
                 relog_running_mean(
-                    work / "runs" / f"{source}_seed{seed}", work / "runs" / f"{name}_seed{seed}"
+                    work / "runs" / f"{source}_seed{seed}",
+                    work / "runs" / f"{name}_seed{seed}",
+                    keep_step_loss=not name.endswith("_only"),
                 )
         for name in args.scenarios:
             folder = work / "runs" / f"{name}_seed{seed}"

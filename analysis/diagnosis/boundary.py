@@ -13,7 +13,7 @@ the drop is real and its own test passes:
 - ``ordering``: batches come in a sorted or fixed order and the loss follows batch length;
 - ``memorization``: training utterances' loss falls on re-exposure much more than the loss
   of data never trained on (valid utterances whose transcript is no training one), and that
-  data stops improving;
+  data stops improving in loss and in WER;
 - ``schedule``: the learning rate jumps, or augmentation switches, at the boundary.
 """
 
@@ -34,14 +34,15 @@ from analysis.diagnosis.stats import (
 ALPHA = 0.01
 MIN_WINDOW, MAX_WINDOW = 3, 20
 RUNNING_MEAN_SLOPE = -0.5  # a cumulative mean gives -1, a raw loss about 0
+RUNNING_MEAN_TOLERANCE = 1e-4  # logged against recomputed cumulative mean (rounded logs)
 ORDER_RHO = 0.8  # |Spearman| of batch length with position in the epoch: sorted
 ORDER_REPEAT_R = 0.9  # correlation of batch lengths between epochs: fixed order
 LENGTH_RHO = 0.5  # |Spearman| of step loss with batch length, net of the run's trend
 TREND_DEGREE = 3
 EXPLAINED_FRACTION = 0.5  # share of the boundary drop that batch length predicts
 MEMORIZATION_RATIO = 0.5  # never-seen data's drop below this share of the re-exposed drop
-LR_JUMP = 0.05  # relative learning-rate change at a boundary
-LR_JUMP_OVER_WITHIN = 5  # ... and this many times the 95th percentile change within epochs
+LR_JUMP = 0.05  # relative learning-rate jump at a boundary, beyond the schedule's own change
+LR_JUMP_OVER_WITHIN = 5  # ... and this many times the 95th percentile departure within epochs
 AUGMENT_CHANGE = 0.5  # change in the share of augmented steps across a boundary
 
 DROP_TEST = (
@@ -161,18 +162,82 @@ def measure_drop(records, key):
     }
 
 
+def _implied_step_losses(values):
+    """The per-step losses that a cumulative mean reset at the epoch start would average to
+    ``values``: step t's is t * mean_t - (t - 1) * mean_(t-1)."""
+    t = np.arange(1, len(values) + 1)
+    return t * values - np.concatenate([[0.0], t[:-1] * values[:-1]])
+
+
 def running_mean_artifact(records, key):
-    """Is ``key`` a cumulative mean reset each epoch? Its change shrinks like 1/step."""
+    """Is ``key`` a cumulative mean reset each epoch?
+
+    When the per-step ``loss`` is logged next to it, the answer is exact: ``key`` equals the
+    per-epoch cumulative mean of ``loss`` or not. From the logged series alone, two things
+    must hold: every per-step loss it implies is non-negative (a per-batch loss logged as is
+    implies negative ones once it falls by more than its value over the steps so far), and
+    its step-to-step change shrinks like 1/step.
+    """
     grouped = per_epoch(records, key)
     window_size(grouped)
-    log_steps, log_changes = [], []
-    changes = {
-        e: np.abs(np.diff([s[key] for s in steps])) for e, steps in grouped.items() if len(steps)
-    }
+    series = {e: np.array([s[key] for s in steps]) for e, steps in grouped.items()}
+    changes = {e: np.abs(np.diff(values)) for e, values in series.items()}
     positive = np.concatenate([c[c > 0] for c in changes.values()])
     if not len(positive):
         raise Unavailable(f"the {key} series never changes")
     floor = positive.min() / 2  # logged values are rounded: an unchanged value is a tiny change
+    evidence = {"series": key}
+    raw = per_epoch(records, "loss") if key != "loss" else {}
+    if raw and all(
+        [s["step"] for s in raw.get(e, [])] == [s["step"] for s in steps]
+        for e, steps in grouped.items()
+    ):
+        deviation = max(
+            float(np.max(np.abs(series[e] - np.cumsum(losses) / np.arange(1, len(losses) + 1))))
+            for e, losses in ((e, [s["loss"] for s in raw[e]]) for e in grouped)
+        )
+        evidence["max_deviation_from_cumulative_mean_of_loss"] = deviation
+        evidence["how"] = "it equals the cumulative mean of the logged per-step loss"
+        passed = deviation <= RUNNING_MEAN_TOLERANCE
+        threshold = (
+            f"{key} equals the per-epoch cumulative mean of the per-step loss within "
+            f"{RUNNING_MEAN_TOLERANCE:g}"
+        )
+    else:
+        implied = np.concatenate([_implied_step_losses(v) for v in series.values()])
+        steps_in = np.concatenate([np.arange(1, len(v) + 1) for v in series.values()])
+        negative = int(np.sum(implied < -2 * floor * steps_in))
+        slope, se = _change_slope(changes, floor)
+        evidence["implied_negative_step_losses"] = negative
+        evidence["slope_log_change_vs_log_step"], evidence["slope_se"] = slope, se
+        evidence["how"] = (
+            f"the per-step losses it implies are all non-negative, and its step-to-step change "
+            f"shrinks with a log-log slope of {slope:.2f}; a mean gives -1"
+        )
+        passed = negative == 0 and slope <= RUNNING_MEAN_SLOPE and slope + 1.645 * se < 0
+        threshold = (
+            "no implied per-step loss is negative, and within each epoch log |change between "
+            f"logged values| falls with log(step) at a slope <= {RUNNING_MEAN_SLOPE} with its "
+            "one-sided 95% bound below 0 (a cumulative mean reset per epoch gives -1, a "
+            "per-batch loss about 0)"
+        )
+    evidence["n_steps"] = int(sum(len(v) for v in series.values()))
+    if raw:
+        measured = measure_drop(records, "loss")
+        evidence["raw_loss_drop"] = measured["drop"]
+        evidence["raw_loss_p_value"] = measured["p_value"]
+    return {
+        "cause": "running_mean_artifact",
+        "passed": bool(passed),
+        "evidence": evidence,
+        "threshold": threshold,
+    }
+
+
+def _change_slope(changes, floor):
+    """Least-squares slope (and its standard error) of log |change| on log(step), each
+    epoch centred."""
+    log_steps, log_changes = [], []
     for change in changes.values():
         within = np.log(np.arange(2, len(change) + 2))
         logged = np.log(np.maximum(change, floor))
@@ -181,22 +246,7 @@ def running_mean_artifact(records, key):
     x, y = np.concatenate(log_steps), np.concatenate(log_changes)
     slope = float(x @ y / (x @ x))
     dof = max(len(x) - len(log_steps) - 1, 1)
-    se = float(math.sqrt(((y - slope * x) ** 2).sum() / dof / (x @ x)))
-    evidence = {"series": key, "slope_log_change_vs_log_step": slope, "slope_se": se}
-    evidence["n_steps"] = int(len(x) + len(log_steps))
-    if key != "loss" and per_epoch(records, "loss"):
-        raw = measure_drop(records, "loss")
-        evidence["raw_loss_drop"], evidence["raw_loss_p_value"] = raw["drop"], raw["p_value"]
-    return {
-        "cause": "running_mean_artifact",
-        "passed": bool(slope <= RUNNING_MEAN_SLOPE and slope + 1.645 * se < 0),
-        "evidence": evidence,
-        "threshold": (
-            "within each epoch, log |change between logged values| falls with log(step) at a "
-            f"slope <= {RUNNING_MEAN_SLOPE} with its one-sided 95% bound below 0 (a cumulative "
-            "mean reset per epoch gives -1, a per-batch loss about 0)"
-        ),
-    }
+    return slope, float(math.sqrt(((y - slope * x) ** 2).sum() / dof / (x @ x)))
 
 
 def _batch_lengths(step):
@@ -338,6 +388,7 @@ def memorization(records):
         for e, utts in records.valid_utterances.items()
     }
     valid_nll = {r["epoch"]: r["nll"] for r in records.epochs if _finite(r.get("nll"))}
+    never_seen_wer = _never_seen_wer(records, shared_text)
     source = "valid utterances' NLL per token (valid/utterances_epochN.jsonl)"
     if not any(valid.values()):
         source = "valid NLL per epoch (epochs.jsonl nll)"
@@ -366,7 +417,11 @@ def memorization(records):
                     "after_epoch": e,
                     "train_drop_mean": float(np.mean(drops)),
                     "never_seen_drop_mean": float(np.mean(unseen)),
-                    "never_seen_stalled": _stalled(unseen),
+                    "never_seen_wer_before": never_seen_wer.get(e),
+                    "never_seen_wer_after": never_seen_wer.get(e + 1),
+                    "never_seen_stalled": _stalled(
+                        unseen, never_seen_wer.get(e), never_seen_wer.get(e + 1)
+                    ),
                 }
             )
     if not boundaries and confounded:
@@ -417,15 +472,36 @@ def memorization(records):
         "threshold": (
             f"p < {ALPHA}, the re-exposed drop > 0 and the never-seen drop < "
             f"{MEMORIZATION_RATIO:.0%} of it, and at some boundary data never trained on stops "
-            "improving (its mean drop is not above 0)"
+            "improving (its mean loss drop is not above 0 and its WER does not fall)"
         ),
     }
 
 
-def _stalled(never_seen_drops):
-    """Data never trained on no longer improves across this boundary: its mean drop is not
-    above 0."""
-    return bool(np.mean(never_seen_drops) <= 0)
+def _never_seen_wer(records, excluded):
+    """``{epoch: WER}`` of the valid utterances outside ``excluded`` (per utterance where
+    logged, else the epoch's valid WER)."""
+    wer = {}
+    for epoch, utterances in records.valid_utterances.items():
+        counted = [
+            u
+            for u in utterances
+            if u["id"] not in excluded and _finite(u.get("word_errors")) and u.get("words")
+        ]
+        if counted:
+            errors = sum(u["word_errors"] for u in counted)
+            wer[epoch] = 100.0 * errors / sum(u["words"] for u in counted)
+    if not wer:
+        wer = {r["epoch"]: r["WER"] for r in records.epochs if _finite(r.get("WER"))}
+    return wer
+
+
+def _stalled(never_seen_drops, wer_before, wer_after):
+    """Data never trained on no longer improves across this boundary: neither its loss (mean
+    drop not above 0) nor, where logged, its WER (not lower after)."""
+    loss_stalled = bool(np.mean(never_seen_drops) <= 0)
+    if wer_before is None or wer_after is None:
+        return loss_stalled
+    return loss_stalled and wer_after >= wer_before
 
 
 def schedule(records, k):
@@ -438,20 +514,20 @@ def schedule(records, k):
     if len(lr) < 2 and len(augmented) < 2:
         raise Unavailable("the steps log no learning rate or augmentation flag")
     evidence, boundaries = {"augment_config": records.run_config.get("augment")}, []
-    within = [
-        abs(b["lr"] / a["lr"] - 1)
-        for steps in lr.values()
-        for a, b in zip(steps, steps[1:], strict=False)
-        if a["lr"]
-    ]
+    # A schedule moves log(lr) smoothly (warmup, decay): a jump is a step change that departs
+    # from the change of the step before it, measured against such departures inside epochs.
+    log_lr = {e: np.log([s["lr"] for s in steps if s["lr"] > 0]) for e, steps in lr.items()}
+    within = [float(d) for steps in log_lr.values() for d in np.abs(np.diff(steps, n=2))]
     within_p95 = float(np.percentile(within, 95)) if within else 0.0
     lr_jumps, augment_changes = [], []
     for e in sorted(set(lr) | set(augmented)):
         record = {"after_epoch": e}
-        if e in lr and e + 1 in lr and lr[e][-1]["lr"]:
+        if e in log_lr and e + 1 in log_lr and len(log_lr[e]) and len(log_lr[e + 1]):
             record["lr_before"], record["lr_after"] = lr[e][-1]["lr"], lr[e + 1][0]["lr"]
-            record["lr_relative_change"] = abs(record["lr_after"] / record["lr_before"] - 1)
-            lr_jumps.append(record["lr_relative_change"])
+            step_change = log_lr[e + 1][0] - log_lr[e][-1]
+            before = log_lr[e][-1] - log_lr[e][-2] if len(log_lr[e]) > 1 else 0.0
+            record["log_lr_departure"] = float(abs(step_change - before))
+            lr_jumps.append(record["log_lr_departure"])
         if e in augmented and e + 1 in augmented:
             before, after = np.mean(augmented[e][-k:]), np.mean(augmented[e + 1][:k])
             record["augmented_share_before"] = float(before)
@@ -459,12 +535,12 @@ def schedule(records, k):
             augment_changes.append(float(abs(after - before)))
         if len(record) > 1:
             boundaries.append(record)
-    evidence["lr_within_epoch_change_p95"] = within_p95
+    evidence["lr_within_epoch_departure_p95"] = within_p95
     evidence["lr_max_jump"] = max(lr_jumps) if lr_jumps else None
     evidence["augmented_max_change"] = max(augment_changes) if augment_changes else None
     evidence["boundaries"] = boundaries
     lr_passed = bool(lr_jumps) and bool(
-        max(lr_jumps) >= max(LR_JUMP, LR_JUMP_OVER_WITHIN * within_p95)
+        max(lr_jumps) >= max(math.log1p(LR_JUMP), LR_JUMP_OVER_WITHIN * within_p95)
     )
     augment_passed = bool(augment_changes) and bool(max(augment_changes) >= AUGMENT_CHANGE)
     evidence["lr_jump"], evidence["augmentation_switch"] = lr_passed, augment_passed
@@ -473,8 +549,9 @@ def schedule(records, k):
         "passed": bool(lr_passed or augment_passed),
         "evidence": evidence,
         "threshold": (
-            f"learning rate changes by >= {LR_JUMP:.0%} across a boundary and by >= "
-            f"{LR_JUMP_OVER_WITHIN}x its 95th-percentile step-to-step change inside epochs, or "
+            "the change of log(lr) across a boundary departs from the step before it by >= "
+            f"log(1 + {LR_JUMP}) and by >= {LR_JUMP_OVER_WITHIN}x the 95th percentile of such "
+            "departures inside epochs, or "
             f"the share of augmented steps changes by >= {AUGMENT_CHANGE} across a boundary"
         ),
     }

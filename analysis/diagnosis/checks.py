@@ -30,6 +30,9 @@ HARDEST_LISTED = 10
 MIN_NOISE_GROUP = 20  # utterances a group needs for its own null distribution
 MIN_NOISE_UTTERANCES = 10  # ... and the whole training set
 NOISE_FDR = 0.05
+# A suspect's training transcript must contradict its label: a loss outlier the model still
+# transcribes as labelled is a hard utterance (a rare word, a fast voice), not a wrong label.
+NOISE_MIN_WER = 50.0
 LOSS_FLOOR = 1e-4  # per-token loss floor before the log (a perfectly fitted utterance)
 MAX_GROUP_VALUES = 20
 MIN_SPEAKER_BLOCKS = 5  # fewer speakers in a group: resample its utterances instead
@@ -184,8 +187,11 @@ def label_noise(records):
     dialect is not a label problem): centre the group's median, scale 1.4826 x its median
     absolute deviation (both unmoved by up to half the group being mislabelled). An
     utterance's p-value is the normal upper tail of its robust z-score; suspects are the
-    Benjamini-Hochberg rejections at false-discovery rate NOISE_FDR over all utterances. With
-    none, the hardest utterances are listed as ``hardest``, not as suspects.
+    Benjamini-Hochberg rejections at false-discovery rate NOISE_FDR over all utterances whose
+    logged training transcript (where logged) disagrees with the label by NOISE_MIN_WER or
+    more: the log-loss of clean speech has a longer upper tail than the normal, and its
+    outliers are heard as labelled. With none, the hardest utterances are listed as
+    ``hardest``, not as suspects.
     """
     logged = [u for u in records.train_utterances if _finite(u.get("loss"))]
     if not logged:
@@ -228,7 +234,8 @@ def label_noise(records):
         }
 
     order = np.argsort(-z, kind="stable")
-    suspects = [entry(i) for i in order if flagged[i]]
+    outliers = [entry(i) for i in order if flagged[i]]
+    suspects = [s for s in outliers if s["wer"] is None or s["wer"] >= NOISE_MIN_WER]
     return {
         "suspects": suspects,
         "hardest": [] if suspects else [entry(i) for i in order[:HARDEST_LISTED]],
@@ -237,11 +244,20 @@ def label_noise(records):
         "group_column": column,
         "null": null,
         "fdr": NOISE_FDR,
+        "transcripts_checked": with_text,
+        "outliers_heard_as_labelled": len(outliers) - len(suspects),
         "test": (
             "robust z of log(teacher-forced loss per token) at the last epoch against its "
             f"group's median and 1.4826 x MAD ({column or 'whole training set'}), normal upper "
             f"tail p-values, Benjamini-Hochberg at FDR {NOISE_FDR:.0%} over "
             f"{len(utterances)} utterances"
+            + (
+                f"; a suspect's training transcript has a WER of {NOISE_MIN_WER:.0f}% or more "
+                "against its label"
+                if with_text
+                else "; no training transcripts logged, so no check that the model hears "
+                "something else"
+            )
         ),
     }
 

@@ -14,10 +14,9 @@ SOURCES = {
 }
 CAUSE_SENTENCES = {
     "running_mean_artifact": (
-        "The drop is a logging artifact: the logged loss behaves as a cumulative mean reset "
-        "every epoch (log-log slope of its step-to-step change {slope_log_change_vs_log_step:.2f}"
-        "; a mean gives -1). At an epoch's end it averages the whole epoch, so the next "
-        "epoch's first batches look better. Plot the per-batch loss instead."
+        "The logged loss ({series}) is a cumulative mean reset every epoch ({how}): at an "
+        "epoch's end it averages the whole epoch, so the next epoch's first batches look "
+        "better than its last ones. Plot the per-batch loss instead."
     ),
     "ordering": (
         "Batches come in a sorted or fixed order (sorting: {sorting}; batch length vs position "
@@ -27,13 +26,15 @@ CAUSE_SENTENCES = {
     ),
     "memorization": (
         "Training utterances' loss falls by {train_drop_mean:.3f} on re-exposure while data "
-        "never trained on falls by {never_seen_drop_mean:.3f} (p = {p_value:.2g}): the model "
-        "memorises the training set. More epochs will lower the training loss, not the WER; "
+        "never trained on falls by {never_seen_drop_mean:.3f} (p = {p_value:.2g}), and after "
+        "epoch(s) {never_seen_stalled_after} its WER stopped falling too: the model memorises the "
+        "training set. More epochs will lower the training loss, not the WER; "
         "add data or augmentation, or stop earlier."
     ),
     "schedule": (
         "The training conditions change at the boundary (learning-rate jump: {lr_jump}, "
-        "largest relative change {lr_max_jump}; augmentation switch: {augmentation_switch}, "
+        "largest change of log(lr) beyond the schedule's {lr_max_jump}; augmentation switch: "
+        "{augmentation_switch}, "
         "largest change in augmented share {augmented_max_change}): the loss moves with the "
         "schedule, not with transcription quality."
     ),
@@ -132,10 +133,12 @@ def _boundary_sentences(d):
         reason = d["skipped"].get("epoch_boundary", "")
         return [f"Epoch-boundary loss drops cannot be analysed: {reason}."]
     if not boundary["detected"]:
+        # What the logs show about the logger, the order or the schedule holds without a drop.
+        findings = [t for t in boundary["tests"] if t["passed"] and t["cause"] != "memorization"]
         return [
             f"The training loss ({boundary['series']}) shows no drop at epoch boundaries beyond "
             f"its within-epoch trend (drop {boundary['drop']:.3f}, p = {boundary['p_value']:.2g})."
-        ]
+        ] + [CAUSE_SENTENCES[t["cause"]].format_map(_formatted(t["evidence"])) for t in findings]
     sentences = [
         f"The training loss ({boundary['series']}) drops by {boundary['drop']:.3f} at epoch "
         f"boundaries (p = {boundary['p_value']:.2g}, {boundary['k']}-step windows)."
@@ -165,6 +168,8 @@ def _formatted(evidence):
     for key, value in evidence.items():
         if isinstance(value, float):
             shown[key] = float(f"{value:.4g}")
+        elif isinstance(value, list) and all(isinstance(v, (int, str)) for v in value):
+            shown[key] = ", ".join(map(str, value))
         elif value is not None and not isinstance(value, list):
             shown[key] = value
     return _Formatted(shown)
@@ -201,15 +206,28 @@ def _other_sentences(d):
         sentences.append(
             f"{len(noise['suspects'])} of {noise['n_utterances']} training utterances are "
             f"label-noise suspects at a {noise['fdr']:.0%} false-discovery rate: their loss is "
-            f"an outlier within their {noise['group_column'] or 'training set'}. Check their "
-            f"labels first: {top}."
+            f"an outlier within their {noise['group_column'] or 'training set'}"
+            + (
+                " and the model transcribes them otherwise than labelled"
+                if noise.get("transcripts_checked")
+                else ""
+            )
+            + f". Check their labels first: {top}."
         )
     elif noise:
         hardest = ", ".join(s["id"] for s in noise["hardest"][:SHOWN_IDS])
+        heard = noise.get("outliers_heard_as_labelled") or 0
         sentences.append(
             "No evidence of label noise: no training utterance's loss is an outlier within its "
             f"{noise['group_column'] or 'training set'} at a {noise['fdr']:.0%} "
-            f"false-discovery rate. The hardest utterances ({hardest}) are hard, not suspects."
+            "false-discovery rate"
+            + (
+                f" while the model transcribes it otherwise than labelled ({heard} loss "
+                "outlier(s) are transcribed as labelled)"
+                if heard
+                else ""
+            )
+            + f". The hardest utterances ({hardest}) are hard, not suspects."
         )
     lagging = (d.get("lagging_groups") or {}).get("lagging", [])
     if lagging:
