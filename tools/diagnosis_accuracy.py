@@ -216,7 +216,11 @@ def append_continued_epoch(folder):
     continued = folder / CONTINUED
     steps_before = len((folder / "log" / "steps.jsonl").read_text().splitlines())
     renumbered = {
-        "epochs.jsonl": lambda r: {**r, "epoch": r["epoch"] + 1},
+        "epochs.jsonl": lambda r: {
+            **r,
+            "epoch": r["epoch"] + 1,
+            "optimizer_steps": r["optimizer_steps"] + steps_before,
+        },
         "log/steps.jsonl": lambda r: {
             **r,
             "epoch": r["epoch"] + 1,

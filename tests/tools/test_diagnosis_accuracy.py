@@ -32,14 +32,16 @@ def test_a_mean_only_logger_replaces_the_per_step_loss_with_its_cumulative_mean(
 
 def test_the_continued_run_becomes_epoch_two_of_the_first(tmp_path):
     for folder, lr in ((tmp_path, 1e-4), (tmp_path / harness.CONTINUED, 1e-5)):
-        write_jsonl(folder / "epochs.jsonl", [{"epoch": 1, "WER": 30.0 if lr == 1e-4 else 28.0}])
+        wer = 30.0 if lr == 1e-4 else 28.0
+        write_jsonl(folder / "epochs.jsonl", [{"epoch": 1, "WER": wer, "optimizer_steps": 2}])
         write_jsonl(folder / "log" / "steps.jsonl", [{**step(1, n, 2.0), "lr": lr} for n in (1, 2)])
         write_jsonl(folder / "log" / "train_utterances.jsonl", [{"epoch": 1, "id": "a"}])
         write_jsonl(folder / "valid" / "utterances_epoch1.jsonl", [{"id": "v", "lr": lr}])
     harness.append_continued_epoch(tmp_path)
-    assert [(e["epoch"], e["WER"]) for e in read_jsonl(tmp_path / "epochs.jsonl")] == [
-        (1, 30.0),
-        (2, 28.0),
+    epochs = read_jsonl(tmp_path / "epochs.jsonl")
+    assert [(e["epoch"], e["WER"], e["optimizer_steps"]) for e in epochs] == [
+        (1, 30.0, 2),
+        (2, 28.0, 4),
     ]
     steps = read_jsonl(tmp_path / "log" / "steps.jsonl")
     assert [(s["epoch"], s["step"], s["lr"]) for s in steps] == [
