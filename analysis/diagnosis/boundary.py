@@ -13,7 +13,7 @@ the drop is real and its own test passes:
 - ``ordering``: batches come in a sorted or fixed order and the loss follows batch length;
 - ``memorization``: training utterances' loss falls on re-exposure much more than the loss
   of data never trained on (valid utterances whose transcript is no training one), and that
-  data stops improving in loss and in WER;
+  data gets worse in loss and, beyond noise, in WER;
 - ``schedule``: the learning rate jumps, or augmentation switches, at the boundary.
 """
 
@@ -26,6 +26,7 @@ from analysis.diagnosis import Unavailable
 from analysis.diagnosis.stats import (
     PERMUTATIONS,
     mann_whitney_greater,
+    paired_bootstrap_difference,
     spearman,
     stratified_permutation_drop,
     words_of,
@@ -388,7 +389,6 @@ def memorization(records):
         for e, utts in records.valid_utterances.items()
     }
     valid_nll = {r["epoch"]: r["nll"] for r in records.epochs if _finite(r.get("nll"))}
-    never_seen_wer = _never_seen_wer(records, shared_text)
     source = "valid utterances' NLL per token (valid/utterances_epochN.jsonl)"
     if not any(valid.values()):
         source = "valid NLL per epoch (epochs.jsonl nll)"
@@ -409,6 +409,7 @@ def memorization(records):
         else:
             unseen = [valid_nll[e] - valid_nll[e + 1]] if {e, e + 1} <= set(valid_nll) else []
         if drops and unseen:
+            wer_rise = _wer_rise(records, shared_text, e)
             train_drops += drops
             never_seen += unseen
             paired_differences += [d - unseen[0] for d in drops]
@@ -417,11 +418,8 @@ def memorization(records):
                     "after_epoch": e,
                     "train_drop_mean": float(np.mean(drops)),
                     "never_seen_drop_mean": float(np.mean(unseen)),
-                    "never_seen_wer_before": never_seen_wer.get(e),
-                    "never_seen_wer_after": never_seen_wer.get(e + 1),
-                    "never_seen_stalled": _stalled(
-                        unseen, never_seen_wer.get(e), never_seen_wer.get(e + 1)
-                    ),
+                    "never_seen_wer_rise": wer_rise,
+                    "never_seen_stalled": _stalled(unseen, wer_rise),
                 }
             )
     if not boundaries and confounded:
@@ -472,36 +470,48 @@ def memorization(records):
         "threshold": (
             f"p < {ALPHA}, the re-exposed drop > 0 and the never-seen drop < "
             f"{MEMORIZATION_RATIO:.0%} of it, and at some boundary data never trained on stops "
-            "improving (its mean loss drop is not above 0 and its WER does not fall)"
+            "improving: its mean loss drop is not above 0 and its WER rises beyond noise (95% "
+            "paired bootstrap interval above 0, blocked by transcript)"
         ),
     }
 
 
-def _never_seen_wer(records, excluded):
-    """``{epoch: WER}`` of the valid utterances outside ``excluded`` (per utterance where
-    logged, else the epoch's valid WER)."""
-    wer = {}
-    for epoch, utterances in records.valid_utterances.items():
-        counted = [
-            u
-            for u in utterances
+def _wer_rise(records, excluded, epoch):
+    """The never-seen valid WER's change from ``epoch`` to the next, in points, with a 95%
+    paired bootstrap interval blocked by transcript (one sentence in several voices moves
+    together); the epochs' valid WERs, without interval, when utterances lack word counts."""
+    counted = {}
+    for e in (epoch, epoch + 1):
+        counted[e] = {
+            u["id"]: u
+            for u in records.valid_utterances.get(e, [])
             if u["id"] not in excluded and _finite(u.get("word_errors")) and u.get("words")
-        ]
-        if counted:
-            errors = sum(u["word_errors"] for u in counted)
-            wer[epoch] = 100.0 * errors / sum(u["words"] for u in counted)
-    if not wer:
-        wer = {r["epoch"]: r["WER"] for r in records.epochs if _finite(r.get("WER"))}
-    return wer
+        }
+    both = sorted(set(counted[epoch]) & set(counted[epoch + 1]))
+    if both:
+        before, after = ([counted[e][i] for i in both] for e in (epoch, epoch + 1))
+        point, lo, hi, _ = paired_bootstrap_difference(
+            [u["word_errors"] for u in after],
+            [u["word_errors"] for u in before],
+            [u["words"] for u in before],
+            blocks=[" ".join(words_of(u.get("ref"))) for u in before],
+        )
+        return {"point": point, "ci95": [lo, hi]}
+    wer = {r["epoch"]: r["WER"] for r in records.epochs if _finite(r.get("WER"))}
+    if {epoch, epoch + 1} <= set(wer):
+        return {"point": wer[epoch + 1] - wer[epoch], "ci95": None}
+    return None
 
 
-def _stalled(never_seen_drops, wer_before, wer_after):
-    """Data never trained on no longer improves across this boundary: neither its loss (mean
-    drop not above 0) nor, where logged, its WER (not lower after)."""
+def _stalled(never_seen_drops, wer_rise):
+    """Data never trained on got worse across this boundary: its mean loss drop is not above
+    0 and, where logged, its WER rose beyond noise (95% interval above 0; with no interval,
+    the point estimate)."""
     loss_stalled = bool(np.mean(never_seen_drops) <= 0)
-    if wer_before is None or wer_after is None:
+    if wer_rise is None:
         return loss_stalled
-    return loss_stalled and wer_after >= wer_before
+    lower = wer_rise["ci95"][0] if wer_rise["ci95"] else wer_rise["point"]
+    return loss_stalled and lower > 0
 
 
 def schedule(records, k):

@@ -27,7 +27,7 @@ CAUSE_SENTENCES = {
     "memorization": (
         "Training utterances' loss falls by {train_drop_mean:.3f} on re-exposure while data "
         "never trained on falls by {never_seen_drop_mean:.3f} (p = {p_value:.2g}), and after "
-        "epoch(s) {never_seen_stalled_after} its WER stopped falling too: the model memorises the "
+        "epoch(s) {never_seen_stalled_after} its WER rose beyond noise: the model memorises the "
         "training set. More epochs will lower the training loss, not the WER; "
         "add data or augmentation, or stop earlier."
     ),
