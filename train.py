@@ -19,7 +19,6 @@ import sys
 
 import speechbrain as sb
 import torch
-from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.utils.checkpoints import ckpt_recency
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
@@ -27,6 +26,7 @@ from analysis.diagnosis.run import run_after_training as diagnose_run
 from local import data_prep
 from whisper_finetuning import (
     audio,
+    batching,
     data_checks,
     encoder_cache,
     examples,
@@ -433,12 +433,13 @@ def dataio_prepare(hparams, whisper):
         )
         hparams["train_loader_kwargs"]["shuffle"] = False
     if hparams["dynamic_batching"]:
-        # Batches of a bounded total duration, reshuffled every epoch (set_epoch).
+        # Batches of a bounded total duration or decoder tokens, reshuffled every epoch.
         hparams["train_loader_kwargs"] = {
-            "batch_sampler": DynamicBatchSampler(
+            "batch_sampler": batching.dynamic_batch_sampler(
                 datasets["train"],
-                length_func=lambda row: float(row["duration"]),
-                **hparams["dynamic_batch_sampler"],
+                hparams["dynamic_batch_length"],
+                whisper,
+                hparams["dynamic_batch_sampler"],
             ),
             "num_workers": hparams["num_workers"],
         }

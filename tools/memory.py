@@ -36,6 +36,7 @@ def settings_from_hparams(hparams_file):
         bf16=values["precision"] == "bf16",
         adamw_8bit=values["adamw_8bit"],
         encoder_cache=str(values["encoder_cache"]).lower() != "false" and not values["augment"],
+        loss_chunk_size=values["loss_chunk_size"],
     )
 
 
@@ -62,7 +63,8 @@ def report(settings, budget_gb):
     lines = [
         f"{settings.model}: {plan.total_params:,} parameters, {plan.trainable_params:,} "
         f"trainable; batch {settings.batch_size}, {settings.tokens} tokens, "
-        f"{settings.encoder_window_seconds} s window",
+        f"{settings.encoder_window_seconds} s window, loss chunks of "
+        + (f"{settings.loss_chunk_size} positions" if settings.loss_chunk_size else "the batch"),
         f"  weights      {plan.weights / GB:7.2f} GB (fp32)",
         f"  gradients    {plan.gradients / GB:7.2f} GB",
         f"  optimizer    {plan.optimizer / GB:7.2f} GB ({optimizer})",
@@ -117,6 +119,7 @@ def main(argv=None):
     parser.add_argument(
         "--no_encoder_cache", dest="encoder_cache", action="store_false", default=None
     )
+    parser.add_argument("--loss_chunk_size", type=int, help="0: the whole batch's loss at once")
     parser.add_argument("--budget_gb", type=float, default=24)
     parser.add_argument("--table", action="store_true", help="print the README table")
     args = parser.parse_args(argv)

@@ -3,13 +3,15 @@
 Each configuration runs in its own process: a random Whisper with the given shapes (tiny.en,
 base.en; the bundled tiny.en's tokenizer) is loaded with the recipe's ``WhisperASR`` and trained
 for three steps the way ``train.py`` does with the encoder cache (frozen encoder output in,
-teacher-forced decoder, log-softmax, label-smoothed NLL, AdamW). What a training step adds to
-the loaded model, the peak resident memory of the last two steps (Linux ``VmHWM``, reset after
-the first step) minus the memory once the model was loaded, is compared with the predicted
-gradients + optimizer state + activations; the weights (4 bytes a parameter) are exact, and the
-process's own tokenizer and Python objects are no part of a GPU's memory.
+teacher-forced decoder, ``fast_loss``'s label-smoothed NLL in chunks of ``--loss_chunk_size``
+positions, AdamW). What a training step adds to the loaded model, the peak resident memory of
+the last two steps (Linux ``VmHWM``, reset after the first step) minus the memory once the
+model was loaded, is compared with the predicted gradients + optimizer state + activations;
+the weights (4 bytes a parameter) are exact, and the process's own tokenizer and Python objects
+are no part of a GPU's memory.
 
-Usage: python -m tools.memory_benchmark [--models tiny.en base.en] [--json FILE]
+Usage: python -m tools.memory_benchmark [--models tiny.en base.en] [--loss_chunk_size 256]
+       [--configurations "full decoder" ...] [--json FILE]
 """
 
 import argparse
@@ -65,8 +67,8 @@ def _random_whisper(folder, settings, tokenizer_source):
 def _measure(settings, model_dir, queue):
     """Child process: peak bytes of training steps above the memory before the model."""
     import torch
-    from speechbrain.nnet.losses import nll_loss
 
+    from whisper_finetuning.fast_loss import nll_loss
     from whisper_finetuning.memory import FRAMES_PER_SECOND
     from whisper_finetuning.model import WhisperASR
 
@@ -97,18 +99,21 @@ def _measure(settings, model_dir, queue):
     first = whisper.prompt_length - 1
     lengths = torch.ones(settings.batch_size)
 
-    def log_probs():
-        """compute_forward's training output: the logits are freed on return."""
-        logits = whisper.forward_decoder(tokens, whisper.encode_trainable(frozen_out))
-        return torch.nn.functional.log_softmax(logits.float(), dim=-1)
-
     loaded = _status_kb("VmRSS")
     for step in range(STEPS):
         if step == 1:  # the optimizer's state exists now (and counts): measure from here
             Path("/proc/self/clear_refs").write_text("5")
-        loss = nll_loss(
-            log_probs()[:, first:-1], tokens[:, first + 1 :], lengths, label_smoothing=0.1
+        hidden = whisper.decoder_hidden(tokens, whisper.encode_trainable(frozen_out))
+        loss, _ = nll_loss(
+            whisper.model.proj_out,
+            hidden[:, first:-1],
+            tokens[:, first + 1 :],
+            lengths,
+            label_smoothing=0.1,
+            chunk_size=settings.loss_chunk_size,
+            statistics_rows=settings.batch_size,  # as in training: the log's token statistics
         )
+        del hidden
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -116,16 +121,52 @@ def _measure(settings, model_dir, queue):
     queue.put(_status_kb("VmHWM") - loaded)
 
 
-def measure(settings, model_dir):
-    """Measured peak bytes of ``settings``'s training steps, in a fresh process."""
+def _measure_loss(shape, chunk_size, projection_trains, queue):
+    """Child process: peak bytes of ``fast_loss``'s forward and backward alone over
+    ``shape`` (batch, positions, width, vocabulary), above the memory before its later steps
+    (the gradients it returns are freed each step: the planner counts them as fixed)."""
+    import torch
+
+    from whisper_finetuning.fast_loss import nll_loss
+
+    torch.set_num_threads(1)
+    batch, positions, width, vocab = shape
+    generator = torch.Generator().manual_seed(0)
+    projection = torch.nn.Linear(width, vocab, bias=False).requires_grad_(projection_trains)
+    hidden = torch.randn(batch, positions, width, generator=generator, requires_grad=True)
+    targets = torch.randint(0, vocab, (batch, positions), generator=generator)
+    for step in range(STEPS):
+        if step == 1:
+            before = _status_kb("VmRSS")
+            Path("/proc/self/clear_refs").write_text("5")
+        loss, _ = nll_loss(
+            projection, hidden, targets, torch.ones(batch), 0.1, chunk_size, statistics_rows=batch
+        )
+        loss.backward()
+        hidden.grad = projection.weight.grad = loss = None
+    queue.put(_status_kb("VmHWM") - before)
+
+
+def _in_child(target, *args):
+    """``target(*args, queue)``'s one result, run in a fresh process."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    child = context.Process(target=_measure, args=(settings, model_dir, queue))
+    child = context.Process(target=target, args=(*args, queue))
     child.start()
     child.join()
     if child.exitcode != 0:
-        raise RuntimeError(f"measurement of {settings} failed (exit {child.exitcode})")
+        raise RuntimeError(f"measurement {target.__name__}{args} failed (exit {child.exitcode})")
     return queue.get()
+
+
+def measure(settings, model_dir):
+    """Measured peak bytes of ``settings``'s training steps, in a fresh process."""
+    return _in_child(_measure, settings, model_dir)
+
+
+def measure_loss(shape, chunk_size, projection_trains):
+    """Measured peak bytes of the loss alone (``_measure_loss``), in a fresh process."""
+    return _in_child(_measure_loss, shape, chunk_size, projection_trains)
 
 
 def main(argv=None):
@@ -134,6 +175,10 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=40)
     parser.add_argument("--encoder_window_seconds", type=int, default=10)
+    parser.add_argument("--loss_chunk_size", type=int, default=Settings.loss_chunk_size)
+    parser.add_argument(
+        "--configurations", nargs="+", choices=list(CONFIGURATIONS), default=list(CONFIGURATIONS)
+    )
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
     from whisper_finetuning.bundled import BUNDLED_TINY_EN, resolve_source
@@ -152,10 +197,11 @@ def main(argv=None):
                 batch_size=args.batch_size,
                 tokens=args.tokens,
                 encoder_window_seconds=args.encoder_window_seconds,
+                loss_chunk_size=args.loss_chunk_size,
             )
             _random_whisper(model_dir, base, tokenizer_source)
-            for label, options in CONFIGURATIONS.items():
-                settings = dataclasses.replace(base, **options)
+            for label in args.configurations:
+                settings = dataclasses.replace(base, **CONFIGURATIONS[label])
                 plan = predict(settings)
                 predicted, measured = plan.peak - plan.weights, measure(settings, model_dir)
                 error = (predicted - measured) / measured

@@ -16,6 +16,7 @@ from pathlib import Path
 import ruamel.yaml
 
 from whisper_finetuning.audio import CHUNK_SECONDS
+from whisper_finetuning.batching import BATCH_LENGTHS
 from whisper_finetuning.bundled import BUNDLED_MODELS
 from whisper_finetuning.encoder_cache import MODES as ENCODER_CACHE_MODES
 from whisper_finetuning.manifests import BAD_ROW_POLICIES
@@ -279,6 +280,7 @@ RULES = {
     "sanity_lr": _number(0, low_open=True, **RERUN_MAY_CHANGE),
     "sanity_max_nll": _number(0, **RERUN_MAY_CHANGE),
     "dynamic_batching": BOOL,
+    "dynamic_batch_length": _choice(*BATCH_LENGTHS),
     "dynamic_batch_sampler.max_batch_length": _number(0, low_open=True),
     "dynamic_batch_sampler.num_buckets": _int(1),
     # decoding

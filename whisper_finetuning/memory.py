@@ -10,8 +10,9 @@ parameter counts are exact. The peak is the sum of:
   8-bit AdamW (bitsandbytes);
 * activations: the tensors autograd keeps for the backward pass, counted per layer from the
   layer's shapes for every layer that runs with gradients (from the lowest trainable one up;
-  the whole decoder when the encoder trains), plus the loss's vocabulary-sized tensors, plus
-  the encoder output (or, without the encoder cache, the frozen encoder's own peak).
+  the whole decoder when the encoder trains), plus the loss's vocabulary-sized tensors
+  (``loss_bytes``), plus the encoder output (or, without the encoder cache, the frozen
+  encoder's own peak).
 
 Attention is counted as PyTorch's fused scaled-dot-product attention keeps it (queries, keys,
 values and output; no score matrix). Measured against real training steps by
@@ -20,6 +21,7 @@ values and output; no score matrix). Measured against real training steps by
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import torch
 from transformers import WhisperForConditionalGeneration
@@ -32,8 +34,9 @@ GB = 1e9
 FP32 = 4
 FRAMES_PER_SECOND = 50  # encoder frames per second of audio (after the stride-2 convolution)
 ADAMW_BYTES, ADAMW_8BIT_BYTES = 8, 2  # optimizer state per trainable parameter
-# Vocabulary-sized tensors alive at the loss's peak: logits, log-probabilities, the smoothed
-# target distribution, the KL divergence and its masked copy (speechbrain's nll_loss).
+# Vocabulary-sized tensors alive at the loss's peak with ``loss_chunk_size: 0``: logits,
+# log-probabilities, the smoothed target distribution, the KL divergence and its masked copy
+# (speechbrain's nll_loss), all kept for the whole batch.
 LOSS_VOCAB_TENSORS = 5
 GELU_AND_LINEAR_OUTPUTS = 2  # the feed-forward's hidden width appears twice (fc1 out, GELU out)
 
@@ -56,6 +59,7 @@ class Settings:
     bf16: bool = False
     adamw_8bit: bool = False
     encoder_cache: bool = True  # the frozen encoder's output read from disk
+    loss_chunk_size: int = 256  # target positions the loss projects at a time; 0: all at once
 
 
 def shape_name(whisper_hub):
@@ -153,6 +157,33 @@ def _layer_activations(layer, tokens, frames, d_model, ffn, dropout):
     return elements
 
 
+def loss_bytes(batch_size, tokens, vocab, d_model, chunk_size, projection_trains):
+    """Bytes the loss holds at its peak for ``batch_size`` utterances of ``tokens`` positions.
+
+    ``chunk_size`` 0: ``LOSS_VOCAB_TENSORS`` float32 (positions, vocabulary) tensors of the
+    whole batch. Otherwise (``fast_loss``): while a chunk's log-softmax runs, its logits and
+    log-probabilities and the previous chunk's gradient (still bound) are alive; the gradient
+    for the hidden states (positions, width) is kept for the backward pass and, when the output
+    projection trains, a float32 gradient of its weight too, to which each chunk adds a
+    temporary product of the weight's size.
+    """
+    positions = batch_size * tokens
+    if chunk_size == 0:
+        return LOSS_VOCAB_TENSORS * positions * vocab * FP32
+    first = min(positions, chunk_size)
+    second = min(max(positions - chunk_size, 0), chunk_size)
+    rows = max(2 * first, first + 2 * second)
+    weight = d_model * projection_trains  # in rows of the vocabulary
+    return vocab * FP32 * (weight + max(rows, first + weight)) + positions * d_model * FP32
+
+
+def batch_activations(batch_size, per_utterance, frozen_encoder_per_utterance, loss):
+    """Activation bytes of a batch: the trainable layers' (``per_utterance`` each) and the
+    loss's, or the frozen encoder's own peak if larger (it runs first and frees its own)."""
+    training = batch_size * per_utterance + loss(batch_size)
+    return max(training, batch_size * frozen_encoder_per_utterance)
+
+
 @dataclasses.dataclass
 class Prediction:
     """Predicted bytes by component, and the counts behind them."""
@@ -163,12 +194,12 @@ class Prediction:
     weights: float
     gradients: float
     optimizer: float
-    activations_per_utterance: float  # every activation term grows with the batch
+    activations_of: Callable[[int], float]  # activation bytes of a batch size
 
     @property
     def activations(self):
         """Predicted activation bytes of the batch."""
-        return self.batch_size * self.activations_per_utterance
+        return self.activations_of(self.batch_size)
 
     @property
     def fixed(self):
@@ -182,12 +213,20 @@ class Prediction:
 
     def largest_batch(self, budget_gb):
         """The largest batch size whose predicted peak fits ``budget_gb`` (0 if none)."""
-        return max(0, int((budget_gb * GB - self.fixed) // self.activations_per_utterance))
+        budget = budget_gb * GB - self.fixed
+        high = 1
+        while self.activations_of(high) <= budget:
+            high *= 2
+        low = high // 2  # fits (or is 0); ``high`` does not
+        while high - low > 1:  # the activations grow with the batch, the loss's not linearly
+            middle = (low + high) // 2
+            low, high = (middle, high) if self.activations_of(middle) <= budget else (low, middle)
+        return low
 
 
 def predict(settings):
     """Predicted peak memory of one training step (after the first optimizer step); the
-    activations are counted for one utterance and scale with the batch."""
+    layers' activations are counted for one utterance and scale with the batch."""
     model = meta_model(settings)
     config = model.config
     d_model, ffn, vocab = config.d_model, config.decoder_ffn_dim, config.vocab_size
@@ -213,12 +252,20 @@ def predict(settings):
     else:
         layer_activations = sum(grad_layers)
     width = 2 if settings.bf16 else FP32  # autocast keeps matmul outputs in bf16
-    loss_bytes = LOSS_VOCAB_TENSORS * tokens * vocab * FP32  # log-softmax runs in fp32
-    activations = layer_activations * width + loss_bytes + frames * d_model * FP32
+    per_utterance = layer_activations * width + frames * d_model * FP32
+    frozen_encoder = 0
     if not settings.encoder_cache:  # the frozen encoder runs first, without gradients
         stem = 2 * frames * d_model * 2  # two convolution outputs of twice the frames
         block = frames * (3 * d_model + GELU_AND_LINEAR_OUTPUTS * ffn)
-        activations = max(activations, max(stem, block) * width)
+        frozen_encoder = max(stem, block) * width
+    loss = functools.partial(
+        loss_bytes,
+        tokens=tokens,
+        vocab=vocab,
+        d_model=d_model,
+        chunk_size=settings.loss_chunk_size,
+        projection_trains=model.proj_out.weight.requires_grad,
+    )
     return Prediction(
         total_params=total,
         trainable_params=trainable,
@@ -226,5 +273,10 @@ def predict(settings):
         weights=total * FP32,
         gradients=trainable * FP32,
         optimizer=trainable * (ADAMW_8BIT_BYTES if settings.adamw_8bit else ADAMW_BYTES),
-        activations_per_utterance=activations,
+        activations_of=functools.partial(
+            batch_activations,
+            per_utterance=per_utterance,
+            frozen_encoder_per_utterance=frozen_encoder,
+            loss=loss,
+        ),
     )

@@ -6,7 +6,8 @@ import dataclasses
 import pytest
 
 from tools import memory as memory_tool
-from whisper_finetuning.memory import GB, Settings, predict, shape_name
+from tools import memory_benchmark
+from whisper_finetuning.memory import GB, Settings, loss_bytes, predict, shape_name
 
 DECODER_ATTENTION = (
     r"decoder\.layers\.\d+\.(self_attn|encoder_attn)\.(q_proj|k_proj|v_proj|out_proj)$",
@@ -41,8 +42,11 @@ def test_lora_trains_rank_times_both_widths_per_adapted_projection():
 
 
 def test_full_decoder_activations_follow_the_layer_count():
-    """Hand count for tiny, one utterance of 10 tokens over a 1 s window (50 frames)."""
-    settings = Settings(model="tiny", batch_size=1, tokens=10, encoder_window_seconds=1)
+    """Hand count for tiny, one utterance of 10 tokens over a 1 s window (50 frames), with the
+    whole batch's loss at once."""
+    settings = Settings(
+        model="tiny", batch_size=1, tokens=10, encoder_window_seconds=1, loss_chunk_size=0
+    )
     d, ffn, vocab, tokens, frames = TINY["d"], TINY["ffn"], TINY["vocab"], 10, 50
     # per layer: 3 layer-norm inputs, self-attention q/k/v/output and its 2 linear inputs,
     # cross-attention q/output and its 2 linear inputs, fc1's input; fc1 and GELU outputs;
@@ -60,6 +64,46 @@ def test_full_decoder_activations_follow_the_layer_count():
     )
 
 
+def test_the_chunked_loss_holds_at_most_three_chunks_whatever_the_batch():
+    """Hand count of fast_loss's peak: a chunk's logits and log-probabilities, the previous
+    chunk's gradient, the hidden states' gradient and, when the projection trains, its fp32
+    weight gradient plus one temporary product of that size."""
+    d, vocab = TINY["d"], TINY["vocab"]
+    demo = Settings(
+        model="tiny",
+        tokens=10,
+        encoder_window_seconds=1,
+        loss_chunk_size=16,
+        trainable_patterns=("encoder_attn",),
+    )
+    whole = dataclasses.replace(demo, loss_chunk_size=0)
+
+    def loss(settings, batch):
+        """The chunked loss's bytes: the prediction minus the whole-batch one's loss."""
+        chunked = predict(dataclasses.replace(settings, batch_size=batch)).activations
+        reference = predict(dataclasses.replace(settings, batch_size=batch, loss_chunk_size=0))
+        return chunked - (reference.activations - 5 * batch * 10 * vocab * 4)
+
+    # batch 1: one chunk of 10 rows; 2: 16 + 4 rows; 4 and 8: 16 + 16 (+ 8 + ...) rows
+    assert loss(demo, 1) == 4 * (vocab * 2 * 10 + 10 * d)
+    assert loss(demo, 2) == 4 * (vocab * 2 * 16 + 20 * d)
+    assert loss(demo, 4) == 4 * (vocab * 3 * 16 + 40 * d)
+    assert loss(demo, 8) == 4 * (vocab * 3 * 16 + 80 * d)
+    assert predict(whole).largest_batch(4) < predict(demo).largest_batch(4)
+    full_decoder = dataclasses.replace(demo, trainable_patterns=())  # the projection trains
+    assert loss(full_decoder, 8) == 4 * (vocab * (d + 16 + d) + 80 * d)
+
+
+@pytest.mark.parametrize("projection_trains", [False, True])
+def test_the_chunked_loss_peak_is_the_measured_one(projection_trains):
+    """fast_loss alone at tiny's width and vocabulary, 8 x 38 targets in chunks of 256: the
+    measured resident peak (about 106 and 213 MB) within 3% of the prediction."""
+    shape = (8, 38, TINY["d"], TINY["vocab"])
+    measured = memory_benchmark.measure_loss(shape, 256, projection_trains)
+    predicted = loss_bytes(8, 38, TINY["vocab"], TINY["d"], 256, projection_trains)
+    assert measured == pytest.approx(predicted, rel=0.03)
+
+
 def test_largest_batch_is_the_last_that_fits():
     settings = Settings(model="large-v3", adapter="lora", adapter_targets=DECODER_ATTENTION)
     plan = predict(settings)
@@ -67,6 +111,10 @@ def test_largest_batch_is_the_last_that_fits():
     fits = predict(dataclasses.replace(settings, batch_size=batch)).peak
     over = predict(dataclasses.replace(settings, batch_size=batch + 1)).peak
     assert batch > 0 and fits <= 24 * GB < over
+    # the loss's term stops growing at 13 x 40 positions (two chunks of 256)
+    tiny = dataclasses.replace(settings, model="tiny", tokens=40)
+    fitting = [b for b in range(40) if predict(dataclasses.replace(tiny, batch_size=b)).peak <= GB]
+    assert predict(tiny).largest_batch(1) == max(fitting) == 14
     assert predict(Settings(model="large-v3")).largest_batch(4) == 0  # the weights alone: 6.2 GB
 
 
