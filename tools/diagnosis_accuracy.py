@@ -84,6 +84,7 @@ DEMO_LR = 1e-4
 POOL_VALID_SENTENCES = 10
 LOGS = ("epochs.jsonl", "log", "valid", "run.json")
 CONTINUED = "continued"  # the lr_jump run's second leg
+LEG_SEED_OFFSET = 1000
 
 
 def parse_args(argv):
@@ -175,7 +176,6 @@ def train(folder, train_csv, valid_csv, manifests, spec, seed, args):
         "--longform_test_csv=[]",
         f"--whisper_cache={work / 'models'}",
         f"--encoder_cache_folder={work / 'encoder_cache'}",
-        f"--seed={seed}",
         "--zero_shot_eval=False",
         "--diagnose_after_training=False",
         "--data_checks=off",
@@ -186,16 +186,19 @@ def train(folder, train_csv, valid_csv, manifests, spec, seed, args):
     ]
     if spec.get("memorize"):
         command += MEMORIZE_OVERRIDES
-    legs = [command + [f"--output_folder={folder}", f"--number_of_epochs={epochs}"]]
+    legs = [
+        command + [f"--output_folder={folder}", f"--seed={seed}", f"--number_of_epochs={epochs}"]
+    ]
     if spec.get("lr_jump"):
         # Epoch 1 at the demo rate; epoch 2 starts from its checkpoint at a tenth of it,
         # decaying from there (Noam with one warmup step), and its logs are appended.
         legs = [
-            command + [f"--output_folder={folder}", "--number_of_epochs=1"],
+            command + [f"--output_folder={folder}", f"--seed={seed}", "--number_of_epochs=1"],
             command
             + [
                 f"--output_folder={folder / CONTINUED}",
                 f"--init_from={folder}",
+                f"--seed={seed + LEG_SEED_OFFSET}",  # a restart draws a new batch order
                 "--number_of_epochs=1",
                 f"--lr={DEMO_LR * spec['lr_jump']}",
                 "--warmup_steps=1",
@@ -270,6 +273,8 @@ def claims(result):
     # without one (analysis.diagnosis.report).
     boundary = result.get("epoch_boundary") or {}
     made = {t["cause"] for t in boundary.get("tests", []) if t["passed"]}
+    if any(t["evidence"].get("order_not_random") for t in boundary.get("tests", [])):
+        made.add("ordering")
     if (result.get("memorization") or {}).get("passed"):
         made.add("memorization")
     if result.get("label_noise_suspects"):

@@ -135,16 +135,22 @@ def _boundary_sentences(d):
     if not boundary["detected"]:
         # What the logs show about the logger, the order or the schedule holds without a drop.
         findings = [t for t in boundary["tests"] if t["passed"] and t["cause"] != "memorization"]
-        return [
-            f"The training loss ({boundary['series']}) shows no drop at epoch boundaries beyond "
-            f"its within-epoch trend (drop {boundary['drop']:.3f}, p = {boundary['p_value']:.2g})."
-        ] + [CAUSE_SENTENCES[t["cause"]].format_map(_formatted(t["evidence"])) for t in findings]
+        return (
+            [
+                f"The training loss ({boundary['series']}) shows no drop at epoch boundaries "
+                f"beyond its within-epoch trend (drop {boundary['drop']:.3f}, p = "
+                f"{boundary['p_value']:.2g})."
+            ]
+            + [CAUSE_SENTENCES[t["cause"]].format_map(_formatted(t["evidence"])) for t in findings]
+            + _order_without_effect(boundary)
+        )
     sentences = [
         f"The training loss ({boundary['series']}) drops by {boundary['drop']:.3f} at epoch "
         f"boundaries (p = {boundary['p_value']:.2g}, {boundary['k']}-step windows)."
     ]
     for cause in boundary["causes"]:
         sentences.append(CAUSE_SENTENCES[cause["cause"]].format_map(_formatted(cause["evidence"])))
+    sentences += _order_without_effect(boundary)
     if not boundary["causes"]:
         tested = ", ".join(t["cause"] for t in boundary["tests"]) or "none"
         untested = ", ".join(t["cause"] for t in boundary["not_tested"]) or "none"
@@ -156,11 +162,33 @@ def _boundary_sentences(d):
     return sentences
 
 
+def _order_without_effect(boundary):
+    """A sorted or repeating batch order that the loss does not follow is still reported."""
+    return [
+        "Batches come in a sorted or fixed order (sorting: {sorting}; batch length vs position "
+        "rho {length_vs_position_rho:.2f}, batch lengths repeating between epochs r "
+        "{length_repeat_between_epochs_r:.2f}), but the step loss does not follow batch length "
+        "(rho {loss_vs_length_rho:.2f}, p = {loss_vs_length_p:.2g}): the order does not explain "
+        "the loss curve here. Shuffle anyway, so that each epoch's batches differ.".format_map(
+            _formatted(t["evidence"])
+        )
+        for t in boundary["tests"]
+        if t["cause"] == "ordering" and not t["passed"] and t["evidence"]["order_not_random"]
+    ]
+
+
+class _NotAvailable:
+    """A missing value reads 'n/a' whatever its format spec."""
+
+    def __format__(self, spec):
+        return "n/a"
+
+
 class _Formatted(dict):
     """Evidence values for sentences: floats keep their format spec, None reads 'n/a'."""
 
     def __missing__(self, key):
-        return "n/a"
+        return _NotAvailable()
 
 
 def _formatted(evidence):

@@ -754,6 +754,24 @@ def test_a_loss_outlier_transcribed_as_labelled_is_hard_not_a_suspect(tmp_path):
     assert noise["outliers_heard_as_labelled"] == 1 and noise["transcripts_checked"]
 
 
+def test_a_sorted_order_the_loss_does_not_follow_is_reported_not_blamed(tmp_path):
+    """Sorted batches whose loss does not depend on length: the order is no cause of the drop,
+    but the verdict still says the batches come sorted."""
+    folder = make_run(tmp_path, ("ordering",), mislabelled=[])
+    path = folder / "log" / "steps.jsonl"
+    steps = read_jsonl(path)
+    flat = [{**s, "loss": float(_level(s["step"]))} for s in steps]  # no length effect
+    write_jsonl(path, flat)
+    result = diagnose.run(folder)
+    ordering = result["epoch_boundary"]["tests"][1]
+    assert ordering["cause"] == "ordering" and not ordering["passed"]
+    assert ordering["evidence"]["order_not_random"]
+    assert ordering["evidence"]["length_vs_position_rho"] == pytest.approx(1.0)
+    order = [s for s in result["verdict"] if s.startswith("Batches come in a sorted")]
+    assert len(order) == 1 and "does not explain the loss curve" in order[0]
+    assert "sorting: ascending" in order[0]
+
+
 def test_a_learning_rate_jump_is_told_from_a_warmup_schedule(tmp_path):
     """Noam warmup moves the learning rate at every step, boundaries included: no jump. A
     restart at a tenth of the rate is one, although the warmup's step changes are larger."""
