@@ -73,8 +73,8 @@ def test_the_claims_read_from_a_diagnosis():
         "epoch_boundary": {
             "detected": False,
             "tests": [
-                {"cause": "running_mean_artifact", "passed": True},
-                {"cause": "ordering", "passed": False},
+                {"cause": "running_mean_artifact", "passed": True, "evidence": {}},
+                {"cause": "ordering", "passed": False, "evidence": {"order_not_random": False}},
             ],
         },
         "memorization": {"passed": False},
@@ -82,3 +82,5 @@ def test_the_claims_read_from_a_diagnosis():
         "lagging_groups": {"lagging": []},
     }
     assert harness.claims(result) == {"running_mean_artifact", "label_noise"}
+    result["epoch_boundary"]["tests"][1]["evidence"]["order_not_random"] = True
+    assert harness.claims(result) == {"running_mean_artifact", "label_noise", "ordering"}
