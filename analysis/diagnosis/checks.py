@@ -410,7 +410,7 @@ def _shift_comparison(name, valid, baseline):
     }
 
 
-def distribution_shift(records):
+def distribution_shift(records, label_noise_suspects=()):
     """Valid utterances against training utterances exactly as new to the model.
 
     In the first epoch, utterances visited late (last quarter) and for the first time are
@@ -418,14 +418,19 @@ def distribution_shift(records):
     normalised transcript had not been trained on before the visit (the valid transcripts never
     were) and their speaker is as new as the valid speakers: never trained on for valid
     speakers absent from training, already trained on for valid speakers present in it
-    (``spk_id`` logged). Valid utterances whose transcript occurs in training are left out.
+    (``spk_id`` logged). Valid utterances whose transcript occurs in training are left out,
+    and so are training utterances named as label-noise suspects (a wrong label is new text,
+    and its loss says nothing about the audio).
     Each speaker condition with MIN_SHIFT_SAMPLE utterances on both sides is one comparison
     (Bonferroni over them); the valid set is flagged when the valid NLL differs from the
     baseline's by SHIFT_RATIO or more. With no clean comparison no claim is made and
     ``confound`` says what prevented it.
     """
     first_epoch, visits = first_visit_novelty(records)
-    late = [u for u in visits if (u.get("position") or 0) >= LATE_POSITION]
+    suspects = set(label_noise_suspects)
+    late = [
+        u for u in visits if (u.get("position") or 0) >= LATE_POSITION and u["id"] not in suspects
+    ]
     valid = [u for u in records.valid_utterances.get(first_epoch, []) if _finite(u.get("loss"))]
     if len(late) < MIN_SHIFT_SAMPLE or len(valid) < MIN_SHIFT_SAMPLE:
         raise Unavailable(
@@ -503,6 +508,9 @@ def distribution_shift(records):
         "confounded_p_value": naive["p_value"],
         "n_late_first_visits": len(late),
         "n_late_text_seen": sum(u["text_seen"] for u in late),
+        "n_label_noise_suspects_left_out": sum(
+            (u.get("position") or 0) >= LATE_POSITION and u["id"] in suspects for u in visits
+        ),
         "augment": records.run_config.get("augment"),
         "flagged": bool(flagged),
         "threshold": (

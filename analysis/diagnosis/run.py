@@ -101,7 +101,10 @@ def diagnose(run):
         ),
         "leakage": analyses.attempt("leakage", checks.leakage, run),
         "distribution_shift": analyses.attempt(
-            "distribution_shift", checks.distribution_shift, run
+            "distribution_shift",
+            checks.distribution_shift,
+            run,
+            [s["id"] for s in label_noise["suspects"]] if label_noise else (),
         ),
         "repetition_loops": analyses.attempt("repetition_loops", checks.repetition_loops, run),
         "valid_set": analyses.attempt("valid_set", checks.valid_set, run, wer_epoch),

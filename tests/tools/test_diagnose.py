@@ -956,6 +956,24 @@ def test_a_planted_shift_is_claimed_from_a_clean_comparison(
     assert "Valid utterances are harder" in " ".join(shifted["verdict"])
 
 
+def test_mislabelled_late_visits_are_no_evidence_of_shift(tmp_path):
+    """Wrong labels are new text, so late mislabelled visits join the clean baseline; their
+    high loss would make a same-generator valid set look easier. Named suspects are left out."""
+    folder = make_shift_run(tmp_path, 300, ("en-us",), ("en-us",), shared_text=False)
+    path = folder / "log" / "train_utterances.jsonl"
+    rows = read_jsonl(path)
+    late = [u for u in rows if u["position"] >= 0.75]
+    for u in late[::3]:
+        u["loss"] += MISLABEL_EFFECT
+    write_jsonl(path, rows)
+    loaded = records.load(folder)
+    assert checks.distribution_shift(loaded)["flagged"]
+    named = [u["id"] for u in late[::3]]
+    shift = checks.distribution_shift(loaded, named)
+    assert not shift["flagged"] and shift["n_label_noise_suspects_left_out"] == len(named)
+    assert shift["n_late_first_visits"] == len(late) - len(named)
+
+
 def test_the_run_selection_metric_picks_the_reported_epoch(tmp_path):
     folder = make_run(tmp_path)
     epochs = read_jsonl(folder / "epochs.jsonl")
