@@ -7,11 +7,12 @@ five voices, split by sentence), one subset per seed. Causes are planted as foll
 - ``noise_2``, ``noise_5``, ``noise_10``: that share of training rows get the transcript of a
   corpus sentence used in no split (real mislabelled training, real model);
 - ``ordering``: ``--sorting=ascending`` (batches by length, the same order every epoch);
-- ``lr_jump``: epoch 1 at the demo rate, then the run is continued for epoch 2 at a tenth of
-  it (a real step decay at the boundary);
-- ``memorization``: few sentences, many epochs, the whole decoder trained at a high rate;
+- ``lr_jump``: epoch 1 at the demo rate, then a new run starts from its checkpoint at a tenth
+  of it (Noam with one warmup step, a new batch order) and its logs become epoch 2;
+- ``memorization``: 6 sentences, 8 epochs, the whole decoder trained at the demo rate;
 - ``running_mean``: the clean runs' real per-step losses re-logged by a running-mean logger
-  (``logged_loss``: the cumulative mean reset every epoch, what such a logger writes); the
+  (``logged_loss``: the cumulative mean reset every epoch, what such a logger writes) next to
+  them; ``running_mean_only``: the mean alone, as a logger that writes nothing else; the
   training itself is the clean run's, so it costs no training;
 - ``noise_5+ordering`` (trained) and ``noise_5+running_mean`` (re-logged): two causes at once.
 
@@ -20,7 +21,7 @@ made when planted (recall) and when not (false alarms, on clean runs and on all 
 it), and the label-noise suspects' precision and recall at the reported cut. Finished runs are
 kept in ``--work_folder`` and reused, so a second call only re-diagnoses.
 
-Usage: python -m tools.diagnosis_accuracy [--seeds 3] [--train_sentences 40] [--scenarios ...]
+Usage: python -m tools.diagnosis_accuracy [--seeds 5] [--train_sentences 16] [--scenarios ...]
 """
 
 import argparse
@@ -79,8 +80,8 @@ CLAIMS = (
     "overconfidence",
 )
 MEMORIZE_SENTENCES, MEMORIZE_EPOCHS = 6, 8
-MEMORIZE_OVERRIDES = ["--trainable_patterns=[decoder]", "--lr=1e-4", "--warmup_steps=8"]
-DEMO_LR = 1e-4
+DEMO_LR = 1e-4  # hparams/demo_tiny_en.yaml's
+MEMORIZE_OVERRIDES = ["--trainable_patterns=[decoder]", f"--lr={DEMO_LR}", "--warmup_steps=8"]
 POOL_VALID_SENTENCES = 10
 LOGS = ("epochs.jsonl", "log", "valid", "run.json")
 CONTINUED = "continued"  # the lr_jump run's second leg
@@ -91,7 +92,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work_folder", default="results/diagnosis_accuracy")
     parser.add_argument("--data_folder", default="data/accent_corpus")
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--first_seed", type=int, default=1)
     parser.add_argument("--train_sentences", type=int, default=16, help="per run, x5 voices")
     parser.add_argument("--pool_sentences", type=int, default=90, help="sentences runs draw from")
