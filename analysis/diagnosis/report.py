@@ -41,6 +41,15 @@ CAUSE_SENTENCES = {
 }
 
 
+REEXPOSURE_SENTENCE = (
+    "Re-exposure explains it: training utterances' loss falls by {train_drop_mean:.3f} when "
+    "they come round again, while data never trained on falls by {never_seen_drop_mean:.3f} "
+    "(p = {p_value:.2g}), but that data's WER did not get worse beyond noise. The model fits "
+    "the utterances it has seen faster than it generalises, which lowers the training loss "
+    "more than the WER: no sign of memorisation yet; select by valid WER, not by the loss."
+)
+
+
 def _wer_of(diagnostics, epoch):
     for row in diagnostics["epochs"]:
         if row["epoch"] == epoch:
@@ -151,7 +160,12 @@ def _boundary_sentences(d):
     for cause in boundary["causes"]:
         sentences.append(CAUSE_SENTENCES[cause["cause"]].format_map(_formatted(cause["evidence"])))
     sentences += _order_without_effect(boundary)
-    if not boundary["causes"]:
+    memorization = d.get("memorization") or {}
+    if not boundary["causes"] and memorization.get("evidence", {}).get(
+        "reexposure_beyond_never_seen"
+    ):
+        sentences.append(REEXPOSURE_SENTENCE.format_map(_formatted(memorization["evidence"])))
+    elif not boundary["causes"]:
         tested = ", ".join(t["cause"] for t in boundary["tests"]) or "none"
         untested = ", ".join(t["cause"] for t in boundary["not_tested"]) or "none"
         sentences.append(

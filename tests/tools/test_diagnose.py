@@ -735,6 +735,8 @@ def test_a_rising_valid_nll_with_a_falling_wer_is_no_memorization(tmp_path):
     assert all(r["ci95"][1] < 0 for r in rises)
     assert evidence["never_seen_stalled_after"] == [] and not result["memorization"]["passed"]
     assert not any("memorises" in sentence for sentence in result["verdict"])
+    assert evidence["reexposure_beyond_never_seen"] and result["epoch_boundary"]["detected"]
+    assert any(s.startswith("Re-exposure explains it") for s in result["verdict"])
 
 
 def test_a_loss_outlier_transcribed_as_labelled_is_hard_not_a_suspect(tmp_path):
