@@ -25,6 +25,7 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 from analysis.diagnosis.run import run_after_training as diagnose_run
 from local import data_prep
 from whisper_finetuning import (
+    allocator,
     audio,
     batching,
     data_checks,
@@ -564,6 +565,8 @@ def group_columns(columns):
 
 def make_brain(hparams, run_opts, **overrides):
     """The recipe's Brain; ``overrides`` replace its arguments (e.g. ``checkpointer=None``)."""
+    if hparams["keep_freed_memory"]:
+        allocator.keep_freed_memory()
     arguments = {
         "modules": hparams["modules"],
         "opt_class": hparams["optimizer"],

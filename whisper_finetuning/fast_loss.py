@@ -92,8 +92,8 @@ class _ProjectedNLL(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, label_smoothing, chunk_size, entropy):
         count = max(hidden.shape[0], 1)
         want_hidden, want_weight = ctx.needs_input_grad[:2]
-        grad_hidden = torch.zeros_like(hidden) if want_hidden else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None
+        grad_weight = None  # the first chunk's product, then the sum (a batch is often one chunk)
         total = hidden.new_zeros((), dtype=torch.float32)
         stats = {"target": [], "top": [], "argmax": [], "entropy": []}
         for start in range(0, hidden.shape[0], chunk_size):
@@ -118,7 +118,8 @@ class _ProjectedNLL(torch.autograd.Function):
                 if want_hidden:
                     grad_hidden[start : start + chunk_size] = torch.matmul(grad_logits, weight)
                 if want_weight:
-                    grad_weight += torch.matmul(grad_logits.t(), rows).float()
+                    product = torch.matmul(grad_logits.t(), rows).float()
+                    grad_weight = product if grad_weight is None else grad_weight.add_(product)
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         empty = {"argmax": hidden.new_zeros(0, dtype=torch.long)}
@@ -137,5 +138,7 @@ class _ProjectedNLL(torch.autograd.Function):
         if grad_hidden is not None:
             grad_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype)
         if grad_weight is not None:
-            grad_weight = (grad_weight * grad_loss).to(ctx.weight_dtype)
+            if grad_loss.item() != 1:  # the CE alone (the usual case) takes the sum as it is
+                grad_weight = grad_weight * grad_loss
+            grad_weight = grad_weight.to(ctx.weight_dtype)
         return grad_hidden, grad_weight, None, None, None, None
