@@ -15,19 +15,37 @@ import sys
 
 # mallopt parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
 NEVER_TRIM = 2**31 - 1  # the largest threshold mallopt takes, in bytes
+
+
+def _mallopt():
+    """glibc's mallopt, or None where there is none (macOS, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None
 
 
 def keep_freed_memory():
     """Serve every allocation from the heap and keep freed heap memory (glibc on Linux).
 
-    Returns whether it was applied: False elsewhere (macOS, musl), where nothing changes.
+    Returns whether it was applied: False elsewhere, where nothing changes.
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, NEVER_TRIM))
+    mallopt = _mallopt()
+    return (
+        bool(mallopt)
+        and bool(mallopt(M_MMAP_MAX, 0))
+        and bool(mallopt(M_TRIM_THRESHOLD, NEVER_TRIM))
+    )
+
+
+def return_freed_memory(threshold):
+    """Give every allocation above ``threshold`` bytes its own pages, returned when freed, so
+    that the resident peak is the peak of the live tensors (glibc's default keeps some freed
+    blocks of up to 32 MB resident). For measurements; returns whether it was applied."""
+    mallopt = _mallopt()
+    return bool(mallopt) and bool(mallopt(M_MMAP_THRESHOLD, threshold))

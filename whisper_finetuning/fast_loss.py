@@ -120,6 +120,9 @@ class _ProjectedNLL(torch.autograd.Function):
                 if want_weight:
                     product = torch.matmul(grad_logits.t(), rows).float()
                     grad_weight = product if grad_weight is None else grad_weight.add_(product)
+                    del product  # else it lives on beside the next chunk's
+                del grad_logits
+            del log_probs  # before the next chunk's logits exist
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         empty = {"argmax": hidden.new_zeros(0, dtype=torch.long)}

@@ -161,20 +161,22 @@ def loss_bytes(batch_size, tokens, vocab, d_model, chunk_size, projection_trains
     """Bytes the loss holds at its peak for ``batch_size`` utterances of ``tokens`` positions.
 
     ``chunk_size`` 0: ``LOSS_VOCAB_TENSORS`` float32 (positions, vocabulary) tensors of the
-    whole batch. Otherwise (``fast_loss``): while a chunk's log-softmax runs, its logits and
-    log-probabilities and the previous chunk's gradient (still bound) are alive; the gradient
-    for the hidden states (positions, width) is kept for the backward pass and, when the output
-    projection trains, a float32 gradient of its weight too, to which each chunk adds a
-    temporary product of the weight's size.
+    whole batch. Otherwise (``fast_loss``), in rows of the vocabulary: a chunk's logits and
+    log-probabilities while its log-softmax runs; when the output projection trains, its float32
+    weight gradient (``d_model`` rows: the first chunk's product, to which each later chunk adds
+    a temporary product of the same size) beside the chunk's gradient. The gradient for the
+    hidden states (positions, width) is kept for the backward pass.
     """
     positions = batch_size * tokens
     if chunk_size == 0:
         return LOSS_VOCAB_TENSORS * positions * vocab * FP32
     first = min(positions, chunk_size)
-    second = min(max(positions - chunk_size, 0), chunk_size)
-    rows = max(2 * first, first + 2 * second)
-    weight = d_model * projection_trains  # in rows of the vocabulary
-    return vocab * FP32 * (weight + max(rows, first + weight)) + positions * d_model * FP32
+    later = min(max(positions - chunk_size, 0), chunk_size)  # the largest later chunk
+    weight = d_model * projection_trains
+    rows = max(2 * first, first + weight)
+    if later:
+        rows = max(rows, weight + max(2 * later, weight + later))
+    return vocab * FP32 * rows + positions * d_model * FP32
 
 
 def batch_activations(batch_size, per_utterance, frozen_encoder_per_utterance, loss):

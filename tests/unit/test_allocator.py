@@ -14,6 +14,7 @@ applied = allocator.keep_freed_memory() if sys.argv[1] == "keep" else False
 def resident_mb():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
 
+torch.ones(1_000_000).add_(1)  # torch's first use (its threads, its caches) is not counted
 before = resident_mb()
 x = torch.ones(20_000_000)  # 80 MB, the size of tiny.en's embedding gradient
 held = resident_mb()
@@ -33,6 +34,6 @@ def resident_growth(mode):
 def test_a_freed_large_tensor_stays_resident_for_reuse():
     default, kept = resident_growth("default"), resident_growth("keep")
     assert kept["applied"] and not default["applied"]
-    assert default["held"] > 75 and kept["held"] > 75
-    assert default["freed"] < 5  # glibc's default: its pages go back to the system at once
-    assert kept["freed"] > 75  # kept: the next step's tensor reuses them
+    assert default["held"] > 70 and kept["held"] > 70
+    assert default["freed"] < 1  # glibc's default: its pages go back to the system at once
+    assert kept["freed"] == pytest.approx(kept["held"], abs=1)  # kept for the next step's tensor

@@ -64,10 +64,10 @@ def test_full_decoder_activations_follow_the_layer_count():
     )
 
 
-def test_the_chunked_loss_holds_at_most_three_chunks_whatever_the_batch():
-    """Hand count of fast_loss's peak: a chunk's logits and log-probabilities, the previous
-    chunk's gradient, the hidden states' gradient and, when the projection trains, its fp32
-    weight gradient plus one temporary product of that size."""
+def test_the_chunked_loss_holds_at_most_two_chunks_whatever_the_batch():
+    """Hand count of fast_loss's peak: a chunk's logits and log-probabilities, the hidden
+    states' gradient and, when the projection trains, its fp32 weight gradient plus one
+    temporary product of that size beside a later chunk's gradient."""
     d, vocab = TINY["d"], TINY["vocab"]
     demo = Settings(
         model="tiny",
@@ -84,23 +84,25 @@ def test_the_chunked_loss_holds_at_most_three_chunks_whatever_the_batch():
         reference = predict(dataclasses.replace(settings, batch_size=batch, loss_chunk_size=0))
         return chunked - (reference.activations - 5 * batch * 10 * vocab * 4)
 
-    # batch 1: one chunk of 10 rows; 2: 16 + 4 rows; 4 and 8: 16 + 16 (+ 8 + ...) rows
+    # batch 1: one chunk of 10 rows; 2: 16 + 4 rows; 4 and 8: 16 + 16 (+ 16 + ...) rows
     assert loss(demo, 1) == 4 * (vocab * 2 * 10 + 10 * d)
     assert loss(demo, 2) == 4 * (vocab * 2 * 16 + 20 * d)
-    assert loss(demo, 4) == 4 * (vocab * 3 * 16 + 40 * d)
-    assert loss(demo, 8) == 4 * (vocab * 3 * 16 + 80 * d)
+    assert loss(demo, 4) == 4 * (vocab * 2 * 16 + 40 * d)
+    assert loss(demo, 8) == 4 * (vocab * 2 * 16 + 80 * d)
     assert predict(whole).largest_batch(4) < predict(demo).largest_batch(4)
     full_decoder = dataclasses.replace(demo, trainable_patterns=())  # the projection trains
     assert loss(full_decoder, 8) == 4 * (vocab * (d + 16 + d) + 80 * d)
 
 
 @pytest.mark.parametrize("projection_trains", [False, True])
-def test_the_chunked_loss_peak_is_the_measured_one(projection_trains):
-    """fast_loss alone at tiny's width and vocabulary, 8 x 38 targets in chunks of 256: the
-    measured resident peak (about 106 and 213 MB) within 3% of the prediction."""
-    shape = (8, 38, TINY["d"], TINY["vocab"])
+@pytest.mark.parametrize("batch, tokens", [(8, 38), (16, 100)])
+def test_the_chunked_loss_peak_is_the_measured_one(batch, tokens, projection_trains):
+    """fast_loss alone at tiny's width and vocabulary in chunks of 256 (two chunks, 256 + 48
+    targets; seven, 6 x 256 + 64): the measured peak of the live tensors (107 and 170 MB;
+    111 and 217 MB) within 3% of the prediction."""
+    shape = (batch, tokens, TINY["d"], TINY["vocab"])
     measured = memory_benchmark.measure_loss(shape, 256, projection_trains)
-    predicted = loss_bytes(8, 38, TINY["vocab"], TINY["d"], 256, projection_trains)
+    predicted = loss_bytes(batch, tokens, TINY["vocab"], TINY["d"], 256, projection_trains)
     assert measured == pytest.approx(predicted, rel=0.03)
 
 
@@ -114,7 +116,7 @@ def test_largest_batch_is_the_last_that_fits():
     # the loss's term stops growing at 13 x 40 positions (two chunks of 256)
     tiny = dataclasses.replace(settings, model="tiny", tokens=40)
     fitting = [b for b in range(40) if predict(dataclasses.replace(tiny, batch_size=b)).peak <= GB]
-    assert predict(tiny).largest_batch(1) == max(fitting) == 14
+    assert predict(tiny).largest_batch(1) == max(fitting) == 16
     assert predict(Settings(model="large-v3")).largest_batch(4) == 0  # the weights alone: 6.2 GB
 
 
