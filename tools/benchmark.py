@@ -259,7 +259,12 @@ def training_flops(args, work, model, system):
     for row in train_rows:
         text = len(tokenizer.encode(" " + row["wrd"].strip(), add_special_tokens=False))
         frames = window(row) * 50
-        per_epoch += flops.decoder_training_step(config, prompt + text, frames, text + 1)
+        positions = prompt + text
+        # the absorbed cross-attention where a sequence is shorter than a head's width (the
+        # recipe decides per batch, by its longest)
+        short = positions < config.d_model // config.decoder_attention_heads
+        keys_values = "absorbed" if short else "train"
+        per_epoch += flops.decoder_training_step(config, positions, frames, text + 1, keys_values)
     total = per_epoch * args.epochs
     if system == "recipe":  # it builds the encoder cache
         valid_rows = read_rows(work / "valid.csv", "")

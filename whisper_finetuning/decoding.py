@@ -91,30 +91,43 @@ def greedy_search(
     ``prompts`` (one per row, equally long; default: the model's) start the rows; with
     ``timestamps``, the prompts have no ``<|notimestamps|>`` and the timestamp rules apply.
     Returns the token lists without the prompt, and for each whether ``loop_stop`` ended it.
+    A finished row leaves the batch and the cache: later steps compute only the live rows.
     """
     batch = encoder_out.shape[0]
     device = encoder_out.device
     cache = _new_cache()
-    hyps, looped, finished = [[] for _ in range(batch)], [False] * batch, [False] * batch
+    hyps, looped = [[] for _ in range(batch)], [False] * batch
+    live = list(range(batch))  # the rows still searching, in the order of the cache's rows
     step_input = _prompts(model, prompts, batch, device)
     for step in range(_max_new_tokens(model, max_new_tokens, step_input)):
         logits = model.forward_decoder(step_input, encoder_out, cache)[:, -1].float()
         logits = _suppress(logits, model, step == 0)
         if timestamps:
             no_timestamps = model.timestamp_begin - 1
-            logits = timestamp_rules(logits, hyps, model.timestamp_begin, model.eot, no_timestamps)
-        next_tokens = logits.argmax(dim=-1).tolist()
-        for b, token in enumerate(next_tokens):
-            if finished[b] or token == model.eot:
-                finished[b], next_tokens[b] = True, model.eot
+            live_hyps = [hyps[b] for b in live]
+            logits = timestamp_rules(
+                logits, live_hyps, model.timestamp_begin, model.eot, no_timestamps
+            )
+        kept, next_tokens = [], []
+        for position, token in enumerate(logits.argmax(dim=-1).tolist()):
+            b = live[position]
+            if token == model.eot:
                 continue
             hyps[b].append(token)
             keep = loop_stop.cut(hyps[b]) if loop_stop else None
             if keep is not None:
                 del hyps[b][keep:]
-                looped[b] = finished[b] = True
-        if all(finished):
+                looped[b] = True
+                continue
+            kept.append(position)
+            next_tokens.append(token)
+        if not kept:
             break
+        if len(kept) < len(live):  # finished rows leave the batch and the cache
+            index = torch.tensor(kept, device=device)
+            cache.batch_select_indices(index)
+            encoder_out = encoder_out[index]
+            live = [live[position] for position in kept]
         step_input = torch.tensor(next_tokens, device=device)[:, None]
     return hyps, looped
 
@@ -274,6 +287,8 @@ class BeamSearch:
     def __call__(self, model, states, prompts=None):
         """Token lists and loop-stop flags for every row of ``states`` (``EncoderStates``),
         each searched from its row of ``prompts`` (default: the model's prompt)."""
+        if self.beam_size == 1:  # the same search; greedy's drops finished rows
+            return GreedySearch(self.max_new_tokens, self.loop_stop)(model, states, prompts)
         return _search_by_window(
             states,
             prompts,

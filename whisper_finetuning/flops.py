@@ -12,7 +12,8 @@ import time
 
 import torch
 
-KEYS_VALUES = ("train", "frozen", "kept")  # projections trained, frozen, or kept per utterance
+# projections trained, frozen, kept per utterance, or absorbed into the queries (trained)
+KEYS_VALUES = ("train", "frozen", "kept", "absorbed")
 
 
 def encoder_forward(config, window_seconds):
@@ -30,7 +31,8 @@ def decoder_training_step(config, positions, frames, projected, keys_values="tra
     """Forward and backward of the decoder (all of it training) for one sequence of ``positions``
     tokens over ``frames`` encoder frames, with the output projection over ``projected``
     positions. ``keys_values``: the cross-attention's key/value projections train (forward and
-    weight gradient), are frozen (forward only) or are kept per utterance (nothing)."""
+    weight gradient), are frozen (forward only), are kept per utterance (nothing) or train
+    absorbed into the queries (``absorbed_attention.py``: every head attends to the frames)."""
     if keys_values not in KEYS_VALUES:
         raise ValueError(f"keys_values must be one of {KEYS_VALUES}")
     d, t, layers = config.d_model, positions, config.decoder_layers
@@ -39,6 +41,12 @@ def decoder_training_step(config, positions, frames, projected, keys_values="tra
     feed_forward = 4 * t * d * config.decoder_ffn_dim
     forward = layers * (self_attention + queries_output + feed_forward)
     forward += 2 * projected * d * config.vocab_size
+    if keys_values == "absorbed":
+        # each head's scores and mixture over the frames themselves (forward, and the
+        # queries' and probabilities' gradients), plus moving the queries and values
+        heads = config.decoder_attention_heads
+        cross_attention = layers * (8 * heads * t * frames * d + 12 * t * d * d)
+        return 3 * forward + cross_attention
     # scores and weighted values over the frames: without trained keys and values, the
     # backward pass needs only the queries' and the probabilities' gradients
     attention_passes = 3 if keys_values == "train" else 2

@@ -37,6 +37,7 @@ from transformers import (
 from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
 
 from whisper_finetuning import adapters, cross_attention_cache
+from whisper_finetuning.absorbed_attention import absorb_cross_attention
 from whisper_finetuning.audio import CHUNK_SECONDS, SAMPLE_RATE
 from whisper_finetuning.bundled import resolve_source
 from whisper_finetuning.training.checkpointing import atomic_torch_save
@@ -204,6 +205,7 @@ class WhisperASR(torch.nn.Module):
         )
         if gradient_checkpointing:
             self.model.activation_checkpointing_enable({"use_reentrant": False})
+        absorb_cross_attention(self.model)
         self.cross_attention_cache = None
         if cross_attention_cache_mb and cross_attention_cache.keys_values_frozen(self.model):
             self.cross_attention_cache = cross_attention_cache.CrossAttentionCache(

@@ -55,8 +55,9 @@ def test_lora_layer_equals_its_definition_and_starts_as_the_base_model(random_wh
     tokens = torch.randint(0, 50000, (1, 6))
     with torch.no_grad():
         base_logits = plain.forward_decoder(tokens, plain.encode(feats))
+        # equal up to the plain model's absorbed cross-attention, which sums in another order
         torch.testing.assert_close(
-            whisper.forward_decoder(tokens, whisper.encode(feats)), base_logits, atol=0, rtol=0
+            whisper.forward_decoder(tokens, whisper.encode(feats)), base_logits, atol=1e-6, rtol=0
         )
         layer = whisper.model.model.decoder.layers[1].self_attn.q_proj
         torch.nn.init.normal_(layer.lora_B["default"].weight)

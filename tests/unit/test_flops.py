@@ -32,11 +32,14 @@ def test_encoder_count_equals_torch_flop_counter(random_whisper_dir, window_seco
     assert counted == pytest.approx(expected, rel=0.01)
 
 
-@pytest.mark.parametrize("keys_values", ["train", "frozen"])
-def test_decoder_step_count_equals_torch_flop_counter(random_whisper_dir, keys_values):
-    patterns = ["decoder"] if keys_values == "train" else [r"decoder\.(?!.*encoder_attn\.[kv]_)"]
+@pytest.mark.parametrize(
+    "keys_values, positions", [("train", 40), ("frozen", 40), ("absorbed", 12)]
+)
+def test_decoder_step_count_equals_torch_flop_counter(random_whisper_dir, keys_values, positions):
+    """2 heads of 32: 12 positions take the absorbed cross-attention, 40 transformers' own."""
+    patterns = [r"decoder\.(?!.*encoder_attn\.[kv]_)"] if keys_values == "frozen" else ["decoder"]
     whisper = _eager(WhisperASR(str(random_whisper_dir), trainable_patterns=patterns))
-    positions, frames = 12, 500
+    frames = 500
     encoder_out = torch.randn(1, frames, 64)
     tokens = torch.randint(1000, (1, positions))
 

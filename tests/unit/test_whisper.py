@@ -9,8 +9,8 @@ import torch
 from conftest import speak
 
 from whisper_finetuning import hparam_rules
-from whisper_finetuning.decoding import LoopStop, beam_search, greedy_search
-from whisper_finetuning.model import WhisperASR
+from whisper_finetuning.decoding import BeamSearch, LoopStop, beam_search, greedy_search
+from whisper_finetuning.model import EncoderStates, WhisperASR
 
 LOOP_STOP = {"loop_stop": LoopStop(min_repeats=4, min_tokens=16)}
 
@@ -201,31 +201,58 @@ def test_loop_stop_finds_a_repeating_tail_and_keeps_one_copy():
 
 
 class ScriptedDecoder:
-    """A stand-in ``WhisperASR`` whose decoder prefers each row's scripted next token."""
+    """A stand-in ``WhisperASR`` whose decoder prefers each utterance's scripted next token;
+    utterance ``i``'s encoder output holds ``i`` (so its rows are followed wherever they go)."""
 
     eot, prefix_tokens = 9, [8]
     generation_config = SimpleNamespace(suppress_tokens=[], begin_suppress_tokens=[])
     model = SimpleNamespace(config=SimpleNamespace(max_target_positions=41))
 
     def __init__(self, scripts):
-        self.scripts, self.step = scripts, 0
+        self.scripts, self.step, self.batch_sizes = scripts, 0, []
 
     def prompt(self):
         return self.prefix_tokens
 
     def forward_decoder(self, tokens, encoder_out, cache):
+        if (tokens[:, -1] == self.prefix_tokens[-1]).all():  # a search starts
+            self.step = 0
         logits = torch.full((tokens.shape[0], 1, 10), -10.0)
         for row in range(tokens.shape[0]):
-            script = self.scripts[row % len(self.scripts)]
+            script = self.scripts[int(encoder_out[row, 0, 0])]
             logits[row, -1, script[min(self.step, len(script) - 1)]] = 0.0
         self.step += 1
+        self.batch_sizes.append(tokens.shape[0])
         return logits
+
+
+def utterances(n):
+    """Encoder outputs for ``ScriptedDecoder``'s utterances 0 to n - 1."""
+    return torch.arange(n, dtype=torch.float32).reshape(n, 1, 1)
+
+
+def test_greedy_search_drops_finished_rows_and_keeps_each_utterance_its_own():
+    scripts = [[1, 2, 3, 4, 5, 9], [6, 9], [7, 7, 7, 9]]
+    decoder = ScriptedDecoder(scripts)
+    assert greedy_search(decoder, utterances(3)) == (
+        [[1, 2, 3, 4, 5], [6], [7, 7, 7]],
+        [False, False, False],
+    )
+    assert decoder.batch_sizes == [3, 3, 2, 2, 1, 1]  # utterance 1 leaves after 2 steps, 2 after 4
+    # beam search of width 1 is this search (the batch shrinks alike), in each window's order
+    states = EncoderStates([([2, 0], utterances(3)[[2, 0]]), ([1], utterances(3)[[1]])])
+    decoder = ScriptedDecoder(scripts)
+    assert BeamSearch(beam_size=1)(decoder, states) == (
+        [[1, 2, 3, 4, 5], [6], [7, 7, 7]],
+        [False, False, False],
+    )
+    assert decoder.batch_sizes == [2, 2, 2, 2, 1, 1, 1, 1]
 
 
 def test_searchers_stop_a_loop_and_leave_other_utterances_alone():
     looping = [1, 2, 3] + [4, 5, 6] * 20
     speech = [7, 7, 7, 9]
-    encoder_out = torch.zeros(2, 1, 1)
+    encoder_out = utterances(2)
     stop = LoopStop(min_repeats=4, min_tokens=12)
     assert greedy_search(ScriptedDecoder([looping, speech]), encoder_out, loop_stop=stop) == (
         [[1, 2, 3, 4, 5, 6], [7, 7, 7]],

@@ -1,0 +1,77 @@
+"""The absorbed cross-attention equals transformers' WhisperAttention: outputs and the
+gradients of every parameter and of the encoder frames, where it is taken; elsewhere
+transformers' own path runs."""
+
+import pytest
+import torch
+
+from whisper_finetuning import absorbed_attention
+from whisper_finetuning.decoding import greedy_search
+from whisper_finetuning.model import WhisperASR
+
+KEYS_VALUES = (r"decoder\.layers\.\d+\.encoder_attn\.(k_proj|v_proj)$",)
+
+
+def _step(whisper, tokens, frames, absorbed):
+    """Decoder hidden states and the gradients of a loss on them (trainable parameters, and
+    the frames), with the absorbed cross-attention or transformers' own."""
+    if not absorbed:
+        for layer in whisper.model.model.decoder.layers:
+            layer.encoder_attn.__class__ = absorbed_attention.WhisperAttention
+    frames = frames.clone().requires_grad_(True)
+    hidden = whisper.decoder_hidden(tokens, frames)
+    hidden.square().mean().backward()
+    grads = {n: p.grad for n, p in whisper.named_parameters() if p.grad is not None}
+    return hidden.detach(), frames.grad, grads
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_outputs_and_gradients_equal_transformers_attention(random_whisper_dir, attention):
+    torch.manual_seed(0)
+    tokens, frames = torch.randint(1000, (3, 12)), torch.randn(3, 500, 64)
+    results = []
+    for absorbed in (True, False):
+        whisper = WhisperASR(str(random_whisper_dir), trainable_patterns=["decoder"])
+        whisper.model.set_attn_implementation(attention)
+        results.append(_step(whisper, tokens, frames, absorbed))
+    (hidden, frames_grad, grads), (ref_hidden, ref_frames_grad, ref_grads) = results
+    assert torch.allclose(hidden, ref_hidden, atol=1e-5)
+    assert torch.allclose(frames_grad, ref_frames_grad, atol=1e-7, rtol=1e-4)
+    assert grads.keys() == ref_grads.keys() and len(grads) > 20
+    for name, grad in grads.items():
+        scale = ref_grads[name].abs().max()
+        assert (grad - ref_grads[name]).abs().max() <= 1e-4 * scale, name
+
+
+def test_taken_only_where_it_is_cheaper_and_exact(random_whisper_dir, monkeypatch):
+    calls = []
+    original = absorbed_attention.absorbed_cross_attention
+    monkeypatch.setattr(
+        absorbed_attention,
+        "absorbed_cross_attention",
+        lambda *args: calls.append(args[1].shape[1]) or original(*args),
+    )
+    frames = torch.randn(2, 100, 64)
+
+    def decoded(whisper, length):
+        calls.clear()
+        whisper.decoder_hidden(torch.randint(1000, (2, length)), frames).sum().backward()
+        return list(calls)
+
+    trained = WhisperASR(str(random_whisper_dir), trainable_patterns=["decoder"])
+    # 2 heads x tokens against d_model 64, per decoder layer (2)
+    assert decoded(trained, 31) == [31, 31] and decoded(trained, 32) == []
+    frozen = WhisperASR(str(random_whisper_dir), trainable_patterns=[r"encoder_attn\.q_proj"])
+    assert decoded(frozen, 15) == [15, 15] and decoded(frozen, 16) == []
+    with torch.no_grad():  # no weight gradient to skip: the full budget
+        calls.clear()
+        frozen.decoder_hidden(torch.randint(1000, (2, 31)), frames)
+        assert calls == [31, 31]
+    lora = WhisperASR(
+        str(random_whisper_dir), adapter="lora", adapter_targets=KEYS_VALUES, lora_dropout=0.0
+    )
+    assert decoded(lora, 8) == []  # adapter-wrapped projections: transformers' path
+    with torch.no_grad():  # searches pass a cache: transformers' path
+        calls.clear()
+        greedy_search(trained, frames, max_new_tokens=3)
+        assert calls == []

@@ -1,0 +1,102 @@
+"""Cross-attention that attends to the encoder frames without projecting them.
+
+Whisper's cross-attention projects every encoder frame to keys and values in every decoder
+layer: 2 x frames x d_model^2 multiply-adds per layer and utterance, forward and backward,
+most of a cached training step at the 30 s window (1500 frames against ~30 tokens) when those
+projections train. Both are linear, so they can move to the queries' side instead: a head's
+score ``q_h . (W_kh x)`` is ``(W_kh^T q_h) . x``, and since its attention weights sum to one,
+its output ``sum_f p_f (W_vh x_f + b_vh)`` is ``W_vh (sum_f p_f x_f) + b_vh``. Every head then
+attends over the frames themselves: heads x tokens x frames x d_model multiply-adds, fewer
+whenever heads x decoder positions are fewer than d_model (a batch shorter than a head's
+width, 64 in every Whisper; half that where the projections are frozen but gradients flow).
+Longer batches, cached decoding, attention masks or dropout, and adapter-wrapped projections
+take transformers' own path. The result equals it up to float rounding (the sums run in
+another order; ``tests/unit/test_absorbed_attention.py``).
+"""
+
+import torch
+from transformers.models.whisper.modeling_whisper import WhisperAttention
+
+
+class AbsorbedCrossAttention(WhisperAttention):
+    """``WhisperAttention`` that takes the absorbed path where it is exact and cheaper."""
+
+    def forward(
+        self,
+        hidden_states,
+        key_value_states=None,
+        past_key_values=None,
+        attention_mask=None,
+        output_attentions=False,
+        **kwargs,
+    ):
+        """As ``WhisperAttention.forward``; (output, None) from the absorbed path."""
+        if not self._absorbs(hidden_states, key_value_states, past_key_values, attention_mask):
+            return super().forward(
+                hidden_states,
+                key_value_states,
+                past_key_values,
+                attention_mask,
+                output_attentions,
+                **kwargs,
+            )
+        if output_attentions:
+            raise ValueError("the absorbed cross-attention returns no attention weights")
+        return absorbed_cross_attention(self, hidden_states, key_value_states), None
+
+    def _absorbs(self, hidden_states, key_value_states, past_key_values, attention_mask):
+        """Cross-attention without cache, mask or dropout, plain projections, short queries."""
+        return (
+            key_value_states is not None
+            and past_key_values is None
+            and attention_mask is None
+            and (self.dropout == 0 or not self.training)
+            and type(self.k_proj) is torch.nn.Linear
+            and type(self.v_proj) is torch.nn.Linear
+            and hidden_states.shape[1] * self.num_heads < self._width_budget()
+        )
+
+    def _width_budget(self):
+        """Absorbed, each product costs heads x tokens x frames x width; transformers' path
+        costs frames x width^2 per projection pass: fewer when heads x tokens < width, or half
+        of it where the projections are frozen but gradients flow (they then skip the weight
+        gradient, the absorbed path does not)."""
+        frozen = not (self.k_proj.weight.requires_grad or self.v_proj.weight.requires_grad)
+        return self.embed_dim // 2 if frozen and torch.is_grad_enabled() else self.embed_dim
+
+
+def absorbed_cross_attention(attention, hidden_states, frames):
+    """``attention``'s (a ``WhisperAttention``) output for queries ``hidden_states`` (batch,
+    tokens, width) over ``frames`` (batch, frames, width), without projecting the frames."""
+    batch, tokens, width = hidden_states.shape
+    heads, head_dim = attention.num_heads, attention.head_dim
+    queries = (attention.q_proj(hidden_states) * attention.scaling).view(
+        batch, tokens, heads, head_dim
+    )
+    # each head's query moved into the frames' space: W_kh^T q_h, (batch, heads x tokens, width)
+    frame_queries = torch.einsum(
+        "bthe,hew->bhtw", queries, attention.k_proj.weight.view(heads, head_dim, width)
+    ).reshape(batch, 1, heads * tokens, width)
+    frames = frames[:, None]  # one "head" of width d_model, shared by every query head
+    if attention.config._attn_implementation == "eager":  # as transformers' eager attention
+        weights = torch.softmax(frame_queries @ frames.transpose(-1, -2), dim=-1)
+        mixed = weights @ frames
+    else:
+        mixed = torch.nn.functional.scaled_dot_product_attention(
+            frame_queries, frames, frames, scale=1.0
+        )
+    mixed = mixed.view(batch, heads, tokens, width)
+    values = torch.einsum(
+        "bhtw,hew->bthe", mixed, attention.v_proj.weight.view(heads, head_dim, width)
+    )
+    if attention.v_proj.bias is not None:
+        values = values + attention.v_proj.bias.view(heads, head_dim)
+    return attention.out_proj(values.reshape(batch, tokens, width))
+
+
+def absorb_cross_attention(model):
+    """Give every decoder layer of a Hugging Face Whisper the absorbed cross-attention (the
+    parameters and the state dict stay as they are)."""
+    for layer in model.model.decoder.layers:
+        if type(layer.encoder_attn) is WhisperAttention:
+            layer.encoder_attn.__class__ = AbsorbedCrossAttention
