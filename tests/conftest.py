@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
+from transformers.models.whisper.modeling_whisper import WhisperAttention
 
 from whisper_finetuning.audio import read_audio
 from whisper_finetuning.bundled import ensure_tiny_en
@@ -69,6 +70,14 @@ def random_multilingual_dir(tmp_path_factory, tiny_en_dir):
     return make_random_whisper(
         tmp_path_factory.mktemp("random_multi"), tiny_en_dir, multilingual=True
     )
+
+
+def transformers_cross_attention(whisper):
+    """``whisper`` (a ``WhisperASR``) with transformers' own cross-attention in every decoder
+    layer instead of the absorbed one: the reference the faster paths are held to."""
+    for layer in whisper.model.model.decoder.layers:
+        layer.encoder_attn.__class__ = WhisperAttention
+    return whisper
 
 
 def read_jsonl(path):

@@ -4,6 +4,7 @@ transformers' own path runs."""
 
 import pytest
 import torch
+from conftest import transformers_cross_attention
 
 from whisper_finetuning import absorbed_attention
 from whisper_finetuning.decoding import greedy_search
@@ -16,8 +17,7 @@ def _step(whisper, tokens, frames, absorbed):
     """Decoder hidden states and the gradients of a loss on them (trainable parameters, and
     the frames), with the absorbed cross-attention or transformers' own."""
     if not absorbed:
-        for layer in whisper.model.model.decoder.layers:
-            layer.encoder_attn.__class__ = absorbed_attention.WhisperAttention
+        transformers_cross_attention(whisper)
     frames = frames.clone().requires_grad_(True)
     hidden = whisper.decoder_hidden(tokens, frames)
     hidden.square().mean().backward()

@@ -3,6 +3,7 @@ decoder's outputs and gradients equal the uncached model's (float32 stored: equa
 
 import pytest
 import torch
+from conftest import transformers_cross_attention
 
 from whisper_finetuning import cross_attention_cache
 from whisper_finetuning.model import WhisperASR
@@ -40,7 +41,9 @@ def test_kept_keys_and_values_give_the_uncached_outputs_and_gradients(
     random_whisper_dir, budget_mb
 ):
     """Clips of 3 s and 12 s with a 10 s window step: two windows, 500 and 1000 frames."""
-    plain = WhisperASR(str(random_whisper_dir), trainable_patterns=QO_SELF, window_seconds=10)
+    plain = transformers_cross_attention(
+        WhisperASR(str(random_whisper_dir), trainable_patterns=QO_SELF, window_seconds=10)
+    )
     kept = WhisperASR(
         str(random_whisper_dir),
         trainable_patterns=QO_SELF,
