@@ -15,6 +15,7 @@ another order; ``tests/unit/test_absorbed_attention.py``).
 """
 
 import torch
+from transformers.cache_utils import EncoderDecoderCache
 from transformers.models.whisper.modeling_whisper import WhisperAttention
 
 
@@ -31,7 +32,8 @@ class AbsorbedCrossAttention(WhisperAttention):
         **kwargs,
     ):
         """As ``WhisperAttention.forward``; (output, None) from the absorbed path."""
-        if not self._absorbs(hidden_states, key_value_states, past_key_values, attention_mask):
+        plain = key_value_states is None or attention_mask is not None or output_attentions
+        if plain or not self._absorbs(hidden_states, past_key_values):
             return super().forward(
                 hidden_states,
                 key_value_states,
@@ -40,21 +42,34 @@ class AbsorbedCrossAttention(WhisperAttention):
                 output_attentions,
                 **kwargs,
             )
-        if output_attentions:
-            raise ValueError("the absorbed cross-attention returns no attention weights")
         return absorbed_cross_attention(self, hidden_states, key_value_states), None
 
-    def _absorbs(self, hidden_states, key_value_states, past_key_values, attention_mask):
-        """Cross-attention without cache, mask or dropout, plain projections, short queries."""
-        return (
-            key_value_states is not None
-            and past_key_values is None
-            and attention_mask is None
-            and (self.dropout == 0 or not self.training)
-            and type(self.k_proj) is torch.nn.Linear
-            and type(self.v_proj) is torch.nn.Linear
-            and hidden_states.shape[1] * self.num_heads < self._width_budget()
-        )
+    def _absorbs(self, hidden_states, past_key_values):
+        """Plain projections, no dropout, short queries and, when decoding with a cache, a
+        transcript still shorter than the break-even (``decoding_break_even``) whose keys and
+        values were not projected yet."""
+        if (
+            (self.dropout and self.training)
+            or type(self.k_proj) is not torch.nn.Linear
+            or type(self.v_proj) is not torch.nn.Linear
+            or hidden_states.shape[1] * self.num_heads >= self._width_budget()
+        ):
+            return False
+        if past_key_values is None:
+            return True
+        if not isinstance(past_key_values, EncoderDecoderCache):
+            return False
+        decoded = past_key_values.self_attention_cache.get_seq_length()  # this step's included
+        projected = past_key_values.is_updated.get(self.layer_idx, False)
+        return not projected and decoded < self.decoding_break_even()
+
+    def decoding_break_even(self):
+        """Decoded positions after which projecting the keys and values once (frames x width^2
+        per projection, then frames x width per step) costs less than attending to the frames
+        at every step (heads x frames x width per step): width / (heads - 1). Past it the
+        search projects and caches them as transformers does (at most twice the cheaper
+        choice's work, known only once the transcript ends)."""
+        return self.embed_dim / max(self.num_heads - 1, 1)
 
     def _width_budget(self):
         """Absorbed, each product costs heads x tokens x frames x width; transformers' path

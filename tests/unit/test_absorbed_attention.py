@@ -5,6 +5,7 @@ transformers' own path runs."""
 import pytest
 import torch
 from conftest import transformers_cross_attention
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from whisper_finetuning import absorbed_attention
 from whisper_finetuning.decoding import greedy_search
@@ -71,7 +72,35 @@ def test_taken_only_where_it_is_cheaper_and_exact(random_whisper_dir, monkeypatc
         str(random_whisper_dir), adapter="lora", adapter_targets=KEYS_VALUES, lora_dropout=0.0
     )
     assert decoded(lora, 8) == []  # adapter-wrapped projections: transformers' path
-    with torch.no_grad():  # searches pass a cache: transformers' path
-        calls.clear()
-        greedy_search(trained, frames, max_new_tokens=3)
-        assert calls == []
+
+
+def test_a_search_attends_to_the_frames_until_the_break_even(random_whisper_dir, monkeypatch):
+    """Width 64, 2 heads: absorbed while fewer than 64 positions are decoded, then the keys
+    and values are projected and cached; the tokens are transformers' own."""
+    whisper = WhisperASR(str(random_whisper_dir)).eval()
+    attention = whisper.model.model.decoder.layers[0].encoder_attn
+    assert attention.decoding_break_even() == 64
+    one_token = torch.randn(1, 1, 64)
+    for decoded, projected, absorbs in ((63, False, True), (64, False, False), (5, True, False)):
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        cache.self_attention_cache.update(
+            torch.zeros(1, 2, decoded, 32), torch.zeros(1, 2, decoded, 32), 0
+        )
+        cache.is_updated[0] = projected
+        assert attention._absorbs(one_token, cache) == absorbs
+    calls = []
+    original = absorbed_attention.absorbed_cross_attention
+    monkeypatch.setattr(
+        absorbed_attention,
+        "absorbed_cross_attention",
+        lambda *args: calls.append(args[1].shape[1]) or original(*args),
+    )
+    torch.manual_seed(0)
+    frames = torch.randn(3, 100, 64)
+    hyps, _ = greedy_search(whisper, frames, max_new_tokens=80)
+    reference, _ = greedy_search(transformers_cross_attention(whisper), frames, max_new_tokens=80)
+    assert hyps == reference
+    prompt = len(whisper.prefix_tokens)
+    longest = max(len(h) for h in hyps)
+    # per layer, one call a step while the positions so far (the step's own included) are < 64
+    assert longest == 80 and len(calls) == 2 * (64 - prompt)
