@@ -9,9 +9,10 @@ its output ``sum_f p_f (W_vh x_f + b_vh)`` is ``W_vh (sum_f p_f x_f) + b_vh``. E
 attends over the frames themselves: heads x tokens x frames x d_model multiply-adds, fewer
 whenever heads x decoder positions are fewer than d_model (a batch shorter than a head's
 width, 64 in every Whisper; half that where the projections are frozen but gradients flow).
-Longer batches, cached decoding, attention masks or dropout, and adapter-wrapped projections
-take transformers' own path. The result equals it up to float rounding (the sums run in
-another order; ``tests/unit/test_absorbed_attention.py``).
+Longer batches, attention masks or dropout, and adapter-wrapped projections take transformers'
+own path; a search takes it once its transcript passes the break-even
+(``AbsorbedCrossAttention.decoding_break_even``). The result equals it up to float rounding
+(the sums run in another order; ``tests/unit/test_absorbed_attention.py``).
 """
 
 import torch
