@@ -236,6 +236,7 @@ def training_flops(args, work, model, system):
     from transformers import WhisperConfig, WhisperTokenizer
 
     from whisper_finetuning import flops
+    from whisper_finetuning.absorbed_attention import width_budget
     from whisper_finetuning.audio import CHUNK_SECONDS
 
     config = WhisperConfig.from_pretrained(model)
@@ -260,9 +261,9 @@ def training_flops(args, work, model, system):
         text = len(tokenizer.encode(" " + row["wrd"].strip(), add_special_tokens=False))
         frames = window(row) * 50
         positions = prompt + text
-        # the absorbed cross-attention where a sequence is shorter than a head's width (the
-        # recipe decides per batch, by its longest)
-        short = positions < config.d_model // config.decoder_attention_heads
+        # the absorbed cross-attention where the sequence is short enough (the recipe decides
+        # per batch, by its longest); the key/value projections train here
+        short = positions * config.decoder_attention_heads < width_budget(config.d_model, False)
         keys_values = "absorbed" if short else "train"
         per_epoch += flops.decoder_training_step(config, positions, frames, text + 1, keys_values)
     total = per_epoch * args.epochs

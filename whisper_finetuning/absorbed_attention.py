@@ -73,12 +73,19 @@ class AbsorbedCrossAttention(WhisperAttention):
         return self.embed_dim / max(self.num_heads - 1, 1)
 
     def _width_budget(self):
-        """Absorbed, each product costs heads x tokens x frames x width; transformers' path
-        costs frames x width^2 per projection pass: fewer when heads x tokens < width, or half
-        of it where the projections are frozen but gradients flow (they then skip the weight
-        gradient, the absorbed path does not)."""
+        """``width_budget`` for this layer's projections and this pass."""
         frozen = not (self.k_proj.weight.requires_grad or self.v_proj.weight.requires_grad)
-        return self.embed_dim // 2 if frozen and torch.is_grad_enabled() else self.embed_dim
+        return width_budget(self.embed_dim, frozen and torch.is_grad_enabled())
+
+
+def width_budget(d_model, frozen_with_gradients):
+    """Heads x query positions below which the absorbed path does fewer multiply-adds.
+
+    Absorbed, each product costs heads x tokens x frames x width; transformers' path costs
+    frames x width^2 per projection pass: fewer when heads x tokens < width, or half of it
+    where the projections are frozen but gradients flow (they then skip the weight gradient,
+    the absorbed path does not)."""
+    return d_model // 2 if frozen_with_gradients else d_model
 
 
 def absorbed_cross_attention(attention, hidden_states, frames):

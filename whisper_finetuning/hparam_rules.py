@@ -257,6 +257,7 @@ RULES = {
     "label_smoothing": _number(0, 1),
     "loss_chunk_size": _int(0, **RERUN_MAY_CHANGE),
     "keep_freed_memory": Rule("bool", **RERUN_MAY_CHANGE),
+    "adamw_fused": Rule("bool", **RERUN_MAY_CHANGE),
     # a rerun may continue a CE checkpoint with mwer; mwer_init (null, a checkpoint folder or
     # an epoch) is checked where it is loaded (mwer.init_checkpoint)
     "objective": _choice(*OBJECTIVES, **RERUN_MAY_CHANGE),

@@ -14,6 +14,19 @@ from whisper_finetuning.model import WhisperASR
 KEYS_VALUES = (r"decoder\.layers\.\d+\.encoder_attn\.(k_proj|v_proj)$",)
 
 
+@pytest.fixture
+def absorbed_calls(monkeypatch):
+    """The query lengths of every call to the absorbed path, in order."""
+    calls = []
+    original = absorbed_attention.absorbed_cross_attention
+    monkeypatch.setattr(
+        absorbed_attention,
+        "absorbed_cross_attention",
+        lambda *args: calls.append(args[1].shape[1]) or original(*args),
+    )
+    return calls
+
+
 def _step(whisper, tokens, frames, absorbed):
     """Decoder hidden states and the gradients of a loss on them (trainable parameters, and
     the frames), with the absorbed cross-attention or transformers' own."""
@@ -44,20 +57,13 @@ def test_outputs_and_gradients_equal_transformers_attention(random_whisper_dir, 
         assert (grad - ref_grads[name]).abs().max() <= 1e-4 * scale, name
 
 
-def test_taken_only_where_it_is_cheaper_and_exact(random_whisper_dir, monkeypatch):
-    calls = []
-    original = absorbed_attention.absorbed_cross_attention
-    monkeypatch.setattr(
-        absorbed_attention,
-        "absorbed_cross_attention",
-        lambda *args: calls.append(args[1].shape[1]) or original(*args),
-    )
+def test_taken_only_where_it_is_cheaper_and_exact(random_whisper_dir, absorbed_calls):
     frames = torch.randn(2, 100, 64)
 
     def decoded(whisper, length):
-        calls.clear()
+        absorbed_calls.clear()
         whisper.decoder_hidden(torch.randint(1000, (2, length)), frames).sum().backward()
-        return list(calls)
+        return list(absorbed_calls)
 
     trained = WhisperASR(str(random_whisper_dir), trainable_patterns=["decoder"])
     # 2 heads x tokens against d_model 64, per decoder layer (2)
@@ -65,16 +71,16 @@ def test_taken_only_where_it_is_cheaper_and_exact(random_whisper_dir, monkeypatc
     frozen = WhisperASR(str(random_whisper_dir), trainable_patterns=[r"encoder_attn\.q_proj"])
     assert decoded(frozen, 15) == [15, 15] and decoded(frozen, 16) == []
     with torch.no_grad():  # no weight gradient to skip: the full budget
-        calls.clear()
+        absorbed_calls.clear()
         frozen.decoder_hidden(torch.randint(1000, (2, 31)), frames)
-        assert calls == [31, 31]
+        assert absorbed_calls == [31, 31]
     lora = WhisperASR(
         str(random_whisper_dir), adapter="lora", adapter_targets=KEYS_VALUES, lora_dropout=0.0
     )
     assert decoded(lora, 8) == []  # adapter-wrapped projections: transformers' path
 
 
-def test_a_search_attends_to_the_frames_until_the_break_even(random_whisper_dir, monkeypatch):
+def test_a_search_attends_to_the_frames_until_the_break_even(random_whisper_dir, absorbed_calls):
     """Width 64, 2 heads: absorbed while fewer than 64 positions are decoded, then the keys
     and values are projected and cached; the tokens are transformers' own."""
     whisper = WhisperASR(str(random_whisper_dir)).eval()
@@ -88,13 +94,6 @@ def test_a_search_attends_to_the_frames_until_the_break_even(random_whisper_dir,
         )
         cache.is_updated[0] = projected
         assert attention._absorbs(one_token, cache) == absorbs
-    calls = []
-    original = absorbed_attention.absorbed_cross_attention
-    monkeypatch.setattr(
-        absorbed_attention,
-        "absorbed_cross_attention",
-        lambda *args: calls.append(args[1].shape[1]) or original(*args),
-    )
     torch.manual_seed(0)
     frames = torch.randn(3, 100, 64)
     hyps, _ = greedy_search(whisper, frames, max_new_tokens=80)
@@ -103,4 +102,4 @@ def test_a_search_attends_to_the_frames_until_the_break_even(random_whisper_dir,
     prompt = len(whisper.prefix_tokens)
     longest = max(len(h) for h in hyps)
     # per layer, one call a step while the positions so far (the step's own included) are < 64
-    assert longest == 80 and len(calls) == 2 * (64 - prompt)
+    assert longest == 80 and len(absorbed_calls) == 2 * (64 - prompt)

@@ -36,6 +36,9 @@ def test_the_recipes_fused_adamw_steps_as_the_per_tensor_loop(random_whisper_dir
         torch.testing.assert_close(a, b, rtol=0, atol=ATOL)
         # five Adam steps move the weights by about lr on average, far beyond the tolerance
         assert (a - a0).abs().mean() > 100 * ATOL
+    overrides["adamw_fused"] = False  # e.g. for an optimizer wrapper without the fused kernel
+    hparams, _, _ = load_hparams("hparams/whisper_small.yaml", overrides)
+    assert not hparams["optimizer"](fused_model.parameters()).defaults["fused"]
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
