@@ -16,10 +16,11 @@ apt_install_missing = \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(2); \
 	fi
 
-$(INSTALLED): requirements.txt
+$(INSTALLED): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet -r requirements.txt
+	$(PYTHON) -m pip install --quiet --no-deps -e .
 	touch $@
 
 # espeak-ng and sox for the demo and the tests; chromium and its driver for the tests only.

@@ -22,27 +22,32 @@ import torch
 from speechbrain.utils.checkpoints import ckpt_recency
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from analysis.diagnosis.run import run_after_training as diagnose_run
-from local import data_prep
-from whisper_finetuning import (
-    allocator,
+from whisper_finetuning.analysis.diagnosis.run import run_after_training as diagnose_run
+from whisper_finetuning.data import (
     audio,
     batching,
-    data_checks,
     encoder_cache,
     examples,
-    longform,
     manifests,
-    mwer,
-    provenance,
-    scoring,
 )
-from whisper_finetuning.config import HparamsError, load_hparams
-from whisper_finetuning.selection import SELECTION_METRICS, best_earliest, min_loss_earliest
+from whisper_finetuning.data import (
+    checks as data_checks,
+)
+from whisper_finetuning.data import prepare as data_prep
+from whisper_finetuning.decoding import longform
+from whisper_finetuning.evaluation import scoring
+from whisper_finetuning.evaluation.selection import (
+    SELECTION_METRICS,
+    best_earliest,
+    min_loss_earliest,
+)
 from whisper_finetuning.training import (
+    allocator,
     averaging,
     distributed,
+    mwer,
     optimizers,
+    provenance,
     resilience,
     run_lock,
     runs,
@@ -50,6 +55,7 @@ from whisper_finetuning.training import (
     stopping,
 )
 from whisper_finetuning.training import log as training_log
+from whisper_finetuning.training.config import HparamsError, load_hparams
 
 logger = logging.getLogger(__name__)
 

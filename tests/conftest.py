@@ -16,10 +16,10 @@ import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 from transformers.models.whisper.modeling_whisper import WhisperAttention
 
-from whisper_finetuning.audio import read_audio
-from whisper_finetuning.bundled import ensure_tiny_en
-from whisper_finetuning.ct2 import PROCESSOR_FILES
-from whisper_finetuning.vocabulary import ENGLISH_ONLY_VOCAB_SIZE
+from whisper_finetuning.data.audio import read_audio
+from whisper_finetuning.model.bundled import ensure_tiny_en
+from whisper_finetuning.model.ct2 import PROCESSOR_FILES
+from whisper_finetuning.model.vocabulary import ENGLISH_ONLY_VOCAB_SIZE
 
 
 @pytest.fixture(scope="session")

@@ -141,7 +141,7 @@ def write_lhotse(rows, audio_folder, folder):
 
 def write_all_shards(csv_manifests, audio_folder, folder):
     """Tar shards written by ``write_shards`` from the CSV path's manifests."""
-    from local.shards import write_shards
+    from whisper_finetuning.data.prepare.shards import write_shards
 
     write_shards(csv_manifests, audio_folder, folder)
     return folder

@@ -68,7 +68,7 @@ def _resave(path, rate, channels):
     import soundfile as sf
     import torchaudio
 
-    from whisper_finetuning.audio import read_audio
+    from whisper_finetuning.data.audio import read_audio
 
     audio = torchaudio.functional.resample(read_audio(path), 16000, rate)
     audio = audio[:, None].repeat(1, channels).numpy() if channels > 1 else audio.numpy()

@@ -27,10 +27,10 @@ from recipe_runs import (
     run_forked,
 )
 
-from whisper_finetuning import manifests as dataio
-from whisper_finetuning.audio import read_audio
-from whisper_finetuning.config import HparamsError, load_hparams, resolve
-from whisper_finetuning.model import WhisperASR
+from whisper_finetuning.data import manifests as dataio
+from whisper_finetuning.data.audio import read_audio
+from whisper_finetuning.model.asr import WhisperASR
+from whisper_finetuning.training.config import HparamsError, load_hparams, resolve
 
 
 @pytest.fixture(scope="module")

@@ -28,9 +28,10 @@ from recipe_runs import (
 from transformers import WhisperForConditionalGeneration
 from transformers.models.whisper.english_normalizer import BasicTextNormalizer
 
-from tools import export_hf
-from whisper_finetuning import data_checks, scoring
-from whisper_finetuning.audio import AudioError, read_audio
+from whisper_finetuning import export_hf
+from whisper_finetuning.data import checks as data_checks
+from whisper_finetuning.data.audio import AudioError, read_audio
+from whisper_finetuning.evaluation import scoring
 from whisper_finetuning.training import run_lock
 from whisper_finetuning.training.checkpointing import CRASH_ENV
 from whisper_finetuning.training.log import Calibration

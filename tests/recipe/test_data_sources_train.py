@@ -10,7 +10,7 @@ from conftest import read_jsonl
 from data_sources import build_sources, make_corpus
 from recipe_runs import killed, one_line_error, run_forked
 
-from local.data_prep import prepare
+from whisper_finetuning.data.prepare import prepare
 from whisper_finetuning.training.checkpointing import CRASH_ENV
 
 

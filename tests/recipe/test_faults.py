@@ -374,8 +374,8 @@ def test_kill_under_torchrun_and_rerun_ends_where_an_uninterrupted_run_ends(
 def _single_process_valid(exp, whisper_dir, corpus, cache):
     """Score the valid set with the kept checkpoint in this (single) process."""
     import train
-    from whisper_finetuning import selection
-    from whisper_finetuning.config import load_hparams
+    from whisper_finetuning.evaluation import selection
+    from whisper_finetuning.training.config import load_hparams
 
     overrides = {
         a[2:].split("=", 1)[0]: yaml.safe_load(a.split("=", 1)[1])
@@ -507,7 +507,7 @@ def test_review_keeps_three_distinct_checkpoints_and_selection_keeps_one(tmp_pat
     """Min-WER, min-loss and last are different epochs here: all three survive for review."""
     from speechbrain.utils.checkpoints import ckpt_recency
 
-    from whisper_finetuning import selection
+    from whisper_finetuning.evaluation import selection
 
     checkpointer = AtomicCheckpointer(tmp_path)
     metas = [

@@ -11,7 +11,7 @@ from recipe_runs import APPEND_ONLY, REWRITTEN_EACH_START, one_line_error, run_f
 from speechbrain.dataio.batch import PaddedBatch
 
 import train
-from whisper_finetuning.config import load_hparams
+from whisper_finetuning.training.config import load_hparams
 
 COLUMNS = ("ID", "duration", "wav", "spk_id", "language", "wrd")
 ROWS = (  # (voice, language column, text): names, codes, and one row left to the default

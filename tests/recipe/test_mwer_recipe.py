@@ -7,8 +7,8 @@ from conftest import read_jsonl
 from recipe_runs import killed, make_corpus, one_line_error, recipe_args, run_forked
 from test_faults import assert_same_final_state, steps_at_latest_checkpoint
 
-from analysis.diagnosis import checks, records
-from whisper_finetuning import mwer
+from whisper_finetuning.analysis.diagnosis import checks, records
+from whisper_finetuning.training import mwer
 from whisper_finetuning.training.checkpointing import CRASH_ENV
 
 MWER = ["--objective=mwer", "--mwer_beam_size=2"]

@@ -50,7 +50,7 @@ def test_a_correct_pipeline_reproduces_its_utterances(corpus):
 def test_audio_that_does_not_follow_its_labels_fails_loudly(corpus, monkeypatch):
     """The planted bug: every read returns some training utterance's encoder output."""
     import train
-    from whisper_finetuning import encoder_cache
+    from whisper_finetuning.data import encoder_cache
 
     root, args = corpus
     draw, load_entry = random.Random(0), encoder_cache.load_entry

@@ -11,7 +11,7 @@ from conftest import read_jsonl, write_manifest
 from recipe_runs import SENTENCES, killed, make_corpus, recipe_args, run_forked
 from test_faults import assert_same_final_state, steps_at_latest_checkpoint
 
-from whisper_finetuning.audio import read_audio
+from whisper_finetuning.data.audio import read_audio
 from whisper_finetuning.training.checkpointing import CRASH_ENV
 
 WHISPER_FORMATS = [

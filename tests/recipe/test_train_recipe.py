@@ -145,7 +145,7 @@ def test_multilingual_checkpoint_trains_with_language_and_task_prompt(
 
 def test_dynamic_batches_stay_within_their_duration_bound_and_reshuffle(run, random_whisper_dir):
     import train
-    from whisper_finetuning.config import load_hparams
+    from whisper_finetuning.training.config import load_hparams
 
     args, exp = run
     bound = 7.0
@@ -210,7 +210,7 @@ def test_run_info_points_the_analysis_tools_at_the_data(run):
 def test_every_optimizer_step_is_logged_with_its_raw_loss_rate_tokens_and_audio(
     run, random_whisper_dir
 ):
-    from whisper_finetuning.model import WhisperASR
+    from whisper_finetuning.model.asr import WhisperASR
 
     _, exp = run
     steps = read_jsonl(exp / "log" / "steps.jsonl")
@@ -292,7 +292,7 @@ def test_the_run_ends_with_its_diagnosis(run):
 def test_review_checkpoints_keep_min_wer_min_loss_and_last_for_export(run, tmp_path, capsys):
     import yaml
 
-    from tools import export_hf
+    from whisper_finetuning import export_hf
 
     args, _ = run
     replaced = ("--output_folder", "--number_of_epochs")
@@ -355,7 +355,7 @@ def test_a_batch_mixing_windows_decodes_each_row_as_it_would_alone(run):
     from speechbrain.dataio.batch import PaddedBatch
 
     import train
-    from whisper_finetuning.config import load_hparams
+    from whisper_finetuning.training.config import load_hparams
 
     args, exp = run
     overrides = {a[2:].split("=", 1)[0]: yaml.safe_load(a.split("=", 1)[1]) for a in args[1:]}

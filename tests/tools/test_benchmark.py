@@ -24,7 +24,7 @@ def test_benchmark_runs_both_systems_and_writes_its_ratios(tiny_en_dir, tmp_path
         [
             sys.executable,
             "-m",
-            "tools.benchmark",
+            "whisper_finetuning.benchmark",
             f"--data_folder={tmp_path / 'corpus'}",
             f"--model_folder={tiny_en_dir.parent}",
             "--epochs=1",
@@ -80,8 +80,8 @@ def test_training_flops_follow_each_systems_encoder_runs_windows_and_projection(
 
     from transformers import WhisperConfig
 
-    from tools.benchmark import training_flops
-    from whisper_finetuning import flops
+    from whisper_finetuning.benchmark import training_flops
+    from whisper_finetuning.profiling import flops
 
     header = "ID,duration,wav,wrd\n"
     (tmp_path / "train.csv").write_text(header + "a,3.0,a.wav,hello world\nb,12.0,b.wav,hello\n")

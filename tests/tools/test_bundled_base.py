@@ -14,8 +14,8 @@ import torch
 from conftest import speak
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-from whisper_finetuning.audio import read_audio
-from whisper_finetuning.bundled import (
+from whisper_finetuning.data.audio import read_audio
+from whisper_finetuning.model.bundled import (
     BUNDLED,
     BundledModel,
     convert_parts,
@@ -23,7 +23,7 @@ from whisper_finetuning.bundled import (
     ensure_bundled,
     resolve_source,
 )
-from whisper_finetuning.ct2 import MODEL_BIN
+from whisper_finetuning.model.ct2 import MODEL_BIN
 
 SPEECH = (
     ("de", "de", "Der Zug nach Zürich fährt jeden Morgen um acht Uhr ab."),

@@ -29,8 +29,8 @@ from transformers import (
     pipeline,
 )
 
-from whisper_finetuning.bundled import bundled_ct2_dir, ensure_tiny_en
-from whisper_finetuning.ct2 import MODEL_BIN, OUTPUT_FILES, convert, read_ct2_model
+from whisper_finetuning.model.bundled import bundled_ct2_dir, ensure_tiny_en
+from whisper_finetuning.model.ct2 import MODEL_BIN, OUTPUT_FILES, convert, read_ct2_model
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_RATE = 16000
@@ -388,7 +388,7 @@ def test_cli_reports_errors_without_traceback(source, tmp_path):
     broken = copy_with_model_bin(source, tmp_path / "src", data[: len(data) // 3])
     dest = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "tools.ct2_to_hf", broken, dest],
+        [sys.executable, "-m", "whisper_finetuning.ct2_to_hf", broken, dest],
         capture_output=True,
         text=True,
         check=False,

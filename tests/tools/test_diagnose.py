@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import read_jsonl, require_espeak
 
-from analysis.diagnosis import checks, records, stats
-from analysis.diagnosis.records import parse_train_log_line
-from tools import diagnose
+from whisper_finetuning import diagnose
+from whisper_finetuning.analysis.diagnosis import checks, records, stats
+from whisper_finetuning.analysis.diagnosis.records import parse_train_log_line
 
 EPOCHS, N_TRAIN, BATCH = 3, 240, 4
 STEPS_PER_EPOCH = N_TRAIN // BATCH
@@ -244,7 +244,7 @@ def test_planted_causes_are_attributed_and_nothing_else(diagnosed, name):
 @pytest.mark.parametrize("name", PLANTED)
 def test_every_claimed_cause_carries_numbers_that_pass_its_threshold(diagnosed, name):
     _, result = diagnosed[name]
-    from analysis.diagnosis import boundary as b
+    from whisper_finetuning.analysis.diagnosis import boundary as b
 
     for cause in result["epoch_boundary"]["causes"]:
         evidence = cause["evidence"]
@@ -571,7 +571,9 @@ def test_demo_like_folder_without_step_logs_degrades_gracefully(tmp_path):
 
 def test_cli_writes_the_outputs_and_gives_one_line_errors(tmp_path, diagnosed):
     done = subprocess.run(
-        [sys.executable, "-m", "tools.diagnose", str(tmp_path)], capture_output=True, text=True
+        [sys.executable, "-m", "whisper_finetuning.diagnose", str(tmp_path)],
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
@@ -580,7 +582,9 @@ def test_cli_writes_the_outputs_and_gives_one_line_errors(tmp_path, diagnosed):
     ]
     folder, _ = diagnosed["ordering"]
     done = subprocess.run(
-        [sys.executable, "-m", "tools.diagnose", str(folder)], capture_output=True, text=True
+        [sys.executable, "-m", "whisper_finetuning.diagnose", str(folder)],
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr
     assert "Batches come in a sorted or fixed order" in done.stdout
@@ -598,7 +602,7 @@ def test_train_py_logs_let_the_real_mislabelled_utterances_surface(tmp_path, tin
     sentences never spoken: the diagnosis ranks exactly those two as the top suspects."""
     import csv
 
-    from local import accent_corpus
+    from whisper_finetuning.data.prepare import accent_corpus
 
     require_espeak()
     manifests = accent_corpus.prepare_accent_corpus(

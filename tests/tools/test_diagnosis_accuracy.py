@@ -1,10 +1,10 @@
-"""The accuracy harness's planting and counting (tools/diagnosis_accuracy.py), on small logs."""
+"""The accuracy harness's planting and counting (``diagnosis_accuracy``), on small logs."""
 
 import json
 
 from conftest import read_jsonl
 
-from tools import diagnosis_accuracy as harness
+from whisper_finetuning import diagnosis_accuracy as harness
 
 
 def write_jsonl(path, rows):

@@ -10,7 +10,7 @@ import torch
 import transformers
 from conftest import fine_tune_tiny_en, read_jsonl, run_audio
 
-from whisper_finetuning import export
+from whisper_finetuning.export import huggingface as export
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import pytest
 import transformers
 from conftest import fine_tune_tiny_en, read_jsonl, run_audio
 
-from tools import export_hf
-from whisper_finetuning.export import CT2_SUBFOLDER
+from whisper_finetuning import export_hf
+from whisper_finetuning.export.huggingface import CT2_SUBFOLDER
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import soundfile as sf
 import transformers
 from conftest import read_jsonl, require_espeak
 
-from tools import export_hf
+from whisper_finetuning import export_hf
 
 
 @pytest.fixture(scope="module")

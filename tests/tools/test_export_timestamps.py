@@ -9,10 +9,10 @@ import torch
 import transformers
 from conftest import fine_tune_tiny_en
 
-from tools import export_hf
-from whisper_finetuning.decoding import greedy_search
-from whisper_finetuning.examples import segments_from_tokens
-from whisper_finetuning.model import WhisperASR
+from whisper_finetuning import export_hf
+from whisper_finetuning.data.examples import segments_from_tokens
+from whisper_finetuning.decoding.search import greedy_search
+from whisper_finetuning.model.asr import WhisperASR
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from analysis.review import data as review_data
-from analysis.review import report as review_report
-from analysis.review import stats as review_stats
-from analysis.review.server import ReviewSession, Utterance, make_server
-from analysis.review.store import JudgmentLog, judgments_path, latest, read_judgments
 from tests.conftest import sine, write_manifest
-from tools.review import main as review_main
+from whisper_finetuning.analysis.review import data as review_data
+from whisper_finetuning.analysis.review import report as review_report
+from whisper_finetuning.analysis.review import stats as review_stats
+from whisper_finetuning.analysis.review.server import ReviewSession, Utterance, make_server
+from whisper_finetuning.analysis.review.store import (
+    JudgmentLog,
+    judgments_path,
+    latest,
+    read_judgments,
+)
+from whisper_finetuning.review import main as review_main
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 MANIFEST_COLUMNS = ("ID", "duration", "wav", "spk_id", "dialect", "wrd")
@@ -224,7 +229,7 @@ def test_export_command_only_for_a_kept_checkpoint(tmp_path):
     ckpt.mkdir(parents=True)
     (ckpt / "CKPT.yaml").write_text("# yamllint disable\nWER: 15.0\nepoch: 3\nloss: 1.4\n")
     assert review_report.export_command(tmp_path, 3) == (
-        f"python -m tools.export_hf {tmp_path} DEST --epoch 3"
+        f"python -m whisper_finetuning.export_hf {tmp_path} DEST --epoch 3"
     )
     assert review_report.export_command(tmp_path, 2) is None
 
@@ -376,12 +381,12 @@ def browser():
 
 @pytest.fixture
 def cli_server():
-    """Starts ``python -m tools.review EXP --port 0 ...`` and returns its URL; stops it after."""
+    """Starts the review server (``--port 0``) and returns its URL; stops it after."""
     processes = []
 
     def start(exp, *args):
         process = subprocess.Popen(
-            [sys.executable, "-m", "tools.review", str(exp), "--port", "0", *args],
+            [sys.executable, "-m", "whisper_finetuning.review", str(exp), "--port", "0", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -512,7 +517,7 @@ def test_review_end_to_end_in_a_browser(tmp_path, cli_server):
         assert post(port, {**payload, "correction": correction})[0] == 200
 
     done = subprocess.run(
-        [sys.executable, "-m", "tools.review", "summarize", str(exp)],
+        [sys.executable, "-m", "whisper_finetuning.review", "summarize", str(exp)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -524,7 +529,7 @@ def test_review_end_to_end_in_a_browser(tmp_path, cli_server):
     check_stats(summary)
     check_outputs(summary, exp)
     assert done.stdout.splitlines()[0] == review_report.headline(summary)
-    assert f"export it: python -m tools.export_hf {exp} DEST --epoch 1" in done.stdout
+    assert f"export it: python -m whisper_finetuning.export_hf {exp} DEST --epoch 1" in done.stdout
     assert "humans prefer epoch 1" in (exp / "review" / "summary.md").read_text()
 
 
@@ -612,7 +617,7 @@ def check_stats(summary):
 
 def check_outputs(summary, exp):
     """What ``summarize`` adds to the statistics: candidates, corrections, export command."""
-    command = f"python -m tools.export_hf {exp} DEST --epoch 1"
+    command = f"python -m whisper_finetuning.export_hf {exp} DEST --epoch 1"
     assert summary["verdict"]["export_command"] == command
     assert summary["candidates"]["2"] == {"roles": ["min-WER"], "WER": 15.0, "loss": 1.5}
     assert summary["corrections"] == {

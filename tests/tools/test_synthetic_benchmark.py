@@ -7,14 +7,22 @@ import sys
 
 import pytest
 
-from tools import synthetic_benchmark
-from whisper_finetuning import flops
+from whisper_finetuning import synthetic_benchmark
+from whisper_finetuning.profiling import flops
 
 
 def test_device_section_runs_on_cpu_and_reports_its_ratios(tmp_path):
     report_file = tmp_path / "synthetic.json"
     done = subprocess.run(
-        [sys.executable, "-m", "tools.benchmark", "--device", "cpu", "--shapes", "test"]
+        [
+            sys.executable,
+            "-m",
+            "whisper_finetuning.benchmark",
+            "--device",
+            "cpu",
+            "--shapes",
+            "test",
+        ]
         + ["--batch_size", "2", "--steps", "2", f"--json={report_file}"],
         capture_output=True,
         text=True,
@@ -62,7 +70,15 @@ def test_unknown_shape_is_one_clear_error(capsys):
 def test_ddp_scaling_runs_two_gloo_processes(tmp_path):
     report_file = tmp_path / "ddp.json"
     done = subprocess.run(
-        [sys.executable, "-m", "tools.benchmark", "--device", "cpu", "--shapes", "test"]
+        [
+            sys.executable,
+            "-m",
+            "whisper_finetuning.benchmark",
+            "--device",
+            "cpu",
+            "--shapes",
+            "test",
+        ]
         + ["--batch_size", "2", "--steps", "2", "--ddp", "2", f"--json={report_file}"],
         capture_output=True,
         text=True,

@@ -7,9 +7,9 @@ import torch
 from conftest import transformers_cross_attention
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-from whisper_finetuning import absorbed_attention
-from whisper_finetuning.decoding import greedy_search
-from whisper_finetuning.model import WhisperASR
+from whisper_finetuning.decoding.search import greedy_search
+from whisper_finetuning.model import absorbed_attention
+from whisper_finetuning.model.asr import WhisperASR
 
 KEYS_VALUES = (r"decoder\.layers\.\d+\.encoder_attn\.(k_proj|v_proj)$",)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import soundfile
 
-from local import accent_corpus
+from whisper_finetuning.data.prepare import accent_corpus
 
 TINY_VOICES = ("en-us", "en-gb-scotland")
 TINY_SIZES = {"n_train_sentences": 4, "n_valid_sentences": 2, "n_test_sentences": 2}

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from whisper_finetuning.model import WhisperASR
+from whisper_finetuning.model.asr import WhisperASR
 
 DECODER_ATTENTION = [
     r"decoder\.layers\.\d+\.(self_attn|encoder_attn)\.(q_proj|k_proj|v_proj|out_proj)$"
@@ -93,7 +93,7 @@ def test_lora_checkpoint_holds_only_adapters_and_restores_the_outputs(random_whi
 
 
 def test_encoder_adapters_move_the_cache_boundary_below_them(random_whisper_dir):
-    from whisper_finetuning.encoder_cache import cache_blocker
+    from whisper_finetuning.data.encoder_cache import cache_blocker
 
     decoder_only = lora_asr(random_whisper_dir)
     assert decoder_only.encoder_frozen

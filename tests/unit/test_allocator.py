@@ -8,7 +8,7 @@ import pytest
 
 PROBE = """
 import json, os, sys, torch
-from whisper_finetuning import allocator
+from whisper_finetuning.training import allocator
 applied = allocator.keep_freed_memory() if sys.argv[1] == "keep" else False
 
 def resident_mb():

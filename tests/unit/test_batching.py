@@ -4,9 +4,10 @@ they leave, on a manifest whose rows' lengths are known by hand."""
 import pytest
 from conftest import sine, write_manifest
 
-from tools import padding as padding_tool
-from whisper_finetuning import batching, hparam_rules, manifests
-from whisper_finetuning.model import WhisperASR
+from whisper_finetuning import padding as padding_tool
+from whisper_finetuning.data import batching, manifests
+from whisper_finetuning.model.asr import WhisperASR
+from whisper_finetuning.training import hparam_rules
 
 # (seconds, words): the longest audio is not the longest transcript
 ROWS = [(1.0, 1), (2.0, 8), (3.0, 2), (4.0, 7)]
@@ -78,7 +79,7 @@ def test_the_recipe_buckets_by_dynamic_batch_length(
     length, bound, batches, tmp_path, random_whisper_dir
 ):
     import train
-    from whisper_finetuning.config import load_hparams
+    from whisper_finetuning.training.config import load_hparams
 
     for i, (seconds, _) in enumerate(ROWS):
         sine(tmp_path / f"r{i}.wav", seconds)

@@ -8,9 +8,9 @@ import pytest
 import soundfile as sf
 from conftest import write_manifest
 
-from tools import check_data as check_data_cli
-from whisper_finetuning import data_checks as check_data
-from whisper_finetuning.data_checks import run_checks
+from whisper_finetuning import check_data as check_data_cli
+from whisper_finetuning.data import checks as check_data
+from whisper_finetuning.data.checks import run_checks
 
 COLUMNS = ("ID", "duration", "wav", "spk_id", "dialect", "wrd")
 CHARS_PER_SECOND = 14.0

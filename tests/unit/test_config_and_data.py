@@ -2,7 +2,7 @@
 
 import pytest
 
-from whisper_finetuning.config import load_hparams, resolve
+from whisper_finetuning.training.config import load_hparams, resolve
 
 
 def test_size_configs_extend_the_base_and_command_line_wins():

@@ -5,8 +5,8 @@ import pytest
 import torch
 from conftest import transformers_cross_attention
 
-from whisper_finetuning import cross_attention_cache
-from whisper_finetuning.model import WhisperASR
+from whisper_finetuning.model import cross_attention_cache
+from whisper_finetuning.model.asr import WhisperASR
 
 QO_SELF = [r"encoder_attn\.(q_proj|out_proj)", r"decoder\.layers\.\d+\.self_attn\."]
 

@@ -1,4 +1,4 @@
-"""Tests for local/data_prep.py on tiny fake corpora built from real short audio."""
+"""Tests for ``data.prepare.corpora`` on tiny fake corpora built from real short audio."""
 
 import csv
 import io
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from local import data_prep
-from local.data_prep import (
+from whisper_finetuning.data.prepare import corpora as data_prep
+from whisper_finetuning.data.prepare import prepare
+from whisper_finetuning.data.prepare.corpora import (
     hash_split,
-    prepare,
     prepare_common_voice,
     prepare_librispeech,
     prepare_tsv_folder,

@@ -16,16 +16,17 @@ import soundfile as sf
 import torch
 from data_sources import SOURCES, build_sources, hf_splits, make_corpus, write_lhotse
 
-from analysis.review.server import ReviewSession, Utterance, make_server
-from analysis.review.store import JudgmentLog
-from local import shards
-from local.data_prep import DATA_ROOT, prepare, resolve
-from tools import write_shards as write_shards_tool
-from whisper_finetuning import audio_sources, data_checks
-from whisper_finetuning.audio import SAMPLE_RATE, audio_info, read_audio
-from whisper_finetuning.encoder_cache import EncoderCache, load_entry
-from whisper_finetuning.manifests import load_manifest
-from whisper_finetuning.model import WhisperASR
+from whisper_finetuning import write_shards as write_shards_tool
+from whisper_finetuning.analysis.review.server import ReviewSession, Utterance, make_server
+from whisper_finetuning.analysis.review.store import JudgmentLog
+from whisper_finetuning.data import audio_sources
+from whisper_finetuning.data import checks as data_checks
+from whisper_finetuning.data.audio import SAMPLE_RATE, audio_info, read_audio
+from whisper_finetuning.data.encoder_cache import EncoderCache, load_entry
+from whisper_finetuning.data.manifests import load_manifest
+from whisper_finetuning.data.prepare import prepare, shards
+from whisper_finetuning.data.prepare.corpora import DATA_ROOT, resolve
+from whisper_finetuning.model.asr import WhisperASR
 
 MANIFESTS = ("train", "valid", "test")
 REFERENCE_KIND = {

@@ -6,11 +6,11 @@ import pytest
 import torch
 from conftest import make_random_whisper, speak, write_manifest
 
-from whisper_finetuning import encoder_cache
-from whisper_finetuning import manifests as dataio
-from whisper_finetuning.audio import read_audio
-from whisper_finetuning.encoder_cache import EncoderCache, load_entry
-from whisper_finetuning.model import WhisperASR
+from whisper_finetuning.data import encoder_cache
+from whisper_finetuning.data import manifests as dataio
+from whisper_finetuning.data.audio import read_audio
+from whisper_finetuning.data.encoder_cache import EncoderCache, load_entry
+from whisper_finetuning.model.asr import WhisperASR
 
 # float16 storage of encoder outputs moves the loss by far less than this.
 LOSS_TOLERANCE = 1e-3

@@ -9,9 +9,10 @@ import sacrebleu
 from transformers import WhisperTokenizer
 from transformers.models.whisper.english_normalizer import BasicTextNormalizer
 
-from whisper_finetuning import hparam_rules, selection
-from whisper_finetuning import scoring as evaluation
-from whisper_finetuning.scoring import Scorer, text_normalizer
+from whisper_finetuning.evaluation import scoring as evaluation
+from whisper_finetuning.evaluation import selection
+from whisper_finetuning.evaluation.scoring import Scorer, text_normalizer
+from whisper_finetuning.training import hparam_rules
 
 REFS = ["the cat sat on the mat", "hello world", "it is half past seven", "good morning to you"]
 HYPS = ["the cat sat on a mat", "hello word", "it is half past seven", "good morning"]

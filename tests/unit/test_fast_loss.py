@@ -6,8 +6,9 @@ entry, argmax and counts exactly."""
 import pytest
 import torch
 
-from whisper_finetuning import examples, fast_loss
-from whisper_finetuning.model import WhisperASR
+from whisper_finetuning.data import examples
+from whisper_finetuning.model import fast_loss
+from whisper_finetuning.model.asr import WhisperASR
 
 RTOL = 1e-5
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from whisper_finetuning import flops
-from whisper_finetuning.model import WhisperASR
+from whisper_finetuning.model.asr import WhisperASR
+from whisper_finetuning.profiling import flops
 
 
 def _eager(whisper):

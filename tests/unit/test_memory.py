@@ -1,13 +1,13 @@
 """The memory planner's arithmetic on known shapes (its error against measured peaks is what
-python -m tools.memory_benchmark prints; README: Memory)."""
+python -m whisper_finetuning.memory_benchmark prints; README: Memory)."""
 
 import dataclasses
 
 import pytest
 
-from tools import memory as memory_tool
-from tools import memory_benchmark
-from whisper_finetuning.memory import GB, Settings, loss_bytes, predict, shape_name
+from whisper_finetuning import memory as memory_tool
+from whisper_finetuning import memory_benchmark
+from whisper_finetuning.profiling.memory_plan import GB, Settings, loss_bytes, predict, shape_name
 
 DECODER_ATTENTION = (
     r"decoder\.layers\.\d+\.(self_attn|encoder_attn)\.(q_proj|k_proj|v_proj|out_proj)$",

@@ -9,9 +9,10 @@ import torch
 from speechbrain.nnet.losses import nll_loss
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
-from whisper_finetuning import mwer, scoring
-from whisper_finetuning.decoding import BeamSearch, beam_search, beam_search_n_best
-from whisper_finetuning.model import EncoderStates, WhisperASR
+from whisper_finetuning.decoding.search import BeamSearch, beam_search, beam_search_n_best
+from whisper_finetuning.evaluation import scoring
+from whisper_finetuning.model.asr import EncoderStates, WhisperASR
+from whisper_finetuning.training import mwer
 
 NEG_INF = -math.inf
 

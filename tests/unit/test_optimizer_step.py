@@ -7,8 +7,8 @@ import types
 import pytest
 import torch
 
-from whisper_finetuning.config import load_hparams
 from whisper_finetuning.training import resilience
+from whisper_finetuning.training.config import load_hparams
 
 # fused and per-tensor AdamW round differently; after 5 steps at lr 1e-3 they agree this well
 ATOL = 1e-6

@@ -5,7 +5,7 @@ import csv
 
 import pytest
 
-from local import accent_corpus, swiss_corpus
+from whisper_finetuning.data.prepare import accent_corpus, swiss_corpus
 
 VOICES = {"german": ("de+m3", "de"), "french": ("fr-ch",), "italian": ("it+f4",)}
 SIZES = {"n_train_sentences": 3, "n_valid_sentences": 1, "n_test_sentences": 2}

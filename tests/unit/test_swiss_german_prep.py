@@ -6,7 +6,7 @@ import json
 
 from conftest import sine
 
-from local.data_prep import prepare
+from whisper_finetuning.data.prepare import prepare
 
 
 def write_tsv(path, rows):

@@ -9,23 +9,23 @@ import pytest
 import soundfile as sf
 import torch
 
-from whisper_finetuning.decoding import greedy_search, timestamp_rules
-from whisper_finetuning.examples import (
+from whisper_finetuning.data.examples import (
     Plan,
     Segment,
     TrainingExamples,
     align_to_targets,
     segments_from_tokens,
 )
-from whisper_finetuning.longform import (
+from whisper_finetuning.decoding.longform import (
     Transcription,
     WindowDecoder,
     boundary_errors,
     transcribe,
     transcribe_together,
 )
-from whisper_finetuning.model import WhisperASR
-from whisper_finetuning.vocabulary import MAX_TARGET_POSITIONS
+from whisper_finetuning.decoding.search import greedy_search, timestamp_rules
+from whisper_finetuning.model.asr import WhisperASR
+from whisper_finetuning.model.vocabulary import MAX_TARGET_POSITIONS
 
 
 @pytest.fixture(scope="module")
@@ -350,7 +350,7 @@ def test_each_recording_s_windows_are_prompted_in_its_language(random_multilingu
 
 
 def test_a_long_form_set_without_recordings_is_skipped(tmp_path):
-    from whisper_finetuning import longform
+    from whisper_finetuning.decoding import longform
 
     empty = tmp_path / "longform.csv"
     empty.write_text("ID,duration,wav,wrd,segments\n")
@@ -359,7 +359,7 @@ def test_a_long_form_set_without_recordings_is_skipped(tmp_path):
 
 
 def test_a_probability_outside_0_to_1_is_refused_before_any_work():
-    from whisper_finetuning.hparam_rules import check
+    from whisper_finetuning.training.hparam_rules import check
 
     assert check({"timestamp_probability": 0.5, "longform_probability": 0.2}) is None
     assert check({"longform_probability": 1.5}) == (
@@ -398,7 +398,7 @@ def spoken_recording(tmp_path_factory):
     """A 40-50 s recording of espeak-ng sentences with 0.6 s gaps, its manifest and segments."""
     from conftest import speak, write_manifest
 
-    from local.accent_corpus import speech
+    from whisper_finetuning.data.prepare.accent_corpus import speech
 
     folder = tmp_path_factory.mktemp("longform_speech")
     clips = [
@@ -432,8 +432,8 @@ def test_long_form_on_speech_equals_transformers_and_stays_within_its_wer(
 ):
     from transformers import WhisperProcessor
 
-    from whisper_finetuning import longform
-    from whisper_finetuning.scoring import text_normalizer
+    from whisper_finetuning.decoding import longform
+    from whisper_finetuning.evaluation.scoring import text_normalizer
 
     manifest, audio, reference = spoken_recording
     assert 35 <= len(audio) / 16000 <= 55  # two windows

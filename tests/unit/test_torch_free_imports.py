@@ -6,10 +6,14 @@ import sys
 
 import pytest
 
-from whisper_finetuning import decoding, text
+from whisper_finetuning.decoding import search as decoding
+from whisper_finetuning.evaluation import text
 
 
-@pytest.mark.parametrize("module", ["analysis.diagnosis.run", "analysis.review.server"])
+@pytest.mark.parametrize(
+    "module",
+    ["whisper_finetuning.analysis.diagnosis.run", "whisper_finetuning.analysis.review.server"],
+)
 def test_analysis_imports_do_not_load_torch(module):
     done = subprocess.run(
         [sys.executable, "-c", f"import sys, {module}; print('torch' in sys.modules)"],

@@ -8,9 +8,9 @@ import soundfile as sf
 import torch
 from conftest import speak
 
-from whisper_finetuning import hparam_rules
-from whisper_finetuning.decoding import BeamSearch, LoopStop, beam_search, greedy_search
-from whisper_finetuning.model import EncoderStates, WhisperASR
+from whisper_finetuning.decoding.search import BeamSearch, LoopStop, beam_search, greedy_search
+from whisper_finetuning.model.asr import EncoderStates, WhisperASR
+from whisper_finetuning.training import hparam_rules
 
 LOOP_STOP = {"loop_stop": LoopStop(min_repeats=4, min_tokens=16)}
 
@@ -39,7 +39,7 @@ def test_features_equal_whisper_feature_extractor_and_ignore_batch_mates(random_
 def test_a_shorter_window_is_the_start_of_the_30_s_features_and_encodes_fewer_frames(
     random_whisper_dir, random_en
 ):
-    from whisper_finetuning.encoder_cache import fingerprint
+    from whisper_finetuning.data.encoder_cache import fingerprint
 
     short = WhisperASR(str(random_whisper_dir), window_seconds=10).eval()
     wav = (0.3 * np.random.default_rng(1).standard_normal(16000 * 4)).astype(np.float32)
@@ -352,7 +352,7 @@ def test_checkpoints_hold_only_trainable_parameters(random_whisper_dir, tmp_path
 
 
 def test_the_export_prompts_as_the_run_did_when_a_pipeline_names_nothing(random_multilingual_dir):
-    from whisper_finetuning.export import generation_config
+    from whisper_finetuning.export.huggingface import generation_config
 
     whisper = WhisperASR(random_multilingual_dir, None, language="de", task="translate")
     exported = generation_config(whisper)

@@ -8,8 +8,12 @@ import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import run_on_main
 
-from whisper_finetuning.files import write_json
-from whisper_finetuning.selection import SELECTION_DIRECTIONS, SELECTION_METRICS, best_earliest
+from whisper_finetuning.common.files import write_json
+from whisper_finetuning.evaluation.selection import (
+    SELECTION_DIRECTIONS,
+    SELECTION_METRICS,
+    best_earliest,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from speechbrain.utils.checkpoints import (
 )
 from speechbrain.utils.distributed import ddp_barrier, ddp_broadcast, get_rank, if_main_process
 
-from whisper_finetuning.files import atomic_path
+from whisper_finetuning.common.files import atomic_path
 
 logger = logging.getLogger(__name__)
 

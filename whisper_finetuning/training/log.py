@@ -19,9 +19,8 @@ import os
 
 import torch
 
-from whisper_finetuning import provenance
-from whisper_finetuning.files import append_jsonl, write_json
-from whisper_finetuning.training import distributed
+from whisper_finetuning.common.files import append_jsonl, write_json
+from whisper_finetuning.training import distributed, provenance
 
 ECE_BINS = 15
 STEP_TOTALS = ("tokens", "audio_seconds", "utterances")  # summed over a step's batches

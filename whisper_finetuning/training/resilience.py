@@ -36,7 +36,7 @@ import torch
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 from speechbrain.utils.distributed import if_main_process
 
-from whisper_finetuning.files import write_json
+from whisper_finetuning.common.files import write_json
 from whisper_finetuning.training import distributed, runs, stopping
 from whisper_finetuning.training.checkpointing import (
     CheckpointError,

@@ -5,8 +5,8 @@ import json
 import logging
 import os
 
-from whisper_finetuning import longform
-from whisper_finetuning.files import write_json
+from whisper_finetuning.common.files import write_json
+from whisper_finetuning.decoding import longform
 
 logger = logging.getLogger(__name__)
 

@@ -1,1 +1,0 @@
-"""The listening review behind ``python -m tools.review``: sampling, storage, statistics, page."""

@@ -1,0 +1,1 @@
+"""Analyses of finished runs (never torch): the diagnosis and the review."""

@@ -1,0 +1,1 @@
+"""The listening review behind ``whisper_finetuning.review``: sampling, storage, statistics."""

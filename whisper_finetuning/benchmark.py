@@ -1,0 +1,384 @@
+"""Benchmark this recipe against transformers' Seq2SeqTrainer on the same data and model.
+
+Both fine-tune Whisper tiny.en's decoder with the encoder frozen, on the same demo-corpus
+utterances, with the same batch size, peak learning rate and number of optimizer steps, then
+decode the same validation utterances greedily. The baseline is the standard transformers
+setup: log-mel features padded to 30 s computed up front, the encoder run on every step, and
+``predict_with_generate`` for validation. This recipe's training time includes building its
+encoder-output cache (for the validation utterances too), so the ratios are not flattered;
+a second recipe run shows the throughput of any later experiment that finds the cache built.
+
+Each system runs in its own process, so each peak memory figure is its own. Each system's
+training FLOPs are counted from the model's shapes (``profiling.flops``) and set
+against a matrix-product probe run at the start: how close each comes to the machine's limit.
+
+Usage: python -m whisper_finetuning.benchmark \
+    [--epochs N] [--train_utterances N] [--encoder_window_seconds S]
+                                 [--json FILE]
+       python -m whisper_finetuning.benchmark --device cuda ...
+       (random models of the real shapes on a
+                                 GPU: whisper_finetuning/synthetic_benchmark.py)
+"""
+
+import argparse
+import csv
+import json
+import math
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT_PREFIX = "BENCHMARK "
+SYSTEMS = ("recipe", "recipe_warm_cache", "baseline")
+
+
+def demo_window_seconds():
+    """The encoder window the demo trains with, on the corpus and model benchmarked here."""
+    from whisper_finetuning.training.config import resolve
+
+    return resolve(ROOT / "hparams/demo_tiny_en.yaml")[1]["encoder_window_seconds"]
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_folder", default="data/accent_corpus")
+    parser.add_argument("--model_folder", default="data/models")
+    parser.add_argument("--train_utterances", type=int, default=64)
+    parser.add_argument("--valid_utterances", type=int, default=50)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--warmup_steps", type=int, default=10)
+    parser.add_argument(
+        "--encoder_window_seconds",
+        type=int,
+        default=demo_window_seconds(),
+        help="the recipe's encoder window step; default: the demo's (30 is Whisper's own; "
+        "the baseline always pads to 30 s)",
+    )
+    parser.add_argument("--json", help="also write the figures and ratios to this file")
+    parser.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)
+    parser.add_argument("--work_folder", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def prepare_subsets(args, work):
+    """The model directory and train/valid manifests with the first N utterances of each."""
+    from whisper_finetuning.data.prepare.accent_corpus import prepare_accent_corpus
+    from whisper_finetuning.model.bundled import resolve_source
+
+    manifests = prepare_accent_corpus(args.data_folder, Path(args.data_folder) / "manifests")
+    model = resolve_source("bundled:tiny.en", args.model_folder)
+    for split, count in (("train", args.train_utterances), ("valid", args.valid_utterances)):
+        with open(manifests[split], newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)[:count]
+            fields = reader.fieldnames
+        with open(work / f"{split}.csv", "w", newline="") as out:
+            writer = csv.DictWriter(out, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+    return model
+
+
+def read_rows(path, data_folder):
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["wav"] = row["wav"].replace("$data_root", str(data_folder))
+    return rows
+
+
+def run_recipe(args, work, model, run_name="recipe"):
+    """This recipe's own Brain, data pipeline and cache; greedy = beam search of width 1.
+
+    The cache lives in ``work/encoder_cache``: the first run builds it (charged to its training
+    time), a second run with another output folder finds it, as a user's next experiment on
+    the same data and model would.
+    """
+    sys.argv = ["train.py"]  # SpeechBrain reads nothing from the benchmark's arguments
+    import train
+    from whisper_finetuning.training import runs
+    from whisper_finetuning.training.config import load_hparams
+
+    overrides = {
+        "whisper_hub": model,
+        "data_folder": args.data_folder,
+        "output_folder": str(work / run_name),
+        "encoder_cache_folder": str(work / "encoder_cache"),
+        "skip_prep": True,
+        "train_csv": str(work / "train.csv"),
+        "valid_csv": str(work / "valid.csv"),
+        # The valid set is decoded once, after training, as the baseline does; the recipe
+        # requires a test manifest, so the valid set stands in under another name (never
+        # decoded; the encoder cache serves it from the valid set's entries).
+        "test_csv": [str(shutil.copyfile(work / "valid.csv", work / "heldout.csv"))],
+        "number_of_epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "test_batch_size": args.batch_size,
+        "lr": args.lr,
+        "warmup_steps": args.warmup_steps,
+        "grad_accumulation_factor": 1,
+        "num_workers": 0,
+        "test_beam_size": 1,
+        "encoder_window_seconds": args.encoder_window_seconds,
+    }
+    hparams, _, _ = load_hparams(ROOT / "hparams/whisper_small.yaml", overrides)
+    Path(hparams["output_folder"]).mkdir(parents=True, exist_ok=True)
+    whisper = hparams["whisper"]
+    start = time.perf_counter()
+    datasets = train.dataio_prepare(hparams, whisper)
+    brain = train.make_brain(hparams, None, checkpointer=None)
+    brain.fit(
+        hparams["epoch_counter"],
+        datasets["train"],
+        train_loader_kwargs=hparams["train_loader_kwargs"],
+    )
+    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    runs.decode_test_sets(brain, {"valid": datasets["valid"]}, hparams, str(work / run_name))
+    valid_seconds = time.perf_counter() - start
+    summary = json.loads((work / run_name / "summary_valid.json").read_text())
+    return train_seconds, valid_seconds, summary
+
+
+def run_baseline(args, work, model):
+    """transformers' Seq2SeqTrainer in its standard Whisper fine-tuning setup."""
+    import torch
+    from transformers import (
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+    )
+
+    from whisper_finetuning.data.audio import SAMPLE_RATE, read_audio
+    from whisper_finetuning.evaluation.scoring import Scorer, text_normalizer
+
+    processor = WhisperProcessor.from_pretrained(model)
+    whisper = WhisperForConditionalGeneration.from_pretrained(model)
+    whisper.model.encoder.requires_grad_(False)
+    start = time.perf_counter()
+
+    def featurize(rows):
+        return [
+            {
+                "input_features": processor.feature_extractor(
+                    read_audio(row["wav"]).numpy(), sampling_rate=SAMPLE_RATE
+                ).input_features[0],
+                "labels": processor.tokenizer(row["wrd"]).input_ids,
+            }
+            for row in rows
+        ]
+
+    def collate(features):
+        batch = processor.feature_extractor.pad(
+            [{"input_features": f["input_features"]} for f in features], return_tensors="pt"
+        )
+        labels = processor.tokenizer.pad(
+            [{"input_ids": f["labels"]} for f in features], return_tensors="pt"
+        )
+        ids = labels["input_ids"].masked_fill(labels.attention_mask.ne(1), -100)
+        if (ids[:, 0] == whisper.config.decoder_start_token_id).all():
+            ids = ids[:, 1:]
+        batch["labels"] = ids
+        return batch
+
+    train_rows = read_rows(work / "train.csv", args.data_folder)
+    valid_rows = read_rows(work / "valid.csv", args.data_folder)
+    trainer = Seq2SeqTrainer(
+        model=whisper,
+        args=Seq2SeqTrainingArguments(
+            output_dir=str(work / "baseline"),
+            per_device_train_batch_size=args.batch_size,
+            per_device_eval_batch_size=args.batch_size,
+            learning_rate=args.lr,
+            warmup_steps=args.warmup_steps,
+            num_train_epochs=args.epochs,
+            weight_decay=0.01,
+            max_grad_norm=2.0,
+            predict_with_generate=True,
+            generation_max_length=224,
+            generation_num_beams=1,
+            save_strategy="no",
+            eval_strategy="no",
+            report_to=[],
+            dataloader_num_workers=0,
+            use_cpu=True,
+            seed=1986,
+        ),
+        data_collator=collate,
+        train_dataset=featurize(train_rows),
+    )
+    trainer.train()
+    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    with torch.no_grad():
+        predictions = trainer.predict(featurize(valid_rows)).predictions
+    valid_seconds = time.perf_counter() - start
+    predictions[predictions == -100] = processor.tokenizer.pad_token_id
+    hyps = [h.strip() for h in processor.batch_decode(predictions, skip_special_tokens=True)]
+    scorer = Scorer(text_normalizer("english", processor.tokenizer, True))
+    scorer.append([r["ID"] for r in valid_rows], hyps, [r["wrd"] for r in valid_rows])
+    return train_seconds, valid_seconds, scorer.summary()
+
+
+def training_flops(args, work, model, system):
+    """FLOPs a system's training phase computes (``flops.py``: real token lengths, no padding).
+
+    The baseline runs the 30 s encoder on every utterance in every epoch and projects every
+    decoder position; the recipe's first run encodes the train and valid utterances once, at
+    their windows, for its cache, and projects only target positions (``loss_chunk_size``).
+    """
+    from transformers import WhisperConfig, WhisperTokenizer
+
+    from whisper_finetuning.data.audio import CHUNK_SECONDS
+    from whisper_finetuning.model.absorbed_attention import width_budget
+    from whisper_finetuning.profiling import flops
+
+    config = WhisperConfig.from_pretrained(model)
+    tokenizer = WhisperTokenizer.from_pretrained(model)
+    train_rows = read_rows(work / "train.csv", "")
+    full_frames = CHUNK_SECONDS * 50
+    if system == "baseline":
+        per_epoch = 0
+        for row in train_rows:
+            positions = len(tokenizer(row["wrd"]).input_ids) - 1  # labels without the start
+            per_epoch += flops.encoder_forward(config, CHUNK_SECONDS)
+            per_epoch += flops.decoder_training_step(config, positions, full_frames, positions)
+        return per_epoch * args.epochs
+
+    def window(row):
+        step = args.encoder_window_seconds
+        return min(math.ceil(float(row["duration"]) / step) * step, CHUNK_SECONDS)
+
+    prompt = len(tokenizer("").input_ids) - 1  # the prompt before the text (no end of text)
+    per_epoch = 0
+    for row in train_rows:
+        text = len(tokenizer.encode(" " + row["wrd"].strip(), add_special_tokens=False))
+        frames = window(row) * 50
+        positions = prompt + text
+        # the absorbed cross-attention where the sequence is short enough (the recipe decides
+        # per batch, by its longest); the key/value projections train here
+        short = positions * config.decoder_attention_heads < width_budget(config.d_model, False)
+        keys_values = "absorbed" if short else "train"
+        per_epoch += flops.decoder_training_step(config, positions, frames, text + 1, keys_values)
+    total = per_epoch * args.epochs
+    if system == "recipe":  # it builds the encoder cache
+        valid_rows = read_rows(work / "valid.csv", "")
+        total += sum(flops.encoder_forward(config, window(row)) for row in train_rows + valid_rows)
+    return total
+
+
+def worker(args):
+    """Run one system and print its figures as one JSON line."""
+    work, model = Path(args.work_folder), str(Path(args.work_folder) / "model")
+    if args.system == "baseline":
+        train_seconds, valid_seconds, summary = run_baseline(args, work, model)
+    else:
+        train_seconds, valid_seconds, summary = run_recipe(args, work, model, args.system)
+    audio_seconds = (
+        sum(float(r["duration"]) for r in read_rows(work / "train.csv", "")) * args.epochs
+    )
+    train_flops = training_flops(args, work, model, args.system)
+    figures = {
+        "train_audio_seconds_per_second": audio_seconds / train_seconds,
+        "train_seconds": train_seconds,
+        "train_flops": train_flops,
+        "train_flops_per_second": train_flops / train_seconds,
+        "valid_utterances_per_second": summary["n_utterances"] / valid_seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "wer": summary["wer"],
+        "wer_ci95": summary["wer_ci95"],
+        "loop_stopped": summary["loop_stopped"],  # hypotheses the recipe's loop stop ended
+    }
+    print(RESULT_PREFIX + json.dumps(figures), flush=True)
+
+
+def main(argv=None):
+    argv = argv if argv is not None else sys.argv[1:]
+    if any(arg == "--device" or arg.startswith("--device=") for arg in argv):
+        from whisper_finetuning import synthetic_benchmark
+
+        return synthetic_benchmark.main(argv)
+    args = parse_args(argv)
+    if args.system:
+        return worker(args)
+    from whisper_finetuning.profiling.flops import matmul_peak
+
+    peak = matmul_peak()  # before the systems, on the same threads and machine
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model = prepare_subsets(args, work)
+        (work / "model").symlink_to(Path(model).resolve())
+        results = {}
+        for system in SYSTEMS:
+            command = [
+                sys.executable,
+                "-m",
+                "whisper_finetuning.benchmark",
+                *sys.argv[1:],
+                f"--system={system}",
+            ]
+            command.append(f"--work_folder={work}")
+            done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+            lines = [ln for ln in done.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+            if done.returncode or not lines:
+                sys.exit(f"error: the {system} run failed:\n{done.stderr[-2000:]}")
+            results[system] = json.loads(lines[-1][len(RESULT_PREFIX) :])
+    for figures in results.values():
+        figures["flop_utilisation"] = figures["train_flops_per_second"] / peak
+    recipe, warm, baseline = (results[system] for system in SYSTEMS)
+    report = {
+        "recipe": recipe,
+        "recipe_warm_cache": warm,
+        "baseline": baseline,
+        "matmul_peak_flops": peak,
+        "train_throughput_ratio": recipe["train_audio_seconds_per_second"]
+        / baseline["train_audio_seconds_per_second"],
+        "train_throughput_ratio_warm_cache": warm["train_audio_seconds_per_second"]
+        / baseline["train_audio_seconds_per_second"],
+        "valid_decode_ratio": recipe["valid_utterances_per_second"]
+        / baseline["valid_utterances_per_second"],
+        "peak_rss_ratio": recipe["peak_rss_mb"] / baseline["peak_rss_mb"],
+        "wer_recipe": recipe["wer"],
+        "wer_recipe_warm_cache": warm["wer"],
+        "wer_baseline": baseline["wer"],
+    }
+    print(f"{'':32}{'recipe':>12}{'baseline':>12}{'ratio':>10}")
+    rows = (
+        ("train audio-s per wall-s", "train_audio_seconds_per_second", "train_throughput_ratio"),
+        ("valid decode utterances/s", "valid_utterances_per_second", "valid_decode_ratio"),
+        ("peak RSS (MB)", "peak_rss_mb", "peak_rss_ratio"),
+    )
+    for label, key, ratio in rows:
+        print(f"{label:32}{recipe[key]:>12.2f}{baseline[key]:>12.2f}{report[ratio]:>10.2f}")
+    print(
+        f"{'  ... with the cache already built':32}"
+        f"{warm['train_audio_seconds_per_second']:>12.2f}{'':>12}"
+        f"{report['train_throughput_ratio_warm_cache']:>10.2f}"
+    )
+    print(f"training GFLOP/s (share of the {peak / 1e9:.1f} GFLOP/s fp32 matmul peak):")
+    for system in SYSTEMS:
+        figures = results[system]
+        print(
+            f"{'  ' + system:32}{figures['train_flops_per_second'] / 1e9:>12.2f}"
+            f"{figures['flop_utilisation']:>12.1%}"
+            f"  ({figures['train_flops'] / 1e12:.2f} TFLOP in {figures['train_seconds']:.0f} s)"
+        )
+    lo, hi = baseline["wer_ci95"]
+    print(f"{'valid WER (%)':32}{recipe['wer']:>12.2f}{baseline['wer']:>12.2f}")
+    print(f"baseline WER 95% CI: [{lo:.2f}, {hi:.2f}]")
+    print(f"repetition loops stopped in the recipe's valid decoding: {recipe['loop_stopped']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: manifests, audio, the checks before training, batches and training examples."""

@@ -1,0 +1,116 @@
+"""Frozen-encoder outputs computed once per utterance and kept on disk.
+
+With the encoder (or its bottom layers) frozen and no augmentation touching its input, the
+frozen part computes the same output for an utterance in every epoch; on CPU it is most of the
+cost of a step. This cache stores that output per utterance as float16 ``.npy`` files, read back
+memory-mapped.
+
+An entry's name is a content hash of the frozen encoder weights, the feature settings and the
+encoded audio's bytes, so changing the model, the freezing boundary, the features or an audio file
+makes the old entry unreachable and the next run recomputes it.
+"""
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from whisper_finetuning.common.files import atomic_path
+from whisper_finetuning.data import audio_sources
+from whisper_finetuning.data.audio import SAMPLE_RATE, read_audio
+
+logger = logging.getLogger(__name__)
+
+CACHE_DTYPE = np.float16
+MODES = ("auto", True, False)  # the encoder_cache hparam
+
+
+def cache_blocker(whisper, augment):
+    """Why the encoder cache cannot serve training, or None when it can."""
+    if whisper.frozen_encoder_depth == 0:
+        return "the encoder's convolutional stem trains"
+    if augment:
+        return "waveform augmentation changes the encoder input every epoch"
+    return None
+
+
+def use_cache(mode, whisper, augment):
+    """Decide from ``encoder_cache`` (auto/true/false) whether training reads cached outputs."""
+    blocker = cache_blocker(whisper, augment)
+    if mode is True and blocker:
+        raise ValueError(f"encoder_cache=true is invalid here: {blocker}; set encoder_cache=auto")
+    if mode == "auto" and blocker:
+        logger.info("encoder cache off for training: %s", blocker)
+    return mode is not False and blocker is None
+
+
+def fingerprint(whisper):
+    """Hash of everything the frozen part's output depends on, apart from the audio."""
+    digest = hashlib.sha256()
+    extractor = whisper.feature_extractor
+    settings = (
+        f"depth={whisper.frozen_encoder_depth};n_fft={extractor.n_fft};"
+        f"hop={extractor.hop_length};mels={extractor.feature_size};"
+        f"samples={whisper.window_seconds * SAMPLE_RATE}"  # the window step
+    )
+    digest.update(settings.encode())
+    for name, param in whisper.model.model.encoder.named_parameters():
+        if not param.requires_grad:
+            digest.update(name.encode())
+            digest.update(param.detach().cpu().float().numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
+class EncoderCache:
+    """Per-utterance frozen-encoder outputs under ``folder``, named by content hash."""
+
+    def __init__(self, folder, whisper, device="cpu", batch_size=8):
+        self.whisper = whisper
+        self.device = device
+        self.batch_size = batch_size
+        self.folder = Path(folder) / fingerprint(whisper)
+
+    def _entry(self, wav_ref):
+        """Where the output for this audio (a file, or audio in a shard or dataset) lives."""
+        digest = hashlib.sha256(self.folder.name.encode())
+        audio_sources.digest_update(digest, wav_ref)
+        key = digest.hexdigest()
+        return self.folder / key[:2] / f"{key}.npy"
+
+    def prepare(self, dataset):
+        """Compute what is missing for ``dataset``; returns ``{utterance id: entry path}``."""
+        entries = {u: self._entry(dataset.data[u]["wav"]) for u in dataset.data_ids}
+        missing = [u for u, path in entries.items() if not path.exists()]
+        if missing:
+            logger.info("encoder cache: computing %d of %d utterances", len(missing), len(entries))
+        for start in tqdm(range(0, len(missing), self.batch_size), disable=not missing):
+            ids = missing[start : start + self.batch_size]
+            self._compute([dataset.data[u]["wav"] for u in ids], [entries[u] for u in ids])
+        return entries
+
+    @torch.no_grad()
+    def _compute(self, wav_paths, targets):
+        """Run the frozen part on a batch of files and store each output atomically."""
+        wavs = [read_audio(p) for p in wav_paths]
+        batch = torch.zeros(len(wavs), max(len(w) for w in wavs))
+        for i, wav in enumerate(wavs):
+            batch[i, : len(wav)] = wav
+        lens = torch.tensor([len(w) / batch.shape[1] for w in wavs])
+        was_training = self.whisper.training
+        self.whisper.eval()
+        groups = self.whisper.encode_frozen_by_window(batch.to(self.device), lens.to(self.device))
+        self.whisper.train(was_training)
+        for rows, out in groups:
+            for row, hidden in zip(rows, out.cpu().numpy().astype(CACHE_DTYPE), strict=True):
+                target = targets[row]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(target) as tmp:
+                    np.save(tmp, hidden)
+
+
+def load_entry(path):
+    """One cached output as a float32 tensor."""
+    return torch.from_numpy(np.load(path, mmap_mode="r").astype(np.float32))

@@ -1,0 +1,212 @@
+"""Manifests and audio: load, check every row once, and read audio as Whisper wants it.
+
+A manifest that SpeechBrain cannot read as such is one error naming its file, line, column
+and what was found (``check_format``). Bad rows (missing or unreadable audio, NaN or infinite
+samples, empty transcripts, labels longer than the decoder can hold, audio over 30 s) are
+found before training starts and either skipped with a counted, logged reason or reported as
+one clear error, as ``on_bad_row`` says. Labels are never truncated. Audio at another sample
+rate or with several channels is converted on reading.
+"""
+
+import csv
+import logging
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+import speechbrain as sb
+
+from whisper_finetuning.data.audio import CHUNK_SECONDS, NON_FINITE, audio_info, has_non_finite
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("ID", "duration", "wav", "wrd")
+DATA_ROOT = "data_root"  # $data_root in a manifest is replaced by data_folder
+DOLLAR_NAME = re.compile(r"\$([\w.]+)")  # what SpeechBrain replaces in every cell
+BOM = "\ufeff"
+BAD_ROW_POLICIES = ("skip", "error")  # the on_bad_row hparam
+
+
+class DataError(ValueError):
+    """A manifest or audio file that cannot be used."""
+
+
+def named_manifests(train_csv, valid_csv, test_csvs):
+    """``{split name: manifest}``: train, valid and each test manifest under its file's stem
+    (the name its outputs carry); a stem that names another split is an error."""
+    manifests = {"train": train_csv, "valid": valid_csv}
+    for csv_path in test_csvs:
+        name = Path(csv_path).stem
+        if name in manifests:
+            raise DataError(f"test manifest {csv_path}: its name '{name}' is taken")
+        manifests[name] = csv_path
+    return manifests
+
+
+def has_no_rows(csv_path):
+    """True for a readable manifest with a header and no rows (``check_format`` refuses it)."""
+    try:
+        with open(csv_path, newline="") as f:
+            return next(csv.DictReader(f), None) is None
+    except OSError:
+        return False  # check_format says what is wrong
+
+
+def check_format(csv_path, duplicates=True):
+    """Raise a ``DataError`` naming the file, line, column and what was found if the manifest
+    cannot be read as SpeechBrain reads it (``duplicates``: a repeated ID too)."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f, skipinitialspace=True)
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"manifest {csv_path} is empty: line 1 must be its header")
+            _check_header(csv_path, header)
+            at = {name: i for i, name in enumerate(header)}
+            first_line = {}
+            for fields in reader:
+                where = f"manifest {csv_path}, line {reader.line_num}"
+                if len(fields) != len(header):
+                    raise DataError(f"{where}: {len(fields)} fields, the header has {len(header)}")
+                row = dict(zip(header, fields, strict=True))
+                _check_cells(where, row, at, first_line if duplicates else None)
+                first_line.setdefault(row["ID"], reader.line_num)
+    except OSError as error:
+        raise DataError(f"cannot read manifest {csv_path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise DataError(f"manifest {csv_path}: not UTF-8 text ({error.reason})") from None
+    except csv.Error as error:
+        raise DataError(f"manifest {csv_path}, line {reader.line_num}: {error}") from None
+    if not first_line:
+        raise DataError(f"manifest {csv_path} has a header but no rows")
+
+
+def _check_header(csv_path, header):
+    """Every required column, each spelled exactly."""
+    for column in REQUIRED_COLUMNS:
+        if column in header:
+            continue
+        for i, name in enumerate(header, start=1):
+            if name.strip(BOM + " \t").lower() == column.lower():
+                hint = " (a byte-order mark: save it as UTF-8 without BOM)" if BOM in name else ""
+                raise DataError(
+                    f"manifest {csv_path}, line 1, column {i}: found {name!r} where "
+                    f"'{column}' was expected{hint}"
+                )
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise DataError(f"manifest {csv_path} lacks column(s) {', '.join(missing)}")
+
+
+def _check_cells(where, row, at, first_line):
+    """A row's ID (non-empty, new unless ``first_line`` is None), duration and ``$`` names."""
+    if not row["ID"].strip():
+        raise DataError(f"{where}, column {at['ID'] + 1} (ID): empty")
+    if first_line is not None and row["ID"] in first_line:
+        raise DataError(
+            f"{where}, column {at['ID'] + 1} (ID): {row['ID']!r} is the ID of line "
+            f"{first_line[row['ID']]} too"
+        )
+    try:
+        seconds = float(row["duration"])
+    except ValueError:
+        seconds = math.nan
+    if not seconds >= 0 or math.isinf(seconds):
+        raise DataError(
+            f"{where}, column {at['duration'] + 1} (duration): found {row['duration']!r} "
+            "where a number of seconds was expected"
+        )
+    for column, value in row.items():
+        unknown = [name for name in DOLLAR_NAME.findall(value) if name != DATA_ROOT]
+        if unknown:
+            raise DataError(
+                f"{where}, column {at[column] + 1} ({column}): found ${unknown[0]} in "
+                f"{value!r}; only ${DATA_ROOT} is replaced (by data_folder)"
+            )
+
+
+def load_manifest(csv_path, data_folder):
+    """A SpeechBrain dataset from a CSV manifest, ``$data_root`` replaced by ``data_folder``."""
+    check_format(csv_path)
+    return sb.dataio.dataset.DynamicItemDataset.from_csv(
+        csv_path, replacements={DATA_ROOT: str(data_folder)}
+    )
+
+
+def columns(dataset):
+    """The manifest columns of a dataset."""
+    first = next(iter(dataset.data.values()), {})
+    return list(first)
+
+
+def resolve_languages(dataset, name, whisper):
+    """Set every row's ``language`` to Whisper's name of it: the manifest's ``language``
+    column (a name or code) where it has a value, else the model's default language.
+
+    A language Whisper lacks, a non-English row for an English-only model, or a row with no
+    language for a multilingual model without a default is a one-line DataError.
+    """
+    names = {}
+    for utt_id, row in dataset.data.items():
+        given = (row.get("language") or "").strip() or None
+        if given not in names:
+            try:
+                names[given] = whisper.language_name(given)
+            except ValueError as error:
+                where = f"row {utt_id}: " if given else ""
+                raise DataError(f"{name}: {where}{error}") from None
+        row["language"] = names[given]
+    dataset.pipeline.add_static_keys(["language"])  # a manifest without the column has it now
+    return dataset
+
+
+def check_languages(named, data_folder, whisper):
+    """Resolve the languages of every manifest in ``{name: csv}`` before anything is written
+    (a manifest that does not load is left to the data checks, which name its problem)."""
+    for name, csv_path in named.items():
+        try:
+            dataset = load_manifest(csv_path, data_folder)
+        except DataError:
+            continue
+        resolve_languages(dataset, name, whisper)
+
+
+def _row_problem(row, whisper):
+    """Why a manifest row cannot be trained on, or None."""
+    if not row["wrd"].strip():
+        return "empty transcript"
+    n_tokens = whisper.decoder_positions(row["wrd"])
+    if n_tokens > whisper.max_positions:
+        return f"label of {n_tokens} tokens exceeds the decoder's {whisper.max_positions}"
+    info = audio_info(row["wav"])
+    if info is None:
+        return "missing or unreadable audio"
+    if info.frames == 0:
+        return "empty audio"
+    if info.duration > CHUNK_SECONDS:
+        return f"audio of {info.duration:.1f} s exceeds Whisper's {CHUNK_SECONDS} s window"
+    if has_non_finite(info, row["wav"]):
+        return NON_FINITE
+    return None
+
+
+def check_rows(dataset, name, whisper, on_bad_row="skip"):
+    """Drop (or refuse) rows that cannot be used; logs one line per kind of problem."""
+    problems = {utt_id: _row_problem(row, whisper) for utt_id, row in dataset.data.items()}
+    bad = {utt_id: why for utt_id, why in problems.items() if why}
+    if bad and on_bad_row == "error":
+        utt_id, why = next(iter(bad.items()))
+        raise DataError(
+            f"{name}: row {utt_id} ({dataset.data[utt_id]['wav']}): {why}"
+            f" ({len(bad)} bad rows; set on_bad_row=skip to skip them)"
+        )
+    for why, count in Counter(bad.values()).items():
+        example = next(u for u, w in bad.items() if w == why)
+        logger.warning("%s: skipped %d row(s) with %s (e.g. %s)", name, count, why, example)
+    if len(bad) == len(problems):
+        raise DataError(f"{name}: no usable rows left")
+    if not bad:
+        return dataset
+    with dataset.output_keys_as(["id"]):
+        return dataset.filtered_sorted(key_test={"id": lambda utt_id: utt_id not in bad})

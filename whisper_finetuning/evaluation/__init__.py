@@ -1,0 +1,1 @@
+"""Evaluation: normalised WER, CER, BLEU, chrF with intervals; the selection rule."""

@@ -1,0 +1,181 @@
+"""Export a run's min-WER checkpoint (or another kept epoch's) as a Hugging Face Whisper directory.
+
+The exported directory loads with ``transformers.pipeline("automatic-speech-recognition",
+model=DEST_DIR)``; with ``--ct2`` and the ``ctranslate2`` package, ``DEST_DIR/ctranslate2``
+holds the same model for faster-whisper.
+
+``--epoch N`` exports epoch N's checkpoint instead, e.g. the one a human review preferred
+(kept when training ran with ``review_checkpoints: True``).
+
+Only checkpoints taken at an epoch's end have a valid WER. A run stopped before its first
+validation holds only an intra-epoch checkpoint: exporting it is refused unless asked for
+(``allow_unvalidated``). ``describe`` names the checkpoint an export took.
+
+A run trained with an adapter (``adapter: lora`` or ``dora``) is exported with its adapters
+merged into the weights: a plain Whisper directory. ``--adapter_only`` writes PEFT's adapter
+folder instead, which ``PeftModel.from_pretrained(base_model, DEST_DIR)`` loads on the base model.
+
+Command line: ``python -m whisper_finetuning.export_hf``.
+"""
+
+import copy
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.utils.checkpoints import Checkpointer, ckpt_recency
+from transformers import WhisperProcessor
+
+from whisper_finetuning.common.files import write_json
+from whisper_finetuning.data.audio import (
+    CHUNK_SECONDS,  # what transformers and faster-whisper pad to
+)
+from whisper_finetuning.evaluation.selection import best_earliest
+from whisper_finetuning.model import adapters
+
+READABLE_FILE, READABLE_DIR = 0o644, 0o755
+CT2_SUBFOLDER = "ctranslate2"
+CT2_COPIED_FILES = ["tokenizer.json", "preprocessor_config.json"]
+
+
+def save_whisper_dir(model, tokenizer, feature_extractor, dest):
+    """Write a complete Hugging Face Whisper directory at ``dest``, all or nothing.
+
+    Files are written into a temporary sibling that is renamed into place, so ``dest`` never
+    holds half an export.
+    """
+
+    def write(staging):
+        model.save_pretrained(staging)
+        WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(
+            staging
+        )
+        feature_extractor.save_pretrained(staging)  # preprocessor_config.json
+        tokenizer.save_vocabulary(str(staging))  # vocab.json, merges.txt, normalizer.json
+
+    return write_dir_atomically(dest, write)
+
+
+def write_dir_atomically(dest, write):
+    """Let ``write(folder)`` fill a temporary sibling of ``dest``, then rename it to ``dest``."""
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise FileExistsError(f"{dest} already exists and is not empty: remove it or pick another")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        write(staging)
+        for path in staging.iterdir():  # mkdtemp and save_pretrained make owner-only files
+            path.chmod(READABLE_FILE)
+        staging.chmod(READABLE_DIR)
+        staging.rename(dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return dest
+
+
+def load_best(experiment_folder, epoch=None, allow_unvalidated=False):
+    """The run's ``WhisperASR`` with its selected checkpoint (best by the run's
+    ``selection_metric``, WER by default) or epoch ``epoch``'s loaded, and that checkpoint;
+    with no validated checkpoint, the latest intra-epoch one if ``allow_unvalidated``, else an
+    error.
+
+    Works from any directory: the checkpoints are looked up in ``EXPERIMENT_FOLDER/save``, not
+    at the (possibly relative) path the run was started with.
+    """
+    experiment_folder = Path(experiment_folder)
+    hparams_file = experiment_folder / "hyperparams.yaml"
+    if not hparams_file.is_file():
+        raise FileNotFoundError(f"{hparams_file} not found: is this a train.py output folder?")
+    with open(hparams_file) as f:
+        hparams = load_hyperpyyaml(f, {"checkpointer": None})
+    save_folder = experiment_folder / Path(hparams["save_folder"]).name
+    checkpointer = Checkpointer(save_folder, recoverables={"whisper": hparams["whisper"]})
+    end_of_epoch = [c for c in checkpointer.list_checkpoints() if "WER" in c.meta]
+    if epoch is not None:
+        kept = sorted(c.meta["epoch"] for c in end_of_epoch)
+        if epoch not in kept:
+            raise FileNotFoundError(
+                f"no checkpoint of epoch {epoch} in {save_folder} (kept: {kept}); train with "
+                "review_checkpoints: True to keep the min-loss and last epochs too"
+            )
+        predicate = lambda ckpt: ckpt.meta.get("epoch") == epoch  # noqa: E731
+        checkpoint = checkpointer.recover_if_possible(ckpt_predicate=predicate)
+    else:
+        metric = hparams.get("selection_metric", "WER")
+        key = best_earliest(metric) if end_of_epoch else ckpt_recency
+        checkpoint = checkpointer.find_checkpoint(importance_key=key)
+        if checkpoint is not None and not end_of_epoch and not allow_unvalidated:
+            raise ValueError(
+                f"{save_folder} holds only {checkpoint.path.name}, an intra-epoch checkpoint "
+                "taken before any validation (no valid WER): train through an epoch, or pass "
+                "--allow_unvalidated to export it anyway"
+            )
+        if checkpoint is not None:
+            checkpointer.load_checkpoint(checkpoint)
+    if checkpoint is None:
+        raise FileNotFoundError(f"no checkpoint in {save_folder}: train first")
+    return hparams["whisper"], checkpoint
+
+
+def generation_config(whisper):
+    """The checkpoint's generation config with the run's task and default language (none when
+    rows named their own): a pipeline given no language or task then prompts as the run did
+    (a ``translate`` run translates)."""
+    config = copy.deepcopy(whisper.generation_config)
+    if whisper.is_multilingual:
+        config.task = whisper.task
+        config.language = whisper.language  # Whisper's name of it, or None
+    return config
+
+
+def describe(checkpoint):
+    """Which checkpoint an export took, in words."""
+    meta = checkpoint.meta
+    if "WER" not in meta:
+        return f"{checkpoint.path.name} (intra-epoch, not validated)"
+    return f"{checkpoint.path.name} (epoch {meta['epoch']}, valid WER {meta['WER']:.2f}%)"
+
+
+def export(
+    experiment_folder, dest_dir, ct2=False, epoch=None, allow_unvalidated=False, adapter_only=False
+):
+    """Export the selected (or epoch ``epoch``'s) checkpoint of ``experiment_folder``; with
+    ``adapter_only``, only its adapters, as PEFT's adapter folder. Returns the destination and
+    the checkpoint."""
+    whisper, checkpoint = load_best(experiment_folder, epoch, allow_unvalidated)
+    if adapter_only and whisper.adapter_config is None:
+        raise ValueError("--adapter_only: this run trained no adapter (adapter: lora or dora)")
+    if adapter_only and ct2:
+        raise ValueError("--ct2 converts a merged model: drop --adapter_only")
+    model = whisper.model
+    if whisper.adapter_config is not None:
+        model = adapters.as_peft_model(whisper.model, whisper.adapter_config)
+    if adapter_only:
+        dest = write_dir_atomically(dest_dir, model.save_pretrained)
+    else:
+        if whisper.adapter_config is not None:
+            model = model.merge_and_unload()
+        model.generation_config = generation_config(whisper)
+        dest = save_whisper_dir(model, whisper.tokenizer, whisper.feature_extractor, dest_dir)
+    selected = {"checkpoint": checkpoint.path.name, **checkpoint.meta}
+    selected["encoder_window_seconds"] = whisper.window_seconds
+    selected["base_model"] = whisper.source
+    write_json(dest / "selected_checkpoint.json", selected)
+    if whisper.window_seconds != CHUNK_SECONDS:
+        print(
+            f"warning: trained with a {whisper.window_seconds} s encoder window; transformers "
+            f"and faster-whisper pad to {CHUNK_SECONDS} s, which this model has not seen",
+            file=sys.stderr,
+        )
+    if ct2:
+        import ctranslate2
+
+        converter = ctranslate2.converters.TransformersConverter(
+            str(dest), copy_files=CT2_COPIED_FILES
+        )
+        converter.convert(str(dest / CT2_SUBFOLDER))
+    return dest, checkpoint

@@ -1,0 +1,1 @@
+"""What the benchmarks and the memory planner need: FLOP counts, Whisper's shapes, memory plans."""

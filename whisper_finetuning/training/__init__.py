@@ -1,0 +1,1 @@
+"""Training: hparams, the Brain's resilience, checkpoints, logs, schedules and distributed runs."""
