@@ -16,6 +16,8 @@ from pathlib import Path
 
 from conftest import speak, write_manifest
 
+from whisper_finetuning.evaluation import scoring
+
 SENTENCES = [
     "the cat sat on the mat",
     "open the window please",
@@ -183,3 +185,35 @@ def assert_nothing_lost(before, folder):
         if path.name in APPEND_ONLY:
             content = content[:size]
         assert hashlib.sha256(content).hexdigest() == digest, f"{name} changed"
+
+
+def prepared(hparams):
+    """train.py's checked datasets with their pipelines, and the training loader's arguments
+    (the data checks' report left out)."""
+    import train
+    from whisper_finetuning.data import checks, manifests
+
+    whisper = hparams["whisper"]
+    named = manifests.named_manifests(
+        hparams["train_csv"], hparams["valid_csv"], hparams["test_csv"]
+    )
+    normalize = scoring.Normalizers.of(hparams["normalizer"], whisper)
+    unreported = {**hparams, "data_checks": "off"}
+    datasets = checks.before_training(unreported, whisper, named, normalize, hparams["on_bad_row"])
+    datasets, loader_kwargs, _ = train.dataio_prepare(hparams, datasets, whisper)
+    return datasets, loader_kwargs
+
+
+def make_brain(hparams, run_opts=None, **overrides):
+    """train.py's Brain for ``hparams``; ``overrides`` replace its arguments."""
+    import train
+
+    arguments = {
+        "modules": hparams["modules"],
+        "opt_class": hparams["optimizer"],
+        "hparams": hparams,
+        "run_opts": run_opts,
+        "checkpointer": hparams["checkpointer"],
+        "normalize": scoring.Normalizers.of(hparams["normalizer"], hparams["whisper"]),
+    }
+    return train.WhisperFineTuning(**{**arguments, **overrides})

@@ -39,9 +39,10 @@ SYSTEMS = ("recipe", "recipe_warm_cache", "baseline")
 
 def demo_window_seconds():
     """The encoder window the demo trains with, on the corpus and model benchmarked here."""
-    from whisper_finetuning.training.config import resolve
+    from whisper_finetuning.training.config import plain_values
 
-    return resolve(ROOT / "hparams/demo_tiny_en.yaml")[1]["encoder_window_seconds"]
+    demo = plain_values(ROOT / "hparams/demo_tiny_en.yaml")
+    return demo["encoder_window_seconds"]
 
 
 def parse_args(argv):
@@ -103,6 +104,8 @@ def run_recipe(args, work, model, run_name="recipe"):
     """
     sys.argv = ["train.py"]  # SpeechBrain reads nothing from the benchmark's arguments
     import train
+    from whisper_finetuning.data import checks, manifests
+    from whisper_finetuning.evaluation import scoring
     from whisper_finetuning.training import runs
     from whisper_finetuning.training.config import load_hparams
 
@@ -125,23 +128,33 @@ def run_recipe(args, work, model, run_name="recipe"):
         "warmup_steps": args.warmup_steps,
         "grad_accumulation_factor": 1,
         "num_workers": 0,
+        "data_checks": "off",
         "test_beam_size": 1,
         "encoder_window_seconds": args.encoder_window_seconds,
     }
-    hparams, _, _ = load_hparams(ROOT / "hparams/whisper_small.yaml", overrides)
+    hparams, _ = load_hparams(ROOT / "hparams/whisper_small.yaml", overrides)
     Path(hparams["output_folder"]).mkdir(parents=True, exist_ok=True)
     whisper = hparams["whisper"]
     start = time.perf_counter()
-    datasets = train.dataio_prepare(hparams, whisper)
-    brain = train.make_brain(hparams, None, checkpointer=None)
-    brain.fit(
-        hparams["epoch_counter"],
-        datasets["train"],
-        train_loader_kwargs=hparams["train_loader_kwargs"],
+    named = manifests.named_manifests(
+        hparams["train_csv"], hparams["valid_csv"], hparams["test_csv"]
     )
+    normalize = scoring.Normalizers.of(hparams["normalizer"], whisper)
+    datasets = checks.before_training(hparams, whisper, named, normalize, "skip")
+    datasets, loader_kwargs, _ = train.dataio_prepare(hparams, datasets, whisper)
+    brain = train.WhisperFineTuning(
+        modules=hparams["modules"],
+        opt_class=hparams["optimizer"],
+        hparams=hparams,
+        checkpointer=None,
+        normalize=normalize,
+    )
+    brain.fit(hparams["epoch_counter"], datasets["train"], train_loader_kwargs=loader_kwargs)
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    runs.decode_test_sets(brain, {"valid": datasets["valid"]}, hparams, str(work / run_name))
+    valid = {"valid": datasets["valid"]}
+    test_kwargs = hparams["test_loader_kwargs"]
+    runs.decode_test_sets(brain, valid, hparams, str(work / run_name), test_kwargs)
     valid_seconds = time.perf_counter() - start
     summary = json.loads((work / run_name / "summary_valid.json").read_text())
     return train_seconds, valid_seconds, summary

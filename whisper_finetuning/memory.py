@@ -1,6 +1,6 @@
 """Predict a training step's peak memory from the model's shapes, and which settings fit.
 
-Settings come from an hparams file (default hparams/whisper_small.yaml, `extends` followed);
+Settings come from an hparams file (default hparams/whisper_small.yaml);
 the options below override them. Nothing is downloaded: the model is built on the meta device.
 
 Usage: python -m whisper_finetuning.memory \
@@ -13,7 +13,7 @@ import dataclasses
 import sys
 
 from whisper_finetuning.profiling.memory_plan import GB, SHAPES, Settings, predict, shape_name
-from whisper_finetuning.training.config import HparamsError, plain_values, resolve
+from whisper_finetuning.training.config import HparamsError, plain_values
 
 BUDGETS_GB = (16, 24, 40, 80)
 TABLE_MODELS = ("tiny", "base", "small", "medium", "large-v3", "large-v3-turbo")
@@ -22,7 +22,7 @@ TABLE_MODELS = ("tiny", "base", "small", "medium", "large-v3", "large-v3-turbo")
 def settings_from_hparams(hparams_file):
     """The memory-relevant settings of an hparams file."""
     # Memory does not depend on where the data are: any data_folder resolves the references.
-    values = plain_values(*resolve(hparams_file, {"data_folder": "."}))
+    values = plain_values(hparams_file, {"data_folder": "."})
     return Settings(
         model=shape_name(values["whisper_hub"]),
         batch_size=values["batch_size"],

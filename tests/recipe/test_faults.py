@@ -373,7 +373,8 @@ def test_kill_under_torchrun_and_rerun_ends_where_an_uninterrupted_run_ends(
 
 def _single_process_valid(exp, whisper_dir, corpus, cache):
     """Score the valid set with the kept checkpoint in this (single) process."""
-    import train
+    from recipe_runs import make_brain, prepared
+
     from whisper_finetuning.evaluation import selection
     from whisper_finetuning.training.config import load_hparams
 
@@ -382,10 +383,10 @@ def _single_process_valid(exp, whisper_dir, corpus, cache):
         for a in recipe_args(whisper_dir, corpus, exp, cache)[1:]
         if a.split("=", 1)[0][2:] not in ("ckpt_interval_steps", "noprogressbar")
     }
-    hparams, _, _ = load_hparams("hparams/whisper_small.yaml", overrides)
-    datasets = train.dataio_prepare(hparams, hparams["whisper"])
+    hparams, _ = load_hparams("hparams/whisper_small.yaml", overrides)
+    datasets, _ = prepared(hparams)
     run_opts = {"device": "cpu", "noprogressbar": True}
-    brain = train.make_brain({**hparams, "output_folder": str(exp)}, run_opts)
+    brain = make_brain({**hparams, "output_folder": str(exp)}, run_opts)
     brain.checkpointer.recover_if_possible(importance_key=selection.min_wer_earliest)
     brain.on_stage_start(sb.Stage.VALID)
     brain.modules.eval()

@@ -7,10 +7,16 @@ import pytest
 import speechbrain as sb
 import torch
 from conftest import speak, write_manifest
-from recipe_runs import APPEND_ONLY, REWRITTEN_EACH_START, one_line_error, run_forked
+from recipe_runs import (
+    APPEND_ONLY,
+    REWRITTEN_EACH_START,
+    make_brain,
+    one_line_error,
+    prepared,
+    run_forked,
+)
 from speechbrain.dataio.batch import PaddedBatch
 
-import train
 from whisper_finetuning.training.config import load_hparams
 
 COLUMNS = ("ID", "duration", "wav", "spk_id", "language", "wrd")
@@ -72,7 +78,7 @@ def test_a_mixed_language_batch_decodes_each_row_as_it_would_alone(
 ):
     hparams = hparams_for(random_multilingual_dir, corpus, tmp_path / "exp")
     whisper = hparams["whisper"]
-    datasets = train.dataio_prepare(hparams, whisper)
+    datasets, _ = prepared(hparams)
     items = [dict(item) for item in datasets["valid"]]
     expected = ["german", "french", "italian", "german", "french", DEFAULT]
     assert [item["language"] for item in items] == expected
@@ -83,7 +89,7 @@ def test_a_mixed_language_batch_decodes_each_row_as_it_would_alone(
         assert prompt.tolist() == whisper.tokenizer.convert_tokens_to_ids(
             ["<|startoftranscript|>", f"<|{code}|>", "<|transcribe|>", "<|notimestamps|>"]
         )
-    brain = train.make_brain({**hparams, "output_folder": str(tmp_path)}, None, checkpointer=None)
+    brain = make_brain({**hparams, "output_folder": str(tmp_path)}, checkpointer=None)
     brain.modules.eval()
     for stage in (sb.Stage.VALID, sb.Stage.TEST):
         with torch.no_grad():

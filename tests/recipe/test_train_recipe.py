@@ -144,7 +144,8 @@ def test_multilingual_checkpoint_trains_with_language_and_task_prompt(
 
 
 def test_dynamic_batches_stay_within_their_duration_bound_and_reshuffle(run, random_whisper_dir):
-    import train
+    from recipe_runs import prepared
+
     from whisper_finetuning.training.config import load_hparams
 
     args, exp = run
@@ -162,9 +163,9 @@ def test_dynamic_batches_stay_within_their_duration_bound_and_reshuffle(run, ran
             "batch_ordering": "random",
         },
     }
-    hparams, _, _ = load_hparams("hparams/whisper_small.yaml", overrides)
-    datasets = train.dataio_prepare(hparams, hparams["whisper"])
-    sampler = hparams["train_loader_kwargs"]["batch_sampler"]
+    hparams, _ = load_hparams("hparams/whisper_small.yaml", overrides)
+    datasets, loader_kwargs = prepared(hparams)
+    sampler = loader_kwargs["batch_sampler"]
     durations = {
         i: float(datasets["train"].data[u]["duration"])
         for i, u in enumerate(datasets["train"].data_ids)
@@ -352,22 +353,22 @@ def test_a_batch_mixing_windows_decodes_each_row_as_it_would_alone(run):
     import speechbrain as sb
     import torch
     import yaml
+    from recipe_runs import make_brain, prepared
     from speechbrain.dataio.batch import PaddedBatch
 
-    import train
     from whisper_finetuning.training.config import load_hparams
 
     args, exp = run
     overrides = {a[2:].split("=", 1)[0]: yaml.safe_load(a.split("=", 1)[1]) for a in args[1:]}
     overrides["encoder_window_seconds"] = 1
-    hparams, _, _ = load_hparams(args[0], overrides)
+    hparams, _ = load_hparams(args[0], overrides)
     whisper = hparams["whisper"]
-    datasets = train.dataio_prepare(hparams, whisper)
+    datasets, _ = prepared(hparams)
     items = [dict(item) for name in ("valid", "test") for item in datasets[name]]
     batch = PaddedBatch(items)
     wav_lens = torch.round(batch.sig[1] * batch.sig[0].shape[1]).long().tolist()
     assert len(whisper.window_groups(wav_lens)) > 1
-    brain = train.make_brain({**hparams, "output_folder": str(exp)}, None, checkpointer=None)
+    brain = make_brain({**hparams, "output_folder": str(exp)}, checkpointer=None)
     brain.modules.eval()
     for stage in (sb.Stage.VALID, sb.Stage.TEST):
         with torch.no_grad():

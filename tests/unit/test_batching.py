@@ -78,7 +78,8 @@ def test_dynamic_batch_length_is_duration_or_tokens():
 def test_the_recipe_buckets_by_dynamic_batch_length(
     length, bound, batches, tmp_path, random_whisper_dir
 ):
-    import train
+    from recipe_runs import prepared
+
     from whisper_finetuning.training.config import load_hparams
 
     for i, (seconds, _) in enumerate(ROWS):
@@ -97,6 +98,6 @@ def test_the_recipe_buckets_by_dynamic_batch_length(
         "valid_csv": str(_manifest(tmp_path, "valid")),
         "test_csv": [str(_manifest(tmp_path, "test"))],
     }
-    hparams, _, _ = load_hparams("hparams/whisper_small.yaml", overrides)
-    train.dataio_prepare(hparams, hparams["whisper"])
-    assert sorted(map(sorted, hparams["train_loader_kwargs"]["batch_sampler"])) == batches
+    hparams, _ = load_hparams("hparams/whisper_small.yaml", overrides)
+    _, loader_kwargs = prepared(hparams)
+    assert sorted(map(sorted, loader_kwargs["batch_sampler"])) == batches

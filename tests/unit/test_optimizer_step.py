@@ -16,7 +16,7 @@ ATOL = 1e-6
 
 def test_the_recipes_fused_adamw_steps_as_the_per_tensor_loop(random_whisper_dir, tmp_path):
     overrides = {"whisper_hub": str(random_whisper_dir), "data_folder": str(tmp_path), "lr": 1e-3}
-    hparams, _, _ = load_hparams("hparams/whisper_small.yaml", overrides)
+    hparams, _ = load_hparams("hparams/whisper_small.yaml", overrides)
     fused_model = hparams["whisper"].model.model.decoder
     loop_model = copy.deepcopy(fused_model)
     fused = hparams["optimizer"](fused_model.parameters())
@@ -37,7 +37,7 @@ def test_the_recipes_fused_adamw_steps_as_the_per_tensor_loop(random_whisper_dir
         # five Adam steps move the weights by about lr on average, far beyond the tolerance
         assert (a - a0).abs().mean() > 100 * ATOL
     overrides["adamw_fused"] = False  # e.g. for an optimizer wrapper without the fused kernel
-    hparams, _, _ = load_hparams("hparams/whisper_small.yaml", overrides)
+    hparams, _ = load_hparams("hparams/whisper_small.yaml", overrides)
     assert not hparams["optimizer"](fused_model.parameters()).defaults["fused"]
 
 

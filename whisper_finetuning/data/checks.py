@@ -35,7 +35,6 @@ import logging
 import math
 import os
 import statistics
-import sys
 import time
 from collections import Counter, defaultdict
 
@@ -49,9 +48,10 @@ from whisper_finetuning.data.manifests import (
     REQUIRED_COLUMNS,
     DataError,
     check_format,
+    check_rows,
     has_no_rows,
     load_manifest,
-    named_manifests,
+    resolve_languages,
 )
 from whisper_finetuning.evaluation.scoring import Normalizers, has_words
 from whisper_finetuning.model.vocabulary import MAX_PROMPT_TOKENS, MAX_TARGET_POSITIONS
@@ -689,21 +689,18 @@ def default_tokenizer():
         return None
 
 
-def check_before_training(hparams, whisper):
-    """What train.py runs: the checks (once per manifest change), then a one-line exit on
-    errors that skipping rows cannot fix (``data_checks: error``)."""
+def check_before_training(hparams, whisper, manifests, normalize, on_bad_row):
+    """The checks of ``{name: csv}`` (once per manifest change), then a ``DataError`` on
+    errors that skipping rows cannot fix (``data_checks: error``; ``on_bad_row: skip`` skips
+    unusable rows)."""
     for csv_path in hparams.get("longform_test_csv", []):  # decoded after training: readable now
         try:
             if not has_no_rows(csv_path):  # a set without recordings is skipped then
                 check_format(csv_path)
         except DataError as error:
-            sys.exit(f"error: long-form test set: {error}")
+            raise DataError(f"long-form test set: {error}") from None
     if hparams["data_checks"] == "off":
         return
-    try:
-        manifests = named_manifests(hparams["train_csv"], hparams["valid_csv"], hparams["test_csv"])
-    except DataError as error:
-        sys.exit(f"error: {error}")
     if not provenance.will_train(hparams):
         return  # a finished run's report is of the data it trained on
     report = os.path.join(hparams["output_folder"], "data_report.json")
@@ -723,9 +720,7 @@ def check_before_training(hparams, whisper):
             token_count=whisper.decoder_positions,
             max_tokens=whisper.max_positions,
             group_columns=hparams["group_columns"],
-            normalize=Normalizers(
-                hparams["normalizer"], whisper.tokenizer, not whisper.is_multilingual
-            ),
+            normalize=normalize,
         )
 
     from speechbrain.utils.distributed import run_on_main
@@ -736,11 +731,34 @@ def check_before_training(hparams, whisper):
     for finding in findings:
         if finding["severity"] != "info":
             logger.warning("data check %s: %s", finding["kind"], finding["message"])
-    skippable = ROW_KINDS if hparams["on_bad_row"] == "skip" else ()
+    skippable = ROW_KINDS if on_bad_row == "skip" else ()
     blocking = [f for f in findings if f["severity"] == "error" and f["kind"] not in skippable]
     if blocking and hparams["data_checks"] == "error":
-        sys.exit(
-            f"error: data checks found {len(blocking)} error(s), first: "
+        raise DataError(
+            f"data checks found {len(blocking)} error(s), first: "
             f"{blocking[0]['message']}; see {report[: -len('json')]}md "
             "(--data_checks=warn to train anyway)"
         )
+
+
+def before_training(hparams, whisper, named, normalize, on_bad_row):
+    """The pre-flight checks of the ``{name: csv}`` manifests, loading each once: every row's
+    language is one Whisper knows, the data report (``check_before_training``), then each
+    row's audio and label (``on_bad_row``); returns ``{name: usable rows}``."""
+    loaded = {}
+    for name, csv_path in named.items():
+        try:
+            loaded[name] = load_manifest(csv_path, hparams["data_folder"])
+        except DataError:  # left to the data checks, which name its problem
+            continue
+        loaded[name] = resolve_languages(loaded[name], name, whisper)  # unknown: DataError
+    check_before_training(hparams, whisper, named, normalize, on_bad_row)
+    return {
+        name: check_rows(
+            loaded.get(name) or load_manifest(csv_path, hparams["data_folder"]),
+            name,
+            whisper,
+            on_bad_row,
+        )
+        for name, csv_path in named.items()
+    }

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import speechbrain as sb
 
+from whisper_finetuning.common.errors import RecipeError
 from whisper_finetuning.data.audio import CHUNK_SECONDS, NON_FINITE, audio_info, has_non_finite
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ BOM = "\ufeff"
 BAD_ROW_POLICIES = ("skip", "error")  # the on_bad_row hparam
 
 
-class DataError(ValueError):
+class DataError(RecipeError, ValueError):
     """A manifest or audio file that cannot be used."""
 
 

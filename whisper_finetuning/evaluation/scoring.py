@@ -83,6 +83,11 @@ class Normalizers:
         self.kind, self.tokenizer, self.english_only = kind, tokenizer, english_only
         self._built = {}
 
+    @classmethod
+    def of(cls, kind, whisper):
+        """The normalisers of ``kind`` for a ``WhisperASR``'s tokenizer and languages."""
+        return cls(kind, whisper.tokenizer, english_only=not whisper.is_multilingual)
+
     def name(self, language):
         """The normaliser applied to rows in ``language`` (a name or code, or None when
         unknown)."""

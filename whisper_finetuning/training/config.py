@@ -1,37 +1,25 @@
-"""Hyperparameter files that extend one another, with command-line overrides.
+"""Hyperparameter files with command-line overrides, checked before anything is built.
 
-``hparams/whisper_small.yaml`` holds every key. A file for another model size only names what
-differs, under ``extends: <base file>``; its keys, then the command line's, are applied to the
-base as HyperPyYAML overrides, so ``!ref`` values in the base follow them (and the child's own
-values may use ``!ref`` too). An override naming a
-key the base does not have is an error, said in one line; so is a value of the wrong type or
-range (``hparam_rules``), found before anything is built.
+Each recipe yaml is plain HyperPyYAML, complete on its own. The advanced settings
+(``defaults.ADVANCED``) take library defaults unless the yaml or the command line sets them.
+An override naming a key neither has, or the same key twice, is an error said in one line;
+so is a value of the wrong type or range (``hparam_rules``).
 """
 
 import re
 from pathlib import Path
 
 import ruamel.yaml
+import torch
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 
+from whisper_finetuning.common.errors import RecipeError
 from whisper_finetuning.training import hparam_rules
+from whisper_finetuning.training.defaults import ADVANCED
 
-EXTENDS_KEY = "extends"
 
-
-class HparamsError(ValueError):
+class HparamsError(RecipeError, ValueError):
     """A hyperparameter file or override that cannot be used."""
-
-
-def _parse(text, where):
-    """A YAML mapping with its HyperPyYAML tags kept for later resolution."""
-    try:
-        mapping = ruamel.yaml.YAML().load(text) or {}
-    except ruamel.yaml.YAMLError as error:
-        raise HparamsError(f"{where}: malformed YAML: {_first_line(error)}") from None
-    if not isinstance(mapping, dict):
-        raise HparamsError(f"{where}: expected key: value pairs")
-    return mapping
 
 
 def _first_line(error):
@@ -39,47 +27,53 @@ def _first_line(error):
     return next((line for line in str(error).splitlines() if line.strip()), repr(error))
 
 
-def resolve(hparams_file, overrides=""):
-    """The base file and the merged overrides that ``hparams_file`` plus ``overrides`` mean.
+def _parse(text, where):
+    """A YAML mapping with its HyperPyYAML tags kept for later resolution."""
+    try:
+        mapping = ruamel.yaml.YAML().load(text) or {}
+    except ruamel.yaml.constructor.DuplicateKeyError as error:
+        key = re.search(r'found duplicate key "(.+?)"', str(error))
+        name = key.group(1) if key else _first_line(error)
+        raise HparamsError(f"{where}: '{name}' is given twice") from None
+    except ruamel.yaml.YAMLError as error:
+        raise HparamsError(f"{where}: malformed YAML: {_first_line(error)}") from None
+    if not isinstance(mapping, dict):
+        raise HparamsError(f"{where}: expected key: value pairs")
+    return mapping
 
-    ``overrides`` is YAML text (as ``speechbrain.parse_arguments`` gives it) or a mapping.
 
-    Returns ``(base_file, overrides_dict)``; follows chains of ``extends``.
-    """
+def split_overrides(hparams_file, overrides=""):
+    """``overrides`` (YAML text, as ``speechbrain.parse_arguments`` gives it, or a mapping) as
+    ``(for the file, advanced)``: keys the file has, and advanced keys it leaves to defaults."""
     path = Path(hparams_file)
     if not path.is_file():
         raise HparamsError(f"hyperparameter file not found: {path}")
+    in_file = _parse(path.read_text(), str(path))
     if isinstance(overrides, dict):
-        merged = dict(overrides)
+        given = dict(overrides)
     else:
-        merged = _parse(overrides, "command-line overrides") if overrides else {}
-    while True:
-        head = path.read_text()
-        if f"\n{EXTENDS_KEY}:" not in "\n" + head:
-            return path, merged
-        child = _parse(head, str(path))
-        base = path.parent / str(child.pop(EXTENDS_KEY))
-        merged = {**child, **merged}
-        if not base.is_file():
-            raise HparamsError(f"{path}: extends a file that does not exist: {base}")
-        path = base
+        given = _parse(overrides, "command-line overrides") if overrides else {}
+    unknown = [key for key in given if key not in in_file and key not in ADVANCED]
+    if unknown:
+        raise HparamsError(f"unknown hyperparameter '{unknown[0]}': {path} has no such key")
+    file_overrides = {key: value for key, value in given.items() if key in in_file}
+    advanced = {key: value for key, value in ADVANCED.items() if key not in in_file}
+    advanced.update({key: value for key, value in given.items() if key not in in_file})
+    return file_overrides, _plain(advanced)
 
 
-def plain_values(base, merged):
-    """The hyperparameters with references and overrides resolved, no object built.
+def plain_values(hparams_file, overrides=""):
+    """Every hyperparameter with references, overrides and defaults resolved, no object built.
 
     Mappings and lists are plain dicts and lists; tagged values (``!new:`` ...) stay tagged.
     """
-    with open(base) as stream:
+    file_overrides, advanced = split_overrides(hparams_file, overrides)
+    with open(hparams_file) as stream:
         try:
-            resolved = resolve_references(stream, merged, overrides_must_match=True)
-        except KeyError as error:
-            match = re.search(r"Override '(.+?)' not found", str(error))
-            key = match.group(1) if match else str(error)
-            raise HparamsError(f"unknown hyperparameter '{key}': {base} has no such key") from None
+            resolved = resolve_references(stream, file_overrides, overrides_must_match=True)
         except ruamel.yaml.YAMLError as error:
-            raise HparamsError(f"{base}: malformed YAML: {_first_line(error)}") from None
-    return _plain(ruamel.yaml.YAML().load(resolved))
+            raise HparamsError(f"{hparams_file}: malformed YAML: {_first_line(error)}") from None
+    return {**_plain(ruamel.yaml.YAML().load(resolved)), **advanced}
 
 
 def _plain(node):
@@ -95,21 +89,31 @@ def _plain(node):
 
 
 def load_hparams(hparams_file, overrides="", run_opts=None):
-    """Load ``hparams_file`` with ``overrides`` (YAML text); returns ``(hparams, base, merged)``.
+    """Load ``hparams_file`` with ``overrides``; returns ``(hparams, overrides as a mapping)``.
 
     Every plain value is checked (``hparam_rules``) before any object is built. SpeechBrain
     takes some keys (``--grad_accumulation_factor``, ``--precision`` ...) as run options
     (``run_opts``) instead of overrides: those given are checked too and replace the file's
     values in ``hparams``, so that ``hparams`` says what the run uses.
     """
-    base, merged = resolve(hparams_file, overrides)
-    values = plain_values(base, merged)
+    values = plain_values(hparams_file, overrides)
     given = getattr(run_opts, "overridden_args", ())
     run_options = {key: run_opts[key] for key in given if key in values}
     problem = hparam_rules.check({**values, **run_options})
     if problem:
         raise HparamsError(problem)
-    with open(base) as stream:
-        hparams = load_hyperpyyaml(stream, merged)
+    if {**values, **run_options}["precision"] == "fp16" and not torch.cuda.is_available():
+        raise HparamsError("precision fp16 needs a CUDA GPU; use --precision=bf16 or fp32 on CPU")
+    file_overrides, advanced = split_overrides(hparams_file, overrides)
+    with open(hparams_file) as stream:
+        hparams = load_hyperpyyaml(stream, file_overrides)
+    hparams.update(advanced)
+    if hparams["encoder_cache_folder"] is None:
+        hparams["encoder_cache_folder"] = f"{hparams['output_folder']}/encoder_cache"
     hparams.update(run_options)
-    return hparams, base, merged
+    return hparams, {**file_overrides, **advanced_given(advanced)}
+
+
+def advanced_given(advanced):
+    """The advanced settings that differ from the library's defaults."""
+    return {key: value for key, value in advanced.items() if ADVANCED.get(key) != value}

@@ -11,10 +11,11 @@ during backward. Evaluation is sharded here without padding (``ShardSampler``).
 """
 
 import os
-import sys
 
 import speechbrain as sb
 import torch
+
+from whisper_finetuning.common.errors import RecipeError
 
 LAUNCH_FLAG = "--distributed_launch"
 
@@ -23,8 +24,8 @@ def accept_launch_flag(argv):
     """``argv`` minus ``--distributed_launch`` (torchrun implies it); an error outside torchrun."""
     kept = [a for a in argv if a.split("=", 1)[0] != LAUNCH_FLAG]
     if len(kept) < len(argv) and os.environ.get("RANK") is None:
-        sys.exit(
-            f"error: {LAUNCH_FLAG} needs torchrun: "
+        raise RecipeError(
+            f"{LAUNCH_FLAG} needs torchrun: "
             "torchrun --nproc_per_node=N train.py HPARAMS --distributed_backend=gloo|nccl"
         )
     return kept
@@ -35,11 +36,11 @@ def init_group(run_opts):
     if os.environ.get("RANK") is None:
         return
     if run_opts["distributed_backend"] == "nccl" and not torch.cuda.is_available():
-        sys.exit("error: the nccl backend needs CUDA GPUs; use --distributed_backend=gloo on CPU")
+        raise RecipeError("the nccl backend needs CUDA GPUs; use --distributed_backend=gloo on CPU")
     try:
         sb.utils.distributed.ddp_init_group(run_opts)
     except ValueError as error:
-        sys.exit(f"error: {str(error).strip().splitlines()[-1]}")
+        raise RecipeError(str(error).strip().splitlines()[-1]) from None
 
 
 def is_distributed():

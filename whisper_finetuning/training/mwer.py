@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from whisper_finetuning.common.errors import RecipeError
 from whisper_finetuning.evaluation.text import edit_distance
 
 OBJECTIVES = ("ce", "mwer")
@@ -139,11 +140,23 @@ def init_checkpoint(value, checkpointer):
             ckpt_predicate=lambda c: c.meta.get("epoch") == value  # end-of-epoch only
         )
         if found is None:
-            raise ValueError(
+            raise RecipeError(
                 f"mwer_init: no kept checkpoint of epoch {value} in {checkpointer.checkpoints_dir}"
             )
         return found.path / CHECKPOINT_FILE
     path = Path(str(value))
     if not (path / CHECKPOINT_FILE).is_file():
-        raise ValueError(f"mwer_init: {path} is not a checkpoint folder (no {CHECKPOINT_FILE})")
+        raise RecipeError(f"mwer_init: {path} is not a checkpoint folder (no {CHECKPOINT_FILE})")
     return path / CHECKPOINT_FILE
+
+
+def beam_search(hparams):
+    """MWER's N-best search: ``mwer_beam_size`` hypotheses, decoded as the test search is."""
+    from whisper_finetuning.decoding.search import BeamSearch
+
+    return BeamSearch(
+        beam_size=hparams.mwer_beam_size,
+        max_new_tokens=hparams.decode_max_tokens,
+        length_penalty=hparams.length_penalty,
+        loop_stop=hparams.loop_stop,
+    )

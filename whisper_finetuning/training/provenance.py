@@ -13,11 +13,11 @@ import hashlib
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 from speechbrain.utils.checkpoints import Checkpointer
 
+from whisper_finetuning.common.errors import RecipeError
 from whisper_finetuning.data.manifests import named_manifests
 from whisper_finetuning.evaluation.selection import best_earliest
 from whisper_finetuning.export.huggingface import describe
@@ -63,7 +63,7 @@ def holds_checkpoint(hparams):
 
 
 def check_rerun(hparams):
-    """Exit with one line if this folder's checkpoint was trained on other manifests or
+    """Raise a ``RecipeError`` if this folder's checkpoint was trained on other manifests or
     settings than ``hparams`` name; returns whether this run trains."""
     info_path = Path(hparams["output_folder"]) / RUN_INFO
     if not holds_checkpoint(hparams) or not info_path.exists():
@@ -75,15 +75,15 @@ def check_rerun(hparams):
     for name in dict.fromkeys([*(recorded_hashes or {}), *hashes]):
         if recorded_hashes is not None and recorded_hashes.get(name) != hashes.get(name):
             how = "another" if name in recorded_hashes and name in hashes else "no"
-            sys.exit(
-                f"error: {folder} holds a checkpoint of a run with {how} {name} manifest "
+            raise RecipeError(
+                f"{folder} holds a checkpoint of a run with {how} {name} manifest "
                 f"(run.json records each manifest's content); {advice}"
             )
     settings = rerun_settings(hparams)
     for key, value in recorded.get("settings", {}).items():
         if settings.get(key) != value:
-            sys.exit(
-                f"error: {folder} holds a checkpoint of a run with {key}: {json.dumps(value)}, "
+            raise RecipeError(
+                f"{folder} holds a checkpoint of a run with {key}: {json.dumps(value)}, "
                 f"not {json.dumps(settings.get(key))} (run.json); {advice}"
             )
     return will_train(hparams)

@@ -10,10 +10,12 @@ import os
 import socket
 from pathlib import Path
 
+from whisper_finetuning.common.errors import RecipeError
+
 LOCK_FILE = "run.lock"
 
 
-class FolderLocked(RuntimeError):
+class FolderLocked(RecipeError, RuntimeError):
     """Another live run holds the experiment folder."""
 
 

@@ -42,7 +42,7 @@ def skip_finished_epochs(save_folder, counter):
         )
 
 
-def decode_test_sets(brain, test_sets, hparams, folder, min_key=None):
+def decode_test_sets(brain, test_sets, hparams, folder, loader_kwargs, min_key=None):
     """Decode every test set into ``folder``; ``min_key=None`` keeps the current weights, whose
     (zero-shot) results are computed once per model and test set."""
     brain.test_folder = folder
@@ -50,7 +50,7 @@ def decode_test_sets(brain, test_sets, hparams, folder, min_key=None):
         if min_key is None and _decoded_already(folder, name, hparams, dataset):
             continue
         brain.test_name = name
-        brain.evaluate(dataset, min_key=min_key, test_loader_kwargs=hparams["test_loader_kwargs"])
+        brain.evaluate(dataset, min_key=min_key, test_loader_kwargs=loader_kwargs)
 
 
 def decode_longform_sets(brain, hparams, folder, zero_shot=False):

@@ -13,6 +13,9 @@ import speechbrain as sb
 import torch
 from speechbrain.dataio.batch import PaddedBatch
 
+from whisper_finetuning.common.errors import RecipeError
+from whisper_finetuning.training import distributed
+
 logger = logging.getLogger(__name__)
 
 
@@ -44,8 +47,19 @@ class SanityCheck:
         return self.result["wer"] == 0 and self.result["nll"] <= self.hparams.sanity_max_nll
 
 
-def run(brain_class, hparams, train_set, run_opts):
-    """Overfit ``train_set`` with ``brain_class``; a one-line message if that fails, else None."""
+def select(datasets, n_utterances):
+    """Sanity mode trains and validates on the first ``n_utterances`` training rows only;
+    ``datasets`` as they are when it is off (0)."""
+    if not n_utterances:
+        return datasets
+    return {"train": datasets["train"].filtered_sorted(select_n=n_utterances)}
+
+
+def run(brain_class, hparams, train_set, run_opts, **brain_kwargs):
+    """Overfit ``train_set`` with ``brain_class`` (built with ``brain_kwargs`` too); a
+    ``RecipeError`` if that fails."""
+    if distributed.is_distributed():
+        raise RecipeError("sanity mode runs on one process: start it without torchrun")
     folder = os.path.join(hparams["output_folder"], "sanity")
     # Label smoothing keeps the loss off zero by design: the check trains without it.
     hparams = {
@@ -59,9 +73,9 @@ def run(brain_class, hparams, train_set, run_opts):
         hparams=hparams,
         run_opts=run_opts,
         checkpointer=None,
+        **brain_kwargs,
     )
     brain.grad_accumulation_factor = 1  # few, small batches: step on every one
-    brain.train_sampler = None
     brain.epoch_counter = sb.utils.epoch_loop.EpochCounter(hparams["sanity_max_epochs"])
     # An epoch passes over the utterances several times: decoding them is the costly part.
     repeated = torch.utils.data.ConcatDataset([train_set] * hparams["sanity_passes_per_epoch"])
@@ -84,9 +98,9 @@ def run(brain_class, hparams, train_set, run_opts):
             result["epoch"],
             result["nll"],
         )
-        return None
-    return (
-        f"error: sanity check FAILED: after {result['epoch']} epochs on "
+        return
+    raise RecipeError(
+        f"sanity check FAILED: after {result['epoch']} epochs on "
         f"{len(train_set)} utterances, WER {result['wer']:.2f}% and NLL "
         f"{result['nll']:.3f} (bound {hparams['sanity_max_nll']}): the model cannot learn "
         "its own training data; check labels, tokens and masks (see "

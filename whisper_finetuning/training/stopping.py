@@ -7,6 +7,7 @@ at once. Either way it exits with one line and a distinct status, and rerunning 
 command resumes.
 """
 
+import contextlib
 import logging
 import signal
 import sys
@@ -20,16 +21,25 @@ _requested = None  # the signal received, if any
 _deferred = False  # True while training can stop at a step boundary
 
 
+class StopRequested(SystemExit):
+    """The process ends for a stop request, with its exit status (not an error)."""
+
+
 def install():
     """Handle the stop signals (call once, in the main thread)."""
     for signum in EXIT_STATUS:
         signal.signal(signum, _handle)
 
 
-def defer(active):
-    """While ``active``, a first request waits for ``exit_now`` at a safe point."""
+@contextlib.contextmanager
+def deferred():
+    """Inside, a first request waits for ``exit_now`` at a safe point (an optimizer step)."""
     global _deferred
-    _deferred = active
+    _deferred = True
+    try:
+        yield
+    finally:
+        _deferred = False
 
 
 def requested():
@@ -43,7 +53,7 @@ def exit_now(where):
     message = f"stopped by {name} {where}: rerun the same command to resume"
     logger.info(message)
     print(message, file=sys.stderr, flush=True)
-    sys.exit(EXIT_STATUS[_requested])
+    raise StopRequested(EXIT_STATUS[_requested])
 
 
 def _handle(signum, frame):

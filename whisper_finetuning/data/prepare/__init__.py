@@ -5,6 +5,7 @@
 (Hugging Face, Lhotse, shards) import their libraries only when they run.
 """
 
+from whisper_finetuning.common.errors import RecipeError
 from whisper_finetuning.data.prepare import (
     accent_corpus,
     corpora,
@@ -34,3 +35,11 @@ def prepare(dataset: str, data_folder, save_folder, **options) -> dict:
     if dataset not in PREPARERS:
         raise ValueError(f"unknown dataset '{dataset}'; choose one of: {', '.join(PREPARERS)}")
     return PREPARERS[dataset](data_folder, save_folder, **options)
+
+
+def prepare_or_fail(dataset: str, data_folder, save_folder, **options) -> dict:
+    """``prepare``, with a failure said in one line (a ``RecipeError``)."""
+    try:
+        return prepare(dataset, data_folder, save_folder, **options)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise RecipeError(f"data preparation failed: {error}") from None

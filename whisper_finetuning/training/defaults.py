@@ -1,0 +1,77 @@
+"""Advanced settings: library defaults that the recipe yamls need not list.
+
+Each key works like any hparam: a yaml may set it and the command line overrides it
+(``--objective=mwer``, ``--sanity_utterances=8``); ``hparam_rules`` checks its value. The
+docs name each group's page.
+"""
+
+ADVANCED = {
+    # ---- data (docs/data-sources.md, docs/bad-input-and-faults.md) ----
+    # Checks before training (python -m whisper_finetuning.check_data, <output>/data_report.md):
+    # error stops on errors that skipping rows cannot fix (leakage, duplicate IDs); warn only
+    # logs them; off skips them.
+    "data_checks": "error",
+    # random, ascending or descending (by duration).
+    "sorting": "random",
+    # Batches bounded by total length instead of batch_size, bucketed by duration (audio
+    # seconds) or tokens (decoder positions; python -m whisper_finetuning.padding).
+    "dynamic_batching": False,
+    "dynamic_batch_length": "duration",
+    "dynamic_batch_sampler": {
+        "max_batch_length": 120,
+        "num_buckets": 20,
+        "shuffle": True,
+        "batch_ordering": "random",
+    },
+    # ---- starting point ----
+    # An earlier run's output folder whose selected checkpoint starts this run.
+    "init_from": None,
+    # ---- caches and memory (docs/adapters-and-memory.md, docs/speed.md) ----
+    # Frozen-encoder outputs on disk: auto (when valid), true (require) or false; the folder
+    # (null: <output_folder>/encoder_cache).
+    "encoder_cache": "auto",
+    "encoder_cache_folder": None,
+    # Freed memory stays in the process for reuse (glibc): big step tensors are not
+    # page-faulted in again every step.
+    "keep_freed_memory": True,
+    # AdamW with 8-bit states (bitsandbytes, CUDA only).
+    "adamw_8bit": False,
+    # ---- MWER (docs/mwer.md) ----
+    # ce (label-smoothed cross-entropy) or mwer (expected word errors over N-best lists of
+    # mwer_beam_size, + mwer_ce_weight x CE); mwer_init: a checkpoint folder or epoch to start
+    # from.
+    "objective": "ce",
+    "mwer_beam_size": 4,
+    "mwer_ce_weight": 0.01,
+    "mwer_init": None,
+    # ---- timestamps and long form (docs/timestamps-and-longform.md) ----
+    # Shares of training rows in Whisper's own formats, drawn per (seed, epoch, utterance).
+    "timestamp_probability": 0.0,
+    "longform_probability": 0.0,
+    "condition_on_prev_probability": 0.0,
+    # Long-form test manifests (recordings over 30 s), decoded by openai/whisper's loop.
+    "longform_test_csv": [],
+    "longform_condition_on_previous_text": False,
+    # ---- resilience (docs/bad-input-and-faults.md) ----
+    # Intra-epoch checkpoints every so many minutes or batches (0: off).
+    "ckpt_interval_minutes": 15,
+    "ckpt_interval_steps": 0,
+    # Batches with a non-finite loss are skipped; more than this many in an epoch stop the run.
+    "nonfinite_patience": 3,
+    # ---- after training (docs/diagnosis.md, docs/review.md) ----
+    # Decode the test sets zero-shot first (demo_results.json, per comparison_group value).
+    "zero_shot_eval": False,
+    "comparison_group": "dialect",
+    "diagnose_after_training": True,
+    "tensorboard": False,
+    # Also keep the min-loss and last checkpoints, for a review by ear.
+    "review_checkpoints": False,
+    # Average the N best epochs' weights into one more candidate (0 or 1: off).
+    "average_checkpoints": 0,
+    # ---- sanity mode (docs/diagnosis.md): overfit N utterances, fail unless WER reaches 0 ----
+    "sanity_utterances": 0,
+    "sanity_passes_per_epoch": 10,
+    "sanity_max_epochs": 30,
+    "sanity_lr": 0.001,
+    "sanity_max_nll": 0.05,
+}
