@@ -9,8 +9,8 @@ writes, into the SpeechBrain checkout, ``recipes/<Dataset>/ASR/whisper_finetune/
 - ``train.py``: the recipe script, copied unchanged (by default the ``train.py`` next to the
   ``hparams/`` folder of ``--hparams``);
 - ``hparams/<name>.yaml``: the given hyperparameters with the dataset's values set (the
-  ``dataset`` preparer, test sets, group columns, language, output folder), complete on its own
-  (an ``extends:`` chain is merged in) and with its comments kept;
+  ``dataset`` preparer, test sets, group columns, language, output folder), with its comments
+  kept;
 - the dataset's prepare script: a link to SpeechBrain's own (``recipes/<Dataset>/<x>_prepare.py``)
   where the checkout has it, else a thin script calling this package's preparer;
 - ``README.md`` (what it is, the command, a results table, the URLs) and
@@ -36,10 +36,11 @@ from pathlib import Path
 import ruamel.yaml
 from ruamel.yaml.comments import CommentedSeq, TaggedScalar
 
+from whisper_finetuning.training.defaults import ADVANCED
+
 PACKAGE_NAME = "whisper-finetuning"
 RECIPE_FOLDER_NAME = "whisper_finetune"
 TASK = "ASR"
-EXTENDS_KEY = "extends"
 # SpeechBrain's recipe CSV columns (tests/recipes/<Dataset>.csv); a CSV that already exists
 # keeps its own header (some have more columns, e.g. performance).
 CSV_FIELDS = [
@@ -61,7 +62,7 @@ DEBUG_EPOCHS = 2
 # The training loss the debug run must end under: a random-looking model starts near
 # ln(vocabulary) ~ 11 nats, so this only catches a diverging or broken run.
 DEBUG_MAX_TRAIN_LOSS = 15
-# Settings that keep the debug run small, each added only where the yaml has the key.
+# Settings that keep the debug run small, each added only where the recipe knows the key.
 DEBUG_SETTINGS = {
     "batch_size": 2,
     "test_batch_size": 2,
@@ -155,23 +156,14 @@ def _yaml():
 
 
 def load_complete_hparams(hparams_file: Path):
-    """The hyperparameters of ``hparams_file`` as one round-trip mapping: a file that
-    ``extends:`` another is merged into it (its keys replace the base's), recursively."""
+    """The hyperparameters of ``hparams_file`` as one round-trip mapping (comments kept)."""
     try:
         mapping = _yaml().load(hparams_file.read_text())
     except ruamel.yaml.YAMLError as error:
         raise UpstreamError(f"{hparams_file}: malformed YAML: {_first_line(error)}") from None
     if not isinstance(mapping, dict):
         raise UpstreamError(f"{hparams_file}: expected key: value pairs")
-    if EXTENDS_KEY not in mapping:
-        return mapping
-    base_file = hparams_file.parent / str(mapping.pop(EXTENDS_KEY))
-    if not base_file.is_file():
-        raise UpstreamError(f"{hparams_file}: extends a file that does not exist: {base_file}")
-    base = load_complete_hparams(base_file)
-    for key, value in mapping.items():
-        base[key] = value
-    return base
+    return mapping
 
 
 def _first_line(error):
@@ -308,7 +300,8 @@ def debug_flags(hparams, recipe: DatasetRecipe) -> str:
     }
     if recipe.language is None and recipe.debug_language:
         flags["language"] = recipe.debug_language
-    flags.update({key: value for key, value in DEBUG_SETTINGS.items() if key in hparams})
+    known = {**ADVANCED, **hparams}  # advanced settings are accepted without the yaml naming them
+    flags.update({key: value for key, value in DEBUG_SETTINGS.items() if key in known})
     return " ".join(f"--{key}={value}" for key, value in flags.items())
 
 

@@ -11,6 +11,7 @@ finished folder itself, other data is refused before it is looked at
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,7 +31,7 @@ from recipe_runs import (
 from whisper_finetuning.data import manifests as dataio
 from whisper_finetuning.data.audio import read_audio
 from whisper_finetuning.model.asr import WhisperASR
-from whisper_finetuning.training.config import HparamsError, load_hparams, resolve
+from whisper_finetuning.training.config import HparamsError, load_hparams
 
 
 @pytest.fixture(scope="module")
@@ -211,10 +212,22 @@ def test_unknown_hyperparameter(experiment):
     )
 
 
+def malformed_copy(folder):
+    """The main yaml with its learning rate's list left open."""
+    bad = folder / "bad.yaml"
+    bad.write_text(
+        Path("hparams/whisper_small.yaml").read_text().replace("lr: 0.00001", "lr: [1, 2")
+    )
+    return bad
+
+
+def test_a_key_given_twice(experiment):
+    message = fails_cleanly(experiment, "--lr=0.0001", "--lr=0.00001")
+    assert message == "error: command-line overrides: 'lr' is given twice"
+
+
 def test_malformed_yaml(experiment, tmp_path):
-    bad = tmp_path / "bad.yaml"
-    base = (resolve("hparams/whisper_small.yaml")[0]).resolve()
-    bad.write_text(f"extends: {base}\nlr: [1, 2\n")
+    bad = malformed_copy(tmp_path)
     args, exp, _ = experiment
     before = file_hashes(exp)
     code, stderr = run_forked([bad, *args[1:]])
@@ -273,14 +286,10 @@ def test_checkpoint_folder_of_another_model(experiment, random_multilingual_dir,
 def test_unknown_key_and_malformed_yaml_raise_hparams_errors(tmp_path):
     with pytest.raises(HparamsError, match="unknown hyperparameter 'lrr'"):
         load_hparams("hparams/whisper_small.yaml", "lrr: 0.1\ndata_folder: x")
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("extends: whisper_small.yaml\nlr: [1, 2\n")
     with pytest.raises(HparamsError, match="malformed YAML"):
-        resolve(bad)
-    missing_base = tmp_path / "orphan.yaml"
-    missing_base.write_text("extends: nowhere.yaml\n")
-    with pytest.raises(HparamsError, match="extends a file that does not exist"):
-        resolve(missing_base)
+        load_hparams(malformed_copy(tmp_path), "data_folder: x")
+    with pytest.raises(HparamsError, match="hyperparameter file not found"):
+        load_hparams(tmp_path / "nowhere.yaml")
 
 
 @pytest.fixture(scope="module")

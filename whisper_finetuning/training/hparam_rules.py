@@ -243,7 +243,9 @@ RULES = {
     # the valid score that keeps the checkpoint; changing it on a rerun changes what is kept
     "selection_metric": _choice(*SELECTION_METRICS),
     "encoder_cache": _choice(*ENCODER_CACHE_MODES, **RERUN_MAY_CHANGE),
-    "encoder_cache_folder": PATH,
+    "encoder_cache_folder": Rule(
+        "str", nullable=True, same_on_rerun=False
+    ),  # null: <output>/encoder_cache
     "cross_attention_cache_mb": _int(0, **RERUN_MAY_CHANGE),
     # training
     "number_of_epochs": _int(1, **RERUN_MAY_CHANGE),
