@@ -44,13 +44,21 @@ def start(brain, hparams, trains, test_sets, test_loader_kwargs, zero_shot):
         run_on_main(runs.decode_longform_sets, args=[brain, hparams, folder, True])
 
 
-def finish(brain, valid_set, test_sets, hparams, test_loader_kwargs, **options):
+def finish(
+    brain,
+    valid_set,
+    test_sets,
+    hparams,
+    test_loader_kwargs,
+    *,
+    selection_metric,
+    zero_shot,
+    longform_test_csv,
+    comparison_group,
+):
     """After ``fit``: averaging, the fit marker, only the kept checkpoints left, the test and
     long-form sets decoded by the checkpoint best by ``selection_metric``, the comparisons with
-    zero-shot (``zero_shot``, per ``comparison_group``), the diagnosis.
-
-    ``options``: ``selection_metric``, ``zero_shot``, ``longform_test_csv``, ``comparison_group``.
-    """
+    zero-shot (per ``comparison_group``), the diagnosis."""
     if hparams["average_checkpoints"] > 1:
         averaging.average_best_epochs(brain, valid_set, hparams["valid_loader_kwargs"])
     # Training is over: mark it so, then keep only the selected end-of-epoch checkpoint
@@ -58,14 +66,16 @@ def finish(brain, valid_set, test_sets, hparams, test_loader_kwargs, **options):
     if if_main_process():
         runs.mark_fit_done(hparams["save_folder"], hparams["number_of_epochs"])
     brain.checkpointer.delete_checkpoints(num_to_keep=1, importance_keys=brain.kept_checkpoints)
-    output, metric = hparams["output_folder"], options["selection_metric"]
-    runs.decode_test_sets(brain, test_sets, hparams, output, test_loader_kwargs, min_key=metric)
-    brain.on_evaluate_start(min_key=metric)  # the long-form sets too: the kept checkpoint
+    output = hparams["output_folder"]
+    runs.decode_test_sets(
+        brain, test_sets, hparams, output, test_loader_kwargs, min_key=selection_metric
+    )
+    brain.on_evaluate_start(min_key=selection_metric)  # the long-form sets too: the kept checkpoint
     run_on_main(runs.decode_longform_sets, args=[brain, hparams, output])
-    if options["zero_shot"]:
-        args = [output, next(iter(test_sets)), options["comparison_group"]]
+    if zero_shot:
+        args = [output, next(iter(test_sets)), comparison_group]
         run_on_main(scoring.write_comparison, args=args)
-        if options["longform_test_csv"]:
+        if longform_test_csv:
             run_on_main(longform.write_comparison, args=[output, runs.longform_names(hparams)])
     if hparams["diagnose_after_training"]:
         run_on_main(diagnose_run, args=[output])
