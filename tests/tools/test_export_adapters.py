@@ -172,3 +172,26 @@ def test_every_adapted_layer_is_merged_by_the_formula(random_whisper_dir, tmp_pa
     for key, value in base.items():
         if key not in merged_weights:
             assert torch.equal(merged[key], value), key
+
+
+@pytest.mark.parametrize(("metric", "selected"), [("BLEU", 3), ("WER", 2)])
+def test_export_loads_the_best_epoch_by_the_runs_selection_metric(
+    random_whisper_dir, tmp_path, metric, selected
+):
+    """Four kept epochs: the best WER is epoch 2's, the best BLEU epoch 3's, the last epoch 4.
+    The export reads selection_metric from the run's hyperparams.yaml and loads that epoch's
+    weights."""
+    epochs = [
+        {"epoch": 1, "loss": 0.9, "WER": 30.0, "BLEU": 40.0},
+        {"epoch": 2, "loss": 0.8, "WER": 20.0, "BLEU": 44.0},
+        {"epoch": 3, "loss": 0.7, "WER": 25.0, "BLEU": 50.0},
+        {"epoch": 4, "loss": 0.6, "WER": 22.0, "BLEU": 46.0},
+    ]
+    experiment = tmp_path / "exp"
+    experiment.mkdir()
+    saved = _adapter_experiment(experiment, random_whisper_dir, "lora", epochs, metric)
+    whisper, checkpoint = export.load_best(experiment)
+    assert checkpoint.meta["epoch"] == selected
+    loaded = dict(whisper.model.named_parameters())
+    for name, value in saved[selected].items():
+        assert torch.equal(loaded[name], value), name
