@@ -1,5 +1,6 @@
 """A short LoRA fine-tune of the real tiny.en, exported merged (pipeline, CTranslate2) and as
-PEFT's adapter folder: each transcribes the valid set as the recipe's greedy decoding did."""
+PEFT's adapter folder: each transcribes the valid set as the recipe's greedy decoding did; and,
+on a random Whisper with scripted adapter weights, every merged layer against the formula."""
 
 import json
 
@@ -82,3 +83,115 @@ def test_adapter_only_export_refuses_ct2_and_writes_nothing(experiment, tmp_path
     with pytest.raises(ValueError, match="--ct2 converts a merged model"):
         export.export(experiment / "exp", tmp_path / "a", ct2=True, adapter_only=True)
     assert not (tmp_path / "a").exists()
+
+
+# Both attentions of every decoder layer (the yaml's default targets) and one feed-forward layer.
+MERGE_TARGETS = [
+    r"decoder\.layers\.\d+\.(self_attn|encoder_attn)\.(q_proj|k_proj|v_proj|out_proj)$",
+    r"decoder\.layers\.1\.fc1$",
+]
+RANK, ALPHA = 4, 12  # scale alpha / r = 3 (not alpha, not alpha / sqrt(r) = 6)
+
+
+def _adapter_experiment(folder, source, adapter, epochs, selection_metric="WER"):
+    """A train.py-like output folder (hyperparams.yaml, save/CKPT+...) of a ``source`` Whisper
+    with ``adapter``: one end-of-epoch checkpoint per ``epochs`` meta, each with its own random
+    adapter weights; returns ``{epoch: saved adapter weights}``."""
+    from whisper_finetuning.model.asr import WhisperASR
+    from whisper_finetuning.training.checkpointing import AtomicCheckpointer
+
+    options = {
+        "adapter": adapter,
+        "lora_rank": RANK,
+        "lora_alpha": ALPHA,
+        "lora_dropout": 0.0,
+        "adapter_targets": MERGE_TARGETS,
+        "trainable_patterns": [],
+    }
+    lines = [f"    {key}: {json.dumps(value)}" for key, value in options.items()]
+    (folder / "hyperparams.yaml").write_text(
+        "\n".join(
+            [
+                f"save_folder: {folder / 'save'}",
+                f"selection_metric: {selection_metric}",
+                "whisper: !new:whisper_finetuning.model.asr.WhisperASR",
+                f"    source: {source}",
+                *lines,
+                "checkpointer: null",
+                "",
+            ]
+        )
+    )
+    whisper = WhisperASR(str(source), **options)
+    checkpointer = AtomicCheckpointer(folder / "save", {"whisper": whisper})
+    generator = torch.Generator().manual_seed(0)
+    saved = {}
+    for meta in epochs:
+        with torch.no_grad():
+            for name, param in whisper.model.named_parameters():
+                if param.requires_grad:  # lora_A, lora_B (zero at first), DoRA's magnitude
+                    values = torch.randn(param.shape, generator=generator) * 0.2
+                    param.copy_(values.abs() + 0.5 if "magnitude" in name else values)
+        saved[meta["epoch"]] = {
+            n: p.detach().clone() for n, p in whisper.model.named_parameters() if p.requires_grad
+        }
+        checkpointer.save_checkpoint(meta=meta)
+    return saved
+
+
+@pytest.mark.parametrize("adapter", ["lora", "dora"])
+def test_every_adapted_layer_is_merged_by_the_formula(random_whisper_dir, tmp_path, adapter):
+    """LoRA: W' = W + (alpha / r) B A. DoRA (Liu et al. 2024, as PEFT merges it): V = W +
+    (alpha / r) B A, W' = diag(m / ||V||_row) V, each output row rescaled to its trained
+    magnitude m. Biases and every layer without an adapter stay the base model's."""
+    from whisper_finetuning.model import adapters
+
+    experiment = tmp_path / "exp"
+    experiment.mkdir()
+    meta = {"epoch": 1, "loss": 1.0, "WER": 10.0}
+    trained = _adapter_experiment(experiment, random_whisper_dir, adapter, [meta])[1]
+    merged_dir, checkpoint = export.export(experiment, tmp_path / "merged")
+    assert checkpoint.meta["epoch"] == 1
+    base_model = transformers.WhisperForConditionalGeneration.from_pretrained(random_whisper_dir)
+    base = base_model.state_dict()
+    merged = transformers.WhisperForConditionalGeneration.from_pretrained(merged_dir).state_dict()
+    assert merged.keys() == base.keys()
+    targets = adapters.target_names(base_model, MERGE_TARGETS)
+    assert len(targets) == 2 * 2 * 4 + 1  # 2 layers x 2 attentions x 4 projections, fc1
+    scale = ALPHA / RANK
+    for name in targets:
+        lora_a = trained[f"{name}.lora_A.default.weight"]  # (r, in)
+        lora_b = trained[f"{name}.lora_B.default.weight"]  # (out, r)
+        weight = base[f"{name}.weight"] + scale * lora_b @ lora_a
+        if adapter == "dora":
+            magnitude = trained[f"{name}.lora_magnitude_vector.default.weight"]  # (out,)
+            weight = (magnitude / weight.norm(dim=1))[:, None] * weight
+        torch.testing.assert_close(merged[f"{name}.weight"], weight, rtol=0, atol=1e-6, msg=name)
+        assert not torch.allclose(merged[f"{name}.weight"], base[f"{name}.weight"]), name
+    merged_weights = {f"{name}.weight" for name in targets}
+    for key, value in base.items():
+        if key not in merged_weights:
+            assert torch.equal(merged[key], value), key
+
+
+@pytest.mark.parametrize(("metric", "selected"), [("BLEU", 3), ("WER", 2)])
+def test_export_loads_the_best_epoch_by_the_runs_selection_metric(
+    random_whisper_dir, tmp_path, metric, selected
+):
+    """Four kept epochs: the best WER is epoch 2's, the best BLEU epoch 3's, the last epoch 4.
+    The export reads selection_metric from the run's hyperparams.yaml and loads that epoch's
+    weights."""
+    epochs = [
+        {"epoch": 1, "loss": 0.9, "WER": 30.0, "BLEU": 40.0},
+        {"epoch": 2, "loss": 0.8, "WER": 20.0, "BLEU": 44.0},
+        {"epoch": 3, "loss": 0.7, "WER": 25.0, "BLEU": 50.0},
+        {"epoch": 4, "loss": 0.6, "WER": 22.0, "BLEU": 46.0},
+    ]
+    experiment = tmp_path / "exp"
+    experiment.mkdir()
+    saved = _adapter_experiment(experiment, random_whisper_dir, "lora", epochs, metric)
+    whisper, checkpoint = export.load_best(experiment)
+    assert checkpoint.meta["epoch"] == selected
+    loaded = dict(whisper.model.named_parameters())
+    for name, value in saved[selected].items():
+        assert torch.equal(loaded[name], value), name

@@ -86,3 +86,57 @@ def test_kept_keys_and_values_give_the_uncached_outputs_and_gradients(
     with torch.no_grad():
         own = attention.k_proj(frozen[2:3, :500]).view(1, 500, 2, 32).transpose(1, 2)[0]
     torch.testing.assert_close(keys_c, own, rtol=0, atol=1e-6)
+
+
+def test_the_second_step_reads_the_kept_keys_and_values_without_projecting_the_frames(
+    random_whisper_dir, monkeypatch
+):
+    """Every way the decoder can reach the encoder frames is counted: a call of a layer's
+    cross-attention k_proj/v_proj (transformers' path, and the cache filling itself) and a
+    call of the absorbed path (which reads the frames through the weights, not the modules).
+    The uncached model (transformers' attention, the reference) projects the frames in every
+    step; the cached one in the first step only, and its outputs stay the reference's."""
+    from whisper_finetuning.model import absorbed_attention
+
+    touched = []
+    absorbed = absorbed_attention.absorbed_cross_attention
+
+    def counted_absorbed(attention, hidden_states, frames):
+        touched.append("absorbed")
+        return absorbed(attention, hidden_states, frames)
+
+    monkeypatch.setattr(absorbed_attention, "absorbed_cross_attention", counted_absorbed)
+
+    def count_projections(whisper):
+        for layer in whisper.model.model.decoder.layers:
+            for name in ("k_proj", "v_proj"):
+                getattr(layer.encoder_attn, name).register_forward_hook(
+                    lambda module, args, out, name=name: touched.append(name)
+                )
+        return whisper
+
+    plain = count_projections(
+        transformers_cross_attention(
+            WhisperASR(str(random_whisper_dir), trainable_patterns=QO_SELF)
+        )
+    )
+    kept = count_projections(
+        WhisperASR(str(random_whisper_dir), trainable_patterns=QO_SELF, cross_attention_cache_mb=64)
+    )
+    generator = torch.Generator().manual_seed(1)
+    frozen = torch.randn(2, 1500, 64, generator=generator)
+    lens, ids = torch.ones(2), ["u1", "u2"]
+    tokens = torch.randint(1000, (2, 5), generator=generator)
+    layers = len(kept.model.model.decoder.layers)
+    for step in range(2):
+        touched.clear()
+        expected, _ = _step(plain, frozen, lens, tokens, ids)
+        assert touched, "the uncached model must reach the frames (else nothing is counted)"
+        touched.clear()
+        hidden, _ = _step(kept, frozen, lens, tokens, ids)
+        if step == 0:  # projected once per layer, all rows at once, and kept
+            assert sorted(touched) == ["k_proj"] * layers + ["v_proj"] * layers
+        else:
+            assert touched == []
+        torch.testing.assert_close(hidden, expected, rtol=0, atol=1e-6)
+    assert set(kept.cross_attention_cache.entries) == set(ids)

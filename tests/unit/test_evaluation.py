@@ -335,3 +335,45 @@ def test_selection_by_each_metric_keeps_the_right_epoch():
     assert hparam_rules.check({"selection_metric": "bleu"}) == (
         "selection_metric must be one of WER, CER, BLEU, chrF, not 'bleu'"
     )
+
+
+# Four epochs: the best WER is epoch 2's, the best BLEU epoch 3's, the last is epoch 4.
+SCORED_EPOCHS = [
+    {"epoch": 1, "loss": 0.9, "WER": 30.0, "CER": 12.0, "BLEU": 40.0, "chrF": 60.0},
+    {"epoch": 2, "loss": 0.8, "WER": 20.0, "CER": 10.0, "BLEU": 44.0, "chrF": 62.0},
+    {"epoch": 3, "loss": 0.7, "WER": 25.0, "CER": 11.0, "BLEU": 50.0, "chrF": 61.0},
+    {"epoch": 4, "loss": 0.6, "WER": 22.0, "CER": 11.5, "BLEU": 46.0, "chrF": 63.0},
+]
+
+
+@pytest.mark.parametrize(("metric", "kept"), [("BLEU", 3), ("WER", 2), ("chrF", 4)])
+def test_selection_over_epochs_keeps_and_loads_the_best_by_the_metric(tmp_path, metric, kept):
+    """As train.py keeps checkpoints: after each epoch's validation save_and_keep_only by
+    best_earliest(selection_metric) (the latest stays too, for resuming), after training only
+    the best; then the test stage loads it. BLEU keeps epoch 3, neither WER's epoch 2 nor the
+    last; each checkpoint's weights name their epoch."""
+    import torch
+
+    from whisper_finetuning.training.checkpointing import AtomicCheckpointer
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    checkpointer = AtomicCheckpointer(tmp_path, {"model": model})
+    for meta in SCORED_EPOCHS:
+        with torch.no_grad():
+            model.weight.fill_(meta["epoch"])
+        # A fresh list each time, as train.py's kept_checkpoints gives: SpeechBrain's
+        # save_and_keep_only appends ckpt_recency to the list it is given.
+        importance = [selection.best_earliest(metric)]
+        checkpointer.save_and_keep_only(meta=meta, importance_keys=importance, num_to_keep=1)
+        best_so_far = selection.best_epoch(SCORED_EPOCHS[: meta["epoch"]], metric)
+        kept_now = sorted(c.meta["epoch"] for c in checkpointer.list_checkpoints())
+        assert kept_now == sorted({best_so_far, meta["epoch"]})
+    checkpointer.delete_checkpoints(
+        num_to_keep=1, importance_keys=[selection.best_earliest(metric)]
+    )
+    assert [c.meta["epoch"] for c in checkpointer.list_checkpoints()] == [kept]
+    assert selection.best_epoch(SCORED_EPOCHS, metric) == kept
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    checkpointer.recover_if_possible(importance_key=selection.best_earliest(metric))
+    assert model.weight.item() == kept

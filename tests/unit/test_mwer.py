@@ -183,3 +183,48 @@ def test_init_checkpoint_is_a_folder_or_a_kept_epoch(tmp_path, random_en):
         mwer.init_checkpoint(3, checkpointer)
     with pytest.raises(ValueError, match="is not a checkpoint folder"):
         mwer.init_checkpoint(str(tmp_path), checkpointer)
+
+
+class _TextModel:
+    """What ``mwer.objective`` asks of the model: token lists -> text."""
+
+    texts = {1: "The cat sat", 2: "a cat", 3: "hello there world", 4: "goodbye"}
+
+    def decode_text(self, tokens):
+        return " ".join(self.texts[t] for t in tokens)
+
+
+def test_objective_on_a_scripted_2_best_list_equals_the_hand_computation():
+    """Two utterances, two hypotheses each, with log-probabilities that do not sum to 1 (the
+    objective renormalises them over each list) and known word errors after the normaliser.
+
+    Utterance 1, reference "the cat sat" (3 words): "The cat sat" (0 errors, p .7 -> 7/9) and
+    "a cat" (2: the->a, sat deleted; p .2 -> 2/9). Utterance 2, "hello world" (2 words):
+    "hello there world" (1 insertion, p .1 -> 1/4) and "goodbye" (2; p .3 -> 3/4).
+    Loss = sum over lists of sum_i p_i (e_i - mean e) / 5 words + ce_weight x CE;
+    d loss / d s_i = p_i (e_i - E[e]) / 5 (the softmax's Jacobian; the mean is a constant).
+    """
+    scores = torch.tensor([[0.7, 0.2], [0.1, 0.3]]).log().requires_grad_()
+    found = mwer.NBest(tokens=[[[1], [2]], [[3], [4]]], scores=scores)
+    ce = torch.tensor(2.0, requires_grad=True)
+    loss, logged = mwer.objective(
+        _TextModel(), found, ["the cat sat", "hello world"], str.lower, ce, 0.5
+    )
+    p1, p2 = (7 / 9, 2 / 9), (1 / 4, 3 / 4)
+    mwer_term = (p1[0] * (0 - 1) + p1[1] * (2 - 1) + p2[0] * (1 - 1.5) + p2[1] * (2 - 1.5)) / 5
+    assert mwer_term == pytest.approx((-5 / 9 + 1 / 4) / 5)
+    assert loss.item() == pytest.approx(mwer_term + 0.5 * 2.0, rel=1e-6)
+    expected_errors = p1[1] * 2 + p2[0] * 1 + p2[1] * 2  # 4/9 + 7/4
+    assert logged == pytest.approx(
+        {"expected_wer": 100 * expected_errors / 5, "oracle_wer": 100 * (0 + 1) / 5, "ce": 2.0}
+    )
+    loss.backward()
+    e1, e2 = p1[1] * 2, p2[0] * 1 + p2[1] * 2  # each list's expected errors: 4/9, 7/4
+    expected_grad = torch.tensor(
+        [
+            [p1[0] * (0 - e1), p1[1] * (2 - e1)],
+            [p2[0] * (1 - e2), p2[1] * (2 - e2)],
+        ]
+    )
+    torch.testing.assert_close(scores.grad, expected_grad / 5, rtol=1e-6, atol=1e-7)
+    assert ce.grad.item() == pytest.approx(0.5)

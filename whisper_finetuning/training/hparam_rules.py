@@ -10,6 +10,7 @@ must not change (``Rule.same_on_rerun``).
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from whisper_finetuning.data.encoder_cache import MODES as ENCODER_CACHE_MODES
 from whisper_finetuning.data.manifests import BAD_ROW_POLICIES
 from whisper_finetuning.evaluation.scoring import NORMALIZERS
 from whisper_finetuning.evaluation.selection import SELECTION_METRICS
+from whisper_finetuning.model.adapters import ADAPTERS
 from whisper_finetuning.model.asr import language_code
 from whisper_finetuning.model.bundled import BUNDLED_MODELS
 from whisper_finetuning.model.vocabulary import (
@@ -105,6 +107,8 @@ def _has_kind(kind, value, choices):
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
     if kind == "mapping":
         return isinstance(value, dict)
+    if kind == "int_or_str":
+        return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
     return any(type(value) is type(c) and value == c for c in choices)
 
 
@@ -172,6 +176,26 @@ def validated_checkpoints(folder):
         if "WER" in (ruamel.yaml.YAML(typ="safe").load(meta.read_text()) or {}):
             found.append(meta)
     return found
+
+
+def _regular_expressions(patterns):
+    """Each pattern compiles as a regular expression."""
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            return f"'{pattern}': {error}"
+    return None
+
+
+def _below_one(value):
+    """Under 1 (a dropout of 1 drops every input)."""
+    return None if value < 1 else "1 or more drops every input"
+
+
+def _epoch_or_folder(value):
+    """An epoch number is >= 1 (a folder is checked where it is loaded)."""
+    return "epochs count from 1" if isinstance(value, int) and value < 1 else None
 
 
 def _non_empty(value):
@@ -247,6 +271,16 @@ RULES = {
         "str", nullable=True, same_on_rerun=False
     ),  # null: <output>/encoder_cache
     "cross_attention_cache_mb": _int(0, **RERUN_MAY_CHANGE),
+    # adapters: which, where and how they scale are the trained checkpoint's own
+    "adapter": _choice(*ADAPTERS, nullable=True),
+    "lora_rank": _int(1),
+    "lora_alpha": _number(0, low_open=True),
+    "lora_dropout": _number(0, check=_below_one, words="a number from 0 to under 1"),
+    "adapter_targets": Rule(
+        "str_list", check=_regular_expressions, words="a list of regular expressions"
+    ),
+    # recomputes the same activations: results do not change
+    "gradient_checkpointing": Rule("bool", **RERUN_MAY_CHANGE),
     # training
     "number_of_epochs": _int(1, **RERUN_MAY_CHANGE),
     "batch_size": _int(1),
@@ -260,11 +294,20 @@ RULES = {
     "loss_chunk_size": _int(0, **RERUN_MAY_CHANGE),
     "keep_freed_memory": Rule("bool", **RERUN_MAY_CHANGE),
     "adamw_fused": Rule("bool", **RERUN_MAY_CHANGE),
-    # a rerun may continue a CE checkpoint with mwer; mwer_init (null, a checkpoint folder or
-    # an epoch) is checked where it is loaded (mwer.init_checkpoint)
+    # the optimizer's saved state has another form with 8-bit states
+    "adamw_8bit": BOOL,
+    # a rerun may continue a CE checkpoint with mwer; whether mwer_init's folder or epoch holds
+    # a checkpoint is checked where it is loaded (mwer.init_checkpoint)
     "objective": _choice(*OBJECTIVES, **RERUN_MAY_CHANGE),
     "mwer_beam_size": _int(1, **RERUN_MAY_CHANGE),
     "mwer_ce_weight": _number(0, **RERUN_MAY_CHANGE),
+    "mwer_init": Rule(
+        "int_or_str",
+        nullable=True,
+        check=_epoch_or_folder,
+        words="the epoch number (>= 1) of a kept checkpoint or a checkpoint folder",
+        **RERUN_MAY_CHANGE,
+    ),
     "precision": _choice(*PRECISIONS),
     "timestamp_probability": _number(0, 1),
     "longform_probability": _number(0, 1),
@@ -278,6 +321,8 @@ RULES = {
     "diagnose_after_training": Rule("bool", **RERUN_MAY_CHANGE),
     "tensorboard": Rule("bool", **RERUN_MAY_CHANGE),
     "review_checkpoints": BOOL,
+    # how many checkpoints the run keeps to the end, and which it may add
+    "average_checkpoints": _int(0),
     "sanity_utterances": _int(0, **RERUN_MAY_CHANGE),
     "sanity_passes_per_epoch": _int(1, **RERUN_MAY_CHANGE),
     "sanity_max_epochs": _int(1, **RERUN_MAY_CHANGE),
@@ -297,6 +342,11 @@ RULES = {
     "longform_condition_on_previous_text": Rule("bool", **RERUN_MAY_CHANGE),
     # augmentation
     "augment": BOOL,
+}
+
+# Plain top-level keys of the shipped files that are no hyperparameter, and why.
+NOT_HPARAMS = {
+    "extends": "the base file this one overrides, read when the file is, before any value",
 }
 
 
