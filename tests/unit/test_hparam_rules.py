@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import ruamel.yaml
 
+from whisper_finetuning.common.errors import RecipeError
 from whisper_finetuning.model.asr import WhisperASR
 
 HPARAMS = Path(__file__).resolve().parents[2] / "hparams"
@@ -48,13 +49,22 @@ def _plain(value):
 
 @pytest.mark.parametrize("path", sorted(HPARAMS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_plain_top_level_key_has_a_rule(path):
-    from whisper_finetuning.training.hparam_rules import NOT_HPARAMS, RULES
+    from whisper_finetuning.training.hparam_rules import RULES
 
     values = _load(path)
     plain = [key for key, value in values.items() if _plain(value)]
     assert "lora_alpha" in plain or path.name != "whisper_small.yaml"  # the parse sees them
     assert "whisper" not in plain and "train_log" not in plain  # !new: and !ref are not plain
-    assert [key for key in plain if key not in RULES and key not in NOT_HPARAMS] == []
+    assert [key for key in plain if key not in RULES] == []
+
+
+def test_every_advanced_setting_has_a_rule_its_default_passes():
+    from whisper_finetuning.training.defaults import ADVANCED
+    from whisper_finetuning.training.hparam_rules import RULES, check
+
+    nested = {key.split(".")[0] for key in RULES if "." in key}  # a rule per inner key
+    assert [key for key in ADVANCED if key not in RULES and key not in nested] == []
+    assert check(ADVANCED) is None
 
 
 @pytest.mark.parametrize(
@@ -134,7 +144,7 @@ def test_a_rerun_with_another_lora_alpha_is_refused(tmp_path):
     hparams = _folder_with_checkpoint(tmp_path, lora_alpha=32)
     assert hparam_rules.rerun_settings(hparams)["lora_alpha"] == 32
     assert provenance.check_rerun(hparams) is True  # the same settings: it trains on
-    with pytest.raises(BaseException) as refused:  # noqa: PT011 (SystemExit or a typed error)
+    with pytest.raises(RecipeError) as refused:
         provenance.check_rerun({**hparams, "lora_alpha": 64})
     assert f"{tmp_path} holds a checkpoint of a run with lora_alpha: 32, not 64" in str(
         refused.value

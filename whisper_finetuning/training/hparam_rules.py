@@ -344,11 +344,6 @@ RULES = {
     "augment": BOOL,
 }
 
-# Plain top-level keys of the shipped files that are no hyperparameter, and why.
-NOT_HPARAMS = {
-    "extends": "the base file this one overrides, read when the file is, before any value",
-}
-
 
 def _lookup(values, key):
     """The value at ``a.b`` in nested mappings; ``KeyError`` if a file does not have it."""
