@@ -11,6 +11,7 @@ from conftest import write_manifest
 from whisper_finetuning import check_data as check_data_cli
 from whisper_finetuning.data import checks as check_data
 from whisper_finetuning.data.checks import run_checks
+from whisper_finetuning.data.manifests import DataError, named_manifests
 
 COLUMNS = ("ID", "duration", "wav", "spk_id", "dialect", "wrd")
 CHARS_PER_SECOND = 14.0
@@ -299,19 +300,11 @@ def test_tokenizer_counts_whisper_decoder_positions():
 
 
 def test_a_test_manifest_named_like_another_split_is_refused_before_any_check(tmp_path):
-    """Its outputs would overwrite the valid split's: one line, and no report written."""
+    """Its outputs would overwrite the valid split's: one line, before anything is read."""
     taken = tmp_path / "other" / "valid.csv"
-    hparams = {
-        "data_checks": "error",
-        "train_csv": tmp_path / "train.csv",
-        "valid_csv": tmp_path / "valid.csv",
-        "test_csv": [taken],
-        "output_folder": tmp_path / "exp",
-    }
-    with pytest.raises(SystemExit) as stop:
-        check_data.check_before_training(hparams, whisper=None)
-    assert str(stop.value) == f"error: test manifest {taken}: its name 'valid' is taken"
-    assert not (tmp_path / "exp").exists()
+    with pytest.raises(DataError) as refused:
+        named_manifests(tmp_path / "train.csv", tmp_path / "valid.csv", [taken])
+    assert str(refused.value) == f"test manifest {taken}: its name 'valid' is taken"
     with pytest.raises(SystemExit) as stop:
         check_data_cli.main(["--train", "t.csv", "--valid", "v.csv", "--test", str(taken)])
     assert str(stop.value) == f"error: test manifest {taken}: its name 'valid' is taken"
