@@ -25,6 +25,7 @@ from recipe_runs import (
 )
 from transformers import WhisperForConditionalGeneration
 
+from whisper_finetuning.common.errors import RecipeError
 from whisper_finetuning.training import checkpointing, resilience, run_lock, stopping
 from whisper_finetuning.training.checkpointing import CRASH_ENV, AtomicCheckpointer, CheckpointError
 
@@ -485,9 +486,9 @@ def test_launch_flag_is_implied_by_torchrun_and_refused_without_it(monkeypatch):
         "--lr=1",
     ]
     monkeypatch.delenv("RANK")
-    with pytest.raises(SystemExit) as stop:
+    with pytest.raises(RecipeError) as stop:
         distributed.accept_launch_flag(["h.yaml", "--distributed_launch"])
-    assert str(stop.value).startswith("error: --distributed_launch needs torchrun: torchrun ")
+    assert str(stop.value).startswith("--distributed_launch needs torchrun: torchrun ")
 
 
 def test_shards_interleave_back_into_set_order(monkeypatch):
