@@ -9,6 +9,7 @@ import torch
 from speechbrain.nnet.losses import nll_loss
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
+from whisper_finetuning.common.errors import RecipeError
 from whisper_finetuning.decoding.search import BeamSearch, beam_search, beam_search_n_best
 from whisper_finetuning.evaluation import scoring
 from whisper_finetuning.model.asr import EncoderStates, WhisperASR
@@ -179,9 +180,9 @@ def test_init_checkpoint_is_a_folder_or_a_kept_epoch(tmp_path, random_en):
     saved = checkpointer.save_checkpoint(meta={"epoch": 2, "WER": 10.0})
     assert mwer.init_checkpoint(2, checkpointer) == saved.path / "whisper.ckpt"
     assert mwer.init_checkpoint(str(saved.path), checkpointer) == saved.path / "whisper.ckpt"
-    with pytest.raises(ValueError, match="no kept checkpoint of epoch 3 in"):
+    with pytest.raises(RecipeError, match="no kept checkpoint of epoch 3 in"):
         mwer.init_checkpoint(3, checkpointer)
-    with pytest.raises(ValueError, match="is not a checkpoint folder"):
+    with pytest.raises(RecipeError, match="is not a checkpoint folder"):
         mwer.init_checkpoint(str(tmp_path), checkpointer)
 
 
