@@ -19,6 +19,7 @@ is derived from the resulting ``requires_grad`` flags, never declared twice.
 """
 
 import math
+import pickle
 import re
 from dataclasses import dataclass
 
@@ -51,7 +52,11 @@ from whisper_finetuning.model.vocabulary import (
     TASKS,
     is_multilingual,
 )
-from whisper_finetuning.training.checkpointing import atomic_torch_save
+from whisper_finetuning.training.checkpointing import (
+    CheckpointError,
+    DamagedCheckpointFile,
+    atomic_torch_save,
+)
 
 LOG_MEL_DYNAMIC_RANGE = 8.0  # log10 units kept below each utterance's maximum
 
@@ -222,21 +227,46 @@ class WhisperASR(torch.nn.Module):
     def _load(self, path, end_of_epoch):
         """Load saved parameters into the model built from ``source``."""
         del end_of_epoch  # parameters load the same either way
-        self.load_trainable(torch.load(path, map_location="cpu", weights_only=True), path)
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else "empty"
+            raise DamagedCheckpointFile(f"cannot read checkpoint {path}: {reason}") from None
+        self.load_trainable(saved, path)
 
     def load_trainable(self, saved, origin):
-        """Copy saved parameters (``{name: tensor}``, from ``origin``) into the model."""
+        """Copy saved parameters (``{name: tensor}``, from ``origin``) into the model: all the
+        trainable ones, finite, and no other."""
+        if not isinstance(saved, dict):
+            raise DamagedCheckpointFile(
+                f"checkpoint {origin} holds no parameters ({type(saved).__name__})"
+            )
         params = dict(self.model.named_parameters())
         misfits = [k for k, v in saved.items() if k not in params or params[k].shape != v.shape]
         if misfits:
             raise ValueError(f"checkpoint {origin} does not fit this model (e.g. {misfits[0]})")
+        missing = [n for n, p in params.items() if p.requires_grad and n not in saved]
+        if missing:
+            raise DamagedCheckpointFile(
+                f"checkpoint {origin} lacks {len(missing)} of the model's "
+                f"{sum(p.requires_grad for p in params.values())} trainable parameters "
+                f"(e.g. {missing[0]})"
+            )
+        nonfinite = [k for k, v in saved.items() if not torch.isfinite(v).all()]
+        if nonfinite:
+            raise DamagedCheckpointFile(
+                f"checkpoint {origin} holds NaN or inf values (in {nonfinite[0]})"
+            )
         with torch.no_grad():
             for name, value in saved.items():
                 params[name].copy_(value)
 
     def load_trained(self, path):
         """Load the trained parameters of a checkpoint's model file (e.g. ``mwer_init``)."""
-        self._load(path, end_of_epoch=True)
+        try:
+            self._load(path, end_of_epoch=True)
+        except ValueError as error:
+            raise CheckpointError(str(error)) from None
 
     @property
     def is_multilingual(self):
