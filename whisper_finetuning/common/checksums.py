@@ -29,11 +29,11 @@ def damage(path, expected):
     """Why ``path`` is not the file whose SHA-256 is ``expected`` (None when it is)."""
     if not os.path.isfile(path):
         return "is missing"
+    if sha256_file(path) == expected:
+        return None
     if os.path.getsize(path) == 0:
         return "is empty"
-    if sha256_file(path) != expected:
-        return "is damaged (its SHA-256 differs from the one recorded when it was written)"
-    return None
+    return "is damaged (its SHA-256 differs from the one recorded when it was written)"
 
 
 def write_sums(folder):

@@ -22,8 +22,10 @@ import math
 import pickle
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from speechbrain.utils.checkpoints import (
     mark_as_loader,
     mark_as_saver,
@@ -36,7 +38,9 @@ from transformers import (
     WhisperTokenizer,
 )
 from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+from transformers.utils import SAFE_WEIGHTS_NAME
 
+from whisper_finetuning.common.checksums import first_damaged, read_sums
 from whisper_finetuning.data.audio import CHUNK_SECONDS, SAMPLE_RATE
 from whisper_finetuning.model import adapters, cross_attention_cache
 from whisper_finetuning.model.absorbed_attention import absorb_cross_attention
@@ -86,6 +90,23 @@ class EncoderStates:
 
 
 @register_checkpoint_hooks
+def check_model_folder(source):
+    """A local model folder with ``SHA256SUMS`` (an export's) must match it: a one-line
+    OSError naming the first file that does not."""
+    if not Path(source).is_dir():
+        return
+    try:
+        sums = read_sums(source)
+    except ValueError as error:
+        raise OSError(f"cannot load the Whisper checkpoint '{source}': {error}") from None
+    mismatch = sums and first_damaged(source, sums)
+    if mismatch:
+        path, why = mismatch
+        raise OSError(
+            f"cannot load the Whisper checkpoint '{source}': {path} {why}; export it again"
+        )
+
+
 class WhisperASR(torch.nn.Module):
     """A Hugging Face Whisper checkpoint arranged for SpeechBrain fine-tuning.
 
@@ -157,6 +178,7 @@ class WhisperASR(torch.nn.Module):
         super().__init__()
         self.window_seconds = window_seconds
         self.source = source = resolve_source(source, save_path)
+        check_model_folder(source)
         try:
             self.model = WhisperForConditionalGeneration.from_pretrained(
                 source, cache_dir=save_path
@@ -165,8 +187,10 @@ class WhisperASR(torch.nn.Module):
             self.feature_extractor = WhisperFeatureExtractor.from_pretrained(
                 source, cache_dir=save_path
             )
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, SafetensorError) as error:
             reason = str(error).strip().splitlines()[0]
+            if isinstance(error, SafetensorError):  # it does not say which file
+                reason = f"{Path(source) / SAFE_WEIGHTS_NAME} is damaged ({reason})"
             raise OSError(f"cannot load the Whisper checkpoint '{source}': {reason}") from None
         self.generation_config = _generation_config(source, save_path, self.model)
         self.register_buffer(
