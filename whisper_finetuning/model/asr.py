@@ -89,7 +89,6 @@ class EncoderStates:
         return joined
 
 
-@register_checkpoint_hooks
 def check_model_folder(source):
     """A local model folder with ``SHA256SUMS`` (an export's) must match it: a one-line
     OSError naming the first file that does not."""
@@ -107,6 +106,7 @@ def check_model_folder(source):
         )
 
 
+@register_checkpoint_hooks
 class WhisperASR(torch.nn.Module):
     """A Hugging Face Whisper checkpoint arranged for SpeechBrain fine-tuning.
 
