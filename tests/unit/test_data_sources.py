@@ -7,6 +7,7 @@ import http.client
 import io
 import json
 import logging
+import shutil
 import tarfile
 import threading
 
@@ -397,4 +398,16 @@ def test_a_truncated_shard_is_one_line_naming_it(corpus, tmp_path):
     assert str(refused.value) == (
         f"{shard} is truncated: a.wav ends at byte {512 + len(wav)}, the file has 2000 bytes; "
         "write it again (write_shards)"
+    )
+
+
+def test_a_truncated_lhotse_cut_file_is_one_line_naming_it(corpus, tmp_path):
+    folder = shutil.copytree(corpus["sources"]["lhotse"][0], tmp_path / "lhotse")
+    (cuts,) = folder.glob("*cuts_train.jsonl.gz")
+    cuts.write_bytes(cuts.read_bytes()[:100])
+    with pytest.raises(ValueError) as refused:
+        prepare("lhotse", folder, tmp_path / "manifests")
+    assert str(refused.value) == (
+        f"{cuts} is not a readable Lhotse CutSet: Compressed file ended before the "
+        "end-of-stream marker was reached"
     )
