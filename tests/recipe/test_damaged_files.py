@@ -119,6 +119,13 @@ def test_an_export_lists_its_files_and_a_damaged_one_is_refused_as_a_model(exper
     assert str(unreadable.value).startswith(
         f"cannot load the Whisper checkpoint '{dest}': {dest / 'model.safetensors'} is damaged ("
     )
+    (dest / "config.json").write_text('{"d_model": 3')  # torn
+    with pytest.raises(OSError) as bad_config:
+        WhisperASR(str(dest))
+    assert str(bad_config.value) == (
+        f"cannot load the Whisper checkpoint '{dest}': It looks like the config file at "
+        f"'{dest / 'config.json'}' is not a valid JSON file."
+    )
 
 
 def test_a_rerun_refuses_a_garbage_training_state_naming_it(experiment, tmp_path):
