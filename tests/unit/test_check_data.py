@@ -302,17 +302,9 @@ def test_tokenizer_counts_whisper_decoder_positions():
 def test_a_test_manifest_named_like_another_split_is_refused_before_any_check(tmp_path):
     """Its outputs would overwrite the valid split's: one line, and no report written."""
     taken = tmp_path / "other" / "valid.csv"
-    hparams = {
-        "data_checks": "error",
-        "train_csv": tmp_path / "train.csv",
-        "valid_csv": tmp_path / "valid.csv",
-        "test_csv": [taken],
-        "output_folder": tmp_path / "exp",
-    }
-    with pytest.raises(SystemExit) as stop:
-        check_data.check_before_training(hparams, whisper=None)
-    assert str(stop.value) == f"error: test manifest {taken}: its name 'valid' is taken"
-    assert not (tmp_path / "exp").exists()
+    with pytest.raises(dataio.DataError) as refused:  # train.py names its manifests first
+        dataio.named_manifests(tmp_path / "train.csv", tmp_path / "valid.csv", [taken])
+    assert str(refused.value) == f"test manifest {taken}: its name 'valid' is taken"
     with pytest.raises(SystemExit) as stop:
         check_data_cli.main(["--train", "t.csv", "--valid", "v.csv", "--test", str(taken)])
     assert str(stop.value) == f"error: test manifest {taken}: its name 'valid' is taken"
