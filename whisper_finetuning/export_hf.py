@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from whisper_finetuning.common.errors import RecipeError
 from whisper_finetuning.export.huggingface import describe, export
 
 
@@ -44,7 +45,7 @@ def main(argv=None):
             args.allow_unvalidated,
             args.adapter_only,
         )
-    except (OSError, ValueError, ImportError) as error:
+    except (RecipeError, OSError, ValueError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"exported {describe(checkpoint)} to {dest}")

@@ -128,7 +128,7 @@ def summarize(argv):
     """Aggregate the judgments into review/summary.json, summary.md, corrections.csv."""
     from whisper_finetuning.analysis.review import data, report
     from whisper_finetuning.analysis.review.stats import summarize as aggregate
-    from whisper_finetuning.analysis.review.store import judgments_path, latest, read_judgments
+    from whisper_finetuning.analysis.review.store import judgments_path, latest, read_judgment_log
     from whisper_finetuning.common.files import write_text
 
     parser = argparse.ArgumentParser(description="Aggregate the judgments of a review.")
@@ -141,7 +141,14 @@ def summarize(argv):
     except (ValueError, OSError, KeyError) as error:  # ReviewError, malformed JSON
         sys.exit(f"error: {error}")
     log = judgments_path(exp)
-    kept = latest(read_judgments(log))
+    records, skipped = read_judgment_log(log)
+    if skipped:
+        print(
+            f"warning: skipped {len(skipped)} line(s) of {log} that are not judgments "
+            f"(e.g. line {skipped[0]})",
+            file=sys.stderr,
+        )
+    kept = latest(records)
     if not kept:
         sys.exit(f"error: no judgments in {log}: review first")
     columns = list(dict.fromkeys(c for j in kept.values() for c in j["groups"]))

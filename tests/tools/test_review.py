@@ -665,3 +665,33 @@ def test_cli_errors_are_one_line(tmp_path):
     (exp / "epochs.jsonl").write_text('{"epoch": 1, "WER"\n')
     with pytest.raises(SystemExit, match="epochs.jsonl, line 1: not JSON"):
         review_main(["summarize", str(exp)])
+
+
+def test_summarize_skips_and_counts_foreign_lines_and_ignores_a_torn_last_line(tmp_path, capsys):
+    exp = make_experiment(tmp_path)
+    lines = [json.dumps(record) for record in scenario_log().values()]
+    lines[2:2] = ['{"id": "u1", "best": [1]}', "[1, 2]", "\x00not json"]  # lines 3, 4, 5
+    torn = b'{"reviewer": "alice", "id": "u\xc3'  # a crash mid-write, mid-character
+    judgments_path(exp).parent.mkdir(parents=True)
+    judgments_path(exp).write_bytes("\n".join(lines).encode() + b"\n" + torn)
+    review_main(["summarize", str(exp)])
+    assert capsys.readouterr().err == (
+        f"warning: skipped 3 line(s) of {judgments_path(exp)} that are not judgments "
+        "(e.g. line 3)\n"
+    )
+    summary = json.loads((exp / "review" / "summary.json").read_text())
+    check_stats(summary)  # the scenario's numbers: no line lost, none foreign counted
+
+
+def test_huge_integers_and_deep_nesting_get_400_and_the_server_stays_up(server):
+    httpd, exp = server
+    port = httpd.server_address[1]
+    for body in (
+        b'{"reviewer": "alice", "id": "u1", "best": ' + b"9" * 5000 + b"}",
+        b"[" * 30_000 + b"]" * 30_000,  # under the size limit, over Python's recursion limit
+        b'{"reviewer": "\xff"}',
+    ):
+        assert post(port, body) == (400, {"error": "body is not JSON"})
+    assert not judgments_path(exp).exists()
+    label = option_of(port, "alice", "u1", [2])
+    assert post(port, {"reviewer": "alice", "id": "u1", "best": label})[0] == 200

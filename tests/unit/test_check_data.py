@@ -308,3 +308,35 @@ def test_a_test_manifest_named_like_another_split_is_refused_before_any_check(tm
     with pytest.raises(SystemExit) as stop:
         check_data_cli.main(["--train", "t.csv", "--valid", "v.csv", "--test", str(taken)])
     assert str(stop.value) == f"error: test manifest {taken}: its name 'valid' is taken"
+
+
+def test_float_samples_beyond_full_scale_and_control_characters(corpus):
+    loud = corpus.folder / "wav" / "train3.wav"
+    audio, rate = sf.read(loud, dtype="float32")
+    sf.write(loud, audio * 15, rate, subtype="FLOAT")  # the 16-bit peak 3277/32768, x15
+    valid = corpus.rows["valid"][0]
+    valid["wrd"] = valid["wrd"].replace(" ", "\x00", 1)  # as long: the same speaking rate
+    findings = corpus.check()
+    assert kinds(findings) == [
+        ("warning", "beyond_full_scale"),
+        ("warning", "clipped_audio"),
+        ("warning", "control_characters"),
+    ]
+    (beyond,) = [f for f in findings if f["kind"] == "beyond_full_scale"]
+    assert beyond["message"] == (
+        "1 rows' clips have float samples beyond [-1, 1], clipped when written as integers "
+        "(value: peak)"
+    )
+    assert beyond["rows"] == [{"split": "train", "id": "train3", "value": 1.5001}]
+    (control,) = [f for f in findings if f["kind"] == "control_characters"]
+    assert control["rows"] == [{"split": "valid", "id": "valid12", "value": "U+0000"}]
+
+
+def test_a_column_named_twice_is_an_error(corpus):
+    columns = ("ID", "duration", "wav", "wrd", "spk_id", "wrd")
+    manifests = corpus.manifests(columns)
+    with pytest.raises(dataio.DataError) as error:
+        dataio.check_format(manifests["train"])
+    assert str(error.value) == (
+        f"manifest {manifests['train']}, line 1, column 6: 'wrd' is the name of column 4 too"
+    )

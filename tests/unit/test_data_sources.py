@@ -7,6 +7,7 @@ import http.client
 import io
 import json
 import logging
+import shutil
 import tarfile
 import threading
 
@@ -381,3 +382,32 @@ def test_review_page_serves_the_audio_of_every_source(corpus, review_server):
         assert (response.status, response.getheader("Content-Type")) == (200, "audio/wav"), source
         audio, rate = sf.read(io.BytesIO(body), dtype="float32")
         assert rate == SAMPLE_RATE and torch.equal(torch.from_numpy(audio), expected), source
+
+
+def test_a_truncated_shard_is_one_line_naming_it(corpus, tmp_path):
+    wav = (corpus["audio"] / "u0.wav").read_bytes()
+    shard = tmp_path / "train-000000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for name, data in (("a.wav", wav), ("a.txt", b"one")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    shard.write_bytes(shard.read_bytes()[:2000])  # a's header (512 bytes) and 1,488 of its data
+    with pytest.raises(ValueError) as refused:
+        prepare("shards", tmp_path, tmp_path / "manifests")
+    assert str(refused.value) == (
+        f"{shard} is truncated: a.wav ends at byte {512 + len(wav)}, the file has 2000 bytes; "
+        "write it again (write_shards)"
+    )
+
+
+def test_a_truncated_lhotse_cut_file_is_one_line_naming_it(corpus, tmp_path):
+    folder = shutil.copytree(corpus["sources"]["lhotse"][0], tmp_path / "lhotse")
+    (cuts,) = folder.glob("*cuts_train.jsonl.gz")
+    cuts.write_bytes(cuts.read_bytes()[:100])
+    with pytest.raises(ValueError) as refused:
+        prepare("lhotse", folder, tmp_path / "manifests")
+    assert str(refused.value) == (
+        f"{cuts} is not a readable Lhotse CutSet: Compressed file ended before the "
+        "end-of-stream marker was reached"
+    )

@@ -16,7 +16,8 @@ same checks (``run_checks``) before training. Severities:
   infinite samples, a manifest SpeechBrain cannot read (file, line, column), a valid set
   with no transcript that has a word once normalised;
 * warning: probably a mistake -- transcripts with no word once normalised (left out of WER),
-  silent clips, clipped clips, shorter shared transcripts, the same audio twice in a split,
+  silent clips, clipped clips, float samples beyond [-1, 1], control characters in
+  transcripts, shorter shared transcripts, the same audio twice in a split,
   mixed sample rates, manifest durations that disagree with the files, implausible speaking
   rates (characters per second, robust z-score over the corpus), distribution shift between
   train and another split, labels over the token limit by an estimated count;
@@ -36,6 +37,7 @@ import math
 import os
 import statistics
 import time
+import unicodedata
 from collections import Counter, defaultdict
 
 from scipy.stats import ks_2samp
@@ -196,7 +198,8 @@ def _scan_audio(ref):
 
 
 def _check_samples(rows, audio, findings):
-    """Clips with NaN or infinite samples (unusable), silent clips, clipped clips."""
+    """Clips with NaN or infinite samples (unusable), silent clips, clipped clips, float clips
+    beyond full scale."""
     clipped = f"over {CLIPPED_SHARE:.0%} of samples at |x| >= {CLIPPED_LEVEL}; value: share"
     checks = (  # severity, kind, what such clips are, which clips, the value listed
         ("error", "non_finite_audio", "have NaN or infinite samples (value: how many)",
@@ -205,6 +208,8 @@ def _check_samples(rows, audio, findings):
          lambda a: a["peak"] == 0 and not a["non_finite"], None),
         ("warning", "clipped_audio", f"are clipped ({clipped})",
          lambda a: a["clipped"] > CLIPPED_SHARE, "clipped"),
+        ("warning", "beyond_full_scale", "have float samples beyond [-1, 1], clipped when "
+         "written as integers (value: peak)", lambda a: a["peak"] > 1.0, "peak"),
     )  # fmt: skip
     for severity, kind, what, test, key in checks:
         found = [
@@ -246,8 +251,14 @@ def _check_scorable(rows, normalize, findings):
         )
 
 
+def _control_character(text):
+    """The first control character (Unicode category Cc) in ``text``, or None."""
+    return next((c for c in text if unicodedata.category(c) == "Cc"), None)
+
+
 def _check_rows(rows, audio, token_count, max_tokens, findings):
-    """Unusable rows: unreadable audio, empty or over-long labels, audio over 30 s."""
+    """Unusable rows: unreadable audio, empty or over-long labels, audio over 30 s; labels with
+    control characters."""
     unreadable = [_ref(r) for r in rows if audio[r["wav"]] is None]
     if unreadable:
         findings.append(
@@ -262,6 +273,19 @@ def _check_rows(rows, audio, token_count, max_tokens, findings):
     if empty:
         findings.append(
             _finding("error", "empty_label", f"{len(empty)} rows have an empty transcript", empty)
+        )
+    controlled = [
+        _ref(r, value=f"U+{ord(c):04X}") for r in rows if (c := _control_character(r["wrd"]))
+    ]
+    if controlled:
+        findings.append(
+            _finding(
+                "warning",
+                "control_characters",
+                f"{len(controlled)} rows' transcripts hold control characters (NUL, tab, line "
+                "breaks ...; value: the first), which the model would learn to write",
+                controlled,
+            )
         )
     counter = token_count or estimate_tokens
     long_labels = [

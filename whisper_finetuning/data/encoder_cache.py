@@ -8,9 +8,15 @@ memory-mapped.
 An entry's name is a content hash of the frozen encoder weights, the feature settings and the
 encoded audio's bytes, so changing the model, the freezing boundary, the features or an audio file
 makes the old entry unreachable and the next run recomputes it.
+
+Beside each entry ``KEY.npy``, ``KEY.json`` records its SHA-256, shape and dtype when it is
+written; ``prepare`` recomputes an entry that does not match (NaN-filled, cut short,
+truncated, or without its record) and counts those in the log.
 """
 
 import hashlib
+import io
+import json
 import logging
 from pathlib import Path
 
@@ -18,7 +24,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from whisper_finetuning.common.files import atomic_path
+from whisper_finetuning.common.checksums import damage
+from whisper_finetuning.common.files import atomic_path, write_json
 from whisper_finetuning.data import audio_sources
 from whisper_finetuning.data.audio import SAMPLE_RATE, read_audio
 
@@ -84,6 +91,15 @@ class EncoderCache:
         """Compute what is missing for ``dataset``; returns ``{utterance id: entry path}``."""
         entries = {u: self._entry(dataset.data[u]["wav"]) for u in dataset.data_ids}
         missing = [u for u, path in entries.items() if not path.exists()]
+        damaged = [u for u, path in entries.items() if path.exists() and not intact(path)]
+        if damaged:
+            logger.warning(
+                "encoder cache: %d damaged entr%s recomputed (e.g. %s)",
+                len(damaged),
+                "y" if len(damaged) == 1 else "ies",
+                entries[damaged[0]],
+            )
+            missing += damaged
         if missing:
             logger.info("encoder cache: computing %d of %d utterances", len(missing), len(entries))
         for start in tqdm(range(0, len(missing), self.batch_size), disable=not missing):
@@ -105,10 +121,29 @@ class EncoderCache:
         self.whisper.train(was_training)
         for rows, out in groups:
             for row, hidden in zip(rows, out.cpu().numpy().astype(CACHE_DTYPE), strict=True):
-                target = targets[row]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_path(target) as tmp:
-                    np.save(tmp, hidden)
+                targets[row].parent.mkdir(parents=True, exist_ok=True)
+                write_entry(targets[row], hidden)
+
+
+def write_entry(path, hidden):
+    """Store one output at ``path`` and its record (SHA-256, shape, dtype) beside it."""
+    buffer = io.BytesIO()
+    np.save(buffer, hidden)
+    with atomic_path(path) as tmp, open(tmp, "wb") as out:
+        out.write(buffer.getvalue())
+    record = {"sha256": hashlib.sha256(buffer.getvalue()).hexdigest()}
+    write_json(
+        path.with_suffix(".json"), {**record, "shape": hidden.shape, "dtype": hidden.dtype.name}
+    )
+
+
+def intact(path):
+    """Whether the entry at ``path`` is the one its record says was written."""
+    try:
+        record = json.loads(path.with_suffix(".json").read_text())
+        return damage(path, record["sha256"]) is None
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def load_entry(path):

@@ -84,7 +84,15 @@ def check_format(csv_path, duplicates=True):
 
 
 def _check_header(csv_path, header):
-    """Every required column, each spelled exactly."""
+    """Every required column, each spelled exactly; no column named twice."""
+    first = {}
+    for i, name in enumerate(header, start=1):
+        if name in first:
+            raise DataError(
+                f"manifest {csv_path}, line 1, column {i}: {name!r} is the name of column "
+                f"{first[name]} too"
+            )
+        first[name] = i
     for column in REQUIRED_COLUMNS:
         if column in header:
             continue

@@ -15,6 +15,12 @@ A run trained with an adapter (``adapter: lora`` or ``dora``) is exported with i
 merged into the weights: a plain Whisper directory. ``--adapter_only`` writes PEFT's adapter
 folder instead, which ``PeftModel.from_pretrained(base_model, DEST_DIR)`` loads on the base model.
 
+Before a folder is called done, the checkpoint's files match the checksums its ``CKPT.yaml``
+recorded, its tensors are all the trainable ones and finite, and the written model loads back
+with the same finite weights and decodes a clip; ``SHA256SUMS`` lists every file written
+(``sha256sum -c SHA256SUMS`` checks it; the recipe checks it when the folder is its
+``whisper_hub``).
+
 Command line: ``python -m whisper_finetuning.export_hf``.
 """
 
@@ -24,20 +30,28 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
 from hyperpyyaml import load_hyperpyyaml
-from speechbrain.utils.checkpoints import Checkpointer, ckpt_recency
-from transformers import WhisperProcessor
+from speechbrain.utils.checkpoints import ckpt_recency
+from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
+from whisper_finetuning.common.checksums import write_sums
 from whisper_finetuning.common.files import write_json
 from whisper_finetuning.data.audio import (
     CHUNK_SECONDS,  # what transformers and faster-whisper pad to
+    SAMPLE_RATE,
 )
 from whisper_finetuning.evaluation.selection import best_earliest
 from whisper_finetuning.model import adapters
+from whisper_finetuning.training.checkpointing import CHECKSUMS_KEY, VerifiedCheckpointer
 
 READABLE_FILE, READABLE_DIR = 0o644, 0o755
 CT2_SUBFOLDER = "ctranslate2"
 CT2_COPIED_FILES = ["tokenizer.json", "preprocessor_config.json"]
+EXPORT_ADVICE = (
+    "export another kept epoch (--epoch N), or move {checkpoint} out of {folder} to export the "
+    "next best one"
+)
 
 
 def save_whisper_dir(model, tokenizer, feature_extractor, dest):
@@ -54,8 +68,27 @@ def save_whisper_dir(model, tokenizer, feature_extractor, dest):
         )
         feature_extractor.save_pretrained(staging)  # preprocessor_config.json
         tokenizer.save_vocabulary(str(staging))  # vocab.json, merges.txt, normalizer.json
+        check_written(staging, model, feature_extractor)
 
     return write_dir_atomically(dest, write)
+
+
+@torch.no_grad()
+def check_written(folder, model, feature_extractor):
+    """Load the model written in ``folder`` back: the weights of ``model``, all finite, and it
+    decodes a clip (a second of silence) to at least one token; a one-line ValueError if not."""
+    written = WhisperForConditionalGeneration.from_pretrained(folder)
+    expected = model.state_dict()
+    for name, value in written.state_dict().items():
+        if not torch.isfinite(value).all():
+            raise ValueError(f"the written model holds NaN or inf values in {name}: not exported")
+        if name in expected and not torch.equal(value, expected[name].cpu()):
+            raise ValueError(f"the written model's {name} differs from the checkpoint's")
+    features = feature_extractor(
+        [0.0] * SAMPLE_RATE, sampling_rate=SAMPLE_RATE, return_tensors="pt"
+    ).input_features
+    if written.generate(features, max_new_tokens=2).shape[-1] == 0:
+        raise ValueError("the written model decodes no token from a clip: not exported")
 
 
 def write_dir_atomically(dest, write):
@@ -93,7 +126,9 @@ def load_best(experiment_folder, epoch=None, allow_unvalidated=False):
     with open(hparams_file) as f:
         hparams = load_hyperpyyaml(f, {"checkpointer": None})
     save_folder = experiment_folder / Path(hparams["save_folder"]).name
-    checkpointer = Checkpointer(save_folder, recoverables={"whisper": hparams["whisper"]})
+    checkpointer = VerifiedCheckpointer(
+        save_folder, recoverables={"whisper": hparams["whisper"]}, advice=EXPORT_ADVICE
+    )
     end_of_epoch = [c for c in checkpointer.list_checkpoints() if "WER" in c.meta]
     if epoch is not None:
         kept = sorted(c.meta["epoch"] for c in end_of_epoch)
@@ -161,7 +196,8 @@ def export(
             model = model.merge_and_unload()
         model.generation_config = generation_config(whisper)
         dest = save_whisper_dir(model, whisper.tokenizer, whisper.feature_extractor, dest_dir)
-    selected = {"checkpoint": checkpoint.path.name, **checkpoint.meta}
+    meta = {k: v for k, v in checkpoint.meta.items() if k != CHECKSUMS_KEY}
+    selected = {"checkpoint": checkpoint.path.name, **meta}
     selected["encoder_window_seconds"] = whisper.window_seconds
     selected["base_model"] = whisper.source
     write_json(dest / "selected_checkpoint.json", selected)
@@ -178,4 +214,5 @@ def export(
             str(dest), copy_files=CT2_COPIED_FILES
         )
         converter.convert(str(dest / CT2_SUBFOLDER))
+    write_sums(dest)
     return dest, checkpoint

@@ -19,10 +19,13 @@ is derived from the resulting ``requires_grad`` flags, never declared twice.
 """
 
 import math
+import pickle
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from speechbrain.utils.checkpoints import (
     mark_as_loader,
     mark_as_saver,
@@ -35,7 +38,9 @@ from transformers import (
     WhisperTokenizer,
 )
 from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+from transformers.utils import SAFE_WEIGHTS_NAME
 
+from whisper_finetuning.common.checksums import first_damaged, read_sums
 from whisper_finetuning.data.audio import CHUNK_SECONDS, SAMPLE_RATE
 from whisper_finetuning.model import adapters, cross_attention_cache
 from whisper_finetuning.model.absorbed_attention import absorb_cross_attention
@@ -51,7 +56,11 @@ from whisper_finetuning.model.vocabulary import (
     TASKS,
     is_multilingual,
 )
-from whisper_finetuning.training.checkpointing import atomic_torch_save
+from whisper_finetuning.training.checkpointing import (
+    CheckpointError,
+    DamagedCheckpointFile,
+    atomic_torch_save,
+)
 
 LOG_MEL_DYNAMIC_RANGE = 8.0  # log10 units kept below each utterance's maximum
 
@@ -78,6 +87,23 @@ class EncoderStates:
         for row, item in zip(order, (item for result in results for item in result), strict=True):
             joined[row] = item
         return joined
+
+
+def check_model_folder(source):
+    """A local model folder with ``SHA256SUMS`` (an export's) must match it: a one-line
+    OSError naming the first file that does not."""
+    if not Path(source).is_dir():
+        return
+    try:
+        sums = read_sums(source)
+    except ValueError as error:
+        raise OSError(f"cannot load the Whisper checkpoint '{source}': {error}") from None
+    mismatch = sums and first_damaged(source, sums)
+    if mismatch:
+        path, why = mismatch
+        raise OSError(
+            f"cannot load the Whisper checkpoint '{source}': {path} {why}; export it again"
+        )
 
 
 @register_checkpoint_hooks
@@ -152,6 +178,7 @@ class WhisperASR(torch.nn.Module):
         super().__init__()
         self.window_seconds = window_seconds
         self.source = source = resolve_source(source, save_path)
+        check_model_folder(source)
         try:
             self.model = WhisperForConditionalGeneration.from_pretrained(
                 source, cache_dir=save_path
@@ -160,8 +187,10 @@ class WhisperASR(torch.nn.Module):
             self.feature_extractor = WhisperFeatureExtractor.from_pretrained(
                 source, cache_dir=save_path
             )
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, SafetensorError) as error:
             reason = str(error).strip().splitlines()[0]
+            if isinstance(error, SafetensorError):  # it does not say which file
+                reason = f"{Path(source) / SAFE_WEIGHTS_NAME} is damaged ({reason})"
             raise OSError(f"cannot load the Whisper checkpoint '{source}': {reason}") from None
         self.generation_config = _generation_config(source, save_path, self.model)
         self.register_buffer(
@@ -222,21 +251,46 @@ class WhisperASR(torch.nn.Module):
     def _load(self, path, end_of_epoch):
         """Load saved parameters into the model built from ``source``."""
         del end_of_epoch  # parameters load the same either way
-        self.load_trainable(torch.load(path, map_location="cpu", weights_only=True), path)
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else "empty"
+            raise DamagedCheckpointFile(f"cannot read checkpoint {path}: {reason}") from None
+        self.load_trainable(saved, path)
 
     def load_trainable(self, saved, origin):
-        """Copy saved parameters (``{name: tensor}``, from ``origin``) into the model."""
+        """Copy saved parameters (``{name: tensor}``, from ``origin``) into the model: all the
+        trainable ones, finite, and no other."""
+        if not isinstance(saved, dict):
+            raise DamagedCheckpointFile(
+                f"checkpoint {origin} holds no parameters ({type(saved).__name__})"
+            )
         params = dict(self.model.named_parameters())
         misfits = [k for k, v in saved.items() if k not in params or params[k].shape != v.shape]
         if misfits:
             raise ValueError(f"checkpoint {origin} does not fit this model (e.g. {misfits[0]})")
+        missing = [n for n, p in params.items() if p.requires_grad and n not in saved]
+        if missing:
+            raise DamagedCheckpointFile(
+                f"checkpoint {origin} lacks {len(missing)} of the model's "
+                f"{sum(p.requires_grad for p in params.values())} trainable parameters "
+                f"(e.g. {missing[0]})"
+            )
+        nonfinite = [k for k, v in saved.items() if not torch.isfinite(v).all()]
+        if nonfinite:
+            raise DamagedCheckpointFile(
+                f"checkpoint {origin} holds NaN or inf values (in {nonfinite[0]})"
+            )
         with torch.no_grad():
             for name, value in saved.items():
                 params[name].copy_(value)
 
     def load_trained(self, path):
         """Load the trained parameters of a checkpoint's model file (e.g. ``mwer_init``)."""
-        self._load(path, end_of_epoch=True)
+        try:
+            self._load(path, end_of_epoch=True)
+        except ValueError as error:
+            raise CheckpointError(str(error)) from None
 
     @property
     def is_multilingual(self):

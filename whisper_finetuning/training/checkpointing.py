@@ -7,6 +7,11 @@ temporary folder, flushes every file to disk, and renames the folder into place,
 ``CKPT+`` folder is always whole; deletion renames first too. Leftovers of an interrupted save
 or deletion are removed on the next start. A save that fails (no space, read-only folder)
 raises a ``CheckpointError`` with one line to show, and the last good checkpoint stays.
+
+Every parameter file's SHA-256 is recorded in ``CKPT.yaml`` (``sha256``) when it is saved and
+checked before it is loaded (``VerifiedCheckpointer``, which the export and ``init_from`` use
+too): a damaged, missing or replaced file, or a ``CKPT.yaml`` that is not one, is refused with
+one line naming it and what to do instead.
 """
 
 import collections
@@ -18,6 +23,7 @@ import signal
 
 import numpy as np
 import torch
+import yaml
 from speechbrain.utils.checkpoints import (
     DEFAULT_SAVE_HOOKS,
     METAFNAME,
@@ -28,6 +34,8 @@ from speechbrain.utils.checkpoints import (
 )
 from speechbrain.utils.distributed import ddp_barrier, ddp_broadcast, get_rank, if_main_process
 
+from whisper_finetuning.common.checksums import damage, sha256_files
+from whisper_finetuning.common.errors import RecipeError
 from whisper_finetuning.common.files import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -39,10 +47,19 @@ TRASH_PREFIX = ".trash-"
 # SIGTERM, as a cluster does before preempting). Unset in normal use.
 CRASH_ENV = "RECIPE_TEST_CRASH_AT"
 _crash_hits = collections.Counter()
+CHECKSUMS_KEY = "sha256"  # in CKPT.yaml: {parameter file name: its SHA-256}
+RESUME_ADVICE = (
+    "move {checkpoint} out of {folder} to resume from the previous kept checkpoint, or start a "
+    "new --output_folder (--init_from=EXPERIMENT starts it from another run's checkpoint)"
+)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RecipeError, RuntimeError):
     """A checkpoint that cannot be saved or loaded; the message is one line for the user."""
+
+
+class DamagedCheckpointFile(ValueError):
+    """A checkpoint file that cannot be what was saved: unreadable, incomplete or non-finite."""
 
 
 def crash_point(name):
@@ -66,9 +83,13 @@ def fsync_path(path):
 
 
 def atomic_torch_save(obj, path):
-    """``torch.save`` to a temporary name, flushed, then renamed: never half a file at ``path``."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save`` to a temporary name, flushed, then renamed: never half a file at ``path``.
+
+    Saved through a file object, so the bytes do not depend on the temporary name (torch names
+    the archive inside after the file) and equal content has an equal checksum.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as out:
+        torch.save(obj, out)
 
 
 def rng_state():
@@ -104,8 +125,60 @@ def _unwrapped(hook):
     return getattr(hook, "__wrapped__", hook)
 
 
-class AtomicCheckpointer(Checkpointer):
-    """A ``Checkpointer`` whose checkpoints appear whole or not at all.
+class VerifiedCheckpointer(Checkpointer):
+    """A ``Checkpointer`` that loads a checkpoint only when each of its files is the one saved.
+
+    ``advice`` says what to do instead of using a refused checkpoint; ``{checkpoint}`` and
+    ``{folder}`` in it are filled in.
+    """
+
+    def __init__(self, checkpoints_dir, *args, advice=RESUME_ADVICE, **kwargs):
+        super().__init__(checkpoints_dir, *args, **kwargs)
+        self.advice = advice
+
+    def _refusal(self, problem, checkpoint_dir):
+        """The one line refusing a checkpoint."""
+        advice = self.advice.format(checkpoint=checkpoint_dir.name, folder=self.checkpoints_dir)
+        return CheckpointError(f"{problem}; {advice}")
+
+    def _construct_checkpoint_objects(self, checkpoint_dirs):
+        """SpeechBrain's listing, with a ``CKPT.yaml`` that is not a checkpoint's refused."""
+        checkpoints = []
+        for folder in checkpoint_dirs:
+            try:
+                checkpoints += super()._construct_checkpoint_objects([folder])
+            except (yaml.YAMLError, UnicodeDecodeError, OSError):
+                checkpoints.append(Checkpoint(folder, None, {}))
+            if not isinstance(checkpoints[-1].meta, dict) or (
+                "end-of-epoch" not in checkpoints[-1].meta
+            ):
+                raise self._refusal(f"{folder / METAFNAME} is not a checkpoint's metadata", folder)
+        return checkpoints
+
+    def verify(self, checkpoint):
+        """Refuse a checkpoint whose files differ from those its ``CKPT.yaml`` recorded
+        (checkpoints saved before checksums were recorded are not checked)."""
+        for name, digest in (checkpoint.meta.get(CHECKSUMS_KEY) or {}).items():
+            why = damage(checkpoint.path / name, digest)
+            if why:
+                raise self._refusal(f"{checkpoint.path / name} {why}", checkpoint.path)
+
+    def load_checkpoint(self, checkpoint):
+        """Load, or say in one line why this folder's checkpoint cannot be used."""
+        self.verify(checkpoint)
+        try:
+            super().load_checkpoint(checkpoint)
+        except DamagedCheckpointFile as error:
+            raise self._refusal(error, checkpoint.path) from None
+        except (ValueError, RuntimeError, KeyError, OSError, EOFError) as error:
+            raise CheckpointError(
+                f"cannot resume from {checkpoint.path}: {_first_line(error)}; it belongs to "
+                "another model or run: use another output_folder or move it away"
+            ) from None
+
+
+class AtomicCheckpointer(VerifiedCheckpointer):
+    """A ``VerifiedCheckpointer`` whose checkpoints appear whole or not at all.
 
     Every recoverable is saved by the main process (the other processes wait and receive the
     outcome), so a failing disk stops all processes with the same one-line error.
@@ -166,7 +239,10 @@ class AtomicCheckpointer(Checkpointer):
                 _unwrapped(hook)(obj, paramfiles[key])
                 if len(paramfiles) == 1:
                     crash_point("save")  # once per save, with some files written
-            saved_meta = self._save_checkpoint_metafile(tmp / METAFNAME, meta, end_of_epoch)
+            sums = sha256_files(tmp, sorted(path.name for path in paramfiles.values()))
+            saved_meta = self._save_checkpoint_metafile(
+                tmp / METAFNAME, {**meta, CHECKSUMS_KEY: sums}, end_of_epoch
+            )
             for path in tmp.iterdir():
                 fsync_path(path)
             fsync_path(tmp)
@@ -218,13 +294,3 @@ class AtomicCheckpointer(Checkpointer):
                 shutil.rmtree(trash)
                 logger.log(verbosity, f"Deleted checkpoint in {checkpoint.path}")
         ddp_barrier()
-
-    def load_checkpoint(self, checkpoint):
-        """Load, or say in one line why this folder's checkpoint cannot be used."""
-        try:
-            super().load_checkpoint(checkpoint)
-        except (ValueError, RuntimeError, KeyError, OSError, EOFError) as error:
-            raise CheckpointError(
-                f"cannot resume from {checkpoint.path}: {_first_line(error)}; it belongs to "
-                "another model or run: use another output_folder or move it away"
-            ) from None

@@ -15,12 +15,11 @@ import logging
 import os
 from pathlib import Path
 
-from speechbrain.utils.checkpoints import Checkpointer
-
 from whisper_finetuning.common.errors import RecipeError
 from whisper_finetuning.data.manifests import named_manifests
 from whisper_finetuning.evaluation.selection import best_earliest
 from whisper_finetuning.export.huggingface import describe
+from whisper_finetuning.training.checkpointing import VerifiedCheckpointer
 from whisper_finetuning.training.hparam_rules import SAVE_FOLDER, rerun_settings
 from whisper_finetuning.training.runs import fit_done_path
 
@@ -89,6 +88,12 @@ def check_rerun(hparams):
     return will_train(hparams)
 
 
+INIT_FROM_ADVICE = (
+    "move {checkpoint} out of {folder} to start from the run's next best checkpoint, or "
+    "start without --init_from"
+)
+
+
 def start_from(hparams):
     """With ``init_from``, load that run's best checkpoint by this run's ``selection_metric``
     into the model, unless this folder holds a checkpoint of its own (resumed instead);
@@ -96,7 +101,9 @@ def start_from(hparams):
     source = hparams["init_from"]
     if source is None or holds_checkpoint(hparams):
         return None
-    checkpointer = Checkpointer(Path(source) / SAVE_FOLDER, {"whisper": hparams["whisper"]})
+    checkpointer = VerifiedCheckpointer(
+        Path(source) / SAVE_FOLDER, {"whisper": hparams["whisper"]}, advice=INIT_FROM_ADVICE
+    )
     checkpoint = checkpointer.find_checkpoint(
         importance_key=best_earliest(hparams["selection_metric"]),
         ckpt_predicate=lambda ckpt: "WER" in ckpt.meta,

@@ -262,7 +262,7 @@ class ReviewHandler(BaseHTTPRequestHandler):
                 raise BadRequest(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "body too large")
             try:
                 body = json.loads(self.rfile.read(length))
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (ValueError, RecursionError):  # bad UTF-8, huge integers, deep nesting too
                 raise BadRequest(HTTPStatus.BAD_REQUEST, "body is not JSON") from None
             record = self.session.judge(body)
             self.send_json(HTTPStatus.OK, {"saved": record["time"]})

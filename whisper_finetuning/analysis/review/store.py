@@ -14,6 +14,8 @@ from pathlib import Path
 REVIEW_FOLDER = "review"
 JUDGMENTS_FILE = "judgments.jsonl"
 TIE = "tie"  # a judgment's "best" when its candidates are equally good
+# Who judged what and how: a line without these is not a judgment.
+JUDGMENT_FIELDS = {"reviewer", "id", "best"}
 
 
 def judgments_path(exp):
@@ -41,19 +43,42 @@ class JudgmentLog:
         return record
 
 
-def read_judgments(path):
-    """All judgment lines in file order; a torn last line (a crash mid-write) is ignored."""
+def read_judgment_log(path):
+    """The judgments in file order, and the numbers of the lines skipped as not judgments
+    (not JSON, not UTF-8, or without a judgment's keys); a torn last line (a crash mid-write,
+    no newline) is ignored and not counted."""
     path = Path(path)
     if not path.is_file():
-        return []
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
+        return [], []
+    records, skipped = [], []
+    lines = path.read_bytes().split(b"\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (ValueError, RecursionError):  # also bad UTF-8 and huge integers
+            record = None
+        if _is_judgment(record):
+            records.append(record)
+        elif number < len(lines):  # the last piece has no newline: torn, not foreign
+            skipped.append(number)
+    return records, skipped
+
+
+def _is_judgment(record):
+    """Whether a parsed line holds what ``ReviewSession.judge`` appends."""
+    return (
+        isinstance(record, dict)
+        and JUDGMENT_FIELDS <= set(record)
+        and isinstance(record["reviewer"], str)
+        and isinstance(record["id"], str)
+    )
+
+
+def read_judgments(path):
+    """The judgments in file order (see ``read_judgment_log``)."""
+    return read_judgment_log(path)[0]
 
 
 def latest(records):

@@ -44,7 +44,7 @@ def prepare_lhotse(
         for split in dict.fromkeys([*train_splits, *valid_splits, *test_splits])
     }  # the files as the manifests name them; read as the recipe will resolve them
     cuts = {
-        split: audio_sources.lhotse_cuts(resolve(cuts_file, data_folder))
+        split: _read_cuts(resolve(cuts_file, data_folder))
         for split, cuts_file in cuts_files.items()
     }
 
@@ -62,6 +62,15 @@ def prepare_lhotse(
         ]
         write_manifest(csv_path, data_folder, utterances(names), _extra_columns(supervisions))
     return outputs
+
+
+def _read_cuts(path):
+    """The cuts of one CutSet file; a cut, torn or garbage file is one ValueError naming it."""
+    try:
+        return audio_sources.lhotse_cuts(path)
+    except (OSError, EOFError, ValueError, KeyError, TypeError) as error:  # gzip, JSON, fields
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"{path} is not a readable Lhotse CutSet: {reason}") from None
 
 
 def _cuts_file(data_folder, split):

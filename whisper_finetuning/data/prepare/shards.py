@@ -121,10 +121,17 @@ def _samples(shard, data_folder):
     except (tarfile.TarError, OSError) as error:
         raise ValueError(f"{shard} is not an uncompressed tar file: {error}") from None
     samples = {}
+    size = shard.stat().st_size
     with tar:
-        for member in tar:
+        for member in _members(tar, shard):
             if not member.isfile():
                 continue
+            if member.offset_data + member.size > size:
+                raise ValueError(
+                    f"{shard} is truncated: {member.name} ends at byte "
+                    f"{member.offset_data + member.size}, the file has {size} bytes; write it "
+                    "again (write_shards)"
+                )
             folder, base = posixpath.split(member.name)
             stem, _, extension = base.partition(".")
             key = posixpath.join(folder, stem)
@@ -141,6 +148,14 @@ def _samples(shard, data_folder):
     for sample in samples.values():  # a key without audio names no file: missing audio
         sample["wav"] = sample["wav"] or f"{relative}#{sample['key']}"
     return list(samples.values())
+
+
+def _members(tar, shard):
+    """The members of an open shard; a damaged header is one ValueError naming the shard."""
+    try:
+        yield from tar
+    except (tarfile.TarError, EOFError) as error:
+        raise ValueError(f"{shard} is damaged: {error}; write it again (write_shards)") from None
 
 
 def _json_fields(data, shard, name):
