@@ -11,7 +11,7 @@ from conftest import write_manifest
 from whisper_finetuning import check_data as check_data_cli
 from whisper_finetuning.data import checks as check_data
 from whisper_finetuning.data.checks import run_checks
-from whisper_finetuning.data.manifests import DataError, named_manifests
+from whisper_finetuning.data.manifests import DataError, check_format, named_manifests
 
 COLUMNS = ("ID", "duration", "wav", "spk_id", "dialect", "wrd")
 CHARS_PER_SECOND = 14.0
@@ -335,8 +335,8 @@ def test_float_samples_beyond_full_scale_and_control_characters(corpus):
 def test_a_column_named_twice_is_an_error(corpus):
     columns = ("ID", "duration", "wav", "wrd", "spk_id", "wrd")
     manifests = corpus.manifests(columns)
-    with pytest.raises(dataio.DataError) as error:
-        dataio.check_format(manifests["train"])
+    with pytest.raises(DataError) as error:
+        check_format(manifests["train"])
     assert str(error.value) == (
         f"manifest {manifests['train']}, line 1, column 6: 'wrd' is the name of column 4 too"
     )
