@@ -26,26 +26,32 @@ def draw_scores(metric_name):
     return lambda sums: np.array([score(column.tolist()) or 0.0 for column in sums.T])
 
 
-def pair_rows(decoded, metric_name, ids, block):
-    """Each pair's ``{a, b, difference, ci95, p, n_blocks}`` of ``metric_name`` (a minus b) on
-    utterances ``ids``, blocked by utterance field ``block`` (None: by utterance), with
-    ``p_holm``: Holm-adjusted across the pairs. One block gives no interval (p is None)."""
+def paired_difference(utterances_a, utterances_b, metric_name, block):
+    """``{difference, ci95, p, n_blocks}`` of ``metric_name`` between two systems' transcripts
+    of the same utterances (a minus b), blocked by utterance field ``block`` (None: by
+    utterance). One block gives no interval (p is None)."""
     key = metric_name.lower()
+    blocks = [u.get(block, u["id"]) if block else u["id"] for u in utterances_a]
+    point, lo, hi, p, n_blocks = paired_bootstrap(
+        statistics_of(utterances_a, key),
+        statistics_of(utterances_b, key),
+        draw_scores(metric_name),
+        blocks,
+    )
+    if n_blocks < 2:
+        lo = hi = p = None
+    return {"difference": point, "ci95": [lo, hi], "p": p, "n_blocks": n_blocks}
+
+
+def pair_rows(decoded, metric_name, ids, block):
+    """Each pair's ``{a, b, difference, ci95, p, n_blocks}`` of ``metric_name`` on utterances
+    ``ids`` (``paired_difference``), with ``p_holm``: Holm-adjusted across the pairs."""
     rows = []
     for a, b in combinations(decoded, 2):
-        utterances_a = [decoded[a][i] for i in ids]
-        utterances_b = [decoded[b][i] for i in ids]
-        blocks = [u.get(block, u["id"]) if block else u["id"] for u in utterances_a]
-        point, lo, hi, p, n_blocks = paired_bootstrap(
-            statistics_of(utterances_a, key),
-            statistics_of(utterances_b, key),
-            draw_scores(metric_name),
-            blocks,
+        difference = paired_difference(
+            [decoded[a][i] for i in ids], [decoded[b][i] for i in ids], metric_name, block
         )
-        if n_blocks < 2:
-            lo = hi = p = None
-        rows.append({"a": a, "b": b, "difference": point, "ci95": [lo, hi], "p": p})
-        rows[-1]["n_blocks"] = n_blocks
+        rows.append({"a": a, "b": b, **difference})
     tested = [row for row in rows if row["p"] is not None]
     for row, adjusted in zip(tested, holm([row["p"] for row in tested]), strict=True):
         row["p_holm"] = adjusted
