@@ -25,7 +25,6 @@ from collections import Counter
 from operator import itemgetter
 
 import numpy as np
-from sacrebleu.metrics import BLEU, CHRF
 from speechbrain.utils.metric_stats import ErrorRateStats
 from transformers.models.whisper.english_normalizer import (
     BasicTextNormalizer,
@@ -33,6 +32,7 @@ from transformers.models.whisper.english_normalizer import (
 )
 
 from whisper_finetuning.common.files import write_json, write_jsonl, write_text
+from whisper_finetuning.evaluation.metrics import METRICS, SACREBLEU_BLEU, SACREBLEU_CHRF, metric
 from whisper_finetuning.model.vocabulary import ENGLISH, ENGLISH_CODE
 from whisper_finetuning.training import distributed
 
@@ -102,32 +102,6 @@ class Normalizers:
         if name not in self._built:
             self._built[name] = text_normalizer(name, self.tokenizer, name == "english")
         return self._built[name](text)
-
-
-def _percent(errors, total):
-    """An error rate in percent; None over no reference units."""
-    return 100.0 * errors / total if total else None
-
-
-_BLEU, _CHRF = BLEU(), CHRF()
-# Each metric: the additive statistics of one utterance, and the score of summed statistics.
-# sacrebleu's corpus scores are functions of summed per-sentence statistics, which is what
-# makes them resample in blocks like the error rates.
-METRICS = {
-    "wer": (itemgetter("word_errors", "words"), lambda s: _percent(*s)),
-    "cer": (itemgetter("char_errors", "chars"), lambda s: _percent(*s)),
-    "bleu": (itemgetter("bleu_stats"), lambda s: _BLEU._compute_score_from_stats(s).score),
-    "chrf": (itemgetter("chrf_stats"), lambda s: _CHRF._compute_score_from_stats(s).score),
-}
-
-
-def metric(utterances, name):
-    """Corpus-level ``name`` (wer, cer, bleu, chrf) of the utterances; None over none (or, for
-    WER and CER, over no reference units)."""
-    statistics, score = METRICS[name]
-    if not utterances:
-        return None
-    return score(np.sum([statistics(u) for u in utterances], axis=0).tolist())
 
 
 def _bootstrap_ci95(utterances, name, block_key):
@@ -324,8 +298,8 @@ class Scorer:
         scored = [ids[i] for i in kept]
         norm_hyps = [self._normalize(hyps[i], languages[i]) for i in kept]
         norm_refs = [norm_refs[i] for i in kept]
-        bleu = _BLEU._extract_corpus_statistics(norm_hyps, [norm_refs])
-        chrf = _CHRF._extract_corpus_statistics(norm_hyps, [norm_refs])
+        bleu = SACREBLEU_BLEU._extract_corpus_statistics(norm_hyps, [norm_refs])
+        chrf = SACREBLEU_CHRF._extract_corpus_statistics(norm_hyps, [norm_refs])
         norm_hyps, norm_refs = [h.split() for h in norm_hyps], [r.split() for r in norm_refs]
         self.wer.append(scored, norm_hyps, norm_refs)
         self.cer.append(scored, norm_hyps, norm_refs)

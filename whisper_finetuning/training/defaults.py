@@ -74,4 +74,8 @@ ADVANCED = {
     "sanity_max_epochs": 30,
     "sanity_lr": 0.001,
     "sanity_max_nll": 0.05,
+    # ---- sweeps (docs/comparing-runs.md) ----
+    # Decode the test sets (and zero-shot, long-form) after fit; a sweep's trials choose by
+    # valid only, and the chosen trial's folder is rerun with it true to decode them.
+    "decode_test_sets": True,
 }

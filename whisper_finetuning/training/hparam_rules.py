@@ -342,6 +342,8 @@ RULES = {
     "longform_condition_on_previous_text": Rule("bool", **RERUN_MAY_CHANGE),
     # augmentation
     "augment": BOOL,
+    # ---- sweeps (python -m whisper_finetuning.sweep) ----
+    "decode_test_sets": Rule("bool", **RERUN_MAY_CHANGE),
 }
 
 

@@ -38,7 +38,7 @@ def start(brain, hparams, trains, test_sets, test_loader_kwargs, zero_shot):
     provenance.start_from(hparams)  # init_from: an earlier run's checkpoint, in a new folder
     if trains and if_main_process():
         training_log.write_run_info(hparams, brain.grad_accumulation_factor)
-    if zero_shot:
+    if zero_shot and hparams["decode_test_sets"]:
         folder = os.path.join(hparams["output_folder"], "zero_shot")
         runs.decode_test_sets(brain, test_sets, hparams, folder, test_loader_kwargs)
         run_on_main(runs.decode_longform_sets, args=[brain, hparams, folder, True])
@@ -67,15 +67,16 @@ def finish(
         runs.mark_fit_done(hparams["save_folder"], hparams["number_of_epochs"])
     brain.checkpointer.delete_checkpoints(num_to_keep=1, importance_keys=brain.kept_checkpoints)
     output = hparams["output_folder"]
-    runs.decode_test_sets(
-        brain, test_sets, hparams, output, test_loader_kwargs, min_key=selection_metric
-    )
-    brain.on_evaluate_start(min_key=selection_metric)  # the long-form sets too: the kept checkpoint
-    run_on_main(runs.decode_longform_sets, args=[brain, hparams, output])
-    if zero_shot:
-        args = [output, next(iter(test_sets)), comparison_group]
-        run_on_main(scoring.write_comparison, args=args)
-        if longform_test_csv:
-            run_on_main(longform.write_comparison, args=[output, runs.longform_names(hparams)])
+    if hparams["decode_test_sets"]:  # a sweep's trials choose by valid only
+        runs.decode_test_sets(
+            brain, test_sets, hparams, output, test_loader_kwargs, min_key=selection_metric
+        )
+        brain.on_evaluate_start(min_key=selection_metric)  # long-form too: the kept checkpoint
+        run_on_main(runs.decode_longform_sets, args=[brain, hparams, output])
+        if zero_shot:
+            args = [output, next(iter(test_sets)), comparison_group]
+            run_on_main(scoring.write_comparison, args=args)
+            if longform_test_csv:
+                run_on_main(longform.write_comparison, args=[output, runs.longform_names(hparams)])
     if hparams["diagnose_after_training"]:
         run_on_main(diagnose_run, args=[output])

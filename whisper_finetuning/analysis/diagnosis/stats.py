@@ -1,4 +1,5 @@
-"""The statistics behind the diagnosis: paired bootstrap, permutation and rank tests.
+"""The statistics behind the diagnosis and the comparison of runs: paired bootstrap,
+multiple-testing corrections, permutation and rank tests.
 
 Each function is small and deterministic (fixed seeds), so a report can be reproduced.
 """
@@ -17,35 +18,79 @@ SEED = 0
 WORD = re.compile(r"[\w']+")
 
 
-def paired_bootstrap_difference(
-    errors_a, errors_b, words, blocks=None, samples=None, seed=SEED, confidence=0.95
+def paired_bootstrap(
+    stats_a, stats_b, score, blocks=None, samples=None, seed=SEED, confidence=0.95
 ):
-    """WER(a) - WER(b) in points, with a percentile interval from a paired bootstrap.
+    """score(a) - score(b) with a percentile interval and a two-sided p-value from a paired
+    bootstrap.
 
-    Utterances (or whole blocks, e.g. speakers) are resampled together for both systems, so
-    the interval reflects the difference on the same audio, not two independent noises.
-    Returns ``(point, lo, hi, n_blocks)``.
+    ``stats_a`` and ``stats_b`` are the two systems' additive statistics per utterance
+    ((utterances, k) arrays, e.g. word errors and reference words); ``score`` maps summed
+    statistics ((k, draws) arrays) to the metric of each draw. Utterances (or whole blocks,
+    e.g. speakers) are resampled together for both systems, so the interval reflects the
+    difference on the same audio, not two independent noises. The p-value is twice the
+    smaller share of resampled differences on either side of zero (1 when every difference
+    is 0). Returns ``(point, lo, hi, p_value, n_blocks)``.
     """
-    errors_a, errors_b, words = (np.asarray(x, dtype=float) for x in (errors_a, errors_b, words))
+    stats_a, stats_b = (np.asarray(x, dtype=float).reshape(len(x), -1) for x in (stats_a, stats_b))
     if blocks is None:
-        blocks = np.arange(len(words))
+        blocks = np.arange(len(stats_a))
     _, block_index = np.unique(np.asarray(blocks), return_inverse=True)
     n_blocks = int(block_index.max()) + 1
-    per_block = np.zeros((3, n_blocks))
-    for row, values in enumerate((errors_a, errors_b, words)):
-        np.add.at(per_block[row], block_index, values)
-    point = 100.0 * (errors_a.sum() - errors_b.sum()) / words.sum()
+    per_block = np.zeros((2, stats_a.shape[1], n_blocks))
+    for system, values in enumerate((stats_a, stats_b)):
+        for column in range(values.shape[1]):
+            np.add.at(per_block[system, column], block_index, values[:, column])
+    whole = per_block.sum(axis=2, keepdims=True)
+    point = float(score(whole[0])[0] - score(whole[1])[0])
     rng = np.random.default_rng(seed)
     samples = samples or BOOTSTRAP_SAMPLES
     differences = []
     for start in range(0, samples, BOOTSTRAP_CHUNK):  # bounded memory on large valid sets
         draws = rng.integers(0, n_blocks, size=(min(BOOTSTRAP_CHUNK, samples - start), n_blocks))
-        sums = per_block[:, draws].sum(axis=2)  # (3, chunk)
-        differences.append(100.0 * (sums[0] - sums[1]) / np.maximum(sums[2], 1))
+        sums = per_block[:, :, draws].sum(axis=3)  # (2, k, chunk)
+        differences.append(score(sums[0]) - score(sums[1]))
     differences = np.concatenate(differences)
     tail = 50 * (1 - confidence)
     lo, hi = np.percentile(differences, [tail, 100 - tail])
-    return float(point), float(lo), float(hi), n_blocks
+    below, above = np.mean(differences <= 0), np.mean(differences >= 0)
+    p_value = min(1.0, 2 * min(below, above))
+    return point, float(lo), float(hi), float(p_value), n_blocks
+
+
+def error_rate(sums):
+    """Errors over reference units in percent, per draw of summed ``(errors, units)``; a draw
+    without reference units counts as 0."""
+    return 100.0 * sums[0] / np.maximum(sums[1], 1)
+
+
+def paired_bootstrap_difference(
+    errors_a, errors_b, words, blocks=None, samples=None, seed=SEED, confidence=0.95
+):
+    """WER(a) - WER(b) in points with its paired-bootstrap interval (``paired_bootstrap``).
+    Returns ``(point, lo, hi, n_blocks)``."""
+    point, lo, hi, _, n_blocks = paired_bootstrap(
+        np.column_stack([errors_a, words]),
+        np.column_stack([errors_b, words]),
+        error_rate,
+        blocks,
+        samples,
+        seed,
+        confidence,
+    )
+    return point, lo, hi, n_blocks
+
+
+def holm(p_values):
+    """Holm's step-down adjusted p-values, in the order given: the k-th smallest p is
+    multiplied by (m - k + 1), made non-decreasing in that order, capped at 1."""
+    p_values = np.asarray(p_values, float)
+    m = len(p_values)
+    order = np.argsort(p_values, kind="stable")
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p_values[order]))
+    result = np.empty(m)
+    result[order] = adjusted
+    return result.tolist()
 
 
 def stratified_permutation_drop(pairs, permutations=PERMUTATIONS, seed=SEED):

@@ -1,0 +1,142 @@
+"""``comparison.json`` and ``comparison.md``: the runs' scores with 95% intervals, every pair's
+paired difference and verdict, overall and per group, and the valid curves' plot."""
+
+import os
+
+from whisper_finetuning.analysis.comparison import pairs, runs
+from whisper_finetuning.analysis.comparison.plots import valid_curves
+from whisper_finetuning.analysis.diagnosis.stats import BOOTSTRAP_SAMPLES
+from whisper_finetuning.common.files import write_json, write_text
+from whisper_finetuning.evaluation.selection import SELECTION_METRICS
+
+JSON_FILE, MARKDOWN_FILE, CURVES_FILE = "comparison.json", "comparison.md", "comparison_curves.png"
+
+
+def decision_metric(compared):
+    """The metric the verdicts use: the runs' common selection metric, else WER."""
+    chosen = {run.selection_metric for run in compared}
+    return chosen.pop() if len(chosen) == 1 else "WER"
+
+
+def curve(run, metric_name):
+    """A run's valid loss and ``metric_name`` per epoch."""
+    return [
+        {"epoch": r["epoch"], "loss": r.get("loss"), metric_name: r.get(metric_name)}
+        for r in run.epochs
+    ]
+
+
+def build(folders, test_csv=()):
+    """The comparison of the runs in ``folders`` as the ``comparison.json`` dict."""
+    compared = runs.load_runs(folders)
+    names = runs.test_set_names(compared, test_csv)
+    manifests = list(test_csv) or [None] * len(names)
+    decide = decision_metric(compared)
+    group_columns = list(
+        dict.fromkeys(
+            c
+            for run in compared
+            for c in runs.read_json(run.folder / "run.json").get("group_columns", [])
+        )
+    )
+    result = {
+        "runs": [
+            {"label": r.label, "folder": str(r.folder), "selection_metric": r.selection_metric}
+            for r in compared
+        ],
+        "decision_metric": decide,
+        "alpha": pairs.ALPHA,
+        "bootstrap_samples": BOOTSTRAP_SAMPLES,
+        "curves": {r.label: curve(r, decide) for r in compared},
+        "test_sets": {},
+    }
+    for name, csv_path in zip(names, manifests, strict=True):
+        decoded = runs.same_utterances(compared, name, csv_path)
+        scores = {}
+        for run in compared:
+            summary = run.summary(name)
+            scores[run.label] = {
+                "selected_epoch": summary.get("epoch"),
+                "n_utterances": summary["n_utterances"],
+                **{
+                    key: summary[key]
+                    for m in SELECTION_METRICS
+                    for key in (m.lower(), f"{m.lower()}_ci95")
+                },
+            }
+        result["test_sets"][name] = {
+            "scores": scores,
+            **pairs.compare(decoded, group_columns, decide),
+        }
+    return result
+
+
+def _number(value, digits=2):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _interval(ci95):
+    return "-" if ci95 is None or ci95[0] is None else f"{ci95[0]:.2f} to {ci95[1]:.2f}"
+
+
+def _pair_table(rows, label, group=None):
+    """Pairs as table rows; with ``group`` (column, {value: rows}) one row per value and pair."""
+    lead = f"| {group[0]} " if group else ""
+    lines = [
+        f"{lead}| pair | {label} difference (a - b) | 95% CI | p | p (Holm) | verdict |",
+        "|---" * (7 if group else 6) + "|",
+    ]
+    valued = group[1].items() if group else [(None, rows)]
+    for value, value_rows in valued:
+        for r in value_rows:
+            lines.append(
+                ("" if value is None else f"| {value} ")
+                + f"| {r['a']} - {r['b']} | {_number(r['difference'])} | {_interval(r['ci95'])} "
+                f"| {_number(r['p'], 4)} | {_number(r['p_holm'], 4)} | {r['verdict']} |"
+            )
+    return lines + [""]
+
+
+def markdown(result, plotted):
+    """The comparison as Markdown."""
+    decide = result["decision_metric"]
+    lines = [
+        "# Comparison of runs",
+        "",
+        f"Each run's checkpoint selected by its selection metric; verdicts by {decide} "
+        f"(the runs' common selection metric, else WER): a pair's Holm-adjusted p below "
+        f"{result['alpha']} across the pairs. Paired bootstrap ({result['bootstrap_samples']} "
+        "resamples of whole blocks, the same for both runs).",
+        "",
+    ]
+    for name, test in result["test_sets"].items():
+        lines += [
+            f"## test set {name} (blocks: {test['blocked_by']})",
+            "",
+            "| run | epoch | n | " + " | ".join(f"{m} | 95% CI" for m in SELECTION_METRICS) + " |",
+            "|---|---|---|" + "---|---|" * len(SELECTION_METRICS),
+        ]
+        for label, s in test["scores"].items():
+            cells = " | ".join(
+                f"{_number(s[m.lower()])} | {_interval(s[f'{m.lower()}_ci95'])}"
+                for m in SELECTION_METRICS
+            )
+            lines.append(f"| {label} | {s['selected_epoch']} | {s['n_utterances']} | {cells} |")
+        lines.append("")
+        for metric_name, rows in test["overall"].items():
+            lines += [f"### {metric_name}", ""] + _pair_table(rows, metric_name)
+        for column, values in test["per_group"].items():
+            lines += [f"### {decide} per {column}", ""]
+            lines += _pair_table(None, decide, (column, values))
+    if plotted:
+        lines += ["## valid curves", "", f"![valid loss and {decide} per epoch]({plotted})", ""]
+    return "\n".join(lines)
+
+
+def write(result, folder):
+    """Write ``comparison.json``, ``comparison.md`` and the curves' plot into ``folder``."""
+    os.makedirs(folder, exist_ok=True)
+    plotted = valid_curves(result["curves"], result["decision_metric"], folder, CURVES_FILE)
+    write_json(os.path.join(folder, JSON_FILE), result)
+    write_text(os.path.join(folder, MARKDOWN_FILE), markdown(result, plotted))
+    return os.path.join(folder, MARKDOWN_FILE)

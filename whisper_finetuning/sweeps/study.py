@@ -1,0 +1,113 @@
+"""The Optuna study of a sweep: its sampler, its shared storage, the trials' loop, resuming.
+
+The study lives in an RDB storage (SQLite in the output folder by default), so several
+processes or machines pointed at the same database URL run distinct trials of one study.
+Each trial beats a heartbeat into the database; a trial whose heartbeat stopped (its process
+was killed) is marked failed when a sweep next starts, and Optuna's retry callback queues it
+again with the same values and folder, where train.py resumes from its own checkpoint.
+Finished trials are never repeated: the study counts them.
+"""
+
+import itertools
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+
+from whisper_finetuning.evaluation.selection import SELECTION_DIRECTIONS
+from whisper_finetuning.sweeps import spec as specs
+from whisper_finetuning.sweeps import trials
+
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+MAX_RETRIES = 3  # a trial killed more often than this is left failed
+
+
+def sampler(spec):
+    if spec.sampler == "grid":
+        return optuna.samplers.GridSampler(spec.space, seed=spec.seed)
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=spec.seed)
+    return optuna.samplers.TPESampler(seed=spec.seed)
+
+
+def open_study(spec):
+    """The spec's study, created on first use."""
+    spec.output_folder.mkdir(parents=True, exist_ok=True)
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat
+    storage = RDBStorage(
+        spec.storage,
+        heartbeat_interval=spec.heartbeat_seconds,
+        grace_period=2 * spec.heartbeat_seconds,
+        heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=MAX_RETRIES),
+    )
+    direction = "minimize" if SELECTION_DIRECTIONS[spec.selection_metric] < 0 else "maximize"
+    options = dict(
+        storage=storage,
+        study_name=spec.study_name,
+        direction=direction,
+        sampler=sampler(spec),
+        pruner=optuna.pruners.MedianPruner() if spec.pruning else optuna.pruners.NopPruner(),
+    )
+    try:
+        study = optuna.create_study(**options)
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.create_study(**options, load_if_exists=True)
+        if spec.sampler == "grid":
+            _wait_for_the_grid(study)
+        return study
+    if spec.sampler == "grid":
+        # Optuna's grid sampler picks grid points at random, so processes starting together
+        # can pick the same one; queued, each point is taken by one process (the database
+        # hands a waiting trial to one).
+        for values in itertools.product(*spec.space.values()):
+            study.enqueue_trial(dict(zip(spec.space, values, strict=True)))
+    return study
+
+
+def _wait_for_the_grid(study, seconds=10):
+    """A process joining a grid study waits (briefly) for its creator to queue the grid."""
+    deadline = time.monotonic() + seconds
+    while not study.get_trials(deepcopy=False) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def counted(study):
+    """Trials that count towards ``n_trials``: finished, pruned or running elsewhere."""
+    return len(study.get_trials(deepcopy=False, states=COUNTED))
+
+
+def objective(spec):
+    def run_trial(trial):
+        params = specs.suggest(trial, spec.space)
+        # A retried trial keeps its folder (user attributes are copied): train.py resumes.
+        folder = trial.user_attrs.get("folder") or str(trials.trial_folder(spec, trial.number))
+        trial.set_user_attr("folder", folder)
+        return trials.run(spec, trial, params, Path(folder))
+
+    return run_trial
+
+
+def run(spec):
+    """Run trials until the study holds ``n_trials``; returns the study."""
+    study = open_study(spec)
+    optuna.storages.fail_stale_trials(study)  # killed trials: failed, queued again
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    if counted(study) < spec.n_trials or waiting:
+        study.optimize(
+            objective(spec),
+            callbacks=[MaxTrialsCallback(spec.n_trials, states=COUNTED)],
+            gc_after_trial=False,
+        )
+    return study
+
+
+def finished(study, spec):
+    """Whether every trial has ended (none running in another process)."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    return len(done) >= spec.n_trials and not study.get_trials(
+        deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)
+    )
