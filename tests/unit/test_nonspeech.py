@@ -4,9 +4,13 @@
 import math
 
 import pytest
+import torch
 from transformers.models.whisper.english_normalizer import BasicTextNormalizer
 
+from whisper_finetuning.data import examples
 from whisper_finetuning.evaluation import scoring
+from whisper_finetuning.model.asr import WhisperASR
+from whisper_finetuning.model.fast_loss import nll_loss
 
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
@@ -110,3 +114,52 @@ def test_summaries_and_comparisons_show_the_rates(tmp_path):
         *("zs HALL ft HALL zs REP5 ft REP5 zs INS ft INS".split()),
     ]
     assert table[-3].split()[-6:] == ["50.00", "50.00", "50.00", "50.00", "75.00", "75.00"]
+
+
+# ------------------------------------------------ the no-speech target, as Whisper was trained --
+
+
+@pytest.fixture(scope="module")
+def whisper(random_whisper_dir):
+    return WhisperASR(str(random_whisper_dir))
+
+
+def test_a_nonspeech_row_trains_the_nospeech_probability_at_the_start_of_transcript(whisper):
+    rows = {
+        "speech": {"wrd": "hello there", "duration": 1.0, "spk_id": "a"},
+        "silence": {"wrd": "  ", "duration": 1.0, "spk_id": "a"},
+    }
+    builder = examples.TrainingExamples(rows, whisper, seed=1, longform_probability=1.0)
+    assert builder.active and whisper.tokenizer.convert_ids_to_tokens(whisper.no_speech) in (
+        "<|nospeech|>",
+        "<|nocaptions|>",  # the first checkpoints' name of it
+    )
+    assert whisper.no_speech == whisper.timestamp_begin - 2  # just before <|notimestamps|>
+    sot, eot, nospeech = whisper.prompt()[0], whisper.eot, whisper.no_speech
+    plan = builder.plan("silence")
+    assert (plan.ids, plan.timestamps, plan.previous) == (("silence",), False, None)
+    assert builder.tokens(plan) == ([sot, nospeech], [nospeech, eot], 1)
+    assert builder.plan("speech").ids == ("speech",)  # a long-form example stops at silence
+    # The recipe's loss on the row is -log p(<|nospeech|> | sot) - log p(eot | sot nospeech),
+    # averaged: the very probability openai's no_speech_prob reads.
+    torch.manual_seed(0)
+    encoder_out = whisper.encode(whisper.features(0.1 * torch.randn(1, 16000)))
+    tokens_bos, tokens_eos, prompt_len = builder.tokens(plan)
+    with torch.no_grad():
+        hidden = whisper.decoder_hidden(torch.tensor([tokens_bos]), encoder_out)
+        aligned = examples.align_to_targets(hidden, [prompt_len], len(tokens_eos))
+        loss, _ = nll_loss(
+            whisper.model.proj_out, aligned, torch.tensor([tokens_eos]), torch.ones(1)
+        )
+        log_probs = whisper.forward_decoder(torch.tensor([[sot, nospeech]]), encoder_out)
+        log_probs = log_probs.float().log_softmax(-1)[0]
+    expected = -(log_probs[0, nospeech] + log_probs[1, eot]) / 2
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_with_objective_mwer_a_nonspeech_row_is_an_empty_transcript(whisper):
+    rows = {"silence": {"wrd": "", "duration": 1.0}}
+    builder = examples.TrainingExamples(rows, whisper, seed=1, nonspeech_target=False)
+    assert not builder.active
+    prompt = whisper.prompt()
+    assert builder.tokens(builder.plan("silence")) == (prompt, [whisper.eot], len(prompt))
