@@ -200,8 +200,8 @@ class TrainingExamples:
         targets ``<|nospeech|>`` + EOT, prompt length 1 (see the module docstring)."""
         whisper = self.whisper
         if self.nonspeech_target and plan.ids[0] in self.nonspeech:
-            start_of_transcript = whisper.prompt(self.language(plan.ids[0]))[0]
-            return [start_of_transcript, whisper.no_speech], [whisper.no_speech, whisper.eot], 1
+            start, no_speech = whisper.start_of_transcript, whisper.no_speech
+            return [start, no_speech], [no_speech, whisper.eot], 1
         previous = whisper.encode_text(plan.previous) if plan.previous else ()
         prompt = whisper.prompt(
             self.language(plan.ids[0]), timestamps=plan.timestamps, previous=previous

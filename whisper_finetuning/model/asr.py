@@ -298,6 +298,11 @@ class WhisperASR(torch.nn.Module):
         return MAX_PROMPT_TOKENS - (0 if self.is_multilingual else LANGUAGE_AND_TASK_TOKENS)
 
     @property
+    def start_of_transcript(self):
+        """The id of ``<|startoftranscript|>``."""
+        return self.tokenizer.convert_tokens_to_ids(SOT)
+
+    @property
     def no_speech(self):
         """The id of ``<|nospeech|>`` (``<|nocaptions|>`` in the first checkpoints'
         vocabularies): the token before ``<|notimestamps|>``, as openai's tokenizer and
