@@ -336,6 +336,15 @@ def test_references_with_no_word_are_left_out_of_wer_and_counted():
         "n": 0,
         "words": 0,
         "n_unscorable": 2,
+        "nonspeech": {
+            "n": 0,
+            "n_with_words": 0,
+            "hallucination_rate": None,
+            "hallucination_rate_ci95": None,
+            "words_per_minute": None,
+        },
+        "repeated_ngram_rate": None,
+        "insertion_rate": None,
     }
     assert summary["per_group"]["dialect"]["north"]["words"] == 5
     text = scoring.format_summary({**summary, "model": None}, "test")

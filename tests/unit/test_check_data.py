@@ -203,7 +203,7 @@ def test_empty_and_over_long_labels(corpus):
     corpus.rows["test"][2]["wrd"] = " ".join(["word"] * 30)  # 149 characters
     # A model tokenizer: one token per word plus five prompt/end positions.
     findings = corpus.check(token_count=lambda text: len(text.split()) + 5, max_tokens=34)
-    assert rows_of(findings, "empty_label", "error") == [("train", "train1")]
+    assert rows_of(findings, "nonspeech_rows", "info") == [("train", "train1")]
     assert rows_of(findings, "label_too_long", "error") == [("test", "test16")]
     (too_long,) = [f for f in findings if f["kind"] == "label_too_long"]
     assert too_long["rows"][0]["value"] == 35

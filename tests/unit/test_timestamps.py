@@ -256,7 +256,7 @@ def scripted_windows(script, calls):
 
     def decode(start, end, previous):
         calls.append((start / 16000, end / 16000, list(previous)))
-        return script[start / 16000]
+        return script[start / 16000], 0.0
 
     return decode
 
@@ -315,7 +315,7 @@ def test_recordings_decoded_together_equal_each_decoded_alone():
 
     def decode_windows(requests, previous):
         batches.append([(i, start / 16000) for i, start, _ in requests])
-        return [scripts[i][start / 16000] for i, start, _ in requests]
+        return [(scripts[i][start / 16000], 0.0) for i, start, _ in requests]
 
     together = [Transcription(n, begin, condition_on_previous_text=False) for n in lengths]
     transcribe_together(decode_windows, together)
@@ -337,7 +337,7 @@ def test_each_recording_s_windows_are_prompted_in_its_language(random_multilingu
     decoder = WindowDecoder(model, wavs, max_new_tokens=6, languages=languages)
     previous = model.encode_text("vorher")
     found = decoder([(0, 0, len(wavs[0])), (1, 0, len(wavs[1]))], previous)
-    for wav, language, code, tokens in zip(wavs, languages, codes, found, strict=True):
+    for wav, language, code, (tokens, _) in zip(wavs, languages, codes, found, strict=True):
         window = torch.nn.functional.pad(wav, (0, 16000 * 30 - len(wav)))[None]
         prompt = model.prompt(language, timestamps=True, previous=previous)
         assert prompt[-2:] == model.tokenizer.convert_tokens_to_ids(

@@ -351,7 +351,9 @@ def test_checkpoints_hold_only_trainable_parameters(random_whisper_dir, tmp_path
         fresh._load(tmp_path / "bad.ckpt", True)
 
 
-def test_the_export_prompts_as_the_run_did_when_a_pipeline_names_nothing(random_multilingual_dir):
+def test_the_export_prompts_as_the_run_did_when_a_pipeline_names_nothing(
+    random_multilingual_dir, tmp_path
+):
     from whisper_finetuning.export.huggingface import generation_config
 
     whisper = WhisperASR(random_multilingual_dir, None, language="de", task="translate")
@@ -360,3 +362,10 @@ def test_the_export_prompts_as_the_run_did_when_a_pipeline_names_nothing(random_
     assert getattr(whisper.generation_config, "task", None) is None  # the run's own: as it was
     rows_named = generation_config(WhisperASR(random_multilingual_dir, None))
     assert (rows_named.language, rows_named.task) == (None, "transcribe")
+    # openai's transcribe thresholds, which generate reads from the config
+    thresholds = ("no_speech_threshold", "logprob_threshold", "compression_ratio_threshold")
+    assert [getattr(exported, key) for key in thresholds] == [0.6, -1.0, 2.4]
+    saved = tmp_path / "config"
+    exported.save_pretrained(saved)
+    reloaded = type(exported).from_pretrained(saved)
+    assert [getattr(reloaded, key) for key in thresholds] == [0.6, -1.0, 2.4]

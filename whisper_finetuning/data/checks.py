@@ -11,10 +11,10 @@ same checks (``run_checks``) before training. Severities:
 
 * error: the results would be wrong or a row cannot be used -- the same audio in two splits,
   a transcript of at least ``LEAK_MIN_WORDS`` words in train and in another split, speakers
-  shared by a split that is otherwise speaker-disjoint, duplicate IDs, empty labels, labels
+  shared by a split that is otherwise speaker-disjoint, duplicate IDs, labels
   over the decoder's token limit, audio over 30 s, missing or unreadable audio, NaN or
   infinite samples, a manifest SpeechBrain cannot read (file, line, column), a valid set
-  with no transcript that has a word once normalised;
+  with no transcript that has a word once normalised (empty ones included);
 * warning: probably a mistake -- transcripts with no word once normalised (left out of WER),
   silent clips, clipped clips, float samples beyond [-1, 1], control characters in
   transcripts, shorter shared transcripts, the same audio twice in a split,
@@ -22,7 +22,8 @@ same checks (``run_checks``) before training. Severities:
   rates (characters per second, robust z-score over the corpus), distribution shift between
   train and another split, labels over the token limit by an estimated count;
 * info: true and worth knowing -- a split by sentence with the same speakers everywhere,
-  multi-channel audio (downmixed when read), no speaker column.
+  multi-channel audio (downmixed when read), no speaker column, non-speech rows (empty
+  transcripts: kept, trained toward no speech and scored apart).
 
 Speakers: for each split against train, if none of its speakers is in train the split is
 speaker-disjoint; if all are, the split is by sentence (info); if at most half are, the split
@@ -56,6 +57,7 @@ from whisper_finetuning.data.manifests import (
     resolve_languages,
 )
 from whisper_finetuning.evaluation.scoring import Normalizers, has_words
+from whisper_finetuning.evaluation.text import is_nonspeech
 from whisper_finetuning.model.vocabulary import MAX_PROMPT_TOKENS, MAX_TARGET_POSITIONS
 from whisper_finetuning.training import provenance
 
@@ -66,7 +68,6 @@ SEVERITIES = ("error", "warning", "info")
 ROW_KINDS = (
     "unreadable_audio",
     "non_finite_audio",
-    "empty_label",
     "label_too_long",
     "audio_too_long",
 )
@@ -198,24 +199,25 @@ def _scan_audio(ref):
 
 
 def _check_samples(rows, audio, findings):
-    """Clips with NaN or infinite samples (unusable), silent clips, clipped clips, float clips
-    beyond full scale."""
+    """Clips with NaN or infinite samples (unusable), silent speech clips (a non-speech row may
+    be silent), clipped clips, float clips beyond full scale."""
     clipped = f"over {CLIPPED_SHARE:.0%} of samples at |x| >= {CLIPPED_LEVEL}; value: share"
     checks = (  # severity, kind, what such clips are, which clips, the value listed
         ("error", "non_finite_audio", "have NaN or infinite samples (value: how many)",
-         lambda a: a["non_finite"] > 0, "non_finite"),
+         lambda r, a: a["non_finite"] > 0, "non_finite"),
         ("warning", "silent_audio", "are silent (every sample is 0)",
-         lambda a: a["peak"] == 0 and not a["non_finite"], None),
+         lambda r, a: a["peak"] == 0 and not a["non_finite"] and not is_nonspeech(r["wrd"]),
+         None),
         ("warning", "clipped_audio", f"are clipped ({clipped})",
-         lambda a: a["clipped"] > CLIPPED_SHARE, "clipped"),
+         lambda r, a: a["clipped"] > CLIPPED_SHARE, "clipped"),
         ("warning", "beyond_full_scale", "have float samples beyond [-1, 1], clipped when "
-         "written as integers (value: peak)", lambda a: a["peak"] > 1.0, "peak"),
+         "written as integers (value: peak)", lambda r, a: a["peak"] > 1.0, "peak"),
     )  # fmt: skip
     for severity, kind, what, test, key in checks:
         found = [
             _ref(r, **({"value": round(a[key], 4)} if key else {}))
             for r in rows
-            if (a := audio[r["wav"]]) and test(a)
+            if (a := audio[r["wav"]]) and test(r, a)
         ]
         if found:
             findings.append(_finding(severity, kind, f"{len(found)} rows' clips {what}", found))
@@ -240,7 +242,10 @@ def _check_scorable(rows, normalize, findings):
             )
         )
     valid = [r for r in rows if r["split"] == VALID]
-    if valid and len([u for u in unscorable if u["split"] == VALID]) == len(valid):
+    valid_nonspeech = [r for r in valid if is_nonspeech(r["wrd"])]
+    if valid and len([u for u in unscorable if u["split"] == VALID] + valid_nonspeech) == len(
+        valid
+    ):
         findings.append(
             _finding(
                 "error",
@@ -257,8 +262,8 @@ def _control_character(text):
 
 
 def _check_rows(rows, audio, token_count, max_tokens, findings):
-    """Unusable rows: unreadable audio, empty or over-long labels, audio over 30 s; labels with
-    control characters."""
+    """Unusable rows: unreadable audio, over-long labels, audio over 30 s; non-speech rows;
+    labels with control characters."""
     unreadable = [_ref(r) for r in rows if audio[r["wav"]] is None]
     if unreadable:
         findings.append(
@@ -269,10 +274,16 @@ def _check_rows(rows, audio, token_count, max_tokens, findings):
                 unreadable,
             )
         )
-    empty = [_ref(r) for r in rows if not r["wrd"].strip()]
-    if empty:
+    nonspeech = [_ref(r) for r in rows if is_nonspeech(r["wrd"])]
+    if nonspeech:
         findings.append(
-            _finding("error", "empty_label", f"{len(empty)} rows have an empty transcript", empty)
+            _finding(
+                "info",
+                "nonspeech_rows",
+                f"{len(nonspeech)} rows have an empty transcript: non-speech rows, kept, "
+                "trained toward Whisper's no-speech prediction and scored apart (nonspeech)",
+                nonspeech,
+            )
         )
     controlled = [
         _ref(r, value=f"U+{ord(c):04X}") for r in rows if (c := _control_character(r["wrd"]))

@@ -15,6 +15,14 @@ share of the training rows back into those formats:
 * ``condition_on_prev_probability``: the prompt holds the text of the utterance before it
   (same speaker, manifest order) after ``<|startofprev|>``; those tokens are never trained on.
 
+A non-speech row (empty transcript) trains as Whisper was trained on audio without speech:
+decoder input ``<|startoftranscript|><|nospeech|>``, targets ``<|nospeech|><|endoftext|>``,
+so the loss raises the probability of ``<|nospeech|>`` right after the start of transcript,
+the very probability openai's ``transcribe`` (and transformers' ``generate``) compare with
+``no_speech_threshold``. It is never joined, timestamped or conditioned on previous text.
+With ``nonspeech_target`` off (objective mwer, whose searches need every row's plain prompt),
+it trains as an empty transcript: the plain prompt, then end of text.
+
 Every choice (and gap) is drawn from a hash of (seed, epoch, utterance ID), never from a
 random state, so an epoch's examples are the same in every process, in every data loader
 worker and after a kill and resume.
@@ -27,6 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from whisper_finetuning.data.audio import CHUNK_SECONDS, SAMPLE_RATE, read_audio
+from whisper_finetuning.evaluation.text import is_nonspeech
 from whisper_finetuning.model.vocabulary import TIME_PRECISION
 
 MIN_GAP_SECONDS, MAX_GAP_SECONDS = 0.1, 0.8  # silence between joined utterances
@@ -102,8 +111,11 @@ class TrainingExamples:
         timestamp_probability=0.0,
         longform_probability=0.0,
         condition_on_prev_probability=0.0,
+        nonspeech_target=True,
     ):
         self.rows, self.whisper, self.seed = rows, whisper, seed
+        self.nonspeech = {u for u, row in rows.items() if is_nonspeech(row["wrd"])}
+        self.nonspeech_target = nonspeech_target
         self.timestamp_probability = timestamp_probability
         self.longform_probability = longform_probability
         self.condition_on_prev_probability = condition_on_prev_probability
@@ -123,7 +135,7 @@ class TrainingExamples:
             self.longform_probability,
             self.condition_on_prev_probability,
         )
-        return any(p > 0 for p in probabilities)
+        return any(p > 0 for p in probabilities) or bool(self.nonspeech_target and self.nonspeech)
 
     def set_epoch(self, epoch):
         """Draw this epoch's choices (call before the epoch's data loader starts)."""
@@ -136,10 +148,12 @@ class TrainingExamples:
 
     def plan(self, utt_id):
         """What row ``utt_id`` becomes this epoch."""
+        if utt_id in self.nonspeech:
+            return Plan((utt_id,), (0.0,), False, None)
         previous = None
         ids, index = self.place[utt_id]
         if index > 0 and self.draw(utt_id, "previous") < self.condition_on_prev_probability:
-            previous = self.rows[ids[index - 1]]["wrd"]
+            previous = self.rows[ids[index - 1]]["wrd"].strip() or None  # none after silence
             alone = Plan((utt_id,), (0.0,), True, previous)
             if self.positions(alone) > self.whisper.max_positions:
                 previous = None  # no room for the previous text
@@ -157,8 +171,8 @@ class TrainingExamples:
         for k, next_id in enumerate(itertools.islice(speaker_ids, index + 1, None)):
             gap = MIN_GAP_SECONDS + (MAX_GAP_SECONDS - MIN_GAP_SECONDS) * self.draw(utt_id, k)
             start = round(timestamp_index(end + gap) * TIME_PRECISION, 2)  # on the grid
-            if self.language(next_id) != self.language(utt_id):  # one prompt per window
-                break
+            if self.language(next_id) != self.language(utt_id) or next_id in self.nonspeech:
+                break  # one prompt per window; speech only
             end_next = start + float(self.rows[next_id]["duration"])
             positions += len(self.whisper.encode_text(self.rows[next_id]["wrd"])) + 2
             if end_next > CHUNK_SECONDS or positions > self.whisper.max_positions:
@@ -182,8 +196,12 @@ class TrainingExamples:
     def tokens(self, plan):
         """(decoder input, targets, prompt length): input = prompt (in the first row's
         language) + transcript, targets = transcript + EOT; the loss reads the targets from the
-        prompt's last position on."""
+        prompt's last position on. A non-speech row: ``<|startoftranscript|><|nospeech|>``,
+        targets ``<|nospeech|>`` + EOT, prompt length 1 (see the module docstring)."""
         whisper = self.whisper
+        if self.nonspeech_target and plan.ids[0] in self.nonspeech:
+            start, no_speech = whisper.start_of_transcript, whisper.no_speech
+            return [start, no_speech], [no_speech, whisper.eot], 1
         previous = whisper.encode_text(plan.previous) if plan.previous else ()
         prompt = whisper.prompt(
             self.language(plan.ids[0]), timestamps=plan.timestamps, previous=previous

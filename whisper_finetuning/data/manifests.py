@@ -2,10 +2,14 @@
 
 A manifest that SpeechBrain cannot read as such is one error naming its file, line, column
 and what was found (``check_format``). Bad rows (missing or unreadable audio, NaN or infinite
-samples, empty transcripts, labels longer than the decoder can hold, audio over 30 s) are
-found before training starts and either skipped with a counted, logged reason or reported as
-one clear error, as ``on_bad_row`` says. Labels are never truncated. Audio at another sample
-rate or with several channels is converted on reading.
+samples, labels longer than the decoder can hold, audio over 30 s) are found before training
+starts and either skipped with a counted, logged reason or reported as one clear error, as
+``on_bad_row`` says. Labels are never truncated. Audio at another sample rate or with several
+channels is converted on reading.
+
+A row with an empty transcript is a non-speech row (silence, noise, music), not a bad row: it
+is kept, trained toward Whisper's no-speech prediction, decoded and scored apart
+(``evaluation.text.is_nonspeech``).
 """
 
 import csv
@@ -183,8 +187,6 @@ def check_languages(named, data_folder, whisper):
 
 def _row_problem(row, whisper):
     """Why a manifest row cannot be trained on, or None."""
-    if not row["wrd"].strip():
-        return "empty transcript"
     n_tokens = whisper.decoder_positions(row["wrd"])
     if n_tokens > whisper.max_positions:
         return f"label of {n_tokens} tokens exceeds the decoder's {whisper.max_positions}"

@@ -9,8 +9,8 @@ from whisper_finetuning.data import batching, encoder_cache, examples
 
 
 def training_examples(train_set, whisper, hparams):
-    """The training rows' examples (timestamps, long form, previous text), or None when every
-    probability is 0 and rows train as plain transcripts."""
+    """The training rows' examples (timestamps, long form, previous text, non-speech rows'
+    no-speech target), or None when every row trains as a plain transcript."""
     builder = examples.TrainingExamples(
         {utt_id: train_set.data[utt_id] for utt_id in train_set.data_ids},  # usable rows
         whisper,
@@ -18,6 +18,7 @@ def training_examples(train_set, whisper, hparams):
         hparams["timestamp_probability"],
         hparams["longform_probability"],
         hparams["condition_on_prev_probability"],
+        nonspeech_target=hparams["objective"] != "mwer",  # mwer searches from plain prompts
     )
     return builder if builder.active else None
 

@@ -1,14 +1,15 @@
 """Long-form evaluation: recordings over 30 s decoded the way Whisper is used, and scored.
 
-``transcribe`` is openai/whisper's ``transcribe`` loop (``whisper/transcribe.py``) at
-temperature 0: the recording is read in 30 s windows; each window is decoded with timestamps,
-prompted with the text decoded so far (``condition_on_previous_text``); the window's closed
-segments are kept, and the next window starts at the last closed segment's end timestamp, or
-30 s on when the window ended with a single timestamp or had no pair of timestamps. Not
-reproduced: temperature fallback and the no-speech skip (this recipe's loop stop is the
-safeguard instead), word timestamps. Each window's features are computed from the window
-alone (openai computes one spectrogram for the whole recording; the two differ only in the
-per-window loudness clamp).
+``transcribe`` is openai/whisper's ``transcribe`` loop (``whisper/transcribe.py``): the
+recording is read in 30 s windows; each window is decoded with timestamps, prompted with the
+text decoded so far (``condition_on_previous_text``; reset after a window decoded above
+temperature 0.5, as openai does); the window's closed segments are kept, and the next window
+starts at the last closed segment's end timestamp, or 30 s on when the window ended with a
+single timestamp, had no pair of timestamps, or was skipped as no speech. With ``rules``
+(``transcribe_rules.TranscribeRules``), each window has openai's temperature fallback and
+no-speech skip. Not reproduced: word timestamps, ``best_of`` samples above temperature 0.
+Each window's features are computed from the window alone (openai computes one spectrogram
+for the whole recording; the two differ only in the per-window loudness clamp).
 
 ``evaluate`` decodes a long-form manifest (``ID, duration, wav, wrd``, optional ``segments``:
 a JSON list of ``[start, end, text]`` in seconds) and writes, through ``scoring.Scorer``,
@@ -27,7 +28,7 @@ from whisper_finetuning.common.files import write_json, write_text
 from whisper_finetuning.data.audio import CHUNK_SECONDS, SAMPLE_RATE, read_audio
 from whisper_finetuning.data.examples import Segment
 from whisper_finetuning.data.manifests import has_no_rows, load_manifest, resolve_languages
-from whisper_finetuning.decoding.search import greedy_search
+from whisper_finetuning.decoding.search import greedy_attempts, search_by_rules
 from whisper_finetuning.evaluation.scoring import Scorer
 from whisper_finetuning.model.vocabulary import TIME_PRECISION
 
@@ -65,12 +66,16 @@ class Transcription:
         size = min(WINDOW_FRAMES, self.content_frames - self.seek)
         return self.seek * HOP_SAMPLES, (self.seek + size) * HOP_SAMPLES
 
-    def accept(self, tokens):
-        """Cut the window's tokens into segments and seek as openai's ``transcribe`` does."""
+    def accept(self, tokens, temperature=0.0):
+        """Cut the window's tokens (decoded at ``temperature``) into segments and seek as
+        openai's ``transcribe`` does; no tokens (no speech) pass the window over."""
         begin = self.timestamp_begin
         time_offset = self.seek * HOP_SAMPLES / SAMPLE_RATE
         segment_size = min(WINDOW_FRAMES, self.content_frames - self.seek)
         self.windows += 1
+        if not tokens:
+            self.seek += segment_size
+            return
         is_timestamp = [t >= begin for t in tokens]
         single_timestamp_ending = is_timestamp[-2:] == [False, True]
         consecutive = [
@@ -99,7 +104,7 @@ class Transcription:
         current = [(s, e, toks) for s, e, toks in current if s != e and min(toks) < begin]
         self.segments += current
         self.all_tokens += [t for _, _, toks in current for t in toks]
-        if not self.condition_on_previous_text:
+        if not self.condition_on_previous_text or temperature > 0.5:
             self.prompt_reset_since = len(self.all_tokens)
 
 
@@ -107,20 +112,21 @@ def transcribe(decode_window, num_samples, timestamp_begin, condition_on_previou
     """openai/whisper's long-form loop over one recording (``Transcription``).
 
     ``decode_window(start, end, previous)`` decodes samples ``start:end`` (padded to 30 s)
-    with timestamps, prompted with the token list ``previous``. Returns ``[(start s, end s,
-    tokens)]`` per segment, in order (instantaneous or empty segments dropped), and the
-    number of windows decoded.
+    with timestamps, prompted with the token list ``previous``: (tokens, temperature).
+    Returns ``[(start s, end s, tokens)]`` per segment, in order (instantaneous or empty
+    segments dropped), and the number of windows decoded.
     """
     transcription = Transcription(num_samples, timestamp_begin, condition_on_previous_text)
     while not transcription.done:
-        transcription.accept(decode_window(*transcription.window(), transcription.previous))
+        transcription.accept(*decode_window(*transcription.window(), transcription.previous))
     return transcription.segments, transcription.windows
 
 
 def transcribe_together(decode_windows, transcriptions):
     """Advance several recordings' transcriptions to their ends; at each round, their next
     windows that share a prompt are decoded as one batch:
-    ``decode_windows([(index, start, end), ...], previous)`` returns their token lists."""
+    ``decode_windows([(index, start, end), ...], previous)`` returns their (tokens,
+    temperature)."""
     while any(not t.done for t in transcriptions):
         by_prompt = {}
         for index, transcription in enumerate(transcriptions):
@@ -128,26 +134,35 @@ def transcribe_together(decode_windows, transcriptions):
                 by_prompt.setdefault(tuple(transcription.previous), []).append(index)
         for previous, members in by_prompt.items():
             requests = [(i, *transcriptions[i].window()) for i in members]
-            for i, tokens in zip(members, decode_windows(requests, list(previous)), strict=True):
-                transcriptions[i].accept(tokens)
+            decoded = decode_windows(requests, list(previous))
+            for i, (tokens, temperature) in zip(members, decoded, strict=True):
+                transcriptions[i].accept(tokens, temperature)
 
 
 class WindowDecoder:
     """Decodes windows of recordings with a ``WhisperASR``: greedy, with timestamps, in
     batches of at most ``batch_size`` windows, each padded to 30 s and prompted in its
-    recording's language (``languages``; default: the model's)."""
+    recording's language (``languages``; default: the model's); with ``rules``, under
+    openai's ``transcribe`` rules."""
 
     def __init__(
-        self, whisper, wavs, max_new_tokens=None, loop_stop=None, batch_size=8, languages=None
+        self,
+        whisper,
+        wavs,
+        max_new_tokens=None,
+        loop_stop=None,
+        batch_size=8,
+        languages=None,
+        rules=None,
     ):
-        self.whisper, self.wavs = whisper, wavs
+        self.whisper, self.wavs, self.rules = whisper, wavs, rules
         self.languages = languages or [None] * len(wavs)
         self.max_new_tokens, self.loop_stop, self.batch_size = max_new_tokens, loop_stop, batch_size
         self.looped = [False] * len(wavs)
 
     @torch.no_grad()
     def __call__(self, requests, previous):
-        """The token lists of windows ``[(recording index, start, end), ...]``."""
+        """The (tokens, temperature) of windows ``[(recording index, start, end), ...]``."""
         whisper = self.whisper
         device = next(whisper.parameters()).device
         found = []
@@ -161,13 +176,38 @@ class WindowDecoder:
                 whisper.prompt(self.languages[index], timestamps=True, previous=previous)
                 for index, _, _ in batch
             ]
-            tokens, looped = greedy_search(
-                whisper, encoder_out, self.max_new_tokens, self.loop_stop, prompts, timestamps=True
-            )
-            for (index, _, _), stopped in zip(batch, looped, strict=True):
-                self.looped[index] = self.looped[index] or stopped
-            found += tokens
+            attempts = self._decode(encoder_out, prompts)
+            for (index, _, _), attempt in zip(batch, attempts, strict=True):
+                self.looped[index] = self.looped[index] or attempt.looped
+            found += [(attempt.tokens, attempt.temperature) for attempt in attempts]
         return found
+
+    def _decode(self, encoder_out, prompts):
+        """The windows' ``Attempt``s: greedy at temperature 0, or under the rules."""
+
+        def greedy(out, rows_prompts):
+            return greedy_attempts(
+                self.whisper,
+                out,
+                self.max_new_tokens,
+                self.loop_stop,
+                rows_prompts,
+                timestamps=True,
+                no_speech=self.rules is not None,
+            )
+
+        if self.rules is None:
+            return greedy(encoder_out, prompts)
+        return search_by_rules(
+            self.whisper,
+            encoder_out,
+            prompts,
+            self.rules,
+            greedy,
+            self.max_new_tokens,
+            self.loop_stop,
+            timestamps=True,
+        )
 
 
 def boundary_errors(reference, hypothesis):
@@ -203,11 +243,13 @@ def evaluate(
     model=None,
     group_columns=(),
     batch_size=8,
+    rules=None,
 ):
     """Decode and score one long-form manifest into ``folder`` (files ``*_longform_NAME``);
     returns the summary (None for a manifest without rows). Recordings are decoded together,
     in batches of ``batch_size`` windows that share the previous text, each prompted in its
-    recording's language (column ``language``, else the model's)."""
+    recording's language (column ``language``, else the model's); with ``rules``, under
+    openai's ``transcribe`` rules."""
     if has_no_rows(csv_path):  # e.g. a demo corpus too small for a 40 s recording
         logger.warning("long-form set %s has no recordings: nothing decoded", csv_path)
         return None
@@ -217,7 +259,7 @@ def evaluate(
     whisper.eval()
     wavs = [read_audio(row["wav"]) for row in rows]
     languages = [row["language"] for row in rows]
-    decoder = WindowDecoder(whisper, wavs, max_new_tokens, loop_stop, batch_size, languages)
+    decoder = WindowDecoder(whisper, wavs, max_new_tokens, loop_stop, batch_size, languages, rules)
     transcriptions = [
         Transcription(len(wav), whisper.timestamp_begin, condition_on_previous_text) for wav in wavs
     ]

@@ -13,13 +13,20 @@ over (Whisper's best-known failure, a single one of which can add a hundred inse
 validation WER and keep a whole batch decoding to the length limit); the hypothesis keeps one
 copy of the unit. ``transformers``' ``generate`` has no such stop, so decodes agree with it
 exactly wherever no loop was stopped, and each searcher says where one was.
+
+With ``rules`` (``transcribe_rules.TranscribeRules``), both searchers decode as openai's
+``transcribe`` does: a hypothesis that is too repetitive (compression ratio) or too unlikely
+(mean log-probability) is decoded again by sampling at the next temperature, and one where
+``<|nospeech|>`` was likely enough and the text unlikely enough is empty.
 """
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
+from whisper_finetuning.decoding.transcribe_rules import Attempt, TranscribeRules, transcribe
 from whisper_finetuning.evaluation.text import LoopStop  # noqa: F401  (hparams and callers name it here)
 from whisper_finetuning.model.vocabulary import MAX_INITIAL_TIMESTAMP_INDEX
 
@@ -82,6 +89,15 @@ def _prompts(model, prompts, batch, device):
     return torch.as_tensor(prompts, device=device)
 
 
+def no_speech_probabilities(model, logits, prompts):
+    """openai's ``no_speech_prob`` per row: the probability of ``<|nospeech|>`` at the start of
+    transcript's position of the first step's ``logits`` (``[rows, prompt length, vocab]``,
+    nothing suppressed)."""
+    positions = (prompts == model.start_of_transcript).int().argmax(dim=1)
+    at_start = logits[torch.arange(len(prompts), device=logits.device), positions].float()
+    return at_start.softmax(dim=-1)[:, model.no_speech].tolist()
+
+
 @torch.no_grad()
 def greedy_search(
     model, encoder_out, max_new_tokens=None, loop_stop=None, prompts=None, timestamps=False
@@ -93,24 +109,76 @@ def greedy_search(
     Returns the token lists without the prompt, and for each whether ``loop_stop`` ended it.
     A finished row leaves the batch and the cache: later steps compute only the live rows.
     """
+    found = greedy_attempts(
+        model, encoder_out, max_new_tokens, loop_stop, prompts, timestamps, no_speech=False
+    )
+    return [a.tokens for a in found], [a.looped for a in found]
+
+
+def _uniform(key):
+    """A number in [0, 1) fixed by ``key`` (a tuple of numbers)."""
+    return int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:8]) / 2**64
+
+
+def sample_tokens(logits, temperature, keys):
+    """One token per row of ``logits`` drawn from their softmax at ``temperature``: the inverse
+    of the row's cumulative distribution at a number fixed by its key (seed, temperature,
+    prompt, tokens so far), so a row draws the same token alone or in any batch, and again
+    after a restart; ``[rows, 1]``."""
+    probs = (logits.double() / temperature).softmax(dim=-1)
+    cumulative = probs.cumsum(dim=-1)
+    drawn = torch.tensor([_uniform(key) for key in keys], dtype=torch.float64)
+    drawn = drawn.to(logits.device)[:, None] * cumulative[:, -1:]
+    return torch.searchsorted(cumulative, drawn, right=True).clamp(max=logits.shape[-1] - 1)
+
+
+@torch.no_grad()
+def greedy_attempts(
+    model,
+    encoder_out,
+    max_new_tokens=None,
+    loop_stop=None,
+    prompts=None,
+    timestamps=False,
+    temperature=0.0,
+    seed=0,
+    no_speech=True,
+):
+    """``greedy_search`` (at ``temperature`` above 0: sampling from the logits divided by it,
+    ``sample_tokens`` with ``seed``), each row's result as an ``Attempt``: tokens, loop flag, the
+    summed log-probability of its tokens and end of text (after suppression, without the
+    temperature, as openai sums them) and its no-speech probability (None unless
+    ``no_speech``)."""
     batch = encoder_out.shape[0]
     device = encoder_out.device
     cache = _new_cache()
     hyps, looped = [[] for _ in range(batch)], [False] * batch
+    sum_logprobs, no_speech_probs = [0.0] * batch, [None] * batch
     live = list(range(batch))  # the rows still searching, in the order of the cache's rows
     step_input = _prompts(model, prompts, batch, device)
+    row_prompts = [tuple(p) for p in step_input.tolist()]
     for step in range(_max_new_tokens(model, max_new_tokens, step_input)):
-        logits = model.forward_decoder(step_input, encoder_out, cache)[:, -1].float()
-        logits = _suppress(logits, model, step == 0)
+        logits = model.forward_decoder(step_input, encoder_out, cache)
+        if step == 0 and no_speech:
+            no_speech_probs = no_speech_probabilities(model, logits, step_input)
+        logits = _suppress(logits[:, -1].float(), model, step == 0)
         if timestamps:
             no_timestamps = model.timestamp_begin - 1
             live_hyps = [hyps[b] for b in live]
             logits = timestamp_rules(
                 logits, live_hyps, model.timestamp_begin, model.eot, no_timestamps
             )
+        log_probs = logits.log_softmax(dim=-1)
+        if temperature > 0:
+            keys = [(seed, temperature, row_prompts[b], tuple(hyps[b])) for b in live]
+            chosen = sample_tokens(logits, temperature, keys)
+        else:
+            chosen = logits.argmax(dim=-1, keepdim=True)
+        chosen_log_probs = log_probs.gather(1, chosen)[:, 0].tolist()
         kept, next_tokens = [], []
-        for position, token in enumerate(logits.argmax(dim=-1).tolist()):
+        for position, token in enumerate(chosen[:, 0].tolist()):
             b = live[position]
+            sum_logprobs[b] += chosen_log_probs[position]
             if token == model.eot:
                 continue
             hyps[b].append(token)
@@ -129,7 +197,10 @@ def greedy_search(
             encoder_out = encoder_out[index]
             live = [live[position] for position in kept]
         step_input = torch.tensor(next_tokens, device=device)[:, None]
-    return hyps, looped
+    return [
+        Attempt(hyps[b], looped[b], sum_logprobs[b], no_speech_probs[b], temperature)
+        for b in range(batch)
+    ]
 
 
 @torch.no_grad()
@@ -171,7 +242,41 @@ def beam_search_n_best(
     loops finishes there, cut to one copy, ranked by its score so far (loop tokens are cheap,
     so this favours it as ``generate``, which lets it run on, does).
     """
+    finished, _ = _beam(
+        model, encoder_out, beam_size, max_new_tokens, length_penalty, loop_stop, prompts, False
+    )
+    return [[(tokens, looped) for _, tokens, looped, _ in hyps] for hyps in finished]
+
+
+@torch.no_grad()
+def beam_attempts(
+    model,
+    encoder_out,
+    beam_size=5,
+    max_new_tokens=None,
+    length_penalty=1.0,
+    loop_stop=None,
+    prompts=None,
+):
+    """``beam_search``'s best hypothesis per row as an ``Attempt`` (its summed
+    log-probability: the beam's, end of text included; its no-speech probability)."""
+    finished, no_speech = _beam(
+        model, encoder_out, beam_size, max_new_tokens, length_penalty, loop_stop, prompts, True
+    )
+    return [
+        Attempt(hyps[0][1], hyps[0][2], hyps[0][3], no_speech[b], 0.0)
+        for b, hyps in enumerate(finished)
+    ]
+
+
+def _beam(
+    model, encoder_out, beam_size, max_new_tokens, length_penalty, loop_stop, prompts, no_speech
+):
+    """The beam search: per utterance its distinct best ``(normalised score, tokens, looped,
+    summed log-probability)``, best first, and each utterance's no-speech probability (None
+    unless ``no_speech``)."""
     batch = encoder_out.shape[0]
+    no_speech_probs = [None] * batch
     device = encoder_out.device
     cache = _new_cache()
     # The first step runs once per utterance (the cross-attention keys are computed once);
@@ -183,8 +288,10 @@ def beam_search_n_best(
     finished = [[] for _ in range(batch)]
     done = [False] * batch
     for step in range(_max_new_tokens(model, max_new_tokens, step_input)):
-        logits = model.forward_decoder(step_input, encoder_out, cache)[:, -1].float()
-        log_probs = _suppress(logits, model, step == 0).log_softmax(dim=-1)
+        logits = model.forward_decoder(step_input, encoder_out, cache)
+        if step == 0 and no_speech:
+            no_speech_probs = no_speech_probabilities(model, logits, step_input)
+        log_probs = _suppress(logits[:, -1].float(), model, step == 0).log_softmax(dim=-1)
         vocab = log_probs.shape[-1]
         candidates = (scores.reshape(-1, 1) + log_probs).reshape(batch, live * vocab)
         top_scores, top_ids = candidates.topk(2 * beam_size, dim=-1)
@@ -207,12 +314,12 @@ def beam_search_n_best(
                     break
                 normalised = score / length_norm
                 if token == model.eot:
-                    finished[b].append((normalised, prefixes[row], False))
+                    finished[b].append((normalised, prefixes[row], False, score))
                     continue
                 if loop_stop:
                     keep = loop_stop.cut(prefixes[row] + [token])
                     if keep is not None:  # ranked by the looping beam's score
-                        finished[b].append((normalised, prefixes[row][:keep], True))
+                        finished[b].append((normalised, prefixes[row][:keep], True, score))
                         continue
                 new_scores[b, kept], new_rows[b, kept], new_tokens[b, kept] = score, row, token
                 kept += 1
@@ -240,39 +347,79 @@ def beam_search_n_best(
         if not done[b]:  # out of steps: live beams compete with the finished ones
             for k in range(live):
                 if scores[b, k] > -torch.inf:
-                    normalised = scores[b, k].item() / length**length_penalty
-                    finished[b].append((normalised, sequences[b * live + k].tolist(), False))
-    return [_distinct_best(hyps, beam_size) for hyps in finished]
+                    raw = scores[b, k].item()
+                    normalised = raw / length**length_penalty
+                    finished[b].append((normalised, sequences[b * live + k].tolist(), False, raw))
+    return [_distinct_best(hyps, beam_size) for hyps in finished], no_speech_probs
 
 
 def _distinct_best(scored, n):
-    """The ``n`` best distinct token lists of ``[(score, tokens, looped)]`` (a stable sort keeps
-    the first of equal scores, as ``max`` does); two beams a loop stop cut alike count once."""
+    """The ``n`` best distinct hypotheses of ``[(score, tokens, looped, summed log-prob)]`` (a
+    stable sort keeps the first of equal scores, as ``max`` does); two beams a loop stop cut
+    alike count once."""
     kept, seen = [], set()
-    for _, tokens, looped in sorted(scored, key=lambda item: -item[0]):
-        if tuple(tokens) not in seen:
-            seen.add(tuple(tokens))
-            kept.append((tokens, looped))
+    for hypothesis in sorted(scored, key=lambda item: -item[0]):
+        if tuple(hypothesis[1]) not in seen:
+            seen.add(tuple(hypothesis[1]))
+            kept.append(hypothesis)
     return kept[:n]
+
+
+def search_by_rules(
+    model, encoder_out, prompts, rules, search, max_new_tokens, loop_stop, timestamps=False
+):
+    """Each row's final ``Attempt`` under openai's ``transcribe`` rules (``rules``): decoded by
+    ``search(encoder_out, prompts)`` (a list of ``Attempt``) at temperature 0, by sampling
+    above it (``sample_tokens`` with ``rules.seed``); a skipped row (no speech)
+    has no tokens and no loop."""
+    prompts = _prompts(model, prompts, encoder_out.shape[0], encoder_out.device)
+
+    def decode(rows, temperature):
+        out, rows_prompts = encoder_out[rows], prompts[rows]
+        if temperature == 0:
+            return search(out, rows_prompts)
+        return greedy_attempts(
+            model,
+            out,
+            max_new_tokens,
+            loop_stop,
+            rows_prompts,
+            timestamps,
+            temperature=temperature,
+            seed=rules.seed,
+        )
+
+    found = transcribe(rules, decode, encoder_out.shape[0], model.decode_text)
+    return [
+        Attempt([], False, a.sum_logprob, a.no_speech_prob, a.temperature)
+        if rules.is_skipped(a)
+        else a
+        for a in found
+    ]
 
 
 @dataclass(frozen=True)
 class GreedySearch:
-    """Greedy search with fixed settings (built once, in the yaml)."""
+    """Greedy search with fixed settings (built once, in the yaml); with ``rules``, under
+    openai's ``transcribe`` rules (``search_by_rules``)."""
 
     max_new_tokens: int | None = None
     loop_stop: LoopStop | None = None
+    rules: TranscribeRules | None = field(default=None, compare=False)
 
     def __call__(self, model, states, prompts=None):
         """Token lists and loop-stop flags for every row of ``states`` (``EncoderStates``),
         each searched from its row of ``prompts`` (default: the model's prompt)."""
-        return _search_by_window(
-            states,
-            prompts,
-            lambda out, rows_prompts: greedy_search(
-                model, out, self.max_new_tokens, self.loop_stop, prompts=rows_prompts
-            ),
-        )
+
+        def plain(out, rows_prompts):
+            return greedy_attempts(
+                model, out, self.max_new_tokens, self.loop_stop, rows_prompts, no_speech=False
+            )
+
+        def greedy(out, rows_prompts):
+            return greedy_attempts(model, out, self.max_new_tokens, self.loop_stop, rows_prompts)
+
+        return _search_by_window(model, states, prompts, self.rules, plain, greedy, self)
 
 
 @dataclass(frozen=True)
@@ -283,16 +430,17 @@ class BeamSearch:
     max_new_tokens: int | None = None
     length_penalty: float = 1.0
     loop_stop: LoopStop | None = None
+    rules: TranscribeRules | None = field(default=None, compare=False)
 
     def __call__(self, model, states, prompts=None):
         """Token lists and loop-stop flags for every row of ``states`` (``EncoderStates``),
         each searched from its row of ``prompts`` (default: the model's prompt)."""
         if self.beam_size == 1:  # the same search; greedy's drops finished rows
-            return GreedySearch(self.max_new_tokens, self.loop_stop)(model, states, prompts)
-        return _search_by_window(
-            states,
-            prompts,
-            lambda out, rows_prompts: beam_search(
+            greedy = GreedySearch(self.max_new_tokens, self.loop_stop, self.rules)
+            return greedy(model, states, prompts)
+
+        def plain(out, rows_prompts):
+            tokens, looped = beam_search(
                 model,
                 out,
                 self.beam_size,
@@ -300,8 +448,23 @@ class BeamSearch:
                 self.length_penalty,
                 self.loop_stop,
                 prompts=rows_prompts,
-            ),
-        )
+            )
+            return [
+                Attempt(t, loop, 0.0, None, 0.0) for t, loop in zip(tokens, looped, strict=True)
+            ]
+
+        def beam(out, rows_prompts):
+            return beam_attempts(
+                model,
+                out,
+                self.beam_size,
+                self.max_new_tokens,
+                self.length_penalty,
+                self.loop_stop,
+                rows_prompts,
+            )
+
+        return _search_by_window(model, states, prompts, self.rules, plain, beam, self)
 
     def n_best(self, model, states, prompts=None):
         """Up to ``beam_size`` distinct ``(tokens, looped)`` per row of ``states``, best first,
@@ -322,11 +485,19 @@ class BeamSearch:
         )
 
 
-def _search_by_window(states, prompts, search):
-    """Run ``search`` on each window's rows and their prompts; (token lists, loop flags) in
-    batch order."""
+def _search_by_window(model, states, prompts, rules, plain, ruled, searcher):
+    """Each window's rows searched from their prompts: by ``plain`` without ``rules``, else by
+    ``ruled`` under them (``search_by_rules``); (token lists, loop flags) in batch order."""
+
+    def search(out, rows_prompts):
+        if rules is None:
+            return plain(out, rows_prompts)
+        return search_by_rules(
+            model, out, rows_prompts, rules, ruled, searcher.max_new_tokens, searcher.loop_stop
+        )
+
     found = [
-        list(zip(*search(out, None if prompts is None else prompts[rows]), strict=True))
+        [(a.tokens, a.looped) for a in search(out, None if prompts is None else prompts[rows])]
         for rows, out in states.groups
     ]
     hyps, looped = zip(*states.rejoin(found), strict=True)

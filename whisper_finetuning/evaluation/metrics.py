@@ -12,7 +12,7 @@ import numpy as np
 from sacrebleu.metrics import BLEU, CHRF
 
 
-def _percent(errors, total):
+def percent_of(errors, total):
     """An error rate in percent; None over no reference units."""
     return 100.0 * errors / total if total else None
 
@@ -20,8 +20,8 @@ def _percent(errors, total):
 SACREBLEU_BLEU, SACREBLEU_CHRF = BLEU(), CHRF()
 # Each metric: the additive statistics of one utterance, and the score of summed statistics.
 METRICS = {
-    "wer": (itemgetter("word_errors", "words"), lambda s: _percent(*s)),
-    "cer": (itemgetter("char_errors", "chars"), lambda s: _percent(*s)),
+    "wer": (itemgetter("word_errors", "words"), lambda s: percent_of(*s)),
+    "cer": (itemgetter("char_errors", "chars"), lambda s: percent_of(*s)),
     "bleu": (itemgetter("bleu_stats"), lambda s: SACREBLEU_BLEU._compute_score_from_stats(s).score),
     "chrf": (itemgetter("chrf_stats"), lambda s: SACREBLEU_CHRF._compute_score_from_stats(s).score),
 }

@@ -13,6 +13,15 @@ A reference with no word once normalised (no letter or digit left: ``?!...`` bec
 with the English normaliser) cannot be scored: it is left out of every number and counted
 (``n_unscorable``, ``unscorable_ids``). A rate over no reference words (a group of such
 references, or a whole set) is None ("no reference words"), never 0.
+
+A row whose transcript is empty is a non-speech row (silence, noise, music): it is decoded and
+scored apart from the speech rows, whose WER it leaves alone. ``nonspeech`` says how often the
+model wrote words there: ``n`` rows, ``n_with_words`` hypotheses with a word once normalised,
+``hallucination_rate`` (percent of ``n``) with its 95% Wilson interval, and
+``words_per_minute`` of non-speech audio. Beside it, on the speech rows,
+``repeated_ngram_rate`` (percent of hypotheses that repeat a 5-gram, distil-whisper's loop
+measure) and ``insertion_rate`` (inserted words per 100 reference words); all of them per
+group too.
 """
 
 import io
@@ -25,6 +34,7 @@ from collections import Counter
 from operator import itemgetter
 
 import numpy as np
+from scipy.stats import binomtest
 from speechbrain.utils.metric_stats import ErrorRateStats
 from transformers.models.whisper.english_normalizer import (
     BasicTextNormalizer,
@@ -32,7 +42,14 @@ from transformers.models.whisper.english_normalizer import (
 )
 
 from whisper_finetuning.common.files import write_json, write_jsonl, write_text
-from whisper_finetuning.evaluation.metrics import METRICS, SACREBLEU_BLEU, SACREBLEU_CHRF, metric
+from whisper_finetuning.evaluation.metrics import (
+    METRICS,
+    SACREBLEU_BLEU,
+    SACREBLEU_CHRF,
+    metric,
+    percent_of,
+)
+from whisper_finetuning.evaluation.text import is_nonspeech
 from whisper_finetuning.model.vocabulary import ENGLISH, ENGLISH_CODE
 from whisper_finetuning.training import distributed
 
@@ -45,6 +62,7 @@ BOOTSTRAP_SEED = 0
 DURATION_EDGES = (2, 5, 10, 20, 30)
 TOP_ERRORS = 20  # most frequent substitutions, insertions and deletions kept in a summary
 NO_WORDS = "no reference words"
+REPEATED_NGRAM = 5  # a hypothesis repeating a 5-gram counts into repeated_ngram_rate
 
 
 def text_normalizer(kind, tokenizer, english):
@@ -153,6 +171,54 @@ def has_words(normalised_words):
     return any(character.isalnum() for word in normalised_words for character in word)
 
 
+def count_words(normalised_words):
+    """How many of the normalised words hold a letter or digit."""
+    return sum(has_words([word]) for word in normalised_words)
+
+
+def has_repeated_ngram(words, n=REPEATED_NGRAM):
+    """Whether some ``n`` consecutive words occur twice in ``words`` (overlaps count)."""
+    ngrams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return len(set(ngrams)) < len(ngrams)
+
+
+def proportion_ci95(count, total):
+    """The 95% Wilson score interval of ``count`` in ``total``, in percent (None over none)."""
+    if not total:
+        return None
+    interval = binomtest(count, total).proportion_ci(confidence_level=0.95, method="wilson")
+    return [100.0 * interval.low, 100.0 * interval.high]
+
+
+def nonspeech_rates(rows):
+    """``{"n", "n_with_words", "hallucination_rate", "hallucination_rate_ci95",
+    "words_per_minute"}`` of non-speech rows (rates None over no rows; words per minute None
+    without durations)."""
+    n = len(rows)
+    with_words = sum(row["hyp_words"] > 0 for row in rows)
+    minutes = sum(row.get("duration", 0.0) for row in rows) / 60
+    return {
+        "n": n,
+        "n_with_words": with_words,
+        "hallucination_rate": percent_of(with_words, n),
+        "hallucination_rate_ci95": proportion_ci95(with_words, n),
+        "words_per_minute": sum(r["hyp_words"] for r in rows) / minutes if minutes else None,
+    }
+
+
+def speech_error_rates(utterances):
+    """``repeated_ngram_rate`` (percent of speech hypotheses with a repeated 5-gram) and
+    ``insertion_rate`` (inserted words per 100 reference words) of scored speech rows."""
+    return {
+        "repeated_ngram_rate": percent_of(
+            sum(u["repeated_ngram"] for u in utterances), len(utterances)
+        ),
+        "insertion_rate": percent_of(
+            sum(u["insertions"] for u in utterances), sum(u["words"] for u in utterances)
+        ),
+    }
+
+
 def percent(rate, unit=""):
     """A rate in percent as text (``12.34``, with ``unit``); ``no reference words`` for None."""
     return NO_WORDS if rate is None else f"{rate:.2f}{unit}"
@@ -220,6 +286,13 @@ def format_headline(summary):
         headline += f", {summary['n_unscorable']} reference(s) with no word left out"
     if summary.get("loop_stopped"):
         headline += f", {summary['loop_stopped']} repetition loop(s) stopped"
+    nonspeech = summary.get("nonspeech")
+    if nonspeech and nonspeech["n"]:
+        headline += (
+            f"; non-speech: words on {nonspeech['n_with_words']} of {nonspeech['n']} "
+            f"({nonspeech['hallucination_rate']:.2f}%, 95% CI "
+            f"{_interval(nonspeech['hallucination_rate_ci95'])})"
+        )
     return headline
 
 
@@ -277,6 +350,7 @@ class Scorer:
         self.raw_wer = ErrorRateStats()
         self.utterances = []
         self.unscorable = []  # {id, ref, hyp, group columns} of references with no word
+        self.nonspeech = []  # {id, ref, hyp, hyp_words, group columns} of empty references
 
     def append(self, ids, hyps, refs, groups=None, durations=None, extra=None):
         """Score a batch; ``groups`` maps a column name to its values for the batch.
@@ -292,7 +366,15 @@ class Scorer:
         kept = [i for i, ref in enumerate(norm_refs) if has_words(ref.split())]
         for i in sorted(set(range(len(ids))) - set(kept)):
             utt = {"id": ids[i], "ref": refs[i], "hyp": hyps[i]}
-            self.unscorable.append({**utt, **{c: v[i] for c, v in groups.items()}})
+            utt.update({c: v[i] for c, v in groups.items()})
+            if not is_nonspeech(refs[i]):  # only punctuation: unscorable
+                self.unscorable.append(utt)
+                continue
+            utt["hyp_words"] = count_words(self._normalize(hyps[i], languages[i]).split())
+            if durations is not None:
+                utt["duration"] = float(durations[i])
+            utt.update({field: values[i] for field, values in extra.items()})
+            self.nonspeech.append(utt)
         if not kept:
             return
         scored = [ids[i] for i in kept]
@@ -319,6 +401,8 @@ class Scorer:
                 "chars": cer["num_ref_tokens"],
                 "bleu_stats": bleu[n],
                 "chrf_stats": chrf[n],
+                "insertions": wer["insertions"],
+                "repeated_ngram": has_repeated_ngram(norm_hyps[n]),
             }
             utt.update({column: values[i] for column, values in groups.items()})
             if durations is not None:
@@ -352,10 +436,11 @@ class Scorer:
             return
         stats = (self.wer, self.cer, self.raw_wer)
         everyone = distributed.gather_objects(
-            (self.utterances, *(s.scores for s in stats), self.unscorable)
+            (self.utterances, *(s.scores for s in stats), self.unscorable, self.nonspeech)
         )
         self.utterances = distributed.interleave_unique([e[0] for e in everyone], itemgetter("id"))
-        self.unscorable = distributed.interleave_unique([e[-1] for e in everyone], itemgetter("id"))
+        self.unscorable = distributed.interleave_unique([e[-2] for e in everyone], itemgetter("id"))
+        self.nonspeech = distributed.interleave_unique([e[-1] for e in everyone], itemgetter("id"))
         for i, stat in enumerate(stats, start=1):
             stat.scores = distributed.interleave_unique([e[i] for e in everyone], itemgetter("key"))
             stat.ids = [score["key"] for score in stat.scores]
@@ -371,19 +456,25 @@ class Scorer:
             "n_utterances": len(self.utterances),
             "n_unscorable": len(self.unscorable),
             "unscorable_ids": sorted(u["id"] for u in self.unscorable),
-            "loop_stopped": sum(bool(u.get("loop_stopped")) for u in self.utterances),
+            "loop_stopped": sum(
+                bool(u.get("loop_stopped")) for u in self.utterances + self.nonspeech
+            ),
+            "nonspeech": nonspeech_rates(self.nonspeech),
+            **speech_error_rates(self.utterances),
             "epoch": epoch,
             "per_group": {},
             "per_duration": {},
             "top_errors": top_errors(self.wer.scores),
         }
-        everyone = self.utterances + self.unscorable
+        everyone = self.utterances + self.unscorable + self.nonspeech
         present = [c for c in self.group_columns if everyone and c in everyone[0]]
         for column in present:
             summary["per_group"][column] = {
                 value: {
                     **_group_rates([u for u in self.utterances if u[column] == value], block),
                     "n_unscorable": sum(u[column] == value for u in self.unscorable),
+                    "nonspeech": nonspeech_rates([u for u in self.nonspeech if u[column] == value]),
+                    **speech_error_rates([u for u in self.utterances if u[column] == value]),
                 }
                 for value in sorted({u[column] for u in everyone})
             }
@@ -410,6 +501,8 @@ class Scorer:
         write_json(os.path.join(folder, f"summary_{name}.json"), summary)
         write_text(os.path.join(folder, f"summary_{name}.md"), format_summary(summary, name))
         write_jsonl(os.path.join(folder, f"utterances_{name}.jsonl"), self.utterances)
+        if self.nonspeech:
+            write_jsonl(os.path.join(folder, f"nonspeech_{name}.jsonl"), self.nonspeech)
         return summary
 
 
@@ -430,6 +523,31 @@ def _rate_table(column, rows):
     return lines + [""]
 
 
+def _nonspeech_table(column, rows):
+    """A Markdown table of the hallucination, repeated 5-gram and insertion rates per value."""
+    lines = [
+        f"## non-speech and insertions per {column}",
+        "",
+        f"| {column} | non-speech n | with words | hallucination % | 95% CI | words/min "
+        "| repeated 5-gram % | insertion % |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, r in rows.items():
+        ns = r["nonspeech"]
+        wpm = "-" if ns["words_per_minute"] is None else f"{ns['words_per_minute']:.1f}"
+        lines.append(
+            f"| {label} | {ns['n']} | {ns['n_with_words']} | {_rate(ns['hallucination_rate'])} "
+            f"| {_interval(ns['hallucination_rate_ci95'])} | {wpm} "
+            f"| {_rate(r['repeated_ngram_rate'])} | {_rate(r['insertion_rate'])} |"
+        )
+    return lines + [""]
+
+
+def _rate(value):
+    """A percentage as table text, ``-`` when undefined."""
+    return "-" if value is None else f"{value:.2f}"
+
+
 def format_summary(summary, name):
     """A summary as Markdown: headline, per group, per duration bucket and top errors."""
     epoch = "" if summary.get("epoch") is None else f" (epoch {summary['epoch']})"
@@ -444,6 +562,9 @@ def format_summary(summary, name):
     ]
     for column, per_value in summary["per_group"].items():
         lines += _rate_table(column, per_value)
+    lines += _nonspeech_table("set", {"all": summary})
+    for column, per_value in summary["per_group"].items():
+        lines += _nonspeech_table(column, per_value)
     if summary.get("per_duration"):
         lines += _rate_table("duration", summary["per_duration"])
     errors = summary.get("top_errors")
@@ -463,16 +584,30 @@ def format_summary(summary, name):
 
 
 COMPARED = ("wer", "cer", "bleu", "chrf")
+# What fine-tuning may cost: the hallucination rate on non-speech rows, loops and insertions.
+COMPARED_COSTS = (
+    ("hallucination_rate", "HALL"),
+    ("repeated_ngram_rate", "REP5"),
+    ("insertion_rate", "INS"),
+)
+
+
+def _scores(rates):
+    """The compared scores of a summary or of one of its groups."""
+    return {
+        **{k: rates[k] for k in COMPARED},
+        "hallucination_rate": rates["nonspeech"]["hallucination_rate"],
+        "nonspeech": rates["nonspeech"],
+        **{k: rates[k] for k in ("repeated_ngram_rate", "insertion_rate")},
+    }
 
 
 def _rates(summary, group):
     """Overall and per-group scores of a summary, in the ``demo_results.json`` shape."""
     per_group = summary["per_group"].get(group, {})
     return {
-        "overall": {k: summary[k] for k in COMPARED},
-        f"per_{group}": {
-            value: {k: rates[k] for k in COMPARED} for value, rates in per_group.items()
-        },
+        "overall": _scores(summary),
+        f"per_{group}": {value: _scores(rates) for value, rates in per_group.items()},
     }
 
 
@@ -498,15 +633,18 @@ def format_comparison(results, group="dialect", names=("zero_shot", "fine_tuned"
     key = f"per_{group}"
     rows = [*sorted(first[key]), "overall"]
     short = {"zero_shot": "zs", "fine_tuned": "ft"}
+    labels = [(m, m.upper()) for m in COMPARED] + list(COMPARED_COSTS)
     header = f"{group:<16}" + "".join(
-        f"{short.get(n, n) + ' ' + m.upper():>10}" for m in COMPARED for n in names
+        f"{short.get(n, n) + ' ' + label:>10}" for _, label in labels for n in names
     )
     lines = [header, "-" * len(header)]
     for row in rows:
         cells = [r["overall"] if row == "overall" else r[key][row] for r in (first, second)]
-        lines.append(
-            f"{row:<16}" + "".join(f"{percent(c[m]):>10}" for m in COMPARED for c in cells)
-        )
+        lines.append(f"{row:<16}" + "".join(f"{_rate(c[m]):>10}" for m, _ in labels for c in cells))
+    lines.append(
+        "HALL: % of non-speech rows with words; REP5: % of speech hypotheses repeating a "
+        "5-gram; INS: inserted words per 100 reference words"
+    )
     before, after = first["overall"]["wer"], second["overall"]["wer"]
     if before is not None and after is not None:
         relative = 1 - after / before if before else 0

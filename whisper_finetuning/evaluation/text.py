@@ -5,6 +5,12 @@ import math
 from dataclasses import dataclass
 
 
+def is_nonspeech(transcript):
+    """Whether a transcript marks a non-speech row (silence, noise, music): empty, or only
+    white space."""
+    return not transcript.strip()
+
+
 def edit_distance(a, b):
     """Levenshtein distance between two word lists (substitutions, insertions, deletions)."""
     previous = list(range(len(b) + 1))

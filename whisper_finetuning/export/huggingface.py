@@ -41,6 +41,7 @@ from whisper_finetuning.data.audio import (
     CHUNK_SECONDS,  # what transformers and faster-whisper pad to
     SAMPLE_RATE,
 )
+from whisper_finetuning.decoding.transcribe_rules import TranscribeRules
 from whisper_finetuning.evaluation.selection import best_earliest
 from whisper_finetuning.model import adapters
 from whisper_finetuning.training.checkpointing import CHECKSUMS_KEY, VerifiedCheckpointer
@@ -156,14 +157,19 @@ def load_best(experiment_folder, epoch=None, allow_unvalidated=False):
     return hparams["whisper"], checkpoint
 
 
-def generation_config(whisper):
+def generation_config(whisper, rules=TranscribeRules()):  # noqa: B008  (frozen: shared safely)
     """The checkpoint's generation config with the run's task and default language (none when
     rows named their own): a pipeline given no language or task then prompts as the run did
-    (a ``translate`` run translates)."""
+    (a ``translate`` run translates). It also holds openai's ``transcribe`` thresholds
+    (``rules``), which transformers' ``generate`` reads from it; the fallback temperatures are
+    an argument of ``generate`` only (``temperature=(0.0, 0.2, ...)``), never read from it."""
     config = copy.deepcopy(whisper.generation_config)
     if whisper.is_multilingual:
         config.task = whisper.task
         config.language = whisper.language  # Whisper's name of it, or None
+    config.no_speech_threshold = rules.no_speech_threshold
+    config.logprob_threshold = rules.logprob_threshold
+    config.compression_ratio_threshold = rules.compression_ratio_threshold
     return config
 
 

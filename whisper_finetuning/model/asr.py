@@ -352,6 +352,18 @@ class WhisperASR(torch.nn.Module):
         return MAX_PROMPT_TOKENS - (0 if self.is_multilingual else LANGUAGE_AND_TASK_TOKENS)
 
     @property
+    def start_of_transcript(self):
+        """The id of ``<|startoftranscript|>``."""
+        return self.tokenizer.convert_tokens_to_ids(SOT)
+
+    @property
+    def no_speech(self):
+        """The id of ``<|nospeech|>`` (``<|nocaptions|>`` in the first checkpoints'
+        vocabularies): the token before ``<|notimestamps|>``, as openai's tokenizer and
+        transformers' no-speech detection take it."""
+        return self.tokenizer.convert_tokens_to_ids(NO_TIMESTAMPS) - 1
+
+    @property
     def timestamp_begin(self):
         """The id of ``<|0.00|>``; timestamp tokens follow it in 0.02 s steps."""
         return self.tokenizer.convert_tokens_to_ids(NO_TIMESTAMPS) + 1
@@ -535,7 +547,10 @@ class WhisperASR(torch.nn.Module):
         return out.last_hidden_state
 
     def encode_text(self, text):
-        """Token ids of a transcript, without special tokens (never truncated)."""
+        """Token ids of a transcript, without special tokens (never truncated); none for an
+        empty one (a non-speech row), not the lone space the tokenizer would give."""
+        if not text.strip():
+            return []
         return self.tokenizer.encode(" " + text.strip(), add_special_tokens=False)
 
     @property

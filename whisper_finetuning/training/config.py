@@ -14,6 +14,7 @@ import torch
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 
 from whisper_finetuning.common.errors import RecipeError
+from whisper_finetuning.decoding import transcribe_rules
 from whisper_finetuning.training import hparam_rules
 from whisper_finetuning.training.defaults import ADVANCED
 
@@ -111,6 +112,7 @@ def load_hparams(hparams_file, overrides="", run_opts=None):
     if hparams["encoder_cache_folder"] is None:
         hparams["encoder_cache_folder"] = f"{hparams['output_folder']}/encoder_cache"
     hparams.update(run_options)
+    transcribe_rules.attach(hparams)
     return hparams, {**file_overrides, **advanced_given(advanced)}
 
 

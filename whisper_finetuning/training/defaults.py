@@ -52,6 +52,15 @@ ADVANCED = {
     # Long-form test manifests (recordings over 30 s), decoded by openai/whisper's loop.
     "longform_test_csv": [],
     "longform_condition_on_previous_text": False,
+    # ---- non-speech (docs/nonspeech.md): openai's transcribe rules in every search ----
+    # A hypothesis too repetitive (compression ratio) or too unlikely (mean log-probability)
+    # is decoded again by sampling at the next temperature; one where <|nospeech|> is more
+    # likely than no_speech_threshold at the start and the text no likelier than
+    # logprob_threshold is empty. OpenAI's defaults; null switches a rule off.
+    "temperatures": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+    "compression_ratio_threshold": 2.4,
+    "logprob_threshold": -1.0,
+    "no_speech_threshold": 0.6,
     # ---- resilience (docs/bad-input-and-faults.md) ----
     # Intra-epoch checkpoints every so many minutes or batches (0: off).
     "ckpt_interval_minutes": 15,

@@ -7,6 +7,7 @@ it allows. ``rerun_settings`` picks the values a rerun in a folder holding a tra
 must not change (``Rule.same_on_rerun``).
 """
 
+import itertools
 import json
 import math
 import os
@@ -68,6 +69,7 @@ class Rule:
                 "bool": "True or False",
                 "str": "a string",
                 "str_list": "a list of strings",
+                "number_list": "a list of numbers",
                 "mapping": "a mapping of key: value",
             }[self.kind]
             if self.low is not None and self.high is not None:
@@ -105,6 +107,8 @@ def _has_kind(kind, value, choices):
         return isinstance(value, str)
     if kind == "str_list":
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == "number_list":
+        return isinstance(value, list) and all(_has_kind("number", v, ()) for v in value)
     if kind == "mapping":
         return isinstance(value, dict)
     if kind == "int_or_str":
@@ -344,7 +348,29 @@ RULES = {
     "augment": BOOL,
     # ---- sweeps (python -m whisper_finetuning.sweep) ----
     "decode_test_sets": Rule("bool", **RERUN_MAY_CHANGE),
+    # ---- non-speech: openai's transcribe rules in every search (decoding/transcribe_rules.py,
+    # docs/nonspeech.md); null switches a threshold's rule off ----
+    "temperatures": Rule(
+        "number_list",
+        check=lambda value: _temperatures(value),  # defined below
+        words="a non-empty list of increasing temperatures >= 0",
+        **RERUN_MAY_CHANGE,
+    ),
+    "compression_ratio_threshold": _number(0, low_open=True, nullable=True, **RERUN_MAY_CHANGE),
+    "logprob_threshold": _number(nullable=True, **RERUN_MAY_CHANGE),
+    "no_speech_threshold": _number(0, 1, nullable=True, **RERUN_MAY_CHANGE),
 }
+
+
+def _temperatures(values):
+    """Why a temperature list is not one fallback sequence, or None."""
+    if not values:
+        return "empty"
+    if any(not math.isfinite(t) or t < 0 for t in values):
+        return "a temperature below 0"
+    if any(b <= a for a, b in itertools.pairwise(values)):
+        return "not increasing"
+    return None
 
 
 def _lookup(values, key):
