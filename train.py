@@ -19,6 +19,7 @@ import torch
 from speechbrain.utils.distributed import run_on_main
 
 from whisper_finetuning.common.errors import RecipeError
+from whisper_finetuning.common.label_sources import LABEL_SOURCE, loss_weights
 from whisper_finetuning.data import audio, checks, examples, manifests, pipelines, prepare
 from whisper_finetuning.evaluation import scoring
 from whisper_finetuning.evaluation.selection import SELECTION_METRICS
@@ -32,7 +33,7 @@ from whisper_finetuning.training import (
     stages,
     stopping,
 )
-from whisper_finetuning.training.brain import FineTuningBrain
+from whisper_finetuning.training.brain import FineTuningBrain, group_columns
 from whisper_finetuning.training.config import load_hparams
 
 
@@ -80,6 +81,13 @@ class WhisperFineTuning(FineTuningBrain):
             prompt_lens = self.hparams.wav_augment.replicate_labels(prompt_lens)
         # Each row's last prompt position predicts its first transcript token.
         hidden = examples.align_to_targets(hidden, prompt_lens, tokens_eos.shape[1])
+        # Training scales pseudo-labelled rows' loss by pseudo_label_weight.
+        sources = getattr(batch, LABEL_SOURCE, None) if stage == sb.Stage.TRAIN else None
+        weights = loss_weights(sources, self.hparams.pseudo_label_weight)
+        if weights is not None:
+            weights = torch.tensor(weights, device=self.device)
+            if self.hparams.augment and hasattr(batch, "sig"):
+                weights = self.hparams.wav_augment.replicate_labels(weights)
         loss, token_stats = self.hparams.nll_loss(
             self.hparams.whisper.model.proj_out,
             hidden,
@@ -87,6 +95,7 @@ class WhisperFineTuning(FineTuningBrain):
             tokens_eos_lens,
             statistics_rows=0 if stage == sb.Stage.TEST else len(batch.id),  # not the copies
             entropy=stage == sb.Stage.VALID,
+            row_weights=weights,
         )
         self.mwer_logged = None
         if stage == sb.Stage.TRAIN and self.hparams.objective == "mwer":
@@ -170,7 +179,9 @@ def dataio_prepare(hparams, datasets, whisper):
     audio_keys = pipelines.add_audio(datasets, hparams, whisper, builder, audio_pipeline)
     for name, dataset in datasets.items():
         columns = manifests.columns(dataset)
-        groups = [c for c in hparams["group_columns"] if c in columns and c != "language"]
+        groups = [
+            c for c in group_columns(hparams["group_columns"]) if c in columns and c != "language"
+        ]
         dataset.set_output_keys(
             ["id", audio_keys[name], "duration", "wrd", "target_text", "tokens_bos"]
             + ["tokens_eos", "prompt_len", "language", *groups]

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from whisper_finetuning.common.errors import RecipeError
 from whisper_finetuning.common.files import write_csv
+from whisper_finetuning.common.label_sources import LABEL_SOURCE
 from whisper_finetuning.data.manifests import DATA_ROOT
 from whisper_finetuning.data.prepare.shards import AUDIO_EXTENSIONS
 
-PSEUDO = "pseudo"  # the label_source of every row written here
-LABEL_COLUMNS = ("label_source", "mean_logprob", "no_speech_prob", "compression_ratio")
+LABEL_COLUMNS = (LABEL_SOURCE, "mean_logprob", "no_speech_prob", "compression_ratio")
 REFERENCE_WER = "reference_wer"  # empty where the input row had no reference transcript
 BASE_COLUMNS = ("ID", "duration", "wav", "wrd")
 

@@ -11,13 +11,9 @@ from collections import Counter
 import torch
 from tqdm import tqdm
 
+from whisper_finetuning.common.label_sources import LABEL_SOURCE, PSEUDO
 from whisper_finetuning.data.audio import CHUNK_SECONDS, SAMPLE_RATE, AudioError, read_audio
-from whisper_finetuning.data.pseudo_labels import (
-    PSEUDO,
-    REFERENCE_WER,
-    number,
-    word_error_rate,
-)
+from whisper_finetuning.data.pseudo_labels import REFERENCE_WER, number, word_error_rate
 from whisper_finetuning.decoding.confidence import compression_ratio, transcript_confidence
 from whisper_finetuning.evaluation.text import edit_distance
 from whisper_finetuning.model.asr import EncoderStates
@@ -74,7 +70,7 @@ def _label_batch(whisper, rows, wavs, search, normalize, language):
                 **row,
                 "duration": f"{len(wav) / SAMPLE_RATE:.3f}",
                 "wrd": text,
-                "label_source": PSEUDO,
+                LABEL_SOURCE: PSEUDO,
                 "mean_logprob": number(mean_logprob),
                 "no_speech_prob": number(no_speech),
                 "compression_ratio": number(compression_ratio(text)),

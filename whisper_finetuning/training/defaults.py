@@ -44,6 +44,10 @@ ADVANCED = {
     "mwer_beam_size": 4,
     "mwer_ce_weight": 0.01,
     "mwer_init": None,
+    # ---- pseudo-labels and distillation (docs/pseudo-labels.md) ----
+    # The loss of rows with label_source: pseudo (python -m whisper_finetuning.pseudo_label)
+    # is scaled by this (1: as human-labelled rows).
+    "pseudo_label_weight": 1.0,
     # ---- timestamps and long form (docs/timestamps-and-longform.md) ----
     # Shares of training rows in Whisper's own formats, drawn per (seed, epoch, utterance).
     "timestamp_probability": 0.0,

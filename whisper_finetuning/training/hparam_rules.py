@@ -297,6 +297,8 @@ RULES = {
     "longform_condition_on_previous_text": Rule("bool", **RERUN_MAY_CHANGE),
     # augmentation
     "augment": BOOL,
+    # ---- pseudo-labels and distillation (issue 29; docs/pseudo-labels.md) ----
+    "pseudo_label_weight": _number(0, **RERUN_MAY_CHANGE),
 }
 
 
