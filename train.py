@@ -25,6 +25,7 @@ from whisper_finetuning.evaluation import scoring
 from whisper_finetuning.evaluation.selection import SELECTION_METRICS
 from whisper_finetuning.training import (
     allocator,
+    distillation,
     distributed,
     mwer,
     optimizers,
@@ -61,7 +62,12 @@ class WhisperFineTuning(FineTuningBrain):
             utterance_ids=batch.id if stage == sb.Stage.TRAIN else None,
         )
         if stage == sb.Stage.TRAIN and self.hparams.objective != "mwer":
-            return hidden, None
+            if self.distiller is None:
+                return hidden, None
+            audio = (None, None) if cached else (wavs, wav_lens)  # the teacher's, if needed
+            return hidden, self.distiller.teacher_logits(
+                states, tokens_bos, tokens_bos_lens, *audio
+            )
         # Searches start from each row's own prompt (its language).
         prompts = examples.row_prompts(tokens_bos, batch.prompt_len)
         if stage == sb.Stage.TRAIN:
@@ -98,6 +104,11 @@ class WhisperFineTuning(FineTuningBrain):
             row_weights=weights,
         )
         self.mwer_logged = None
+        if stage == sb.Stage.TRAIN and self.distiller is not None:  # searched: teacher logits
+            loss = self.distiller.loss(
+                loss, self.hparams.whisper.model.proj_out, hidden, searched, tokens_eos,
+                tokens_eos_lens, prompt_lens,
+            )  # fmt: skip
         if stage == sb.Stage.TRAIN and self.hparams.objective == "mwer":
             copies = len(searched.tokens) // len(batch.id)  # augmented copies follow
             loss, self.mwer_logged = mwer.objective(
@@ -220,6 +231,7 @@ def fine_tune(hparams, hparams_file, overrides, run_opts):
             sanity.run(WhisperFineTuning, hparams, datasets["train"], run_opts, normalize=normalize)
             return
 
+        distiller = distillation.from_hparams(hparams)  # cuts the student first
         if hparams["keep_freed_memory"]:
             allocator.keep_freed_memory()
         asr_brain = WhisperFineTuning(
@@ -232,6 +244,7 @@ def fine_tune(hparams, hparams_file, overrides, run_opts):
             checkpointer=hparams["checkpointer"],
             normalize=normalize,
             training_examples=train_examples,
+            distiller=distiller,
         )
         test_sets = {n: d for n, d in datasets.items() if n not in ("train", "valid")}
         zero_shot, test_loader_kwargs = hparams["zero_shot_eval"], hparams["test_loader_kwargs"]

@@ -45,11 +45,15 @@ class FineTuningBrain(resilience.ResilientBrain, sb.Brain):
     )
     gathered_accumulators = ("valid_token_stats",)
 
-    def __init__(self, *args, normalize, training_examples=None, **kwargs):
+    def __init__(self, *args, normalize, training_examples=None, distiller=None, **kwargs):
         """SpeechBrain's Brain, plus the scores' text normaliser (``scoring.Normalizers``), the
-        summaries' group columns, the training examples (``data.examples``; None: plain rows)
-        and MWER's search and first weights."""
+        summaries' group columns, the training examples (``data.examples``; None: plain rows),
+        the teacher (``distillation.Distiller``; None: no distillation) and MWER's search and
+        first weights."""
         super().__init__(*args, **kwargs)
+        self.distiller = distiller
+        if distiller is not None:
+            distiller.teacher.to(self.device)
         self.normalize = normalize
         self.group_columns = group_columns(self.hparams.group_columns)
         self.output_folder = self.hparams.output_folder

@@ -1,0 +1,106 @@
+"""train.py's loss with a teacher: CE + distill_weight x KL to the teacher's logits on the same
+prompts and transcripts; distill_weight 0 gives plain training's loss and gradients."""
+
+import pytest
+import speechbrain as sb
+import torch
+from conftest import make_random_whisper, sine, write_manifest
+from recipe_runs import make_brain, prepared
+from speechbrain.dataio.batch import PaddedBatch
+from transformers import WhisperForConditionalGeneration
+
+from whisper_finetuning.training import distillation
+from whisper_finetuning.training.config import load_hparams
+from whisper_finetuning.training.log import TrainingLog
+
+TEXTS = ("a cat sat on the mat", "the dog ran", "birds sing at dawn")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("distil")
+    rows = [
+        {"ID": f"u{i}", "duration": 1 + i / 2, "wav": sine(folder / f"u{i}.wav", 1 + i / 2)}
+        | {"spk_id": f"s{i}", "wrd": text}
+        for i, text in enumerate(TEXTS)
+    ]
+    return {s: write_manifest(folder / f"{s}.csv", rows) for s in ("train", "valid", "test")}
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory, random_whisper_dir):
+    return make_random_whisper(tmp_path_factory.mktemp("teacher"), random_whisper_dir, seed=1)
+
+
+def _loss_and_grads(whisper_dir, corpus, output, **overrides):
+    values = {
+        "whisper_hub": str(whisper_dir),
+        "output_folder": str(output),
+        "data_folder": str(corpus["train"].parent),
+        "skip_prep": True,
+        "train_csv": str(corpus["train"]),
+        "valid_csv": str(corpus["valid"]),
+        "test_csv": [str(corpus["test"])],
+        "encoder_cache": False,
+        "augment": False,
+        "label_smoothing": 0.0,
+        "num_workers": 0,
+        **overrides,
+    }
+    hparams = load_hparams("hparams/whisper_small.yaml", values)[0]
+    datasets, _ = prepared(hparams)
+    distiller = distillation.from_hparams(hparams)
+    brain = make_brain(hparams, checkpointer=None, distiller=distiller)
+    brain.training_log = TrainingLog(str(output / "log"), enabled=False, tensorboard=False)
+    brain.epoch, brain.step, brain.batches_per_epoch = 1, 1, 1
+    batch = PaddedBatch([dict(item) for item in datasets["train"]])
+    loss = brain.compute_objectives(
+        brain.compute_forward(batch, sb.Stage.TRAIN), batch, sb.Stage.TRAIN
+    )
+    loss.backward()
+    trained = [p for p in hparams["whisper"].parameters() if p.requires_grad]
+    return loss.detach(), [p.grad.clone() for p in trained], hparams, batch
+
+
+def test_distill_weight_zero_is_plain_training(random_whisper_dir, teacher_dir, corpus, tmp_path):
+    plain, plain_grads, _, _ = _loss_and_grads(random_whisper_dir, corpus, tmp_path / "a")
+    zero, zero_grads, _, _ = _loss_and_grads(
+        random_whisper_dir, corpus, tmp_path / "b", teacher=str(teacher_dir), distill_weight=0.0
+    )
+    assert torch.equal(zero, plain)
+    assert all(torch.equal(z, p) for z, p in zip(zero_grads, plain_grads, strict=True))
+
+
+def test_the_loss_adds_the_kl_to_the_teachers_logits(
+    random_whisper_dir, teacher_dir, corpus, tmp_path
+):
+    plain, _, _, _ = _loss_and_grads(random_whisper_dir, corpus, tmp_path / "a")
+    loss, _, hparams, batch = _loss_and_grads(
+        random_whisper_dir,
+        corpus,
+        tmp_path / "b",
+        teacher=str(teacher_dir),
+        distill_weight=0.5,
+        distill_temperature=2.0,
+    )
+    # the KL by hand from transformers' own forward passes of both models
+    student = hparams["whisper"].model
+    teacher = WhisperForConditionalGeneration.from_pretrained(teacher_dir).eval()
+    wavs, wav_lens = batch.sig
+    tokens, token_lens = batch.tokens_bos
+    targets, target_lens = batch.tokens_eos
+    kl, positions = 0.0, 0
+    for row in range(len(batch.id)):
+        n_audio = int(round(wav_lens[row].item() * wavs.shape[1]))
+        feats = hparams["whisper"].features(wavs[row : row + 1, :n_audio])
+        n_targets = int(round(target_lens[row].item() * targets.shape[1]))
+        prompt = batch.prompt_len[row]
+        inputs = tokens[row : row + 1, : prompt + n_targets - 1]
+        with torch.no_grad():
+            s = student(input_features=feats, decoder_input_ids=inputs).logits[0, prompt - 1 :]
+            t = teacher(input_features=feats, decoder_input_ids=inputs).logits[0, prompt - 1 :]
+        p = (t / 2).log_softmax(-1)
+        kl += (p.exp() * (p - (s / 2).log_softmax(-1))).sum().item()
+        positions += n_targets
+    expected = plain.item() + 0.5 * 4 * kl / positions
+    assert loss.item() == pytest.approx(expected, rel=1e-4)
