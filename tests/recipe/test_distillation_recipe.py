@@ -1,14 +1,17 @@
 """train.py's loss with a teacher: CE + distill_weight x KL to the teacher's logits on the same
 prompts and transcripts; distill_weight 0 gives plain training's loss and gradients."""
 
+import shutil
+
 import pytest
 import speechbrain as sb
 import torch
 from conftest import make_random_whisper, sine, write_manifest
-from recipe_runs import make_brain, prepared
+from recipe_runs import make_brain, prepared, recipe_args, run_forked
 from speechbrain.dataio.batch import PaddedBatch
 from transformers import WhisperForConditionalGeneration
 
+from whisper_finetuning.export.huggingface import export
 from whisper_finetuning.training import distillation
 from whisper_finetuning.training.config import load_hparams
 from whisper_finetuning.training.log import TrainingLog
@@ -104,3 +107,36 @@ def test_the_loss_adds_the_kl_to_the_teachers_logits(
         positions += n_targets
     expected = plain.item() + 0.5 * 4 * kl / positions
     assert loss.item() == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def four_layer_dir(tmp_path_factory, random_whisper_dir):
+    """A random Whisper with 4 decoder layers (the shared fixture's has 2)."""
+    model = WhisperForConditionalGeneration.from_pretrained(random_whisper_dir)
+    model.config.decoder_layers = 4
+    torch.manual_seed(4)
+    folder = tmp_path_factory.mktemp("four_layers")
+    WhisperForConditionalGeneration(model.config).save_pretrained(folder)
+    for path in random_whisper_dir.iterdir():
+        if not (folder / path.name).exists():
+            shutil.copy(path, folder / path.name)
+    return folder
+
+
+def test_a_2_layer_student_of_a_4_layer_teacher_trains_and_exports(
+    four_layer_dir, corpus, tmp_path
+):
+    """train.py with the teacher and the cut; the export holds the trained 2-layer student."""
+    exp = tmp_path / "exp"
+    args = recipe_args(four_layer_dir, corpus, exp, tmp_path / "cache", epochs=1)
+    args += [f"--teacher={four_layer_dir}", "--student_decoder_layers=2", "--data_checks=off"]
+    code, stderr = run_forked(args)
+    assert code == 0, stderr[-3000:]
+    dest, _ = export(exp, tmp_path / "hf")
+    exported = WhisperForConditionalGeneration.from_pretrained(dest)
+    assert exported.config.decoder_layers == 2
+    saved = torch.load(next((exp / "save").glob("CKPT+*/whisper.ckpt")), weights_only=True)
+    layer = "model.decoder.layers.1.fc1.weight"  # the student's second layer: trained
+    assert torch.equal(exported.state_dict()[layer], saved[layer])
+    teacher = WhisperForConditionalGeneration.from_pretrained(four_layer_dir)
+    assert not torch.equal(saved[layer], teacher.state_dict()["model.decoder.layers.3.fc1.weight"])

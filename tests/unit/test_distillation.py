@@ -11,6 +11,7 @@ from conftest import make_random_whisper
 from transformers import WhisperForConditionalGeneration
 
 from whisper_finetuning.decoding.search import greedy_search
+from whisper_finetuning.model import student as students
 from whisper_finetuning.model.asr import WhisperASR
 from whisper_finetuning.training import distillation
 
@@ -36,12 +37,12 @@ def test_kl_equals_the_hand_computed_value():
 
 
 def test_maximally_spaced_layers():
-    assert distillation.spaced_layers(32, 2) == [0, 31]  # distil-large-v3
-    assert distillation.spaced_layers(4, 2) == [0, 3]
-    assert distillation.spaced_layers(12, 4) == [0, 3, 7, 11]
-    assert distillation.spaced_layers(4, 4) == [0, 1, 2, 3]
-    with pytest.raises(distillation.DistillationError, match="between 1 and the model's 4, not 5"):
-        distillation.spaced_layers(4, 5)
+    assert students.spaced_layers(32, 2) == [0, 31]  # distil-large-v3
+    assert students.spaced_layers(4, 2) == [0, 3]
+    assert students.spaced_layers(12, 4) == [0, 3, 7, 11]
+    assert students.spaced_layers(4, 4) == [0, 1, 2, 3]
+    with pytest.raises(students.DistillationError, match="between 1 and the model's 4, not 5"):
+        students.spaced_layers(4, 5)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def four_layer_dir(tmp_path_factory, random_whisper_dir):
 def test_a_student_starts_as_the_teachers_chosen_layers(four_layer_dir, tmp_path):
     teacher = WhisperASR(str(four_layer_dir), freeze=True)
     student = WhisperASR(str(four_layer_dir))
-    assert distillation.keep_decoder_layers(student.model, 2) == [0, 3]
+    assert students.keep_decoder_layers(student.model, 2) == [0, 3]
     layers = student.model.model.decoder.layers
     assert len(layers) == 2 and student.model.config.decoder_layers == 2
     for kept, chosen in zip(layers, [0, 3], strict=True):

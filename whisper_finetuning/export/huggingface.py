@@ -34,6 +34,7 @@ from whisper_finetuning.data.audio import (
 )
 from whisper_finetuning.evaluation.selection import best_earliest
 from whisper_finetuning.model import adapters
+from whisper_finetuning.model.student import cut_as_trained
 
 READABLE_FILE, READABLE_DIR = 0o644, 0o755
 CT2_SUBFOLDER = "ctranslate2"
@@ -93,6 +94,7 @@ def load_best(experiment_folder, epoch=None, allow_unvalidated=False):
     with open(hparams_file) as f:
         hparams = load_hyperpyyaml(f, {"checkpointer": None})
     save_folder = experiment_folder / Path(hparams["save_folder"]).name
+    cut_as_trained(hparams["whisper"], experiment_folder)  # a distilled student's layers
     checkpointer = Checkpointer(save_folder, recoverables={"whisper": hparams["whisper"]})
     end_of_epoch = [c for c in checkpointer.list_checkpoints() if "WER" in c.meta]
     if epoch is not None:

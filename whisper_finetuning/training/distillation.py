@@ -13,37 +13,10 @@ the transcripts (cross-entropy) and the teacher's token distribution (KL).
   student's encoder states, so the encoder cache serves both.
 """
 
-import numpy as np
 import torch
 
-from whisper_finetuning.common.errors import RecipeError
 from whisper_finetuning.data.examples import align_to_targets
-
-
-class DistillationError(RecipeError, ValueError):
-    """Distillation settings that cannot work together."""
-
-
-def spaced_layers(total, keep):
-    """``keep`` maximally spaced layer indices out of ``total``: the first and the last, the
-    others evenly between (distil-whisper's ``np.linspace(0, total - 1, keep, dtype=int)``)."""
-    if not 1 <= keep <= total:
-        raise DistillationError(
-            f"student_decoder_layers must be between 1 and the model's {total}, not {keep}"
-        )
-    return np.linspace(0, total - 1, keep, dtype=int).tolist()
-
-
-def keep_decoder_layers(model, keep):
-    """Cut a Hugging Face Whisper's decoder to ``keep`` maximally spaced layers, in place
-    (the config follows, so an export saves the student); returns the kept indices."""
-    decoder = model.model.decoder
-    chosen = spaced_layers(len(decoder.layers), keep)
-    decoder.layers = torch.nn.ModuleList(decoder.layers[i] for i in chosen)
-    for index, layer in enumerate(decoder.layers):  # the key/value cache is indexed by these
-        layer.self_attn.layer_idx = layer.encoder_attn.layer_idx = index
-    model.config.decoder_layers = keep
-    return chosen
+from whisper_finetuning.model.student import DistillationError, keep_decoder_layers
 
 
 def distillation_loss(student_logits, teacher_logits, mask, temperature):
