@@ -21,6 +21,7 @@ from speechbrain.utils.distributed import run_on_main
 from whisper_finetuning.common.errors import RecipeError
 from whisper_finetuning.common.label_sources import LABEL_SOURCE, loss_weights
 from whisper_finetuning.data import audio, checks, examples, manifests, pipelines, prepare
+from whisper_finetuning.decoding import speculative
 from whisper_finetuning.evaluation import scoring
 from whisper_finetuning.evaluation.selection import SELECTION_METRICS
 from whisper_finetuning.training import (
@@ -232,6 +233,7 @@ def fine_tune(hparams, hparams_file, overrides, run_opts):
             return
 
         distiller = distillation.from_hparams(hparams)  # cuts the student first
+        hparams["test_search"] = speculative.assisted_search(hparams)  # drafted by an assistant
         if hparams["keep_freed_memory"]:
             allocator.keep_freed_memory()
         asr_brain = WhisperFineTuning(

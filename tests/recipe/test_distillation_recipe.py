@@ -6,12 +6,15 @@ import shutil
 import pytest
 import speechbrain as sb
 import torch
-from conftest import make_random_whisper, sine, write_manifest
+from conftest import make_random_whisper, read_jsonl, sine, write_manifest
 from recipe_runs import make_brain, prepared, recipe_args, run_forked
 from speechbrain.dataio.batch import PaddedBatch
 from transformers import WhisperForConditionalGeneration
 
+from whisper_finetuning.data.audio import read_audio
+from whisper_finetuning.decoding.search import greedy_search
 from whisper_finetuning.export.huggingface import export
+from whisper_finetuning.model.asr import WhisperASR
 from whisper_finetuning.training import distillation
 from whisper_finetuning.training.config import load_hparams
 from whisper_finetuning.training.log import TrainingLog
@@ -126,10 +129,13 @@ def four_layer_dir(tmp_path_factory, random_whisper_dir):
 def test_a_2_layer_student_of_a_4_layer_teacher_trains_and_exports(
     four_layer_dir, corpus, tmp_path
 ):
-    """train.py with the teacher and the cut; the export holds the trained 2-layer student."""
+    """train.py with the teacher and the cut; the export holds the trained 2-layer student,
+    whose test transcripts, drafted by the teacher, are its own greedy ones."""
     exp = tmp_path / "exp"
     args = recipe_args(four_layer_dir, corpus, exp, tmp_path / "cache", epochs=1)
     args += [f"--teacher={four_layer_dir}", "--student_decoder_layers=2", "--data_checks=off"]
+    args = [a for a in args if not a.startswith("--test_beam_size")]
+    args += [f"--assistant={four_layer_dir}", "--test_beam_size=1"]  # the teacher drafts
     code, stderr = run_forked(args)
     assert code == 0, stderr[-3000:]
     dest, _ = export(exp, tmp_path / "hf")
@@ -140,3 +146,10 @@ def test_a_2_layer_student_of_a_4_layer_teacher_trains_and_exports(
     assert torch.equal(exported.state_dict()[layer], saved[layer])
     teacher = WhisperForConditionalGeneration.from_pretrained(four_layer_dir)
     assert not torch.equal(saved[layer], teacher.state_dict()["model.decoder.layers.3.fc1.weight"])
+    student = WhisperASR(str(dest), freeze=True).eval()
+    for utterance in read_jsonl(exp / "utterances_test.jsonl"):
+        wav = read_audio(corpus["test"].parent / f"{utterance['id']}.wav")
+        with torch.no_grad():
+            out = student.encode(student.features(wav[None]))
+        (hyp,), _ = greedy_search(student, out, max_new_tokens=8)
+        assert utterance["hyp"] == student.decode_text(hyp)

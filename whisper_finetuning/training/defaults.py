@@ -55,6 +55,9 @@ ADVANCED = {
     "distill_weight": 1.0,
     "distill_temperature": 2.0,
     "student_decoder_layers": None,
+    # Speculative test decoding: this model (experiment folder or model; null: off) drafts,
+    # the selected checkpoint verifies: its greedy transcripts, faster (test_beam_size: 1).
+    "assistant": None,
     # ---- timestamps and long form (docs/timestamps-and-longform.md) ----
     # Shares of training rows in Whisper's own formats, drawn per (seed, epoch, utterance).
     "timestamp_probability": 0.0,

@@ -316,6 +316,13 @@ RULES = {
     "distill_weight": _number(0, **RERUN_MAY_CHANGE),
     "distill_temperature": _number(0, low_open=True, **RERUN_MAY_CHANGE),
     "student_decoder_layers": _int(1, nullable=True),  # the checkpoint's shape: kept on rerun
+    "assistant": Rule(
+        "str",
+        nullable=True,
+        check=_teacher_source,
+        words=f"null, an experiment folder, {', '.join(BUNDLED_MODELS)}, a Hub name or a folder",
+        same_on_rerun=False,
+    ),
 }
 
 
