@@ -1,6 +1,7 @@
 """train.py's loss with a teacher: CE + distill_weight x KL to the teacher's logits on the same
 prompts and transcripts; distill_weight 0 gives plain training's loss and gradients."""
 
+import csv
 import shutil
 
 import pytest
@@ -11,6 +12,7 @@ from recipe_runs import make_brain, prepared, recipe_args, run_forked
 from speechbrain.dataio.batch import PaddedBatch
 from transformers import WhisperForConditionalGeneration
 
+from whisper_finetuning import pseudo_label
 from whisper_finetuning.data.audio import read_audio
 from whisper_finetuning.decoding.search import greedy_search
 from whisper_finetuning.export.huggingface import export
@@ -127,7 +129,7 @@ def four_layer_dir(tmp_path_factory, random_whisper_dir):
 
 
 def test_a_2_layer_student_of_a_4_layer_teacher_trains_and_exports(
-    four_layer_dir, corpus, tmp_path
+    four_layer_dir, corpus, tmp_path, capsys
 ):
     """train.py with the teacher and the cut; the export holds the trained 2-layer student,
     whose test transcripts, drafted by the teacher, are its own greedy ones."""
@@ -153,3 +155,15 @@ def test_a_2_layer_student_of_a_4_layer_teacher_trains_and_exports(
             out = student.encode(student.features(wav[None]))
         (hyp,), _ = greedy_search(student, out, max_new_tokens=8)
         assert utterance["hyp"] == student.decode_text(hyp)
+    # the student run labels audio as a pseudo-label SOURCE (its selected checkpoint)
+    labels = tmp_path / "labels.csv"
+    args = [str(exp), f"--audio={corpus['test']}", f"--output={labels}", "--max_new_tokens=4"]
+    assert pseudo_label.main([*args, "--noprogressbar", "--wer_threshold=100000"]) == 0
+    assert "labelling with CKPT+" in capsys.readouterr().out
+    assert len(csv_rows(labels.with_name("labels.all.csv"))) == len(TEXTS)
+
+
+def csv_rows(path):
+    """The rows of a CSV file."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

@@ -122,5 +122,8 @@ def assisted_search(hparams):
         raise RecipeError("assistant: speculative decoding is greedy; set --test_beam_size=1")
     from whisper_finetuning.model.sources import load_frozen  # torch and the export's loader
 
-    assistant, _ = load_frozen(hparams["assistant"], hparams["whisper_cache"])
+    whisper = hparams["whisper"]
+    assistant, _ = load_frozen(
+        hparams["assistant"], hparams["whisper_cache"], whisper.window_seconds
+    )
     return SpeculativeSearch(assistant, max_new_tokens=hparams["decode_max_tokens"])

@@ -91,6 +91,7 @@ def from_hparams(hparams):
         raise DistillationError("teacher: distillation trains with objective ce, not mwer")
     from whisper_finetuning.model.sources import load_frozen  # the teacher's own loader
 
-    teacher, _ = load_frozen(hparams["teacher"], hparams["whisper_cache"])
+    # a teacher model encodes as the student does, so that an equal encoder is shared
+    teacher, _ = load_frozen(hparams["teacher"], hparams["whisper_cache"], student.window_seconds)
     weight, temperature = hparams["distill_weight"], hparams["distill_temperature"]
     return Distiller(teacher, weight, temperature, student)
