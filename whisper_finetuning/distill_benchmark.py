@@ -101,17 +101,20 @@ def main(argv=None):
     parser.add_argument("--draft_tokens", type=int, default=4)
     parser.add_argument("--max_new_tokens", type=int, help="default: the decoder's limit")
     parser.add_argument("--whisper_cache", help="where bundled models are kept")
+    parser.add_argument(
+        "--window_seconds", type=int, default=30, help="encoder window of models (runs: theirs)"
+    )
     parser.add_argument("--output", help="also write the numbers as JSON")
     args = parser.parse_args(argv)
     try:
         if (args.student is None) == (args.cut is None):
             raise RecipeError("give either --student or --cut")
-        teacher, _ = load_frozen(args.teacher, args.whisper_cache)
+        teacher, _ = load_frozen(args.teacher, args.whisper_cache, args.window_seconds)
         if args.cut:
             student = copy.deepcopy(teacher)
             keep_decoder_layers(student.model, args.cut)
         else:
-            student, _ = load_frozen(args.student, args.whisper_cache)
+            student, _ = load_frozen(args.student, args.whisper_cache, args.window_seconds)
         rows = input_rows(args.audio)[: args.limit]
         wavs = [read_audio(row["path"]) for row in rows]
         references = [row["wrd"] for row in rows]
