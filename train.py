@@ -19,11 +19,14 @@ import torch
 from speechbrain.utils.distributed import run_on_main
 
 from whisper_finetuning.common.errors import RecipeError
+from whisper_finetuning.common.label_sources import LABEL_SOURCE, loss_weights
 from whisper_finetuning.data import audio, checks, examples, manifests, pipelines, prepare
+from whisper_finetuning.decoding import speculative
 from whisper_finetuning.evaluation import scoring
 from whisper_finetuning.evaluation.selection import SELECTION_METRICS
 from whisper_finetuning.training import (
     allocator,
+    distillation,
     distributed,
     mwer,
     optimizers,
@@ -32,7 +35,7 @@ from whisper_finetuning.training import (
     stages,
     stopping,
 )
-from whisper_finetuning.training.brain import FineTuningBrain
+from whisper_finetuning.training.brain import FineTuningBrain, group_columns
 from whisper_finetuning.training.config import load_hparams
 
 
@@ -60,7 +63,12 @@ class WhisperFineTuning(FineTuningBrain):
             utterance_ids=batch.id if stage == sb.Stage.TRAIN else None,
         )
         if stage == sb.Stage.TRAIN and self.hparams.objective != "mwer":
-            return hidden, None
+            if self.distiller is None:
+                return hidden, None
+            audio = (None, None) if cached else (wavs, wav_lens)  # the teacher's, if needed
+            return hidden, self.distiller.teacher_logits(
+                states, tokens_bos, tokens_bos_lens, *audio
+            )
         # Searches start from each row's own prompt (its language).
         prompts = examples.row_prompts(tokens_bos, batch.prompt_len)
         if stage == sb.Stage.TRAIN:
@@ -80,6 +88,13 @@ class WhisperFineTuning(FineTuningBrain):
             prompt_lens = self.hparams.wav_augment.replicate_labels(prompt_lens)
         # Each row's last prompt position predicts its first transcript token.
         hidden = examples.align_to_targets(hidden, prompt_lens, tokens_eos.shape[1])
+        # Training scales pseudo-labelled rows' loss by pseudo_label_weight.
+        sources = getattr(batch, LABEL_SOURCE, None) if stage == sb.Stage.TRAIN else None
+        weights = loss_weights(sources, self.hparams.pseudo_label_weight)
+        if weights is not None:
+            weights = torch.tensor(weights, device=self.device)
+            if self.hparams.augment and hasattr(batch, "sig"):
+                weights = self.hparams.wav_augment.replicate_labels(weights)
         loss, token_stats = self.hparams.nll_loss(
             self.hparams.whisper.model.proj_out,
             hidden,
@@ -87,8 +102,14 @@ class WhisperFineTuning(FineTuningBrain):
             tokens_eos_lens,
             statistics_rows=0 if stage == sb.Stage.TEST else len(batch.id),  # not the copies
             entropy=stage == sb.Stage.VALID,
+            row_weights=weights,
         )
         self.mwer_logged = None
+        if stage == sb.Stage.TRAIN and self.distiller is not None:  # searched: teacher logits
+            loss = self.distiller.loss(
+                loss, self.hparams.whisper.model.proj_out, hidden, searched, tokens_eos,
+                tokens_eos_lens, prompt_lens,
+            )  # fmt: skip
         if stage == sb.Stage.TRAIN and self.hparams.objective == "mwer":
             copies = len(searched.tokens) // len(batch.id)  # augmented copies follow
             loss, self.mwer_logged = mwer.objective(
@@ -170,7 +191,9 @@ def dataio_prepare(hparams, datasets, whisper):
     audio_keys = pipelines.add_audio(datasets, hparams, whisper, builder, audio_pipeline)
     for name, dataset in datasets.items():
         columns = manifests.columns(dataset)
-        groups = [c for c in hparams["group_columns"] if c in columns and c != "language"]
+        groups = [
+            c for c in group_columns(hparams["group_columns"]) if c in columns and c != "language"
+        ]
         dataset.set_output_keys(
             ["id", audio_keys[name], "duration", "wrd", "target_text", "tokens_bos"]
             + ["tokens_eos", "prompt_len", "language", *groups]
@@ -209,6 +232,8 @@ def fine_tune(hparams, hparams_file, overrides, run_opts):
             sanity.run(WhisperFineTuning, hparams, datasets["train"], run_opts, normalize=normalize)
             return
 
+        distiller = distillation.from_hparams(hparams)  # cuts the student first
+        hparams["test_search"] = speculative.assisted_search(hparams)  # drafted by an assistant
         if hparams["keep_freed_memory"]:
             allocator.keep_freed_memory()
         asr_brain = WhisperFineTuning(
@@ -221,6 +246,7 @@ def fine_tune(hparams, hparams_file, overrides, run_opts):
             checkpointer=hparams["checkpointer"],
             normalize=normalize,
             training_examples=train_examples,
+            distiller=distiller,
         )
         test_sets = {n: d for n, d in datasets.items() if n not in ("train", "valid")}
         zero_shot, test_loader_kwargs = hparams["zero_shot_eval"], hparams["test_loader_kwargs"]

@@ -31,12 +31,12 @@ from whisper_finetuning.evaluation.text import LoopStop  # noqa: F401  (hparams 
 from whisper_finetuning.model.vocabulary import MAX_INITIAL_TIMESTAMP_INDEX
 
 
-def _new_cache():
+def new_cache():
     """An empty self-attention + cross-attention cache."""
     return EncoderDecoderCache(DynamicCache(), DynamicCache())
 
 
-def _suppress(logits, model, first_step):
+def mask_suppressed(logits, model, first_step):
     """Mask the generation config's suppressed tokens (and, on the first step, its begin set)."""
     config = model.generation_config
     suppressed = list(config.suppress_tokens or [])
@@ -76,7 +76,7 @@ def timestamp_rules(logits, hyps, timestamp_begin, eot, no_timestamps):
     return logits
 
 
-def _max_new_tokens(model, max_new_tokens, prompts):
+def max_new_tokens_for(model, max_new_tokens, prompts):
     """Cap the length so prompt plus transcript fit the decoder's positions."""
     limit = model.model.config.max_target_positions - prompts.shape[1]
     return limit if max_new_tokens is None else min(max_new_tokens, limit)
@@ -151,17 +151,17 @@ def greedy_attempts(
     ``no_speech``)."""
     batch = encoder_out.shape[0]
     device = encoder_out.device
-    cache = _new_cache()
+    cache = new_cache()
     hyps, looped = [[] for _ in range(batch)], [False] * batch
     sum_logprobs, no_speech_probs = [0.0] * batch, [None] * batch
     live = list(range(batch))  # the rows still searching, in the order of the cache's rows
     step_input = _prompts(model, prompts, batch, device)
     row_prompts = [tuple(p) for p in step_input.tolist()]
-    for step in range(_max_new_tokens(model, max_new_tokens, step_input)):
+    for step in range(max_new_tokens_for(model, max_new_tokens, step_input)):
         logits = model.forward_decoder(step_input, encoder_out, cache)
         if step == 0 and no_speech:
             no_speech_probs = no_speech_probabilities(model, logits, step_input)
-        logits = _suppress(logits[:, -1].float(), model, step == 0)
+        logits = mask_suppressed(logits[:, -1].float(), model, step == 0)
         if timestamps:
             no_timestamps = model.timestamp_begin - 1
             live_hyps = [hyps[b] for b in live]
@@ -278,7 +278,7 @@ def _beam(
     batch = encoder_out.shape[0]
     no_speech_probs = [None] * batch
     device = encoder_out.device
-    cache = _new_cache()
+    cache = new_cache()
     # The first step runs once per utterance (the cross-attention keys are computed once);
     # choosing its top tokens then widens every row into ``beam_size`` beams.
     live = 1
@@ -287,11 +287,11 @@ def _beam(
     sequences = torch.empty(batch, 0, dtype=torch.long, device=device)
     finished = [[] for _ in range(batch)]
     done = [False] * batch
-    for step in range(_max_new_tokens(model, max_new_tokens, step_input)):
+    for step in range(max_new_tokens_for(model, max_new_tokens, step_input)):
         logits = model.forward_decoder(step_input, encoder_out, cache)
         if step == 0 and no_speech:
             no_speech_probs = no_speech_probabilities(model, logits, step_input)
-        log_probs = _suppress(logits[:, -1].float(), model, step == 0).log_softmax(dim=-1)
+        log_probs = mask_suppressed(logits[:, -1].float(), model, step == 0).log_softmax(dim=-1)
         vocab = log_probs.shape[-1]
         candidates = (scores.reshape(-1, 1) + log_probs).reshape(batch, live * vocab)
         top_scores, top_ids = candidates.topk(2 * beam_size, dim=-1)

@@ -44,6 +44,7 @@ from whisper_finetuning.data.audio import (
 from whisper_finetuning.decoding.transcribe_rules import TranscribeRules
 from whisper_finetuning.evaluation.selection import best_earliest
 from whisper_finetuning.model import adapters
+from whisper_finetuning.model.student import cut_as_trained
 from whisper_finetuning.training.checkpointing import CHECKSUMS_KEY, VerifiedCheckpointer
 
 READABLE_FILE, READABLE_DIR = 0o644, 0o755
@@ -127,6 +128,7 @@ def load_best(experiment_folder, epoch=None, allow_unvalidated=False):
     with open(hparams_file) as f:
         hparams = load_hyperpyyaml(f, {"checkpointer": None})
     save_folder = experiment_folder / Path(hparams["save_folder"]).name
+    cut_as_trained(hparams["whisper"], experiment_folder)  # a distilled student's layers
     checkpointer = VerifiedCheckpointer(
         save_folder, recoverables={"whisper": hparams["whisper"]}, advice=EXPORT_ADVICE
     )

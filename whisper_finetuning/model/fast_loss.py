@@ -22,9 +22,14 @@ def nll_loss(
     chunk_size=256,
     statistics_rows=0,
     entropy=False,
+    row_weights=None,
 ):
     """Label-smoothed NLL of ``targets`` and, for the first ``statistics_rows`` rows, their
     token statistics (``training_log.token_statistics``'s dict; None when 0 rows).
+
+    ``row_weights`` (batch,), if given, scale each row's tokens' terms: the loss is the
+    weighted sum over tokens divided by the (unweighted) token count, so weights of 1 give the
+    plain loss and a row of weight 0 only counts its tokens. The statistics stay unweighted.
 
     ``hidden`` (batch, time, width) are the decoder's final states aligned with ``targets``
     (batch, time); ``projection`` is the output projection (a bias-free linear layer);
@@ -38,9 +43,16 @@ def nll_loss(
         from whisper_finetuning.training.log import token_statistics
 
         log_probs = torch.nn.functional.log_softmax(projection(hidden).float(), dim=-1)
-        loss = speechbrain_nll_loss(
-            log_probs, targets, length=length, label_smoothing=label_smoothing
-        )
+        if row_weights is None:
+            loss = speechbrain_nll_loss(
+                log_probs, targets, length=length, label_smoothing=label_smoothing
+            )
+        else:  # each row's mean, back to a sum over its tokens, weighted
+            per_row = speechbrain_nll_loss(
+                log_probs, targets, length, label_smoothing=label_smoothing, reduction="batch"
+            )
+            n_tokens = torch.round(length * targets.shape[1])
+            loss = (per_row * n_tokens * row_weights).sum() / n_tokens.sum()
         stats = None
         if statistics_rows:
             n = statistics_rows
@@ -51,8 +63,17 @@ def nll_loss(
         raise ValueError("the chunked loss expects a bias-free output projection")
     n_tokens = torch.round(length * targets.shape[1]).long()
     mask = torch.arange(targets.shape[1], device=targets.device)[None] < n_tokens[:, None]
+    token_weights = None
+    if row_weights is not None:
+        token_weights = row_weights[:, None].expand(mask.shape)[mask].float()
     loss, target_lp, top_lp, argmax, entropies = _ProjectedNLL.apply(
-        hidden[mask], projection.weight, targets[mask], label_smoothing, chunk_size, entropy
+        hidden[mask],
+        projection.weight,
+        targets[mask],
+        label_smoothing,
+        chunk_size,
+        entropy,
+        token_weights,
     )
     stats = None
     if statistics_rows:
@@ -84,12 +105,13 @@ def _statistics(n_tokens, flat_targets, target_lp, top_lp, argmax, entropies):
 
 
 class _ProjectedNLL(torch.autograd.Function):
-    """Mean label-smoothed NLL of ``targets`` (one per row of ``hidden``) under the logits
-    ``hidden @ weight.T``, and per-row target log-probability, top log-probability, argmax and
-    (with ``entropy``) entropy, which carry no gradient."""
+    """Mean label-smoothed NLL of ``targets`` (one per row of ``hidden``; each term times its
+    ``token_weights`` entry, if given) under the logits ``hidden @ weight.T``, and per-row
+    target log-probability, top log-probability, argmax and (with ``entropy``) entropy, which
+    carry no gradient."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, label_smoothing, chunk_size, entropy):
+    def forward(ctx, hidden, weight, targets, label_smoothing, chunk_size, entropy, token_weights):
         count = max(hidden.shape[0], 1)
         want_hidden, want_weight = ctx.needs_input_grad[:2]
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
@@ -103,6 +125,10 @@ class _ProjectedNLL(torch.autograd.Function):
             log_probs = torch.log_softmax(torch.matmul(rows, weight.t()).float(), dim=-1)
             picked = log_probs.gather(-1, row_targets[:, None])[:, 0]
             smoothed = (1 - label_smoothing) * -picked - label_smoothing * log_probs.mean(dim=-1)
+            row_weights = None
+            if token_weights is not None:
+                row_weights = token_weights[start : start + chunk_size]
+                smoothed = smoothed * row_weights
             total = total + smoothed.sum()
             top, top_index = log_probs.max(dim=-1)
             stats["target"].append(picked)
@@ -115,6 +141,8 @@ class _ProjectedNLL(torch.autograd.Function):
                 grad_logits = log_probs.exp_().sub_(label_smoothing / log_probs.shape[-1])
                 grad_logits[torch.arange(len(rows)), row_targets] -= 1 - label_smoothing
                 grad_logits /= count
+                if row_weights is not None:
+                    grad_logits *= row_weights[:, None]
                 if want_hidden:
                     grad_hidden[start : start + chunk_size] = torch.matmul(grad_logits, weight)
                 if want_weight:
@@ -144,4 +172,4 @@ class _ProjectedNLL(torch.autograd.Function):
             if grad_loss.item() != 1:  # the CE alone (the usual case) takes the sum as it is
                 grad_weight = grad_weight * grad_loss
             grad_weight = grad_weight.to(ctx.weight_dtype)
-        return grad_hidden, grad_weight, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None

@@ -15,6 +15,7 @@ import torch
 from speechbrain.utils.checkpoints import ckpt_recency
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
+from whisper_finetuning.common.label_sources import LABEL_SOURCE
 from whisper_finetuning.evaluation import scoring
 from whisper_finetuning.evaluation.selection import best_earliest, min_loss_earliest
 from whisper_finetuning.training import distributed, mwer, resilience
@@ -26,9 +27,10 @@ LOSS_EMA_DECAY = 0.98
 
 
 def group_columns(columns):
-    """The columns summaries report per value: ``group_columns``, and always the language."""
+    """The columns summaries report per value: ``group_columns``, and always the language and
+    (where the manifest has it) the label source."""
     columns = list(columns)
-    return columns if "language" in columns else [*columns, "language"]
+    return columns + [c for c in ("language", LABEL_SOURCE) if c not in columns]
 
 
 class FineTuningBrain(resilience.ResilientBrain, sb.Brain):
@@ -43,11 +45,15 @@ class FineTuningBrain(resilience.ResilientBrain, sb.Brain):
     )
     gathered_accumulators = ("valid_token_stats",)
 
-    def __init__(self, *args, normalize, training_examples=None, **kwargs):
+    def __init__(self, *args, normalize, training_examples=None, distiller=None, **kwargs):
         """SpeechBrain's Brain, plus the scores' text normaliser (``scoring.Normalizers``), the
-        summaries' group columns, the training examples (``data.examples``; None: plain rows)
-        and MWER's search and first weights."""
+        summaries' group columns, the training examples (``data.examples``; None: plain rows),
+        the teacher (``distillation.Distiller``; None: no distillation) and MWER's search and
+        first weights."""
         super().__init__(*args, **kwargs)
+        self.distiller = distiller
+        if distiller is not None:
+            distiller.teacher.to(self.device)
         self.normalize = normalize
         self.group_columns = group_columns(self.hparams.group_columns)
         self.output_folder = self.hparams.output_folder

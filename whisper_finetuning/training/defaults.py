@@ -44,6 +44,20 @@ ADVANCED = {
     "mwer_beam_size": 4,
     "mwer_ce_weight": 0.01,
     "mwer_init": None,
+    # ---- pseudo-labels and distillation (docs/pseudo-labels.md) ----
+    # The loss of rows with label_source: pseudo (python -m whisper_finetuning.pseudo_label)
+    # is scaled by this (1: as human-labelled rows).
+    "pseudo_label_weight": 1.0,
+    # Distillation: a teacher (experiment folder or model) adds distill_weight x KL to its
+    # token distribution at distill_temperature (distil-whisper's 2); student_decoder_layers N
+    # keeps N maximally spaced decoder layers of whisper_hub (null: all).
+    "teacher": None,
+    "distill_weight": 1.0,
+    "distill_temperature": 2.0,
+    "student_decoder_layers": None,
+    # Speculative test decoding: this model (experiment folder or model; null: off) drafts,
+    # the selected checkpoint verifies: its greedy transcripts, faster (test_beam_size: 1).
+    "assistant": None,
     # ---- timestamps and long form (docs/timestamps-and-longform.md) ----
     # Shares of training rows in Whisper's own formats, drawn per (seed, epoch, utterance).
     "timestamp_probability": 0.0,

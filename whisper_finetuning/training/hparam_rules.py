@@ -127,6 +127,13 @@ def _show(value):
     return str(value)
 
 
+def _teacher_source(value):
+    """A train.py output folder (its selected checkpoint teaches), or a model source."""
+    if os.path.isfile(os.path.join(os.path.expanduser(value), "hyperparams.yaml")):
+        return None
+    return _model_source(value)
+
+
 def _model_source(value):
     """A ``bundled:`` name that exists; a local model folder (a path) that holds a model."""
     if value.startswith("bundled:"):
@@ -359,6 +366,25 @@ RULES = {
     "compression_ratio_threshold": _number(0, low_open=True, nullable=True, **RERUN_MAY_CHANGE),
     "logprob_threshold": _number(nullable=True, **RERUN_MAY_CHANGE),
     "no_speech_threshold": _number(0, 1, nullable=True, **RERUN_MAY_CHANGE),
+    # ---- pseudo-labels and distillation (issue 29; docs/pseudo-labels.md) ----
+    "pseudo_label_weight": _number(0, **RERUN_MAY_CHANGE),
+    "teacher": Rule(
+        "str",
+        nullable=True,
+        check=_teacher_source,
+        words=f"null, an experiment folder, {', '.join(BUNDLED_MODELS)}, a Hub name or a folder",
+        same_on_rerun=False,
+    ),
+    "distill_weight": _number(0, **RERUN_MAY_CHANGE),
+    "distill_temperature": _number(0, low_open=True, **RERUN_MAY_CHANGE),
+    "student_decoder_layers": _int(1, nullable=True),  # the checkpoint's shape: kept on rerun
+    "assistant": Rule(
+        "str",
+        nullable=True,
+        check=_teacher_source,
+        words=f"null, an experiment folder, {', '.join(BUNDLED_MODELS)}, a Hub name or a folder",
+        same_on_rerun=False,
+    ),
 }
 
 

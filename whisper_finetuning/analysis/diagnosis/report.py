@@ -323,6 +323,7 @@ def _other_sentences(d):
             "the WER that the teacher-forced loss never sees; judge those epochs by the WER "
             "without them, and keep the loop stop on (loop_stop)."
         )
+    sentences += _pseudo_label_sentences(d.get("pseudo_labels"))
     if d["skipped"]:
         sentences.append(
             "Not analysed for lack of data: "
@@ -330,6 +331,27 @@ def _other_sentences(d):
             + " (report.md says why for each)."
         )
     return sentences
+
+
+def _pseudo_label_sentences(pseudo):
+    """Seed 001's case named, or the pseudo rows' trend beside the valid WER's."""
+    if not pseudo:
+        return []
+    first, last = pseudo["epochs"][0], pseudo["epochs"][-1]
+    trend = (
+        f"from epoch {pseudo['from_epoch']} to {pseudo['to_epoch']} the training loss on "
+        f"pseudo-labelled rows went from {first['train_loss_pseudo']:.3f} to "
+        f"{last['train_loss_pseudo']:.3f} ({-pseudo['pseudo_loss_fall']:+.0%}) and the valid "
+        f"WER (human labels) from {first['valid_wer']:.2f} to {last['valid_wer']:.2f}"
+    )
+    if pseudo["flagged"]:
+        return [
+            f"Fitting the pseudo-labels, not the speech: {trend}. The falling loss reflects "
+            "the labeller's errors being learnt; filter harder (pseudo_label --wer_threshold "
+            "and the confidence thresholds), lower pseudo_label_weight, or relabel with a "
+            "better model."
+        ]
+    return [f"Pseudo-labels: {trend}; no sign of learning the labeller's errors."]
 
 
 def verdict(diagnostics):
@@ -501,6 +523,16 @@ def markdown(d, folder):
                     e["wer_without_loops"],
                 ]
                 for e in loops["epochs"]
+            ],
+        )
+    pseudo = d.get("pseudo_labels")
+    if pseudo:
+        lines += ["", "## Training loss per label source", ""]
+        lines += _table(
+            ["epoch", "train loss (pseudo)", "train loss (human)", "valid WER"],
+            [
+                [e["epoch"], e["train_loss_pseudo"], e["train_loss_human"], e["valid_wer"]]
+                for e in pseudo["epochs"]
             ],
         )
     sections = (

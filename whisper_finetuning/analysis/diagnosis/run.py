@@ -15,6 +15,7 @@ from whisper_finetuning.analysis.diagnosis import (
     Unavailable,
     boundary,
     checks,
+    label_sources,
     plots,
     records,
     report,
@@ -116,6 +117,9 @@ def diagnose(run):
         "repetition_loops": analyses.attempt("repetition_loops", checks.repetition_loops, run),
         "valid_set": analyses.attempt("valid_set", checks.valid_set, run, wer_epoch),
         "mwer": analyses.attempt("mwer", checks.mwer_expected_wer, run),
+        "pseudo_labels": analyses.attempt("pseudo_labels", label_sources.pseudo_label_overfit, run)
+        if label_sources.trained_on_pseudo_labels(run)
+        else None,  # runs on human labels only: nothing to check, nothing skipped
         "available_analyses": analyses.available,
         "skipped": analyses.skipped,
     }

@@ -1,0 +1,97 @@
+"""Knowledge distillation as distil-whisper does it: a student with fewer decoder layers learns
+the transcripts (cross-entropy) and the teacher's token distribution (KL).
+
+* ``student_decoder_layers: N`` keeps N maximally spaced decoder layers of the model being
+  trained (``whisper_hub``; distil-whisper's ``linspace`` map: 2 of 32 are layers 0 and 31),
+  so the student starts as a shallower copy of that model: to distil a fine-tuned run, export
+  it (``export_hf``) and name the folder as both ``whisper_hub`` and ``teacher``.
+* ``teacher: EXP_OR_MODEL`` (an experiment folder's selected checkpoint or a model) is teacher
+  forced on each training batch's own prompts and transcripts; the loss becomes
+  ``CE + distill_weight * KL`` with the KL between the teacher's and the student's token
+  distributions at temperature ``distill_temperature``, times its square (Hinton et al.).
+  With a frozen student encoder equal to the teacher's, the teacher's decoder reads the
+  student's encoder states, so the encoder cache serves both.
+"""
+
+import torch
+
+from whisper_finetuning.data.examples import align_to_targets
+from whisper_finetuning.model.student import DistillationError, keep_decoder_layers
+
+
+def distillation_loss(student_logits, teacher_logits, mask, temperature):
+    """``temperature ** 2`` times the mean over the ``mask``ed positions of
+    KL(teacher || student), both distributions softened by ``temperature``."""
+    student = torch.log_softmax(student_logits[mask].float() / temperature, dim=-1)
+    teacher = torch.log_softmax(teacher_logits[mask].float() / temperature, dim=-1)
+    per_position = (teacher.exp() * (teacher - student)).sum(dim=-1)
+    return temperature**2 * per_position.sum() / max(per_position.numel(), 1)
+
+
+class Distiller:
+    """The frozen teacher of a run and its loss's settings."""
+
+    def __init__(self, teacher, weight, temperature, student):
+        if teacher.model.config.vocab_size != student.model.config.vocab_size:
+            raise DistillationError("teacher and student must share a vocabulary")
+        self.teacher, self.weight, self.temperature = teacher, weight, temperature  # on the CPU
+        self.shares_encoder = student.encoder_frozen and _same_encoder(teacher, student)
+
+    def teacher_logits(self, states, tokens, token_lens, wavs=None, wav_lens=None):
+        """The teacher's logits for a batch's decoder inputs: on the student's encoder
+        states when they are the teacher's, else from the audio."""
+        with torch.no_grad():
+            if self.shares_encoder:
+                padded = self.teacher.pad_tokens(tokens, token_lens)
+                hidden = states.rejoin(
+                    [self.teacher.decoder_hidden(padded[rows], out) for rows, out in states.groups]
+                )
+                return self.teacher.model.proj_out(hidden)
+            if wavs is None:
+                raise DistillationError(
+                    "the teacher's encoder differs from the student's frozen one: train with "
+                    "encoder_cache: false so that the teacher hears the audio"
+                )
+            hidden, _ = self.teacher(wavs, wav_lens, tokens, token_lens, project=False)
+            return self.teacher.model.proj_out(hidden)
+
+    def loss(self, ce, projection, hidden, teacher_logits, targets, target_lens, prompt_lens):
+        """``ce + weight * KL`` at the target positions: the student's ``hidden`` states
+        (aligned with ``targets``, projected by ``projection``) against the teacher's logits
+        over the decoder inputs (aligned here, as the student's were)."""
+        length = targets.shape[1]
+        teacher_logits = align_to_targets(teacher_logits, prompt_lens, length)
+        n_tokens = torch.round(target_lens * length)
+        mask = torch.arange(length, device=targets.device)[None] < n_tokens[:, None]
+        kl = distillation_loss(projection(hidden), teacher_logits, mask, self.temperature)
+        return ce + self.weight * kl
+
+
+def _same_encoder(teacher, student):
+    """Whether two WhisperASRs encode alike (same window, same encoder weights)."""
+    if teacher.window_seconds != student.window_seconds:
+        return False
+    theirs = dict(teacher.model.model.encoder.named_parameters())
+    ours = dict(student.model.model.encoder.named_parameters())
+    return theirs.keys() == ours.keys() and all(
+        theirs[name].shape == ours[name].shape and torch.equal(theirs[name].cpu(), ours[name].cpu())
+        for name in ours
+    )
+
+
+def from_hparams(hparams):
+    """The run's ``Distiller`` (None without a ``teacher``), after cutting the student's
+    decoder when ``student_decoder_layers`` asks (a cut needs no teacher)."""
+    student = hparams["whisper"]
+    if hparams["student_decoder_layers"]:
+        keep_decoder_layers(student.model, hparams["student_decoder_layers"])
+    if hparams["teacher"] is None:
+        return None
+    if hparams["objective"] == "mwer":
+        raise DistillationError("teacher: distillation trains with objective ce, not mwer")
+    from whisper_finetuning.model.sources import load_frozen  # the teacher's own loader
+
+    # a teacher model encodes as the student does, so that an equal encoder is shared
+    teacher, _ = load_frozen(hparams["teacher"], hparams["whisper_cache"], student.window_seconds)
+    weight, temperature = hparams["distill_weight"], hparams["distill_temperature"]
+    return Distiller(teacher, weight, temperature, student)
