@@ -100,11 +100,19 @@ def load_hparams(hparams_file, overrides="", run_opts=None):
     values = plain_values(hparams_file, overrides)
     given = getattr(run_opts, "overridden_args", ())
     run_options = {key: run_opts[key] for key in given if key in values}
-    problem = hparam_rules.check({**values, **run_options})
+    settings = {**values, **run_options}
+    problem = hparam_rules.check(settings)
     if problem:
         raise HparamsError(problem)
-    if {**values, **run_options}["precision"] == "fp16" and not torch.cuda.is_available():
-        raise HparamsError("precision fp16 needs a CUDA GPU; use --precision=bf16 or fp32 on CPU")
+    if not torch.cuda.is_available():  # before any rerun check: this machine cannot run it
+        if settings["precision"] == "fp16":
+            raise HparamsError(
+                "precision fp16 needs a CUDA GPU; use --precision=bf16 or fp32 on CPU"
+            )
+        if settings["adamw_8bit"]:
+            raise HparamsError(
+                "adamw_8bit needs a CUDA GPU (bitsandbytes); set adamw_8bit: False on CPU"
+            )
     file_overrides, advanced = split_overrides(hparams_file, overrides)
     with open(hparams_file) as stream:
         hparams = load_hyperpyyaml(stream, file_overrides)

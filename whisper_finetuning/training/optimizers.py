@@ -2,17 +2,12 @@
 
 import functools
 
-import torch
-
 from whisper_finetuning.common.errors import RecipeError
 
 
 def adamw_8bit(hparams):
-    """bitsandbytes' AdamW with 8-bit states, the recipe's rate and weight decay (CUDA only)."""
-    if not torch.cuda.is_available():
-        raise RecipeError(
-            "adamw_8bit needs a CUDA GPU (bitsandbytes); set adamw_8bit: False on CPU"
-        )
+    """bitsandbytes' AdamW with 8-bit states, the recipe's rate and weight decay (CUDA only:
+    ``load_hparams`` refuses it on CPU)."""
     try:
         import bitsandbytes
     except ImportError:
