@@ -354,7 +354,7 @@ def test_checkpoints_hold_only_trainable_parameters(random_whisper_dir, tmp_path
 def test_the_export_prompts_as_the_run_did_when_a_pipeline_names_nothing(
     random_multilingual_dir, tmp_path
 ):
-    from whisper_finetuning.export.huggingface import generation_config
+    from whisper_finetuning.export.huggingface import generate_kwargs, generation_config
 
     whisper = WhisperASR(random_multilingual_dir, None, language="de", task="translate")
     exported = generation_config(whisper)
@@ -362,10 +362,29 @@ def test_the_export_prompts_as_the_run_did_when_a_pipeline_names_nothing(
     assert getattr(whisper.generation_config, "task", None) is None  # the run's own: as it was
     rows_named = generation_config(WhisperASR(random_multilingual_dir, None))
     assert (rows_named.language, rows_named.task) == (None, "transcribe")
-    # openai's transcribe thresholds, which generate reads from the config
+    # openai's transcribe thresholds are generate's arguments, not the config's: a config
+    # holding logprob_threshold fails a plain generate() (transformers asks for no scores)
     thresholds = ("no_speech_threshold", "logprob_threshold", "compression_ratio_threshold")
-    assert [getattr(exported, key) for key in thresholds] == [0.6, -1.0, 2.4]
-    saved = tmp_path / "config"
-    exported.save_pretrained(saved)
-    reloaded = type(exported).from_pretrained(saved)
-    assert [getattr(reloaded, key) for key in thresholds] == [0.6, -1.0, 2.4]
+    assert [getattr(exported, key, None) for key in thresholds] == [None, None, None]
+    kwargs = generate_kwargs()
+    assert kwargs == {
+        "temperature": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+        "compression_ratio_threshold": 2.4,
+        "logprob_threshold": -1.0,
+        "no_speech_threshold": 0.6,
+    }
+
+
+def test_the_exported_config_generates_plainly_and_under_the_transcribe_rules(random_whisper_dir):
+    from transformers import WhisperForConditionalGeneration
+
+    from whisper_finetuning.export.huggingface import generate_kwargs, generation_config
+
+    whisper = WhisperASR(random_whisper_dir, None)
+    model = WhisperForConditionalGeneration.from_pretrained(random_whisper_dir).eval()  # as saved
+    model.generation_config = generation_config(whisper)
+    features = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = model.generate(features, max_new_tokens=3)
+        ruled = model.generate(features, max_new_tokens=3, **generate_kwargs())
+    assert plain.dim() == ruled.dim() == 2  # token tensors, as a plain call returns

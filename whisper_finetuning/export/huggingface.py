@@ -159,20 +159,29 @@ def load_best(experiment_folder, epoch=None, allow_unvalidated=False):
     return hparams["whisper"], checkpoint
 
 
-def generation_config(whisper, rules=TranscribeRules()):  # noqa: B008  (frozen: shared safely)
+def generation_config(whisper):
     """The checkpoint's generation config with the run's task and default language (none when
     rows named their own): a pipeline given no language or task then prompts as the run did
-    (a ``translate`` run translates). It also holds openai's ``transcribe`` thresholds
-    (``rules``), which transformers' ``generate`` reads from it; the fallback temperatures are
-    an argument of ``generate`` only (``temperature=(0.0, 0.2, ...)``), never read from it."""
+    (a ``translate`` run translates). openai's ``transcribe`` thresholds stay out of it:
+    transformers' ``generate`` asks for the scores ``logprob_threshold`` needs only when it
+    is an argument, so a config holding it fails a plain ``generate()``; ``generate_kwargs``
+    gives them as arguments."""
     config = copy.deepcopy(whisper.generation_config)
     if whisper.is_multilingual:
         config.task = whisper.task
         config.language = whisper.language  # Whisper's name of it, or None
-    config.no_speech_threshold = rules.no_speech_threshold
-    config.logprob_threshold = rules.logprob_threshold
-    config.compression_ratio_threshold = rules.compression_ratio_threshold
     return config
+
+
+def generate_kwargs(rules=TranscribeRules()):  # noqa: B008  (frozen: shared safely)
+    """transformers ``generate`` arguments that decode under openai's ``transcribe`` rules, as
+    the recipe's searches do: the fallback temperatures and the three thresholds."""
+    return {
+        "temperature": list(rules.temperatures),
+        "compression_ratio_threshold": rules.compression_ratio_threshold,
+        "logprob_threshold": rules.logprob_threshold,
+        "no_speech_threshold": rules.no_speech_threshold,
+    }
 
 
 def describe(checkpoint):
@@ -208,6 +217,7 @@ def export(
     selected = {"checkpoint": checkpoint.path.name, **meta}
     selected["encoder_window_seconds"] = whisper.window_seconds
     selected["base_model"] = whisper.source
+    selected["generate_kwargs"] = generate_kwargs()
     write_json(dest / "selected_checkpoint.json", selected)
     if whisper.window_seconds != CHUNK_SECONDS:
         print(
