@@ -8,6 +8,7 @@ again with the same values and folder, where train.py resumes from its own check
 Finished trials are never repeated: the study counts them.
 """
 
+import fcntl
 import itertools
 import time
 import warnings
@@ -35,8 +36,15 @@ def sampler(spec):
 
 
 def open_study(spec):
-    """The spec's study, created on first use."""
+    """The spec's study, created on first use. Processes starting together on one machine take
+    turns: two creating one SQLite schema at once collide (alembic's version row)."""
     spec.output_folder.mkdir(parents=True, exist_ok=True)
+    with open(spec.output_folder / ".study.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return _open_study(spec)
+
+
+def _open_study(spec):
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat
     storage = RDBStorage(
         spec.storage,
