@@ -23,6 +23,7 @@ averaging and a rerun under ``sharding: ddp`` (or another number of GPUs) read t
 Loading scatters the full tensors back into each process's shards.
 """
 
+import contextlib
 import logging
 
 import speechbrain as sb
@@ -78,6 +79,7 @@ def gather_for_evaluation(root):
     root.set_reshard_after_forward(False)
     for module in _sharded_modules(root):
         module.unshard()
+    root.gathered_for_evaluation = True
 
 
 def shard_again(root):
@@ -87,6 +89,21 @@ def shard_again(root):
         module.reshard()
     root.set_reshard_after_forward(True)
     root.set_reshard_after_forward(False, recurse=False)
+    root.gathered_for_evaluation = False
+
+
+@contextlib.contextmanager
+def sharded(module):
+    """Within: every sharded model under ``module`` holds its shards (the parameters the
+    optimizer and the state-dict helpers know); gathered again after, if it was."""
+    roots = [m for m in module.modules() if getattr(m, "gathered_for_evaluation", False)]
+    for root in roots:
+        shard_again(root)
+    try:
+        yield
+    finally:
+        for root in roots:
+            gather_for_evaluation(root)
 
 
 @register_checkpoint_hooks
@@ -102,7 +119,8 @@ class ShardedModelState:
         """Every trainable parameter as a full CPU tensor (a collective: call on every process;
         the main process gets them, the others an empty dict)."""
         model = self.whisper.model
-        full = get_model_state_dict(model, options=GATHER)
+        with sharded(self.whisper):
+            full = get_model_state_dict(model, options=GATHER)
         trainable = [name for name, p in model.named_parameters() if p.requires_grad]
         return {name: full[name] for name in trainable if name in full}
 
@@ -122,7 +140,8 @@ class ShardedModelState:
         del end_of_epoch
         saved = self.whisper.read_checkpoint(path)
         self.whisper.check_trainable(saved, path)
-        set_model_state_dict(self.whisper.model, saved, options=SCATTER)
+        with sharded(self.whisper):
+            set_model_state_dict(self.whisper.model, saved, options=SCATTER)
 
 
 @register_checkpoint_hooks
@@ -142,10 +161,12 @@ class ShardedOptimizerState:
     def full_state(self):
         """The consolidated state, numbered as ``optimizer.state_dict()`` numbers it (a
         collective; the main process gets it, the others an empty dict)."""
-        full = get_optimizer_state_dict(self.model, self.optimizer, options=GATHER)
+        with sharded(self.model):
+            full = get_optimizer_state_dict(self.model, self.optimizer, options=GATHER)
+            names = self._names()
         if not full:
             return {}
-        numbers = {name: i for i, name in enumerate(self._names())}
+        numbers = {name: i for i, name in enumerate(names)}
         groups = [{**g, "params": [numbers[n] for n in g["params"]]} for g in full["param_groups"]]
         state = {numbers[name]: value for name, value in full["state"].items()}
         return {"state": state, "param_groups": groups}
@@ -165,6 +186,11 @@ class ShardedOptimizerState:
         """Read an unsharded-format state and scatter it into this process's shards."""
         del end_of_epoch
         saved = torch.load(path, map_location="cpu", weights_only=True)
+        with sharded(self.model):
+            self._load(saved, path)
+
+    def _load(self, saved, path):
+        """``load``'s work, with the parameters registered as their shards."""
         names = self._names()
         if len(saved.get("param_groups", [])) != len(self.optimizer.param_groups) or any(
             i >= len(names) for g in saved["param_groups"] for i in g["params"]
@@ -183,10 +209,15 @@ class ShardingBrain:
     """Mixin for ``sb.Brain``: ``sharding: fsdp`` instead of DistributedDataParallel (see the
     module docstring)."""
 
+    def __init__(self, *args, sharding="ddp", **kwargs):
+        """SpeechBrain's Brain; ``sharding`` (ddp or fsdp) chooses the wrapper under torchrun."""
+        self.sharding = sharding
+        super().__init__(*args, **kwargs)
+
     @property
     def fsdp(self):
         """True when this run shards the model (``sharding: fsdp`` under torchrun)."""
-        return self.hparams.sharding == "fsdp" and distributed.is_distributed()
+        return self.sharding == "fsdp" and distributed.is_distributed()
 
     def _wrap_distributed(self):
         """SpeechBrain's DDP wrapper, or under ``sharding: fsdp`` the sharded model."""
