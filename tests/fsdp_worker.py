@@ -4,8 +4,9 @@ writes what ``tests/unit/test_sharding.py`` compares (``python -m torch.distribu
 
 * ``whisper.ckpt``, ``optimizer.ckpt``: the consolidated checkpoint after ``STEPS`` steps;
 * ``reference.pt``: every parameter and AdamW moment then, gathered with ``full_tensor``;
-* ``resumed.pt``: the parameters one step later, trained on by the model that went on
-  (``went_on``) and by a fresh sharded model that loaded the checkpoint (``resumed``).
+* ``resumed.pt``: the parameters a fresh sharded model loaded (``loaded``), its optimizer's
+  param_groups without their parameters (``groups``), and the parameters one step later, trained
+  on by the model that went on (``went_on``) and by the fresh one (``resumed``).
 
 Each process trains on its rows of one global batch (``global_batch``), so one process on the
 whole batch takes the same steps.
@@ -93,11 +94,15 @@ def main(model_dir, out_dir):
     sharding.ShardedModelState(resumed).load(out / "whisper.ckpt", True)
     sharding.ShardedOptimizerState(resumed, resumed_opt).load(out / "optimizer.ckpt", True)
     loaded = full_parameters(resumed)
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in resumed_opt.param_groups]
     train_step(whisper, opt, STEPS, rows)
     train_step(resumed, resumed_opt, STEPS, rows)
     went_on, after = full_parameters(whisper), full_parameters(resumed)
     if rank == 0:
-        torch.save({"loaded": loaded, "went_on": went_on, "resumed": after}, out / "resumed.pt")
+        torch.save(
+            {"loaded": loaded, "groups": groups, "went_on": went_on, "resumed": after},
+            out / "resumed.pt",
+        )
     torch.distributed.destroy_process_group()
 
 

@@ -203,6 +203,14 @@ class ShardedOptimizerState:
             ],
         }
         set_optimizer_state_dict(self.model, self.optimizer, named, options=SCATTER)
+        # set_optimizer_state_dict rebuilds the groups from flattened keys, which turns tuples
+        # (AdamW's betas) into lists: the steps are the same, but the next optimizer.ckpt would
+        # not be the bytes an uninterrupted run writes. The groups' settings as in the file, as
+        # a plain optimizer's load_state_dict keeps them.
+        for group, saved_group in zip(
+            self.optimizer.param_groups, saved["param_groups"], strict=True
+        ):
+            group.update({k: v for k, v in saved_group.items() if k != "params"})
 
 
 class ShardingBrain:
