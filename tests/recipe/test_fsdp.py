@@ -1,6 +1,7 @@
 """``sharding: fsdp`` on CPU (gloo): FSDP2 over 2 processes trains the weights one process
 trains on the same global batch; its consolidated checkpoint loads into a plain model and
-resumes exactly. ``tests/fsdp_worker.py`` is the torchrun side."""
+resumes exactly (``tests/fsdp_worker.py`` is the torchrun side). Through train.py: DDP's
+weights, and a killed run rerun ends exactly where the uninterrupted one ends."""
 
 import json
 import os
@@ -93,30 +94,36 @@ def test_a_sharded_model_resumed_from_the_checkpoint_takes_the_same_next_step(sh
 
 
 # ---------------------------------------------------------------- train.py under torchrun --
-# Full fine-tuning (freeze_encoder False), 8 utterances in ascending order, 1 epoch.
-FULL = {"number_of_epochs": 1, "batch_size": 1, "sorting": "ascending", "freeze_encoder": False}
-# One process with accumulation 2 and 2 processes with batches of 1 see the same utterances per
-# step; their weights differ by float32 rounding amplified by AdamW (measured on this run:
-# 1.23e-4 for FSDP and for DDP alike, FSDP vs DDP 2.8e-7).
-RECIPE_TOLERANCE = 5e-4
+# train.py under torchrun (2 processes, gloo): one uninterrupted fsdp run, shared by both tests,
+# one ddp run, and a killed fsdp run with its rerun. There is no single-process run:
+# that FSDP trains one process's weights is shown at the step level above (1e-4, measured
+# 1.1e-5) and that DDP does through train.py by test_faults' 2-node test; here FSDP is held to
+# DDP, 500 times tighter than one process's float32 difference (measured 1.23e-4 for both).
+# Full fine-tuning (freeze_encoder False), 8 utterances in ascending order, 1 epoch, batches of
+# 1 per process: 4 optimizer steps, each checkpointed.
+FULL = {
+    "number_of_epochs": 1,
+    "batch_size": 1,
+    "sorting": "ascending",
+    "freeze_encoder": False,
+    "grad_accumulation_factor": 1,
+    "ckpt_interval_steps": 1,
+}
+# FSDP's reduce-scatter and DDP's all-reduce sum the same gradients (measured: 2.8e-7).
 SHARDED_VS_DDP = 1e-6
+# Every parameter moves by more than this (measured: at least 4.0e-3), above the largest
+# difference between 2 processes and one with accumulation 2 (1.23e-4, FSDP and DDP alike).
+MOVED = 5e-4
 
 
-def recipe(whisper_dir, corpus, exp, cache, processes, sharding="ddp", env=None):
-    """train.py with FULL settings, alone or under torchrun with gloo."""
+def recipe(whisper_dir, corpus, exp, cache, sharding, env=None):
+    """train.py with FULL settings under torchrun, 2 processes, gloo."""
     from recipe_runs import recipe_args
     from test_faults import with_values
 
-    args = with_values(
-        recipe_args(whisper_dir, corpus, exp, cache),
-        grad_accumulation_factor=2 // processes,
-        ckpt_interval_steps=1,
-        **FULL,
-    )
-    launcher = [sys.executable]
-    if processes > 1:
-        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-        args += ["--distributed_backend=gloo", f"--sharding={sharding}"]
+    args = with_values(recipe_args(whisper_dir, corpus, exp, cache), **FULL)
+    args += ["--distributed_backend=gloo", f"--sharding={sharding}"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     return subprocess.run(
         [*launcher, "train.py", *args],
         capture_output=True,
@@ -134,20 +141,28 @@ def corpus(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, random_whisper_dir, corpus):
-    """Experiment folders by name, each run once when a test first asks for it."""
-    root, done = tmp_path_factory.mktemp("runs"), {}
-    settings = {"single": (1, "ddp"), "fsdp": (2, "fsdp"), "ddp": (2, "ddp")}
+def recipe_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("encoder_cache")
 
-    def run(name):
-        if name not in done:
-            exp = root / name
-            finished = recipe(random_whisper_dir, corpus, exp, root / "cache", *settings[name])
-            assert finished.returncode == 0, finished.stderr[-5000:]
-            done[name] = exp
-        return done[name]
 
-    return run
+def finished(tmp_path_factory, random_whisper_dir, corpus, cache, sharding):
+    """The experiment folder of an uninterrupted run (run once per module: a failure is
+    reported to every test that asks, not retried in the same folder)."""
+    exp = tmp_path_factory.mktemp(sharding) / "exp"
+    done = recipe(random_whisper_dir, corpus, exp, cache, sharding)
+    assert done.returncode == 0, done.stderr[-5000:]
+    return exp
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory, random_whisper_dir, corpus, recipe_cache):
+    """The uninterrupted ``sharding: fsdp`` run, shared by the tests below."""
+    return finished(tmp_path_factory, random_whisper_dir, corpus, recipe_cache, "fsdp")
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory, random_whisper_dir, corpus, recipe_cache):
+    return finished(tmp_path_factory, random_whisper_dir, corpus, recipe_cache, "ddp")
 
 
 def kept_weights(exp):
@@ -155,38 +170,38 @@ def kept_weights(exp):
     return load(kept / "whisper.ckpt")
 
 
-def largest_difference(ours, theirs):
-    assert ours.keys() == theirs.keys()
-    return max(float((ours[name] - theirs[name]).abs().max()) for name in ours)
-
-
-def test_recipe_under_fsdp_trains_the_weights_of_one_process(runs, random_whisper_dir):
-    sharded, single = kept_weights(runs("fsdp")), kept_weights(runs("single"))
+def test_recipe_under_fsdp_trains_the_whole_model_to_the_weights_of_ddp(
+    fsdp_run, ddp_run, random_whisper_dir
+):
+    """train.py under fsdp: 4 steps that train all 88 parameters (encoder included) to DDP's
+    weights within 1e-6; every parameter moved by more than 5e-4."""
+    sharded, ddp = kept_weights(fsdp_run), kept_weights(ddp_run)
     assert len(sharded) == 88  # the whole model trains, encoder included
-    assert largest_difference(sharded, single) < RECIPE_TOLERANCE
+    assert sharded.keys() == ddp.keys()
+    assert max(float((sharded[n] - ddp[n]).abs().max()) for n in sharded) < SHARDED_VS_DDP
     initial = worker.full_parameters(worker.model(random_whisper_dir))
-    assert min(float((sharded[n] - initial[n]).abs().max()) for n in sharded) > RECIPE_TOLERANCE
-    epochs = [json.loads(line) for line in (runs("fsdp") / "epochs.jsonl").read_text().splitlines()]
+    assert min(float((sharded[n] - initial[n]).abs().max()) for n in sharded) > MOVED
+    epochs = [json.loads(line) for line in (fsdp_run / "epochs.jsonl").read_text().splitlines()]
     assert [e["optimizer_steps"] for e in epochs] == [4]
 
 
-def test_recipe_under_fsdp_trains_the_weights_of_ddp(runs):
-    sharded, ddp = kept_weights(runs("fsdp")), kept_weights(runs("ddp"))
-    assert largest_difference(sharded, ddp) < SHARDED_VS_DDP
-
-
 def test_recipe_under_fsdp_killed_and_rerun_ends_where_an_uninterrupted_run_ends(
-    runs, random_whisper_dir, corpus, tmp_path
+    fsdp_run, random_whisper_dir, corpus, tmp_path
 ):
+    """Killed after the 2nd step's checkpoint and rerun: the kept checkpoint (every file's
+    sha256 in CKPT.yaml, optimizer.ckpt included), the weights, the logs and the test WER are
+    the uninterrupted run's exactly."""
     from test_faults import assert_same_final_state
 
     from whisper_finetuning.training.checkpointing import CRASH_ENV
 
     exp, cache = tmp_path / "exp", tmp_path / "cache"
     # Each process has 4 batches: killed at its 3rd, after the 2nd step's checkpoint.
-    done = recipe(random_whisper_dir, corpus, exp, cache, 2, "fsdp", {CRASH_ENV: "train_batch:3"})
+    done = recipe(
+        random_whisper_dir, corpus, exp, recipe_cache, "fsdp", {CRASH_ENV: "train_batch:3"}
+    )
     assert done.returncode != 0 and "Signal 9 (SIGKILL)" in done.stderr, done.stderr[-3000:]
-    done = recipe(random_whisper_dir, corpus, exp, cache, 2, "fsdp")
+    done = recipe(random_whisper_dir, corpus, exp, cache, "fsdp")
     assert done.returncode == 0, done.stderr[-5000:]
     assert "Loading a checkpoint" in (exp / "log.txt").read_text()
-    assert_same_final_state(exp, runs("fsdp"))
+    assert_same_final_state(exp, fsdp_run)
