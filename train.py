@@ -247,6 +247,7 @@ def fine_tune(hparams, hparams_file, overrides, run_opts):
             normalize=normalize,
             training_examples=train_examples,
             distiller=distiller,
+            sharding=hparams["sharding"],  # fsdp: the model sharded over torchrun's processes
         )
         test_sets = {n: d for n, d in datasets.items() if n not in ("train", "valid")}
         zero_shot, test_loader_kwargs = hparams["zero_shot_eval"], hparams["test_loader_kwargs"]

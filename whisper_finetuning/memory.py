@@ -5,6 +5,8 @@ the options below override them. Nothing is downloaded: the model is built on th
 
 Usage: python -m whisper_finetuning.memory \
            --model large-v3 --batch_size 8 --adapter lora [--budget_gb 24]
+       python -m whisper_finetuning.memory --hparams hparams/whisper_large-v3_full.yaml \
+           --gpus 4  # per-GPU peak under sharding: fsdp
        python -m whisper_finetuning.memory --table  # largest batch per model and GPU
 """
 
@@ -38,6 +40,8 @@ def settings_from_hparams(hparams_file):
         adamw_8bit=values["adamw_8bit"],
         encoder_cache=str(values["encoder_cache"]).lower() != "false" and not values["augment"],
         loss_chunk_size=values["loss_chunk_size"],
+        freeze_encoder=values["freeze_encoder"],
+        sharding=values["sharding"],
     )
 
 
@@ -71,7 +75,14 @@ def report(settings, budget_gb):
         f"  optimizer    {plan.optimizer / GB:7.2f} GB ({optimizer})",
         f"  activations  {plan.activations / GB:7.2f} GB"
         + (" (bf16 autocast)" if settings.bf16 else ""),
-        f"  peak         {plan.peak / GB:7.2f} GB: "
+        *(
+            [f"  gathered     {plan.gathered / GB:7.2f} GB (root + 2 layers, with gradients)"]
+            if settings.sharding == "fsdp"
+            else []
+        ),
+        f"  peak         {plan.peak / GB:7.2f} GB"
+        + (f" per GPU ({settings.gpus} GPUs, fsdp)" if settings.sharding == "fsdp" else "")
+        + ": "
         + ("fits" if plan.peak <= budget_gb * GB else "does not fit")
         + f" in {budget_gb:g} GB",
         f"largest batch within {budget_gb:g} GB:",
@@ -121,7 +132,9 @@ def main(argv=None):
         "--no_encoder_cache", dest="encoder_cache", action="store_false", default=None
     )
     parser.add_argument("--loss_chunk_size", type=int, help="0: the whole batch's loss at once")
-    parser.add_argument("--budget_gb", type=float, default=24)
+    parser.add_argument("--sharding", choices=["ddp", "fsdp"], help="default: the hparams'")
+    parser.add_argument("--gpus", type=int, help="processes under fsdp (1)")
+    parser.add_argument("--budget_gb", type=float, default=24, help="per GPU")
     parser.add_argument("--table", action="store_true", help="print the README table")
     args = parser.parse_args(argv)
     try:

@@ -19,6 +19,7 @@ def test_the_shipped_yamls_are_the_recipes():
     assert names == [
         "demo_swiss_base.yaml",
         "demo_tiny_en.yaml",
+        "whisper_large-v3_full.yaml",
         "whisper_large-v3_lora.yaml",
         "whisper_small.yaml",
     ]

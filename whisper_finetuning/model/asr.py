@@ -251,16 +251,29 @@ class WhisperASR(torch.nn.Module):
     def _load(self, path, end_of_epoch):
         """Load saved parameters into the model built from ``source``."""
         del end_of_epoch  # parameters load the same either way
+        self.load_trainable(self.read_checkpoint(path), path)
+
+    @staticmethod
+    def read_checkpoint(path):
+        """A model checkpoint file's ``{name: tensor}``; ``DamagedCheckpointFile`` if unreadable."""
         try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
         except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else "empty"
             raise DamagedCheckpointFile(f"cannot read checkpoint {path}: {reason}") from None
-        self.load_trainable(saved, path)
 
     def load_trainable(self, saved, origin):
         """Copy saved parameters (``{name: tensor}``, from ``origin``) into the model: all the
         trainable ones, finite, and no other."""
+        self.check_trainable(saved, origin)
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in saved.items():
+                params[name].copy_(value)
+
+    def check_trainable(self, saved, origin):
+        """Refuse saved parameters that are not all the trainable ones of this model, finite,
+        and no other (sharded parameters are checked by their full shapes)."""
         if not isinstance(saved, dict):
             raise DamagedCheckpointFile(
                 f"checkpoint {origin} holds no parameters ({type(saved).__name__})"
@@ -281,9 +294,6 @@ class WhisperASR(torch.nn.Module):
             raise DamagedCheckpointFile(
                 f"checkpoint {origin} holds NaN or inf values (in {nonfinite[0]})"
             )
-        with torch.no_grad():
-            for name, value in saved.items():
-                params[name].copy_(value)
 
     def load_trained(self, path):
         """Load the trained parameters of a checkpoint's model file (e.g. ``mwer_init``)."""

@@ -14,6 +14,13 @@ parameter counts are exact. The peak is the sum of:
   (``loss_bytes``), plus the encoder output (or, without the encoder cache, the frozen
   encoder's own peak).
 
+Under ``sharding: fsdp`` over ``gpus`` processes (``training/sharding.py``), weights,
+gradients and optimizer state are divided by ``gpus`` (each GPU holds its shard); activations
+are not (each GPU runs its own batch). Each GPU also holds gathered copies in the compute
+precision (bf16 or fp32), with their unsharded gradients: the root's parameters (embeddings,
+stem, layer norms: gathered for the whole step) and two layers (the one running and the next,
+prefetched) at a time (``gathered``).
+
 Attention is counted as PyTorch's fused scaled-dot-product attention keeps it (queries, keys,
 values and output; no score matrix). Measured against real training steps by
 ``python -m whisper_finetuning.memory_benchmark`` (README: Memory).
@@ -60,6 +67,9 @@ class Settings:
     adamw_8bit: bool = False
     encoder_cache: bool = True  # the frozen encoder's output read from disk
     loss_chunk_size: int = 256  # target positions the loss projects at a time; 0: all at once
+    freeze_encoder: bool = True
+    sharding: str = "ddp"  # or fsdp: weights, gradients, optimizer state divided by gpus
+    gpus: int = 1
 
 
 def shape_name(whisper_hub):
@@ -87,12 +97,20 @@ def meta_model(settings):
         settings.lora_dropout,
         settings.trainable_patterns,
         settings.trainable_encoder_layers,
+        settings.freeze_encoder,
     )
 
 
 @functools.lru_cache(maxsize=16)
 def _meta_model(
-    model, adapter, adapter_targets, lora_rank, lora_dropout, patterns, trainable_encoder_layers
+    model,
+    adapter,
+    adapter_targets,
+    lora_rank,
+    lora_dropout,
+    patterns,
+    trainable_encoder_layers,
+    freeze_encoder=True,
 ):
     """``meta_model``'s work, once per choice of what trains (the other settings reuse it)."""
     with torch.device("meta"):
@@ -104,7 +122,7 @@ def _meta_model(
     set_trainable(
         whisper,
         freeze=False,
-        freeze_encoder=True,
+        freeze_encoder=freeze_encoder,
         trainable_encoder_layers=trainable_encoder_layers,
         patterns=list(patterns),
         adapter=bool(adapter),
@@ -197,6 +215,7 @@ class Prediction:
     gradients: float
     optimizer: float
     activations_of: Callable[[int], float]  # activation bytes of a batch size
+    gathered: float = 0  # fsdp: gathered parameters and their gradients, per GPU
 
     @property
     def activations(self):
@@ -205,8 +224,9 @@ class Prediction:
 
     @property
     def fixed(self):
-        """Bytes that do not depend on the batch: weights, gradients, optimizer state."""
-        return self.weights + self.gradients + self.optimizer
+        """Bytes that do not depend on the batch: weights, gradients, optimizer state (and
+        under fsdp the gathered parameters)."""
+        return self.weights + self.gradients + self.optimizer + self.gathered
 
     @property
     def peak(self):
@@ -224,6 +244,15 @@ class Prediction:
             middle = (low + high) // 2
             low, high = (middle, high) if self.activations_of(middle) <= budget else (low, middle)
         return low
+
+
+def gathered_bytes(model, width):
+    """Per GPU under fsdp: the root's parameters and the two largest layers' (running and
+    prefetched), gathered in ``width`` bytes each, with gradients of the same size."""
+    layers = [*model.model.encoder.layers, *model.model.decoder.layers]
+    sizes = sorted(sum(p.numel() for p in layer.parameters()) for layer in layers)
+    root = sum(p.numel() for p in model.parameters()) - sum(sizes)
+    return (root + sum(sizes[-2:])) * width * 2
 
 
 def predict(settings):
@@ -268,13 +297,15 @@ def predict(settings):
         chunk_size=settings.loss_chunk_size,
         projection_trains=model.proj_out.weight.requires_grad,
     )
+    shards = settings.gpus if settings.sharding == "fsdp" else 1
     return Prediction(
         total_params=total,
         trainable_params=trainable,
         batch_size=settings.batch_size,
-        weights=total * FP32,
-        gradients=trainable * FP32,
-        optimizer=trainable * (ADAMW_8BIT_BYTES if settings.adamw_8bit else ADAMW_BYTES),
+        weights=total * FP32 / shards,
+        gradients=trainable * FP32 / shards,
+        optimizer=trainable * (ADAMW_8BIT_BYTES if settings.adamw_8bit else ADAMW_BYTES) / shards,
+        gathered=gathered_bytes(model, width) if settings.sharding == "fsdp" else 0,
         activations_of=functools.partial(
             batch_activations,
             per_utterance=per_utterance,

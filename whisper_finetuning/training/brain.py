@@ -18,7 +18,7 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 from whisper_finetuning.common.label_sources import LABEL_SOURCE
 from whisper_finetuning.evaluation import scoring
 from whisper_finetuning.evaluation.selection import best_earliest, min_loss_earliest
-from whisper_finetuning.training import distributed, mwer, resilience
+from whisper_finetuning.training import distributed, mwer, resilience, sharding
 from whisper_finetuning.training import log as training_log
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def group_columns(columns):
     return columns + [c for c in ("language", LABEL_SOURCE) if c not in columns]
 
 
-class FineTuningBrain(resilience.ResilientBrain, sb.Brain):
+class FineTuningBrain(sharding.ShardingBrain, resilience.ResilientBrain, sb.Brain):
     """SpeechBrain's Brain with the run's logs, checkpoint selection and summaries."""
 
     resume_attributes = (

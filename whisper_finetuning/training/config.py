@@ -6,6 +6,7 @@ An override naming a key neither has, or the same key twice, is an error said in
 so is a value of the wrong type or range (``hparam_rules``).
 """
 
+import os
 import re
 from pathlib import Path
 
@@ -113,6 +114,11 @@ def load_hparams(hparams_file, overrides="", run_opts=None):
             raise HparamsError(
                 "adamw_8bit needs a CUDA GPU (bitsandbytes); set adamw_8bit: False on CPU"
             )
+    if settings.get("sharding") == "fsdp" and os.environ.get("RANK") is None:
+        raise HparamsError(
+            "sharding fsdp shards the model over the processes of a torchrun: start it with "
+            "torchrun --nproc_per_node=N train.py HPARAMS, or use sharding: ddp for one process"
+        )
     file_overrides, advanced = split_overrides(hparams_file, overrides)
     with open(hparams_file) as stream:
         hparams = load_hyperpyyaml(stream, file_overrides)

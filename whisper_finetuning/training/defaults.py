@@ -36,6 +36,10 @@ ADVANCED = {
     "keep_freed_memory": True,
     # AdamW with 8-bit states (bitsandbytes, CUDA only).
     "adamw_8bit": False,
+    # ---- several GPUs (docs/fsdp.md) ----
+    # Under torchrun: ddp (every process holds the whole model; DistributedDataParallel) or
+    # fsdp (full fine-tuning with weights, gradients and AdamW states sharded: FSDP2).
+    "sharding": "ddp",
     # ---- MWER (docs/mwer.md) ----
     # ce (label-smoothed cross-entropy) or mwer (expected word errors over N-best lists of
     # mwer_beam_size, + mwer_ce_weight x CE); mwer_init: a checkpoint folder or epoch to start

@@ -36,6 +36,7 @@ from whisper_finetuning.training.mwer import OBJECTIVES
 
 SORTINGS = ("random", "ascending", "descending")
 PRECISIONS = ("fp32", "bf16", "fp16")
+SHARDINGS = ("ddp", "fsdp")  # training/sharding.py
 SAVE_FOLDER = "save"  # save_folder's place in an output folder, as the yaml has it
 DATA_CHECKS = ("error", "warn", "off")
 
@@ -320,6 +321,8 @@ RULES = {
         **RERUN_MAY_CHANGE,
     ),
     "precision": _choice(*PRECISIONS),
+    # checkpoints are consolidated either way (training/sharding.py): a rerun may switch
+    "sharding": _choice(*SHARDINGS, **RERUN_MAY_CHANGE),
     "timestamp_probability": _number(0, 1),
     "longform_probability": _number(0, 1),
     "condition_on_prev_probability": _number(0, 1),
@@ -443,6 +446,11 @@ def _combination_problem(values):
                 f"language {language}: an English-only (.en) checkpoint cannot transcribe it: "
                 "use a multilingual one (e.g. --whisper_hub=bundled:base)"
             )
+    if values.get("sharding") == "fsdp" and values.get("adapter"):
+        return (
+            f"sharding fsdp is for full fine-tuning; adapter {values['adapter']} trains few "
+            "weights: use sharding: ddp with an adapter (or adapter: null to shard the model)"
+        )
     if values.get("objective") == "mwer":
         for key in _NOT_WITH_MWER:
             if values.get(key):
