@@ -70,8 +70,11 @@ def report(settings, budget_gb):
         f"  gradients    {plan.gradients / GB:7.2f} GB",
         f"  optimizer    {plan.optimizer / GB:7.2f} GB ({optimizer})",
         f"  activations  {plan.activations / GB:7.2f} GB"
-        + (" (bf16 autocast)" if settings.bf16 else ""),
-        f"  peak         {plan.peak / GB:7.2f} GB: "
+        + (" (bf16 autocast)" if settings.bf16 else "")
+        + ": forward and loss",
+        f"  backward     {plan.backward_of(settings.batch_size) / GB:7.2f} GB: the gradients "
+        "and what the backward holds beside them",
+        f"  peak         {plan.peak / GB:7.2f} GB (weights + optimizer + the larger of the two): "
         + ("fits" if plan.peak <= budget_gb * GB else "does not fit")
         + f" in {budget_gb:g} GB",
         f"largest batch within {budget_gb:g} GB:",

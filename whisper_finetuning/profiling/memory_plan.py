@@ -249,6 +249,11 @@ class Prediction:
         """Bytes that do not depend on the batch: weights, gradients, optimizer state."""
         return self.weights + self.gradients + self.optimizer
 
+    def backward_of(self, batch_size):
+        """Bytes the backward pass holds at most beyond the weights and optimizer state: every
+        gradient, and what an utterance keeps beside them (``peak_of``)."""
+        return self.gradients + batch_size * self.backward_per_utterance
+
     def peak_of(self, batch_size):
         """Predicted peak bytes of a step of ``batch_size`` utterances, as the step runs: the
         weights and the optimizer state throughout; then either the forward pass and the loss
@@ -258,7 +263,7 @@ class Prediction:
         the checkpointed layer inputs, at most). Gradients are set to None after each
         optimizer step (SpeechBrain's zero_grad) and the fused AdamW step needs no temporaries.
         """
-        backward = self.gradients + batch_size * self.backward_per_utterance
+        backward = self.backward_of(batch_size)
         return self.weights + self.optimizer + max(self.activations_of(batch_size), backward)
 
     @property
