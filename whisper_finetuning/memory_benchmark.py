@@ -4,11 +4,15 @@ Each configuration runs in its own process: a random Whisper with the given shap
 base.en; the bundled tiny.en's tokenizer) is loaded with the recipe's ``WhisperASR`` and trained
 for three steps the way ``train.py`` does with the encoder cache (frozen encoder output in,
 teacher-forced decoder, ``fast_loss``'s label-smoothed NLL in chunks of ``--loss_chunk_size``
-positions, AdamW). What a training step adds to the loaded model, the peak resident memory of
-the last two steps (Linux ``VmHWM``, reset after the first step) minus the memory once the
-model was loaded, is compared with the predicted gradients + optimizer state + activations;
-the weights (4 bytes a parameter) are exact, and the process's own tokenizer and Python objects
-are no part of a GPU's memory.
+positions, fused AdamW as ``adamw_fused: True``). What a training step adds to the loaded
+model, the peak resident memory of the last two steps (Linux ``VmHWM``, reset after the first
+step) minus the memory once the model was loaded, is compared with the predicted gradients +
+optimizer state + activations; the weights (4 bytes a parameter) are exact, and the process's
+own tokenizer and Python objects are no part of a GPU's memory. Before that baseline every
+weight is read (transformers maps the checkpoint file: untouched weights would be paged in by
+the first step and counted as its memory) and a one-utterance step warms the runtime up (its
+first-use memory is no tensor's); every allocation above 64 KB gets its own pages, so the
+resident peak is that of the live tensors.
 
 Usage: python -m whisper_finetuning.memory_benchmark \
     [--models tiny.en base.en] [--loss_chunk_size 256]

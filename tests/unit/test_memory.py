@@ -169,7 +169,7 @@ def test_the_planned_step_is_within_15_percent_of_the_measured_one(label, random
     cross-attention, LoRA; each with and without gradient checkpointing), tiny.en's shape,
     batch 8 x 40 positions, 10 s window, chunked loss: the predicted step (gradients, optimizer
     state, activations as the code keeps them) within 15% of the measured resident peak of the
-    live tensors (2026-12-06, 2-core CPU: -3% to +1%, see docs/adapters-and-memory.md)."""
+    live tensors (2026-12-06, 2-core CPU: -0.8% to -6.5%, docs/adapters-and-memory.md)."""
     settings = dataclasses.replace(
         Settings(model="tiny.en", batch_size=8, tokens=40, encoder_window_seconds=10),
         **memory_benchmark.CONFIGURATIONS[label],
