@@ -4,8 +4,12 @@ Both fine-tune Whisper tiny.en's decoder with the encoder frozen, on the same de
 utterances, with the same batch size, peak learning rate and number of optimizer steps, then
 decode the same validation utterances greedily. The baseline is the standard transformers
 setup: log-mel features padded to 30 s computed up front, the encoder run on every step, and
-``predict_with_generate`` for validation. This recipe's training time includes building its
-encoder-output cache (for the validation utterances too), so the ratios are not flattered;
+``predict_with_generate`` for validation. The second baseline is SpeechBrain's own Whisper
+recipe (``profiling/speechbrain_baseline.py``: LibriSpeech ``train_with_whisper.py`` with
+``train_hf_whisper.yaml``; the JSON's ``speechbrain_fixes`` and ``speechbrain_kept`` say what
+had to be fixed to run it and what was kept as shipped). This recipe's training time includes
+building its encoder-output cache (for the validation utterances too), so the ratios are not
+flattered;
 a second recipe run shows the throughput of any later experiment that finds the cache built.
 
 Each system runs in its own process, so each peak memory figure is its own. Each system's
@@ -34,7 +38,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_PREFIX = "BENCHMARK "
-SYSTEMS = ("recipe", "recipe_warm_cache", "baseline")
+SYSTEMS = ("recipe", "recipe_warm_cache", "baseline", "speechbrain")
+BASELINES = {"baseline": "Seq2SeqTrainer", "speechbrain": "SpeechBrain"}
 
 
 def demo_window_seconds():
@@ -62,6 +67,21 @@ def parse_args(argv):
         help="the recipe's encoder window step; default: the demo's (30 is Whisper's own; "
         "the baseline always pads to 30 s)",
     )
+    parser.add_argument(
+        "--model", help="a local Whisper folder instead of the bundled tiny.en (tests)"
+    )
+    parser.add_argument(
+        "--manifests",
+        help="a folder with train.csv and valid.csv to take the utterances from instead of the "
+        "demo corpus (their $data_root is --data_folder)",
+    )
+    parser.add_argument(
+        "--systems",
+        nargs="+",
+        choices=SYSTEMS,
+        default=list(SYSTEMS),
+        help="which systems to run (the recipe always runs: the ratios are its own)",
+    )
     parser.add_argument("--json", help="also write the figures and ratios to this file")
     parser.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)
     parser.add_argument("--work_folder", help=argparse.SUPPRESS)
@@ -73,8 +93,11 @@ def prepare_subsets(args, work):
     from whisper_finetuning.data.prepare.accent_corpus import prepare_accent_corpus
     from whisper_finetuning.model.bundled import resolve_source
 
-    manifests = prepare_accent_corpus(args.data_folder, Path(args.data_folder) / "manifests")
-    model = resolve_source("bundled:tiny.en", args.model_folder)
+    if args.manifests:
+        manifests = {split: Path(args.manifests) / f"{split}.csv" for split in ("train", "valid")}
+    else:
+        manifests = prepare_accent_corpus(args.data_folder, Path(args.data_folder) / "manifests")
+    model = args.model or resolve_source("bundled:tiny.en", args.model_folder)
     for split, count in (("train", args.train_utterances), ("valid", args.valid_utterances)):
         with open(manifests[split], newline="") as f:
             reader = csv.DictReader(f)
@@ -241,6 +264,35 @@ def run_baseline(args, work, model):
     return train_seconds, valid_seconds, scorer.summary()
 
 
+def run_speechbrain(args, work, model):
+    """SpeechBrain's own Whisper recipe (``profiling.speechbrain_baseline``), scored as the
+    transformers baseline is (the same normalizer and scorer)."""
+    from transformers import WhisperTokenizer
+
+    from whisper_finetuning.evaluation.scoring import Scorer, text_normalizer
+    from whisper_finetuning.profiling import speechbrain_baseline
+
+    train_seconds, valid_seconds, hypotheses = speechbrain_baseline.run(
+        model,
+        work / "train.csv",
+        work / "valid.csv",
+        Path(args.data_folder).resolve(),
+        args.epochs,
+        args.batch_size,
+        args.lr,
+        args.warmup_steps,
+        work,
+    )
+    valid_rows = read_rows(work / "valid.csv", args.data_folder)
+    scorer = Scorer(text_normalizer("english", WhisperTokenizer.from_pretrained(model), True))
+    scorer.append(
+        [r["ID"] for r in valid_rows],
+        [hypotheses[r["ID"]] for r in valid_rows],
+        [r["wrd"] for r in valid_rows],
+    )
+    return train_seconds, valid_seconds, scorer.summary()
+
+
 def training_flops(args, work, model, system):
     """FLOPs a system's training phase computes (``flops.py``: real token lengths, no padding).
 
@@ -258,7 +310,7 @@ def training_flops(args, work, model, system):
     tokenizer = WhisperTokenizer.from_pretrained(model)
     train_rows = read_rows(work / "train.csv", "")
     full_frames = CHUNK_SECONDS * 50
-    if system == "baseline":
+    if system in BASELINES:  # both pad to 30 s and project every decoder position
         per_epoch = 0
         for row in train_rows:
             positions = len(tokenizer(row["wrd"]).input_ids) - 1  # labels without the start
@@ -293,6 +345,8 @@ def worker(args):
     work, model = Path(args.work_folder), str(Path(args.work_folder) / "model")
     if args.system == "baseline":
         train_seconds, valid_seconds, summary = run_baseline(args, work, model)
+    elif args.system == "speechbrain":
+        train_seconds, valid_seconds, summary = run_speechbrain(args, work, model)
     else:
         train_seconds, valid_seconds, summary = run_recipe(args, work, model, args.system)
     audio_seconds = (
@@ -313,8 +367,95 @@ def worker(args):
     print(RESULT_PREFIX + json.dumps(figures), flush=True)
 
 
+RATIOS = (  # (figure, the ratio's key against the Seq2SeqTrainer baseline)
+    ("train_audio_seconds_per_second", "train_throughput_ratio"),
+    ("valid_utterances_per_second", "valid_decode_ratio"),
+    ("peak_rss_mb", "peak_rss_ratio"),
+)
+
+
+def build_report(results, peak):
+    """The JSON report: each system's figures, and the recipe's ratios against each baseline
+    that ran (``..._ratio``: Seq2SeqTrainer; ``..._ratio_speechbrain``: SpeechBrain's recipe)."""
+    from whisper_finetuning.profiling import speechbrain_baseline
+
+    for figures in results.values():
+        figures["flop_utilisation"] = figures["train_flops_per_second"] / peak
+    recipe = results["recipe"]
+    report = {**results, "matmul_peak_flops": peak, "wer_recipe": recipe["wer"]}
+    if "recipe_warm_cache" in results:
+        report["wer_recipe_warm_cache"] = results["recipe_warm_cache"]["wer"]
+    for baseline in BASELINES:
+        if baseline not in results:
+            continue
+        suffix = "" if baseline == "baseline" else "_" + baseline
+        for figure, ratio in RATIOS:
+            report[ratio + suffix] = recipe[figure] / results[baseline][figure]
+        if "recipe_warm_cache" in results:
+            report["train_throughput_ratio_warm_cache" + suffix] = (
+                results["recipe_warm_cache"]["train_audio_seconds_per_second"]
+                / results[baseline]["train_audio_seconds_per_second"]
+            )
+        report["wer_" + baseline] = results[baseline]["wer"]
+    if "speechbrain" in results:
+        report["speechbrain_fixes"] = speechbrain_baseline.FIXES
+        report["speechbrain_kept"] = speechbrain_baseline.KEPT
+    return report
+
+
+def print_table(report, systems):
+    """The side-by-side table: a column per system, the recipe's ratio against each baseline."""
+    recipe = report["recipe"]
+    baselines = [b for b in BASELINES if b in report]
+    columns = ["recipe", *(s for s in ("recipe_warm_cache",) if s in report), *baselines]
+    names = {"recipe": "recipe", "recipe_warm_cache": "warm cache", **BASELINES}
+    header = f"{'':30}" + "".join(f"{names[c]:>15}" for c in columns)
+    header += "".join(f"{'vs ' + BASELINES[b]:>20}" for b in baselines)
+    print(header)
+
+    def suffix(baseline):
+        return "" if baseline == "baseline" else "_" + baseline
+
+    for label, key, ratio in (
+        ("train audio-s per wall-s", *RATIOS[0]),
+        ("valid decode utterances/s", *RATIOS[1]),
+        ("peak RSS (MB)", *RATIOS[2]),
+        ("valid WER (%)", "wer", None),
+    ):
+        shown = [c != "recipe_warm_cache" or key == RATIOS[0][0] for c in columns]
+        cells = "".join(
+            f"{report[c][key]:>15.2f}" if show else f"{'':>15}"
+            for c, show in zip(columns, shown, strict=True)
+        )
+        for b in baselines:
+            cells += f"{report[ratio + suffix(b)]:>19.2f}x" if ratio else ""
+        print(f"{label:30}{cells}")
+    if "recipe_warm_cache" in report:
+        warm = (
+            f"{BASELINES[b]} {report['train_throughput_ratio_warm_cache' + suffix(b)]:.2f}x"
+            for b in baselines
+        )
+        print("  training with the cache already built, vs " + ", ".join(warm))
+    for c in columns:
+        lo, hi = report[c]["wer_ci95"]
+        print(f"  {names[c]} WER 95% CI: [{lo:.2f}, {hi:.2f}]")
+    peak = report["matmul_peak_flops"]
+    print(f"training GFLOP/s (share of the {peak / 1e9:.1f} GFLOP/s fp32 matmul peak):")
+    for system in systems:
+        figures = report[system]
+        print(
+            f"{'  ' + system:32}{figures['train_flops_per_second'] / 1e9:>12.2f}"
+            f"{figures['flop_utilisation']:>12.1%}"
+            f"  ({figures['train_flops'] / 1e12:.2f} TFLOP in {figures['train_seconds']:.0f} s)"
+        )
+    print(f"repetition loops stopped in the recipe's valid decoding: {recipe['loop_stopped']}")
+    if "speechbrain" in report:
+        print("SpeechBrain's recipe, fixed to run: " + "; ".join(report["speechbrain_fixes"]))
+        print("  kept as shipped: " + "; ".join(report["speechbrain_kept"]))
+
+
 def main(argv=None):
-    argv = argv if argv is not None else sys.argv[1:]
+    argv = list(argv if argv is not None else sys.argv[1:])
     if any(arg == "--device" or arg.startswith("--device=") for arg in argv):
         from whisper_finetuning import synthetic_benchmark
 
@@ -324,70 +465,23 @@ def main(argv=None):
         return worker(args)
     from whisper_finetuning.profiling.flops import matmul_peak
 
+    systems = [s for s in SYSTEMS if s == "recipe" or s in args.systems]
     peak = matmul_peak()  # before the systems, on the same threads and machine
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model = prepare_subsets(args, work)
         (work / "model").symlink_to(Path(model).resolve())
         results = {}
-        for system in SYSTEMS:
-            command = [
-                sys.executable,
-                "-m",
-                "whisper_finetuning.benchmark",
-                *sys.argv[1:],
-                f"--system={system}",
-            ]
-            command.append(f"--work_folder={work}")
+        for system in systems:
+            command = [sys.executable, "-m", "whisper_finetuning.benchmark", *argv]
+            command += [f"--system={system}", f"--work_folder={work}"]
             done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
             lines = [ln for ln in done.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
             if done.returncode or not lines:
                 sys.exit(f"error: the {system} run failed:\n{done.stderr[-2000:]}")
             results[system] = json.loads(lines[-1][len(RESULT_PREFIX) :])
-    for figures in results.values():
-        figures["flop_utilisation"] = figures["train_flops_per_second"] / peak
-    recipe, warm, baseline = (results[system] for system in SYSTEMS)
-    report = {
-        "recipe": recipe,
-        "recipe_warm_cache": warm,
-        "baseline": baseline,
-        "matmul_peak_flops": peak,
-        "train_throughput_ratio": recipe["train_audio_seconds_per_second"]
-        / baseline["train_audio_seconds_per_second"],
-        "train_throughput_ratio_warm_cache": warm["train_audio_seconds_per_second"]
-        / baseline["train_audio_seconds_per_second"],
-        "valid_decode_ratio": recipe["valid_utterances_per_second"]
-        / baseline["valid_utterances_per_second"],
-        "peak_rss_ratio": recipe["peak_rss_mb"] / baseline["peak_rss_mb"],
-        "wer_recipe": recipe["wer"],
-        "wer_recipe_warm_cache": warm["wer"],
-        "wer_baseline": baseline["wer"],
-    }
-    print(f"{'':32}{'recipe':>12}{'baseline':>12}{'ratio':>10}")
-    rows = (
-        ("train audio-s per wall-s", "train_audio_seconds_per_second", "train_throughput_ratio"),
-        ("valid decode utterances/s", "valid_utterances_per_second", "valid_decode_ratio"),
-        ("peak RSS (MB)", "peak_rss_mb", "peak_rss_ratio"),
-    )
-    for label, key, ratio in rows:
-        print(f"{label:32}{recipe[key]:>12.2f}{baseline[key]:>12.2f}{report[ratio]:>10.2f}")
-    print(
-        f"{'  ... with the cache already built':32}"
-        f"{warm['train_audio_seconds_per_second']:>12.2f}{'':>12}"
-        f"{report['train_throughput_ratio_warm_cache']:>10.2f}"
-    )
-    print(f"training GFLOP/s (share of the {peak / 1e9:.1f} GFLOP/s fp32 matmul peak):")
-    for system in SYSTEMS:
-        figures = results[system]
-        print(
-            f"{'  ' + system:32}{figures['train_flops_per_second'] / 1e9:>12.2f}"
-            f"{figures['flop_utilisation']:>12.1%}"
-            f"  ({figures['train_flops'] / 1e12:.2f} TFLOP in {figures['train_seconds']:.0f} s)"
-        )
-    lo, hi = baseline["wer_ci95"]
-    print(f"{'valid WER (%)':32}{recipe['wer']:>12.2f}{baseline['wer']:>12.2f}")
-    print(f"baseline WER 95% CI: [{lo:.2f}, {hi:.2f}]")
-    print(f"repetition loops stopped in the recipe's valid decoding: {recipe['loop_stopped']}")
+    report = build_report(results, peak)
+    print_table(report, systems)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0

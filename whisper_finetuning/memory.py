@@ -74,7 +74,10 @@ def report(settings, budget_gb):
         f"  gradients    {plan.gradients / GB:7.2f} GB",
         f"  optimizer    {plan.optimizer / GB:7.2f} GB ({optimizer})",
         f"  activations  {plan.activations / GB:7.2f} GB"
-        + (" (bf16 autocast)" if settings.bf16 else ""),
+        + (" (bf16 autocast)" if settings.bf16 else "")
+        + ": forward and loss",
+        f"  backward     {plan.backward_of(settings.batch_size) / GB:7.2f} GB: the gradients "
+        "and what the backward holds beside them",
         *(
             [f"  gathered     {plan.gathered / GB:7.2f} GB (root + 2 layers, with gradients)"]
             if settings.sharding == "fsdp"
@@ -82,7 +85,7 @@ def report(settings, budget_gb):
         ),
         f"  peak         {plan.peak / GB:7.2f} GB"
         + (f" per GPU ({settings.gpus} GPUs, fsdp)" if settings.sharding == "fsdp" else "")
-        + ": "
+        + " (weights + optimizer + the larger of the two): "
         + ("fits" if plan.peak <= budget_gb * GB else "does not fit")
         + f" in {budget_gb:g} GB",
         f"largest batch within {budget_gb:g} GB:",

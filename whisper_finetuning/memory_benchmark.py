@@ -4,11 +4,15 @@ Each configuration runs in its own process: a random Whisper with the given shap
 base.en; the bundled tiny.en's tokenizer) is loaded with the recipe's ``WhisperASR`` and trained
 for three steps the way ``train.py`` does with the encoder cache (frozen encoder output in,
 teacher-forced decoder, ``fast_loss``'s label-smoothed NLL in chunks of ``--loss_chunk_size``
-positions, AdamW). What a training step adds to the loaded model, the peak resident memory of
-the last two steps (Linux ``VmHWM``, reset after the first step) minus the memory once the
-model was loaded, is compared with the predicted gradients + optimizer state + activations;
-the weights (4 bytes a parameter) are exact, and the process's own tokenizer and Python objects
-are no part of a GPU's memory.
+positions, fused AdamW as ``adamw_fused: True``). What a training step adds to the loaded
+model, the peak resident memory of the last two steps (Linux ``VmHWM``, reset after the first
+step) minus the memory once the model was loaded, is compared with the predicted gradients +
+optimizer state + activations; the weights (4 bytes a parameter) are exact, and the process's
+own tokenizer and Python objects are no part of a GPU's memory. Before that baseline every
+weight is read (transformers maps the checkpoint file: untouched weights would be paged in by
+the first step and counted as its memory) and a one-utterance step warms the runtime up (its
+first-use memory is no tensor's); every allocation above 64 KB gets its own pages, so the
+resident peak is that of the live tensors.
 
 Usage: python -m whisper_finetuning.memory_benchmark \
     [--models tiny.en base.en] [--loss_chunk_size 256]
@@ -34,14 +38,16 @@ CONFIGURATIONS = {
     "cross-attention (demo)": {"trainable_patterns": ("encoder_attn",)},
     "full decoder": {},
     "LoRA r16": {"adapter": "lora", "adapter_targets": DECODER_ATTENTION},
-    "LoRA r16 + grad. ckpt": {
-        "adapter": "lora",
-        "adapter_targets": DECODER_ATTENTION,
-        "gradient_checkpointing": True,
-    },
     "top 2 encoder layers + decoder": {"trainable_encoder_layers": 2},
 }
+CONFIGURATIONS.update(
+    {
+        label + " + grad. ckpt": {**c, "gradient_checkpointing": True}
+        for label, c in CONFIGURATIONS.items()
+    }
+)
 STEPS = 3
+SMALL_ALLOCATION = 2**16  # bytes from which an allocation gets its own pages (``_measure``)
 
 
 def _status_kb(field):
@@ -74,7 +80,9 @@ def _measure(settings, model_dir, queue):
     from whisper_finetuning.profiling.memory_plan import FRAMES_PER_SECOND
     from whisper_finetuning.training.allocator import return_freed_memory
 
-    return_freed_memory(2**20)  # the peak the planner counts: that of the live tensors
+    # the peak the planner counts: that of the live tensors (glibc keeps freed blocks under its
+    # mmap threshold resident; LoRA's rank-wide and PEFT's small tensors are under 1 MB)
+    return_freed_memory(SMALL_ALLOCATION)
     torch.set_num_threads(2)
     whisper = WhisperASR(
         str(model_dir),
@@ -88,7 +96,12 @@ def _measure(settings, model_dir, queue):
         gradient_checkpointing=settings.gradient_checkpointing,
         window_seconds=settings.encoder_window_seconds,
     ).train()
-    optimizer = torch.optim.AdamW([p for p in whisper.parameters() if p.requires_grad], lr=1e-5)
+    for tensor in [*whisper.parameters(), *whisper.buffers()]:
+        # transformers maps safetensors files: weights not touched yet are not resident, and the
+        # first step would page them in (the decoder's 118 MB in tiny.en) as if it allocated them
+        tensor.detach().sum()
+    trainable = [p for p in whisper.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5, fused=True)  # adamw_fused: True
     generator = torch.Generator().manual_seed(0)
     frames = settings.encoder_window_seconds * FRAMES_PER_SECOND
     d_model = whisper.model.config.d_model
@@ -102,25 +115,35 @@ def _measure(settings, model_dir, queue):
     first = whisper.prompt_length - 1
     lengths = torch.ones(settings.batch_size)
 
-    loaded = _status_kb("VmRSS")
-    for step in range(STEPS):
-        if step == 1:  # the optimizer's state exists now (and counts): measure from here
-            Path("/proc/self/clear_refs").write_text("5")
-        hidden = whisper.decoder_hidden(tokens, whisper.encode_trainable(frozen_out))
+    def train_step(rows, positions):
+        hidden = whisper.decoder_hidden(
+            tokens[:rows, :positions], whisper.encode_trainable(frozen_out[:rows])
+        )
         loss, _ = nll_loss(
             whisper.model.proj_out,
             hidden[:, first:-1],
-            tokens[:, first + 1 :],
-            lengths,
+            tokens[:rows, first + 1 : positions],
+            lengths[:rows],
             label_smoothing=0.1,
             chunk_size=settings.loss_chunk_size,
-            statistics_rows=settings.batch_size,  # as in training: the log's token statistics
+            statistics_rows=rows,  # as in training: the log's token statistics
         )
         del hidden
         loss.backward()
+
+    # The runtime's own first-use memory (autograd's engine, thread pools, kernel caches: about
+    # 30 MB on CPU, CUDA's context on a GPU), which no planner of tensors counts: one step of
+    # one utterance of 8 positions before the measurement, its gradients dropped.
+    train_step(1, first + 8)
+    for parameter in trainable:
+        parameter.grad = None
+    loaded = _status_kb("VmRSS")
+    for index in range(STEPS):
+        if index == 1:  # the optimizer's state exists now (and counts): measure from here
+            Path("/proc/self/clear_refs").write_text("5")
+        train_step(settings.batch_size, settings.tokens)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        del loss
     queue.put(_status_kb("VmHWM") - loaded)
 
 

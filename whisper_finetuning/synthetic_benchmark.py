@@ -12,7 +12,11 @@ inputs of 20-40 tokens (a short sentence each), 30 s of audio.
   projection + label-smoothed NLL (``fast_loss``). Building the cache costs one encoder pass
   per utterance, reported apart (``cache_utterances_per_second``);
 * baseline: ``Seq2SeqTrainer.train`` on 30 s log-mel features, the encoder run in every step,
-  transformers' own loss over every decoder position.
+  transformers' own loss over every decoder position;
+* speechbrain: SpeechBrain's own recipe's step (``profiling/speechbrain_baseline.py``): its
+  Brain's ``fit_batch`` on waveforms, SpeechBrain's Whisper lobe padding each to 30 s and
+  computing the log-mel on the device, the frozen encoder in every step, the logits of every
+  position, ``nll_loss``, AdamW and the Noam step (in the same precision as the others).
 
 Each (shape, system) runs in its own process: its peak memory (CUDA: max allocated; CPU: peak
 RSS) is its own. FLOPs are counted from the shapes (``profiling.flops``) and set
@@ -37,7 +41,7 @@ import time
 from whisper_finetuning.profiling import shapes
 
 RESULT_PREFIX = "SYNTHETIC "
-SYSTEMS = ("recipe", "baseline")
+SYSTEMS = ("recipe", "baseline", "speechbrain")
 WINDOW_SECONDS = 30
 FRAMES = WINDOW_SECONDS * 50
 PROMPT = 2  # <|startoftranscript|><|notimestamps|>: decoder positions that predict no target
@@ -244,6 +248,81 @@ def run_baseline(args, batches):
     return sum(times.times[3:]) / len(times.times[3:])
 
 
+def _speechbrain_lobe(args):
+    """SpeechBrain's Whisper lobe around a random ``WhisperModel`` of the shape: its own
+    forward, 30 s padding, log-mel and decoder logits, without a checkpoint or tokenizer."""
+    import torch
+    from speechbrain.integrations.huggingface.whisper import Whisper
+    from transformers import WhisperFeatureExtractor, WhisperModel
+
+    torch.manual_seed(0)
+    config = whisper_config(args.shape)
+    lobe = Whisper.__new__(Whisper)
+    torch.nn.Module.__init__(lobe)
+    with torch.device(args.device):
+        lobe.model = WhisperModel(config)
+    lobe.model.encoder.requires_grad_(False)  # freeze_encoder: True
+    lobe.freeze, lobe.encoder_only, lobe.freeze_encoder = False, False, True
+    lobe.output_attentions, lobe.output_all_hiddens = False, False
+    extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins)
+    lobe._n_fft, lobe._hop_length = extractor.n_fft, extractor.hop_length
+    filters = torch.as_tensor(extractor.mel_filters, dtype=torch.float32)
+    filters = filters if filters.shape[0] == config.num_mel_bins else filters.T
+    lobe.register_buffer("_mel_filters", filters.to(args.device))
+    return lobe
+
+
+def run_speechbrain(args, batches):
+    """Seconds per step of SpeechBrain's recipe's ``fit_batch`` (``speechbrain_baseline``) on
+    clips of 4-12 s (each padded to 30 s by the lobe, as the recipe does)."""
+    from types import SimpleNamespace
+
+    import torch
+    from speechbrain.dataio.batch import PaddedBatch
+    from speechbrain.nnet.activations import Softmax
+    from speechbrain.nnet.losses import nll_loss
+    from speechbrain.nnet.schedulers import NoamScheduler
+
+    from whisper_finetuning.profiling import speechbrain_baseline
+
+    lobe = _speechbrain_lobe(args)
+    precision = {"bf16": "bf16", "fp32": "fp32"}[args.precision]
+    brain = speechbrain_baseline._brain_class()(
+        modules={"whisper": lobe},
+        opt_class=lambda params: torch.optim.AdamW(
+            params, lr=1e-5, weight_decay=speechbrain_baseline.WEIGHT_DECAY
+        ),
+        hparams={
+            "log_softmax": Softmax(apply_log=True),
+            "nll_loss": nll_loss,
+            "lr_annealing_whisper": NoamScheduler(lr_initial=1e-5, n_warmup_steps=500),
+            "max_grad_norm": speechbrain_baseline.MAX_GRAD_NORM,
+        },
+        run_opts={"device": args.device, "precision": precision},
+    )
+    brain.tokenizer = SimpleNamespace(pad_token_id=lobe.model.config.pad_token_id)
+    brain.init_optimizers()
+    brain.modules.train()
+    generator = torch.Generator().manual_seed(2)
+    padded = []
+    for tokens, lengths in batches:
+        rows = []
+        for ids, n in zip(tokens, lengths.tolist(), strict=True):
+            seconds = 4 + 8 * torch.rand(1, generator=generator).item()
+            wav = torch.randn(int(seconds * 16000), generator=generator) * 0.1
+            eos = ids[:1]  # any id does
+            rows.append(
+                {
+                    "id": "x",
+                    "sig": wav,
+                    "tokens_bos": ids[:n],
+                    "tokens_eos": torch.cat([ids[1:n], eos]),
+                }
+            )
+        padded.append((PaddedBatch(rows),))
+    return _time(args, brain.fit_batch, padded)
+
+
 def _time(args, function, batches):
     """Mean seconds per call of ``function(*batch)`` after 3 warm-up calls."""
     for batch in batches[:3]:
@@ -264,7 +343,7 @@ def step_flops(config, batches, system):
     total = 0
     for _, lengths in batches[3:]:
         for positions in lengths.tolist():
-            if system == "baseline":
+            if system in ("baseline", "speechbrain"):  # 30 s encoder, every position projected
                 total += flops.encoder_forward(config, WINDOW_SECONDS)
                 total += flops.decoder_training_step(config, positions, FRAMES, positions)
             else:
@@ -288,6 +367,8 @@ def worker(args):
     if args.system == "recipe":
         step_seconds, encode_seconds = run_recipe(args, batches)
         figures["cache_utterances_per_second"] = args.batch_size / encode_seconds
+    elif args.system == "speechbrain":
+        step_seconds = run_speechbrain(args, batches)
     else:
         step_seconds = run_baseline(args, batches)
     flops_per_step = step_flops(config, batches, args.system)
@@ -353,26 +434,31 @@ def main(argv):
     device_name = torch.cuda.get_device_name(args.device) if args.device != "cpu" else "cpu"
     report = {"device": device_name, "precision": args.precision, "matmul_peak_flops": peak}
     print(f"{device_name}, {args.precision}: matmul peak {peak / 1e12:.2f} TFLOP/s")
-    print(f"{'':26}{'recipe':>12}{'baseline':>12}{'ratio':>8}")
+    print(f"{'':26}{'recipe':>12}{'baseline':>12}{'speechbrain':>12}{'ratios':>14}")
     for shape in args.shapes.split(","):
         results = {}
         for system in SYSTEMS:
             results[system] = run_worker(argv, system, shape)
             results[system]["flop_utilisation"] = results[system]["train_flops_per_second"] / peak
-        recipe, baseline = results["recipe"], results["baseline"]
-        report[shape] = {
-            **results,
-            "train_throughput_ratio": recipe["train_utterances_per_second"]
-            / baseline["train_utterances_per_second"],
-            "peak_memory_ratio": recipe["peak_memory_mb"] / baseline["peak_memory_mb"],
-        }
+        recipe = results["recipe"]
+        report[shape] = dict(results)
+        for baseline, suffix in (("baseline", ""), ("speechbrain", "_speechbrain")):
+            report[shape]["train_throughput_ratio" + suffix] = (
+                recipe["train_utterances_per_second"]
+                / results[baseline]["train_utterances_per_second"]
+            )
+            report[shape]["peak_memory_ratio" + suffix] = (
+                recipe["peak_memory_mb"] / results[baseline]["peak_memory_mb"]
+            )
         print(f"{shape} (batch {args.batch_size}, 30 s)")
         for label, key, ratio in (
             ("  train utterances/s", "train_utterances_per_second", "train_throughput_ratio"),
             ("  peak memory (MB)", "peak_memory_mb", "peak_memory_ratio"),
         ):
             print(
-                f"{label:26}{recipe[key]:>12.2f}{baseline[key]:>12.2f}{report[shape][ratio]:>8.2f}"
+                f"{label:26}"
+                + "".join(f"{results[s][key]:>12.2f}" for s in SYSTEMS)
+                + f"{report[shape][ratio]:>7.2f}/{report[shape][ratio + '_speechbrain']:.2f}"
             )
         print(
             f"{'  TFLOP/s (of the peak)':26}"

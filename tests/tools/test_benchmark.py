@@ -5,7 +5,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import require_espeak
+import soundfile
+from conftest import require_espeak, speak, write_manifest
 
 CONTRACT_KEYS = {
     "train_throughput_ratio",
@@ -32,6 +33,9 @@ def test_benchmark_runs_both_systems_and_writes_its_ratios(tiny_en_dir, tmp_path
             "--valid_utterances=4",
             "--batch_size=4",
             "--encoder_window_seconds=10",
+            "--systems",  # SpeechBrain's recipe: the test below, on a random model
+            "recipe_warm_cache",
+            "baseline",
             f"--json={report_file}",
         ],
         capture_output=True,
@@ -102,3 +106,65 @@ def test_training_flops_follow_each_systems_encoder_runs_windows_and_projection(
     assert count("recipe_warm_cache") == 2 * warm_epoch
     encoded = sum(flops.encoder_forward(config, seconds) for seconds in (10, 20, 10))
     assert count("recipe") == 2 * warm_epoch + encoded
+
+
+@pytest.mark.slow
+def test_speechbrain_recipe_runs_as_a_second_baseline_on_a_tiny_corpus(
+    random_whisper_dir, tmp_path
+):
+    """Two utterances, one epoch, a tiny random Whisper: the recipe, Seq2SeqTrainer and
+    SpeechBrain's own recipe each train and decode; the JSON holds each system's real figures
+    and the recipe's ratios against both baselines, computed from those figures."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    sentences = ["the cat sat on the mat", "hello world again"]
+    rows = []
+    for i, text in enumerate(sentences):
+        speak(text, corpus / f"u{i}.wav")
+        seconds = soundfile.info(corpus / f"u{i}.wav").duration
+        rows.append({"ID": f"u{i}", "duration": f"{seconds:.2f}", "wav": f"$data_root/u{i}.wav"})
+        rows[-1]["wrd"] = text
+    write_manifest(corpus / "train.csv", rows)
+    write_manifest(corpus / "valid.csv", rows[:1])
+    report_file = tmp_path / "benchmark.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "whisper_finetuning.benchmark",
+            f"--data_folder={corpus}",
+            f"--manifests={corpus}",
+            f"--model={random_whisper_dir}",
+            "--systems",
+            "baseline",
+            "speechbrain",
+            "--epochs=1",
+            "--batch_size=2",
+            "--encoder_window_seconds=10",
+            f"--json={report_file}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(report_file.read_text())
+    assert "recipe_warm_cache" not in report  # not asked for
+    recipe = report["recipe"]
+    for baseline, suffix in (("baseline", ""), ("speechbrain", "_speechbrain")):
+        figures = report[baseline]
+        for figure, ratio in (
+            ("train_audio_seconds_per_second", "train_throughput_ratio"),
+            ("valid_utterances_per_second", "valid_decode_ratio"),
+            ("peak_rss_mb", "peak_rss_ratio"),
+        ):
+            assert recipe[figure] > 0 and figures[figure] > 0
+            assert report[ratio + suffix] == pytest.approx(recipe[figure] / figures[figure])
+        assert report["wer_" + baseline] == figures["wer"]
+        lo, hi = figures["wer_ci95"]
+        assert 0 <= lo <= figures["wer"] <= hi  # a random model may insert: WER above 100
+        assert figures["train_flops"] == report["baseline"]["train_flops"] > recipe["train_flops"]
+    # what had to be fixed to run SpeechBrain's recipe, and what was kept as shipped
+    assert {"fp16 on CPU", "Noam scheduler"} <= set(report["speechbrain_fixes"])
+    assert "30 s padding" in report["speechbrain_kept"]
+    assert "vs SpeechBrain" in done.stdout and "vs Seq2SeqTrainer" in done.stdout

@@ -32,14 +32,19 @@ def test_device_section_runs_on_cpu_and_reports_its_ratios(tmp_path):
     report = json.loads(report_file.read_text())
     assert (report["device"], report["precision"]) == ("cpu", "fp32")
     shape = report["test"]
-    recipe, baseline = shape["recipe"], shape["baseline"]
-    assert shape["train_throughput_ratio"] == pytest.approx(
-        recipe["train_utterances_per_second"] / baseline["train_utterances_per_second"]
+    recipe, baseline, speechbrain = shape["recipe"], shape["baseline"], shape["speechbrain"]
+    for other, suffix in ((baseline, ""), (speechbrain, "_speechbrain")):
+        assert shape["train_throughput_ratio" + suffix] == pytest.approx(
+            recipe["train_utterances_per_second"] / other["train_utterances_per_second"]
+        )
+        assert shape["peak_memory_ratio" + suffix] == pytest.approx(
+            recipe["peak_memory_mb"] / other["peak_memory_mb"]
+        )
+    # SpeechBrain's recipe encodes 30 s and projects every position, as Seq2SeqTrainer does
+    assert speechbrain["train_flops_per_second"] * speechbrain["step_seconds"] == pytest.approx(
+        baseline["train_flops_per_second"] * baseline["step_seconds"]
     )
-    assert shape["peak_memory_ratio"] == pytest.approx(
-        recipe["peak_memory_mb"] / baseline["peak_memory_mb"]
-    )
-    for figures in (recipe, baseline):
+    for figures in (recipe, baseline, speechbrain):
         assert figures["train_utterances_per_second"] == pytest.approx(2 / figures["step_seconds"])
         assert figures["flop_utilisation"] == pytest.approx(
             figures["train_flops_per_second"] / report["matmul_peak_flops"]

@@ -34,6 +34,7 @@ import torch
 from transformers import WhisperForConditionalGeneration
 
 from whisper_finetuning.model import adapters
+from whisper_finetuning.model.absorbed_attention import width_budget
 from whisper_finetuning.model.asr import frozen_encoder_depth, set_trainable
 from whisper_finetuning.profiling.shapes import SHAPES, config_of
 
@@ -150,11 +151,51 @@ def _adapter_extra(linear, rows, dropout):
     return rows * (a.out_features + (a.in_features if dropout > 0 else 0))
 
 
-def _layer_activations(layer, tokens, frames, d_model, ffn, dropout):
+def _absorbs(attention, tokens, dropout):
+    """True if a decoder layer's cross-attention takes the absorbed path
+    (``model/absorbed_attention.py``) for a batch of ``tokens`` positions: plain (not adapted)
+    key and value projections, no attention dropout, heads x tokens under its width budget."""
+    if (
+        type(attention.k_proj) is not torch.nn.Linear
+        or type(attention.v_proj) is not torch.nn.Linear
+    ):
+        return False
+    if dropout:
+        return False
+    frozen = not (attention.k_proj.weight.requires_grad or attention.v_proj.weight.requires_grad)
+    return tokens * attention.num_heads < width_budget(attention.embed_dim, frozen)
+
+
+def _cross_attention(attn, tokens, frames, d_model, absorbed, frames_need_grad):
+    """Elements a decoder layer's cross-attention keeps for its backward pass.
+
+    transformers' path: the queries and the output (fused attention, no score matrix), the
+    keys and values over the frames. The absorbed path: each head's weights over the frames
+    (heads x tokens x frames, the softmax output both products read), the queries moved into
+    the frames' space when the frames need a gradient, the mixed frames when ``v_proj`` trains
+    and the queries when ``k_proj`` trains (each product keeps the operand the other's gradient
+    needs).
+    """
+    elements = tokens * d_model * (_saves_input(attn.q_proj) + _saves_input(attn.out_proj))
+    if not absorbed:
+        return elements + tokens * d_model * 2 + frames * d_model * 2
+    heads = attn.num_heads
+    elements += heads * tokens * frames
+    elements += heads * tokens * d_model * frames_need_grad
+    elements += heads * tokens * d_model * attn.v_proj.weight.requires_grad
+    elements += tokens * d_model * attn.k_proj.weight.requires_grad
+    return elements
+
+
+def _layer_activations(
+    layer, tokens, frames, d_model, ffn, dropout, absorbed=False, frames_grad=False
+):
     """Elements one transformer layer keeps for its backward pass.
 
     ``tokens`` are the rows of the layer's own sequence (batch x length); ``frames`` the
-    encoder rows its cross-attention reads (0 for an encoder layer).
+    encoder rows its cross-attention reads (0 for an encoder layer); ``absorbed``: its
+    cross-attention takes the absorbed path; ``frames_grad``: the encoder output it reads needs
+    a gradient (the encoder trains).
     """
     cross = frames > 0
     attn_inputs = [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]
@@ -165,8 +206,7 @@ def _layer_activations(layer, tokens, frames, d_model, ffn, dropout):
     linears = [*attn_inputs, layer.self_attn.out_proj, layer.fc1, layer.fc2]
     if cross:
         attn = layer.encoder_attn
-        elements += tokens * d_model * 2 + frames * d_model * 2  # queries, output; keys, values
-        elements += tokens * d_model * (_saves_input(attn.q_proj) + _saves_input(attn.out_proj))
+        elements += _cross_attention(attn, tokens, frames, d_model, absorbed, frames_grad)
         elements += sum(_adapter_extra(m, frames, dropout) for m in (attn.k_proj, attn.v_proj))
         linears += [attn.q_proj, attn.out_proj]
     elements += tokens * d_model * _saves_input(layer.fc1) + tokens * ffn  # fc1 in, GELU in
@@ -216,6 +256,7 @@ class Prediction:
     optimizer: float
     activations_of: Callable[[int], float]  # activation bytes of a batch size
     gathered: float = 0  # fsdp: gathered parameters and their gradients, per GPU
+    backward_per_utterance: float = 0  # bytes an utterance keeps beside the backward's gradients
 
     @property
     def activations(self):
@@ -228,21 +269,39 @@ class Prediction:
         under fsdp the gathered parameters)."""
         return self.weights + self.gradients + self.optimizer + self.gathered
 
+    def backward_of(self, batch_size):
+        """Bytes the backward pass holds at most beyond the weights and optimizer state: every
+        gradient, and what an utterance keeps beside them (``peak_of``)."""
+        return self.gradients + batch_size * self.backward_per_utterance
+
+    def peak_of(self, batch_size):
+        """Predicted peak bytes of a step of ``batch_size`` utterances, as the step runs: the
+        weights and the optimizer state throughout; then either the forward pass and the loss
+        (every saved activation alive, no gradient yet but the chunked loss's own) or the
+        backward pass, whose gradients are born as the activations are freed (all gradients
+        beside the layer being differentiated, or recomputed under gradient checkpointing, and
+        the checkpointed layer inputs, at most). Gradients are set to None after each
+        optimizer step (SpeechBrain's zero_grad) and the fused AdamW step needs no temporaries.
+        """
+        backward = self.backward_of(batch_size)
+        held = self.weights + self.optimizer + self.gathered
+        return held + max(self.activations_of(batch_size), backward)
+
     @property
     def peak(self):
         """Predicted peak bytes of a training step."""
-        return self.fixed + self.activations
+        return self.peak_of(self.batch_size)
 
     def largest_batch(self, budget_gb):
         """The largest batch size whose predicted peak fits ``budget_gb`` (0 if none)."""
-        budget = budget_gb * GB - self.fixed
+        budget = budget_gb * GB
         high = 1
-        while self.activations_of(high) <= budget:
+        while self.peak_of(high) <= budget:
             high *= 2
         low = high // 2  # fits (or is 0); ``high`` does not
         while high - low > 1:  # the activations grow with the batch, the loss's not linearly
             middle = (low + high) // 2
-            low, high = (middle, high) if self.activations_of(middle) <= budget else (low, middle)
+            low, high = (middle, high) if self.peak_of(middle) <= budget else (low, middle)
         return low
 
 
@@ -274,16 +333,32 @@ def predict(settings):
     decoder_layers = decoder.layers[lowest:]
 
     grad_layers = [_layer_activations(m, frames, 0, d_model, ffn, dropout) for m in encoder_layers]
+    frames_grad = bool(encoder_layers)
     grad_layers += [
-        _layer_activations(m, tokens, frames, d_model, ffn, dropout) for m in decoder_layers
+        _layer_activations(
+            m,
+            tokens,
+            frames,
+            d_model,
+            ffn,
+            dropout,
+            _absorbs(m.encoder_attn, tokens, config.attention_dropout),
+            frames_grad,
+        )
+        for m in decoder_layers
     ]
-    if settings.gradient_checkpointing:  # each layer keeps its input; one layer is recomputed
-        inputs = len(encoder_layers) * frames * d_model + len(decoder_layers) * tokens * d_model
-        layer_activations = inputs + max(grad_layers, default=0)
-    else:
-        layer_activations = sum(grad_layers)
+    largest_layer = max(grad_layers, default=0)
     width = 2 if settings.bf16 else FP32  # autocast keeps matmul outputs in bf16
-    per_utterance = layer_activations * width + frames * d_model * FP32
+    encoder_out = frames * d_model * FP32
+    if settings.gradient_checkpointing:
+        # the forward keeps each layer's input only; the backward recomputes one layer at a time
+        inputs = len(encoder_layers) * frames * d_model + len(decoder_layers) * tokens * d_model
+        per_utterance = inputs * width + encoder_out
+        backward_per_utterance = (inputs + largest_layer) * width + encoder_out
+    else:
+        per_utterance = sum(grad_layers) * width + encoder_out
+        # the backward frees each layer's tensors as it passes: the layer it is in, at most
+        backward_per_utterance = largest_layer * width + encoder_out
     frozen_encoder = 0
     if not settings.encoder_cache:  # the frozen encoder runs first, without gradients
         stem = 2 * frames * d_model * 2  # two convolution outputs of twice the frames
@@ -312,4 +387,5 @@ def predict(settings):
             frozen_encoder_per_utterance=frozen_encoder,
             loss=loss,
         ),
+        backward_per_utterance=backward_per_utterance,
     )
