@@ -34,6 +34,11 @@ def experiment(tmp_path_factory):
             "--zero_shot_eval=False",
             "--diagnose_after_training=False",
             "--num_workers=0",
+            # plain greedy, as a pipeline decodes by default: no temperature fallback (after one
+            # epoch on one sentence, a low mean log-probability would sample again)
+            "--logprob_threshold=null",
+            "--no_speech_threshold=null",
+            "--compression_ratio_threshold=null",
         ],
         capture_output=True,
         text=True,
