@@ -30,12 +30,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+import ruamel.yaml
 import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.checkpoints import ckpt_recency
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from whisper_finetuning.common.checksums import write_sums
+from whisper_finetuning.common.errors import RecipeError
 from whisper_finetuning.common.files import write_json
 from whisper_finetuning.data.audio import (
     CHUNK_SECONDS,  # what transformers and faster-whisper pad to
@@ -54,6 +56,13 @@ EXPORT_ADVICE = (
     "export another kept epoch (--epoch N), or move {checkpoint} out of {folder} to export the "
     "next best one"
 )
+# what the export builds the run's model from, and where its checkpoints are
+REQUIRED_SETTINGS = ("save_folder", "whisper")
+SETTINGS_ADVICE = "the export builds the run's model from it: restore it from a copy"
+
+
+class RunSettingsError(RecipeError, ValueError):
+    """A run's ``hyperparams.yaml`` that is not the settings train.py wrote."""
 
 
 def save_whisper_dir(model, tokenizer, feature_extractor, dest):
@@ -112,6 +121,40 @@ def write_dir_atomically(dest, write):
     return dest
 
 
+def load_run_settings(hparams_file):
+    """The run's settings built from its ``hyperparams.yaml`` (no checkpointer); a damaged file
+    (not UTF-8, not YAML, cut short before the model, objects that do not build) is one line
+    naming it. A model folder the settings name that cannot be loaded says so itself."""
+
+    def damaged(why):
+        return RunSettingsError(f"{hparams_file} {why}; {SETTINGS_ADVICE}")
+
+    try:
+        text = Path(hparams_file).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise damaged("is damaged (not UTF-8 text)") from None
+    if not text.strip():
+        raise damaged("is empty")
+    try:
+        values = ruamel.yaml.YAML().load(text)
+    except ruamel.yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        raise damaged(f"is damaged (not YAML: {getattr(error, 'problem', error)}{where})") from None
+    if not isinstance(values, dict):
+        raise damaged("is damaged (not a mapping of settings)")
+    missing = [name for name in REQUIRED_SETTINGS if name not in values]
+    if missing:
+        raise damaged(f"is damaged (no '{missing[0]}' setting: cut short?)")
+    try:
+        return load_hyperpyyaml(text, {"checkpointer": None})
+    except (RecipeError, OSError):
+        raise
+    except Exception as error:  # a tag, reference or argument the file's damage left behind
+        reason = (str(error).strip().splitlines() or [""])[0]
+        raise damaged(f"is damaged ({type(error).__name__}: {reason})") from None
+
+
 def load_best(experiment_folder, epoch=None, allow_unvalidated=False):
     """The run's ``WhisperASR`` with its selected checkpoint (best by the run's
     ``selection_metric``, WER by default) or epoch ``epoch``'s loaded, and that checkpoint;
@@ -125,8 +168,7 @@ def load_best(experiment_folder, epoch=None, allow_unvalidated=False):
     hparams_file = experiment_folder / "hyperparams.yaml"
     if not hparams_file.is_file():
         raise FileNotFoundError(f"{hparams_file} not found: is this a train.py output folder?")
-    with open(hparams_file) as f:
-        hparams = load_hyperpyyaml(f, {"checkpointer": None})
+    hparams = load_run_settings(hparams_file)
     save_folder = experiment_folder / Path(hparams["save_folder"]).name
     cut_as_trained(hparams["whisper"], experiment_folder)  # a distilled student's layers
     checkpointer = VerifiedCheckpointer(
