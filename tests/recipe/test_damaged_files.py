@@ -99,6 +99,41 @@ def test_export_refuses_nan_weights_whose_checksum_matches(experiment, tmp_path,
     assert not (tmp_path / "hf").exists()
 
 
+def cut_before_the_model(path):
+    text = path.read_text()
+    path.write_text(text[: text.index("\nwhisper: ") + 1])
+
+
+SETTINGS_ADVICE = "the export builds the run's model from it: restore it from a copy"
+SETTINGS_CASES = {  # name: (damage, what the line says of hyperparams.yaml)
+    "cut short": (cut_before_the_model, "is damaged (no 'whisper' setting: cut short?)"),
+    "garbage": (
+        lambda p: p.write_text("]: not yaml ["),
+        "is damaged (not YAML: mapping values are not allowed here, line 1)",
+    ),
+    "not text": (lambda p: p.write_bytes(b"seed: \xff\xfe\x00\x81"), "is damaged (not UTF-8 text)"),
+    "empty": (lambda p: p.write_bytes(b""), "is empty"),
+}
+
+
+@pytest.mark.parametrize("case", [*SETTINGS_CASES, "missing"])
+def test_export_refuses_damaged_run_settings_naming_the_file(experiment, tmp_path, capsys, case):
+    exp = copy_experiment(experiment[1], tmp_path / "exp", without=())
+    settings = exp / "hyperparams.yaml"
+    if case == "missing":
+        settings.unlink()
+        expected = f"error: {settings} not found: is this a train.py output folder?"
+    else:
+        damage, why = SETTINGS_CASES[case]
+        damage(settings)
+        expected = f"error: {settings} {why}; {SETTINGS_ADVICE}"
+    before = file_hashes(exp)
+    assert export_hf.main([str(exp), str(tmp_path / "hf")]) == 1
+    assert one_line_error(capsys.readouterr().err) == expected
+    assert not (tmp_path / "hf").exists()
+    assert file_hashes(exp) == before
+
+
 def test_an_export_lists_its_files_and_a_damaged_one_is_refused_as_a_model(experiment, tmp_path):
     dest = tmp_path / "hf"
     assert export_hf.main([str(experiment[1]), str(dest)]) == 0

@@ -3,6 +3,7 @@ PEFT's adapter folder: each transcribes the valid set as the recipe's greedy dec
 on a random Whisper with scripted adapter weights, every merged layer against the formula."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import peft
@@ -10,6 +11,7 @@ import pytest
 import torch
 import transformers
 from conftest import fine_tune_tiny_en, read_jsonl, run_audio
+from recipe_runs import one_line_error
 
 from whisper_finetuning.export import huggingface as export
 
@@ -195,3 +197,61 @@ def test_export_loads_the_best_epoch_by_the_runs_selection_metric(
     loaded = dict(whisper.model.named_parameters())
     for name, value in saved[selected].items():
         assert torch.equal(loaded[name], value), name
+
+
+def _cut(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _rewrite(path, value):
+    from safetensors.torch import load_file, save_file
+
+    save_file({k: torch.full_like(v, value) for k, v in load_file(path).items()}, path)
+
+
+ADAPTER_FILE = "adapter_model.safetensors"
+FIRST_ADAPTER = "base_model.model.model.decoder.layers.0.self_attn.k_proj.lora_A.default.weight"
+WRITE_DAMAGE = {  # name: (damage done to the written adapter file, the line)
+    "cut": (
+        _cut,
+        "the written adapter folder does not load onto the base model (Error while "
+        "deserializing header: incomplete metadata, file not fully covered): not exported",
+    ),
+    "NaN": (
+        lambda p: _rewrite(p, float("nan")),
+        f"the written adapter folder holds NaN or inf values in {FIRST_ADAPTER}: not exported",
+    ),
+    "other weights": (
+        lambda p: _rewrite(p, 0.0),
+        f"the written adapter folder's {FIRST_ADAPTER} differs from the checkpoint's",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", WRITE_DAMAGE)
+def test_adapter_only_export_loads_its_folder_back_and_refuses_a_damaged_write(
+    random_whisper_dir, tmp_path, capsys, monkeypatch, case
+):
+    """The adapter folder is loaded onto the base model, compared, and decodes check_written's
+    clip before it is renamed into place; a write damaged on its way is one line, no folder."""
+    import peft
+
+    from whisper_finetuning import export_hf
+
+    experiment = tmp_path / "exp"
+    experiment.mkdir()
+    _adapter_experiment(experiment, random_whisper_dir, "lora", [{"epoch": 1, "WER": 10.0}])
+    assert export_hf.main([str(experiment), str(tmp_path / "good"), "--adapter_only"]) == 0
+    assert (tmp_path / "good" / ADAPTER_FILE).is_file()
+    capsys.readouterr()
+    damage, line = WRITE_DAMAGE[case]
+    save = peft.PeftModel.save_pretrained
+
+    def damaged_save(model, folder, *args, **kwargs):
+        save(model, folder, *args, **kwargs)
+        damage(Path(folder) / ADAPTER_FILE)
+
+    monkeypatch.setattr(peft.PeftModel, "save_pretrained", damaged_save)
+    assert export_hf.main([str(experiment), str(tmp_path / "bad"), "--adapter_only"]) == 1
+    assert one_line_error(capsys.readouterr().err) == f"error: {line}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp", "good"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import speak, write_manifest
+from conftest import sine, speak, write_manifest
 from speechbrain.utils.epoch_loop import EpochCounter
 
 from whisper_finetuning.common.checksums import SUMS_FILE, first_damaged, read_sums, write_sums
@@ -164,3 +164,64 @@ def test_damaged_cache_entries_are_recomputed_and_counted(random_whisper_dir, tm
     with caplog.at_level(logging.INFO):
         cache.prepare(dataset)
     assert not [m for m in caplog.messages if m.startswith("encoder cache")]
+
+
+def test_a_cache_entry_damaged_during_a_run_is_recomputed_and_counted_never_used(
+    random_whisper_dir, tmp_path, caplog
+):
+    """The start's check passed; then entries are damaged between two reads of the same
+    cache (as a loader reads them epoch after epoch): each read checks again."""
+    rows = [
+        {"ID": f"u{i}", "duration": 1.0, "wav": str(sine(tmp_path / f"u{i}.wav", 0.5 + i / 4))}
+        for i in range(3)
+    ]
+    for row in rows:
+        row["wrd"] = "a tone"
+    dataset = dataio.load_manifest(write_manifest(tmp_path / "m.csv", rows), tmp_path)
+    cache = EncoderCache(tmp_path / "cache", WhisperASR(str(random_whisper_dir)))
+    entries = cache.prepare(dataset)
+    written = {u: path.read_bytes() for u, path in entries.items()}
+    first = {row["ID"]: cache.load(entries[row["ID"]], row["wav"]) for row in rows}
+    assert cache.damaged_reads == 0
+    np.save(entries["u0"], np.full_like(np.load(entries["u0"]), np.nan))  # NaN, same shape
+    entries["u1"].write_bytes(written["u2"])  # another entry: a well-formed, wrong file
+    entries["u2"].write_bytes(written["u2"][:1000])  # truncated
+    with caplog.at_level(logging.WARNING):
+        second = {row["ID"]: cache.load(entries[row["ID"]], row["wav"]) for row in rows}
+    assert cache.damaged_reads == 3
+    assert caplog.messages == [
+        f"encoder cache: {entries['u0']} was damaged during the run: recomputed (1 such entry "
+        "in this process)",
+        f"encoder cache: {entries['u1']} was damaged during the run: recomputed (2 such entries "
+        "in this process)",
+        f"encoder cache: {entries['u2']} was damaged during the run: recomputed (3 such entries "
+        "in this process)",
+    ]
+    for utt_id, hidden in second.items():  # what an undamaged read gives, bit for bit
+        assert torch.isfinite(hidden).all() and torch.equal(hidden, first[utt_id]), utt_id
+    assert {u: path.read_bytes() for u, path in entries.items()} == written
+
+
+def test_a_damaged_mwer_init_checkpoint_is_one_line_naming_it(saved, tmp_path):
+    """Checked when the run is set up, before any training: against its recorded SHA-256, or
+    (a checkpoint without one) by reading it."""
+    from whisper_finetuning.common.errors import RecipeError
+    from whisper_finetuning.training.mwer import init_checkpoint
+
+    checkpointer, folder = saved
+    model_file = folder / "whisper.ckpt"
+    assert init_checkpoint(str(folder), checkpointer) == model_file
+    advice = "set mwer_init to another checkpoint folder or kept epoch"
+    model_file.write_bytes(b"garbage, not a torch file")
+    with pytest.raises(RecipeError) as damaged:
+        init_checkpoint(str(folder), checkpointer)
+    assert f"error: {damaged.value}" == f"error: mwer_init: {model_file} {DAMAGED}; {advice}"
+    meta = yaml.safe_load((folder / "CKPT.yaml").read_text())
+    del meta[CHECKSUMS_KEY]  # a checkpoint written before the checksums
+    (folder / "CKPT.yaml").write_text(yaml.dump(meta))
+    with pytest.raises(RecipeError) as unreadable:
+        init_checkpoint(str(folder), checkpointer)
+    assert f"error: {unreadable.value}" == (
+        f"error: mwer_init: cannot read checkpoint {model_file}: not a torch file of tensors; "
+        f"{advice}"
+    )

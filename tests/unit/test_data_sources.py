@@ -20,6 +20,7 @@ from data_sources import SOURCES, build_sources, hf_splits, make_corpus, write_l
 from whisper_finetuning import write_shards as write_shards_tool
 from whisper_finetuning.analysis.review.server import ReviewSession, Utterance, make_server
 from whisper_finetuning.analysis.review.store import JudgmentLog
+from whisper_finetuning.common.errors import RecipeError
 from whisper_finetuning.data import audio_sources
 from whisper_finetuning.data import checks as data_checks
 from whisper_finetuning.data.audio import SAMPLE_RATE, audio_info, read_audio
@@ -217,6 +218,72 @@ def test_a_folder_without_a_readable_dataset_is_a_one_line_error(tmp_path):
         f"cannot load the Hugging Face dataset in {tmp_path / 'broken'}: "
     )
     assert "\n" not in str(broken.value)
+
+
+def _small_hf_dataset(folder, parquet):
+    """A three-split dataset of silent clips: ``save_to_disk`` or Hub-style parquet files."""
+    from datasets import Audio, Dataset, DatasetDict
+
+    clip = io.BytesIO()
+    sf.write(clip, np.zeros(1600, "float32"), SAMPLE_RATE, format="WAV")
+
+    def split(n):
+        audio = [{"bytes": clip.getvalue(), "path": f"u{i}.wav"} for i in range(n)]
+        rows = {"audio": audio, "text": [f"row {i}" for i in range(n)]}
+        return Dataset.from_dict(rows).cast_column("audio", Audio())
+
+    splits = DatasetDict({"train": split(4), "validation": split(2), "test": split(2)})
+    if not parquet:
+        splits.save_to_disk(str(folder))
+        return folder / "train" / "data-00000-of-00001.arrow"
+    (folder / "data").mkdir(parents=True)
+    for name, rows in splits.items():
+        rows.to_parquet(str(folder / "data" / f"{name}-00000-of-00001.parquet"))
+    return folder / "data" / "train-00000-of-00001.parquet"
+
+
+def _arrow_reason(path):
+    import pyarrow as pa
+
+    with pytest.raises((OSError, pa.ArrowInvalid)) as error, pa.memory_map(str(path)) as source:
+        pa.ipc.open_stream(source).read_all()
+    return str(error.value)
+
+
+NOT_PARQUET = (
+    "Parquet magic bytes not found in footer. Either the file is corrupted or this is not a "
+    "parquet file."
+)
+
+
+@pytest.mark.parametrize("form", ["arrow", "parquet"])
+@pytest.mark.parametrize("damage", ["cut", "garbage"])
+def test_a_damaged_hf_data_file_is_one_line_naming_it(tmp_path, form, damage):
+    from whisper_finetuning.data.prepare import prepare_or_fail
+
+    folder = tmp_path / "hf"
+    data_file = _small_hf_dataset(folder, parquet=form == "parquet")
+    if damage == "cut":
+        data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size // 2])
+    else:
+        data_file.write_bytes(b"junk" * 100)
+    before = hashlib.sha256(data_file.read_bytes()).hexdigest()
+    audio_sources.hf_split.cache_clear()
+    with pytest.raises(RecipeError) as error:
+        prepare_or_fail("hf", folder, tmp_path / "manifests")
+    if form == "parquet":
+        reason = NOT_PARQUET
+    elif damage == "garbage":
+        reason = "Expected to read 1802401130 metadata bytes, but only read 396"
+    else:
+        reason = _arrow_reason(data_file)  # pyarrow's bytes expected and found
+        assert reason.startswith("Expected to be able to read ")
+    assert f"error: {error.value}" == (
+        f"error: data preparation failed: cannot load the Hugging Face dataset in {folder}: "
+        f"{data_file} is damaged ({reason}); write or download it again"
+    )
+    assert hashlib.sha256(data_file.read_bytes()).hexdigest() == before
+    assert not (tmp_path / "manifests").exists() or not list((tmp_path / "manifests").iterdir())
 
 
 def skip_summaries(caplog):

@@ -20,6 +20,7 @@ import functools
 import io
 import os
 import re
+from pathlib import Path
 
 HF_SCHEME = "hf://"
 LHOTSE_SCHEME = "lhotse://"
@@ -154,7 +155,14 @@ def hf_split(folder, split, audio_column):
             "or audiofolder metadata.csv/metadata.jsonl"
         ) from None
     except (OSError, ValueError, datasets.exceptions.DatasetsError) as error:
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        damaged = damaged_data_file(folder)
+        if damaged:
+            path, reason = damaged
+            raise ValueError(
+                f"cannot load the Hugging Face dataset in {folder}: {path} is damaged "
+                f"({reason}); write or download it again"
+            ) from None
+        first_line = _first_line(error)
         raise ValueError(
             f"cannot load the Hugging Face dataset in {folder}: {first_line}"
         ) from None
@@ -171,6 +179,40 @@ def hf_split(folder, split, audio_column):
         return rows.cast_column(audio_column, datasets.Audio(decode=False))
     except (TypeError, ValueError) as error:
         raise ValueError(f"{folder} column '{audio_column}' is not audio: {error}") from None
+
+
+def _first_line(error):
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def damaged_data_file(folder):
+    """``(path, reason)`` of the first arrow or parquet file under ``folder`` that pyarrow
+    cannot read whole (cut, overwritten, not that format), or None when all read. Run once
+    loading failed, to name the file: it reads every data file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def read_arrow(path):
+        try:  # save_to_disk writes the stream format; the file format is read too
+            with pa.memory_map(str(path)) as source:
+                pa.ipc.open_stream(source).read_all()
+        except pa.ArrowInvalid as stream_error:
+            try:
+                with pa.memory_map(str(path)) as source:
+                    pa.ipc.open_file(source).read_all()
+            except pa.ArrowInvalid:
+                raise stream_error from None
+
+    readers = {".arrow": read_arrow, ".parquet": lambda path: pq.ParquetFile(path).read()}
+    for path in sorted(Path(folder).rglob("*")):
+        read = readers.get(path.suffix)
+        if read is None or not path.is_file():
+            continue
+        try:
+            read(path)
+        except (OSError, ValueError, pa.ArrowException) as error:
+            return path, _first_line(error)
+    return None
 
 
 @functools.lru_cache(maxsize=16)

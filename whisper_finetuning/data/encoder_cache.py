@@ -11,9 +11,11 @@ makes the old entry unreachable and the next run recomputes it.
 
 Beside each entry ``KEY.npy``, ``KEY.json`` records its SHA-256, shape and dtype when it is
 written; ``prepare`` recomputes an entry that does not match (NaN-filled, cut short,
-truncated, or without its record) and counts those in the log.
+truncated, or without its record) and counts those in the log. ``load`` checks an entry again
+at each read: one damaged during a run is recomputed, counted and logged, never used.
 """
 
+import copy
 import hashlib
 import io
 import json
@@ -25,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from whisper_finetuning.common.checksums import damage
+from whisper_finetuning.common.errors import RecipeError
 from whisper_finetuning.common.files import atomic_path, write_json
 from whisper_finetuning.data import audio_sources
 from whisper_finetuning.data.audio import SAMPLE_RATE, read_audio
@@ -79,6 +82,8 @@ class EncoderCache:
         self.device = device
         self.batch_size = batch_size
         self.folder = Path(folder) / fingerprint(whisper)
+        self.damaged_reads = 0  # entries found damaged by ``load`` (in this process)
+        self._cpu_copy = None  # a loader worker's copy of a model held on an accelerator
 
     def _entry(self, wav_ref):
         """Where the output for this audio (a file, or audio in a shard or dataset) lives."""
@@ -107,18 +112,54 @@ class EncoderCache:
             self._compute([dataset.data[u]["wav"] for u in ids], [entries[u] for u in ids])
         return entries
 
+    def load(self, path, wav_ref):
+        """The entry at ``path`` (for the audio ``wav_ref``) as a float32 tensor, checked
+        against its record at this read: an entry damaged since ``prepare`` checked it is
+        recomputed, counted (``damaged_reads``) and logged, never used."""
+        hidden = read_verified(path)
+        if hidden is not None:
+            return hidden
+        self.damaged_reads += 1
+        logger.warning(
+            "encoder cache: %s was damaged during the run: recomputed (%d such entr%s in this "
+            "process)",
+            path,
+            self.damaged_reads,
+            "y" if self.damaged_reads == 1 else "ies",
+        )
+        whisper, device = self._model_here()
+        self._compute([wav_ref], [path], whisper, device)
+        hidden = read_verified(path)
+        if hidden is None:
+            raise RecipeError(
+                f"encoder cache: {path} does not read back as written: is the disk ok?"
+            )
+        return hidden
+
+    def _model_here(self):
+        """The model and device to recompute with in this process: a loader worker cannot use
+        an accelerator the main process holds, so it computes on a CPU copy."""
+        device = next(self.whisper.parameters()).device
+        if device.type == "cpu" or torch.utils.data.get_worker_info() is None:
+            return self.whisper, device
+        if self._cpu_copy is None:
+            self._cpu_copy = copy.deepcopy(self.whisper).cpu()
+        return self._cpu_copy, torch.device("cpu")
+
     @torch.no_grad()
-    def _compute(self, wav_paths, targets):
+    def _compute(self, wav_paths, targets, whisper=None, device=None):
         """Run the frozen part on a batch of files and store each output atomically."""
+        whisper = whisper or self.whisper
+        device = device or self.device
         wavs = [read_audio(p) for p in wav_paths]
         batch = torch.zeros(len(wavs), max(len(w) for w in wavs))
         for i, wav in enumerate(wavs):
             batch[i, : len(wav)] = wav
         lens = torch.tensor([len(w) / batch.shape[1] for w in wavs])
-        was_training = self.whisper.training
-        self.whisper.eval()
-        groups = self.whisper.encode_frozen_by_window(batch.to(self.device), lens.to(self.device))
-        self.whisper.train(was_training)
+        was_training = whisper.training
+        whisper.eval()
+        groups = whisper.encode_frozen_by_window(batch.to(device), lens.to(device))
+        whisper.train(was_training)
         for rows, out in groups:
             for row, hidden in zip(rows, out.cpu().numpy().astype(CACHE_DTYPE), strict=True):
                 targets[row].parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +185,19 @@ def intact(path):
         return damage(path, record["sha256"]) is None
     except (OSError, ValueError, KeyError, TypeError):
         return False
+
+
+def read_verified(path):
+    """The entry at ``path`` as a float32 tensor, or None when it is not the one its record
+    says was written (its bytes are read once: hashed, then parsed)."""
+    try:
+        record = json.loads(path.with_suffix(".json").read_text())
+        data = Path(path).read_bytes()
+        if hashlib.sha256(data).hexdigest() != record["sha256"]:
+            return None
+        return torch.from_numpy(np.load(io.BytesIO(data)).astype(np.float32))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def load_entry(path):

@@ -59,8 +59,8 @@ def add_audio(datasets, hparams, whisper, builder, audio_pipeline):
         if use["train" if name == "train" else "eval"]:
             entries = run_on_main(cache.prepare, args=[dataset])  # built once, read by all
             dataset.add_dynamic_item(
-                lambda utt_id, entries=entries: encoder_cache.load_entry(entries[utt_id]),
-                takes="id",
+                lambda utt_id, wav, entries=entries: cache.load(entries[utt_id], wav),
+                takes=["id", "wav"],
                 provides="frozen_out",
             )
             keys[name] = "frozen_out"

@@ -16,10 +16,10 @@ merged into the weights: a plain Whisper directory. ``--adapter_only`` writes PE
 folder instead, which ``PeftModel.from_pretrained(base_model, DEST_DIR)`` loads on the base model.
 
 Before a folder is called done, the checkpoint's files match the checksums its ``CKPT.yaml``
-recorded, its tensors are all the trainable ones and finite, and the written model loads back
-with the same finite weights and decodes a clip; ``SHA256SUMS`` lists every file written
-(``sha256sum -c SHA256SUMS`` checks it; the recipe checks it when the folder is its
-``whisper_hub``).
+recorded, its tensors are all the trainable ones and finite, and the written model (or adapter
+folder, loaded onto the base model) loads back with the same finite weights and decodes a
+clip; ``SHA256SUMS`` lists every file written (``sha256sum -c SHA256SUMS`` checks it; the recipe
+checks it when the folder is its ``whisper_hub``).
 
 Command line: ``python -m whisper_finetuning.export_hf``.
 """
@@ -30,12 +30,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+import ruamel.yaml
 import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.checkpoints import ckpt_recency
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from whisper_finetuning.common.checksums import write_sums
+from whisper_finetuning.common.errors import RecipeError
 from whisper_finetuning.common.files import write_json
 from whisper_finetuning.data.audio import (
     CHUNK_SECONDS,  # what transformers and faster-whisper pad to
@@ -54,6 +56,17 @@ EXPORT_ADVICE = (
     "export another kept epoch (--epoch N), or move {checkpoint} out of {folder} to export the "
     "next best one"
 )
+# what the export builds the run's model from, and where its checkpoints are
+REQUIRED_SETTINGS = ("save_folder", "whisper")
+SETTINGS_ADVICE = "the export builds the run's model from it: restore it from a copy"
+
+
+class RunSettingsError(RecipeError, ValueError):
+    """A run's ``hyperparams.yaml`` that is not the settings train.py wrote."""
+
+
+class WrittenExportError(RecipeError, ValueError):
+    """A written model or adapter folder that does not load back as what was exported."""
 
 
 def save_whisper_dir(model, tokenizer, feature_extractor, dest):
@@ -75,22 +88,73 @@ def save_whisper_dir(model, tokenizer, feature_extractor, dest):
     return write_dir_atomically(dest, write)
 
 
+def check_clip(feature_extractor):
+    """The clip a written model must decode: a second of silence, as input features."""
+    return feature_extractor(
+        [0.0] * SAMPLE_RATE, sampling_rate=SAMPLE_RATE, return_tensors="pt"
+    ).input_features
+
+
+def check_weights(written, expected, what, names=None):
+    """``written``'s tensors (those of ``names``, else all) are finite and equal to
+    ``expected``'s of the same name; a one-line WrittenExportError naming ``what`` if not."""
+    for name, value in written.items():
+        if names is not None and name not in names:
+            continue
+        if not torch.isfinite(value).all():
+            raise WrittenExportError(
+                f"the written {what} holds NaN or inf values in {name}: not exported"
+            )
+        if name in expected and not torch.equal(value, expected[name].cpu()):
+            raise WrittenExportError(f"the written {what}'s {name} differs from the checkpoint's")
+
+
 @torch.no_grad()
 def check_written(folder, model, feature_extractor):
     """Load the model written in ``folder`` back: the weights of ``model``, all finite, and it
-    decodes a clip (a second of silence) to at least one token; a one-line ValueError if not."""
+    decodes a clip (a second of silence) to at least one token; a WrittenExportError if not."""
     written = WhisperForConditionalGeneration.from_pretrained(folder)
+    check_weights(written.state_dict(), model.state_dict(), "model")
+    if written.generate(check_clip(feature_extractor), max_new_tokens=2).shape[-1] == 0:
+        raise WrittenExportError("the written model decodes no token from a clip: not exported")
+
+
+@torch.no_grad()
+def check_written_adapters(folder, model, feature_extractor):
+    """Load the adapter folder written in ``folder`` onto the base model (``model``, a
+    ``PeftModel``, without its adapters) as ``PeftModel.from_pretrained`` does: the adapters of
+    ``model``, all finite, and the adapted model decodes ``check_written``'s clip to at least
+    one token; a one-line WrittenExportError if not."""
+    import peft
+
+    base = copy.deepcopy(model).unload()
+    try:
+        written = peft.PeftModel.from_pretrained(base, folder)
+    except Exception as error:  # safetensors', PEFT's or json's own reason for a damaged file
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise WrittenExportError(
+            f"the written adapter folder does not load onto the base model ({reason}): not exported"
+        ) from None
     expected = model.state_dict()
-    for name, value in written.state_dict().items():
-        if not torch.isfinite(value).all():
-            raise ValueError(f"the written model holds NaN or inf values in {name}: not exported")
-        if name in expected and not torch.equal(value, expected[name].cpu()):
-            raise ValueError(f"the written model's {name} differs from the checkpoint's")
-    features = feature_extractor(
-        [0.0] * SAMPLE_RATE, sampling_rate=SAMPLE_RATE, return_tensors="pt"
-    ).input_features
-    if written.generate(features, max_new_tokens=2).shape[-1] == 0:
-        raise ValueError("the written model decodes no token from a clip: not exported")
+    names = {name for name in expected if adapters.is_adapter_parameter(name)}
+    missing = sorted(names - set(written.state_dict()))
+    if missing:
+        raise WrittenExportError(f"the written adapters lack {missing[0]}: not exported")
+    check_weights(written.state_dict(), expected, "adapter folder", names)
+    tokens = written.generate(input_features=check_clip(feature_extractor), max_new_tokens=2)
+    if tokens.shape[-1] == 0:
+        raise WrittenExportError("the written adapters decode no token from a clip: not exported")
+
+
+def save_adapter_dir(model, feature_extractor, dest):
+    """Write PEFT's adapter folder of ``model`` (a ``PeftModel``) at ``dest``, all or nothing,
+    checked by ``check_written_adapters`` before it is renamed into place."""
+
+    def write(staging):
+        model.save_pretrained(staging)
+        check_written_adapters(staging, model, feature_extractor)
+
+    return write_dir_atomically(dest, write)
 
 
 def write_dir_atomically(dest, write):
@@ -112,6 +176,40 @@ def write_dir_atomically(dest, write):
     return dest
 
 
+def load_run_settings(hparams_file):
+    """The run's settings built from its ``hyperparams.yaml`` (no checkpointer); a damaged file
+    (not UTF-8, not YAML, cut short before the model, objects that do not build) is one line
+    naming it. A model folder the settings name that cannot be loaded says so itself."""
+
+    def damaged(why):
+        return RunSettingsError(f"{hparams_file} {why}; {SETTINGS_ADVICE}")
+
+    try:
+        text = Path(hparams_file).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise damaged("is damaged (not UTF-8 text)") from None
+    if not text.strip():
+        raise damaged("is empty")
+    try:
+        values = ruamel.yaml.YAML().load(text)
+    except ruamel.yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        raise damaged(f"is damaged (not YAML: {getattr(error, 'problem', error)}{where})") from None
+    if not isinstance(values, dict):
+        raise damaged("is damaged (not a mapping of settings)")
+    missing = [name for name in REQUIRED_SETTINGS if name not in values]
+    if missing:
+        raise damaged(f"is damaged (no '{missing[0]}' setting: cut short?)")
+    try:
+        return load_hyperpyyaml(text, {"checkpointer": None})
+    except (RecipeError, OSError):
+        raise
+    except Exception as error:  # a tag, reference or argument the file's damage left behind
+        reason = (str(error).strip().splitlines() or [""])[0]
+        raise damaged(f"is damaged ({type(error).__name__}: {reason})") from None
+
+
 def load_best(experiment_folder, epoch=None, allow_unvalidated=False):
     """The run's ``WhisperASR`` with its selected checkpoint (best by the run's
     ``selection_metric``, WER by default) or epoch ``epoch``'s loaded, and that checkpoint;
@@ -125,8 +223,7 @@ def load_best(experiment_folder, epoch=None, allow_unvalidated=False):
     hparams_file = experiment_folder / "hyperparams.yaml"
     if not hparams_file.is_file():
         raise FileNotFoundError(f"{hparams_file} not found: is this a train.py output folder?")
-    with open(hparams_file) as f:
-        hparams = load_hyperpyyaml(f, {"checkpointer": None})
+    hparams = load_run_settings(hparams_file)
     save_folder = experiment_folder / Path(hparams["save_folder"]).name
     cut_as_trained(hparams["whisper"], experiment_folder)  # a distilled student's layers
     checkpointer = VerifiedCheckpointer(
@@ -207,7 +304,7 @@ def export(
     if whisper.adapter_config is not None:
         model = adapters.as_peft_model(whisper.model, whisper.adapter_config)
     if adapter_only:
-        dest = write_dir_atomically(dest_dir, model.save_pretrained)
+        dest = save_adapter_dir(model, whisper.feature_extractor, dest_dir)
     else:
         if whisper.adapter_config is not None:
             model = model.merge_and_unload()

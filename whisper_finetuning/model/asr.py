@@ -260,6 +260,8 @@ class WhisperASR(torch.nn.Module):
             return torch.load(path, map_location="cpu", weights_only=True)
         except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else "empty"
+            if isinstance(error, pickle.UnpicklingError):  # torch's paragraph on weights_only
+                reason = "not a torch file of tensors"
             raise DamagedCheckpointFile(f"cannot read checkpoint {path}: {reason}") from None
 
     def load_trainable(self, saved, origin):

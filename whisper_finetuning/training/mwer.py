@@ -22,6 +22,7 @@ OBJECTIVES = ("ce", "mwer")
 # the expected and the N-best oracle WER of the training batches (percent), and the CE term.
 STEP_KEYS = ("expected_wer", "oracle_wer", "ce")
 CHECKPOINT_FILE = "whisper.ckpt"  # the model's file in a checkpoint folder
+INIT_ADVICE = "set mwer_init to another checkpoint folder or kept epoch"
 
 
 @dataclass
@@ -134,7 +135,9 @@ def objective(model, found, refs, normalize, ce, ce_weight, languages=None):
 
 def init_checkpoint(value, checkpointer):
     """The model file ``mwer_init`` names: a checkpoint folder, or the epoch number of one of
-    this run's kept end-of-epoch checkpoints. Raises ``ValueError`` when there is none."""
+    this run's kept end-of-epoch checkpoints; checked before training starts: its SHA-256
+    against the one its ``CKPT.yaml`` recorded, and (a checkpoint written before checksums)
+    that it reads. Raises ``RecipeError`` when there is none or it is damaged."""
     if isinstance(value, int) and not isinstance(value, bool):
         found = checkpointer.find_checkpoint(
             ckpt_predicate=lambda c: c.meta.get("epoch") == value  # end-of-epoch only
@@ -143,11 +146,39 @@ def init_checkpoint(value, checkpointer):
             raise RecipeError(
                 f"mwer_init: no kept checkpoint of epoch {value} in {checkpointer.checkpoints_dir}"
             )
-        return found.path / CHECKPOINT_FILE
-    path = Path(str(value))
-    if not (path / CHECKPOINT_FILE).is_file():
-        raise RecipeError(f"mwer_init: {path} is not a checkpoint folder (no {CHECKPOINT_FILE})")
+        path = found.path
+    else:
+        path = Path(str(value))
+        if not (path / CHECKPOINT_FILE).is_file():
+            raise RecipeError(
+                f"mwer_init: {path} is not a checkpoint folder (no {CHECKPOINT_FILE})"
+            )
+    check_init_file(path / CHECKPOINT_FILE)
     return path / CHECKPOINT_FILE
+
+
+def check_init_file(model_file):
+    """Refuse a damaged ``mwer_init`` model file in one line naming it."""
+    import yaml
+
+    from whisper_finetuning.common.checksums import damage
+    from whisper_finetuning.model.asr import WhisperASR
+    from whisper_finetuning.training.checkpointing import CHECKSUMS_KEY, DamagedCheckpointFile
+
+    try:
+        meta = yaml.safe_load((model_file.parent / "CKPT.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        meta = None
+    sums = meta.get(CHECKSUMS_KEY) if isinstance(meta, dict) else None
+    recorded = sums.get(CHECKPOINT_FILE) if isinstance(sums, dict) else None
+    why = damage(model_file, recorded) if recorded else None
+    if why:
+        raise RecipeError(f"mwer_init: {model_file} {why}; {INIT_ADVICE}")
+    if not recorded:  # no checksum recorded: it must at least read
+        try:
+            WhisperASR.read_checkpoint(model_file)
+        except DamagedCheckpointFile as error:
+            raise RecipeError(f"mwer_init: {error}; {INIT_ADVICE}") from None
 
 
 def beam_search(hparams):
