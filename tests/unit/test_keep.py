@@ -35,9 +35,14 @@ def whisper(random_whisper_dir):
     return WhisperASR(str(random_whisper_dir))
 
 
-def dataset(n, prefix="u", wrd="the cat sat", duration=2.0):
+def dataset(n, prefix="u", wrd="the cat sat", duration=2.0, **columns):
     rows = {
-        f"{prefix}{i}": {"wav": f"/nowhere/{prefix}{i}.wav", "duration": duration, "wrd": wrd}
+        f"{prefix}{i}": {
+            "wav": f"/nowhere/{prefix}{i}.wav",
+            "duration": duration,
+            "wrd": wrd,
+            **columns,
+        }
         for i in range(n)
     }
     return DynamicItemDataset(rows)
@@ -138,14 +143,25 @@ def test_generated_clips_are_fixed_by_seed_and_index():
 
 def test_replay_rows_fill_slots_by_ratio_drawn_per_seed_and_epoch(whisper):
     def construct():
-        replay = dataset(25, prefix="r", wrd="keep this")
-        datasets = {"train": dataset(40), REPLAY: replay}
+        replay = dataset(25, prefix="r", wrd="keep this", language="english")
+        replay.data["r7"].update(duration=9.5, wrd="the longest replay transcript")
+        train = dataset(40, spk_id="s1", label_source="pseudo", language="english")
+        datasets = {"train": train, REPLAY: replay}
         return builder(whisper, datasets, replay_ratio=0.2), datasets
 
     examples, datasets = construct()
     slots = [u for u in datasets["train"].data_ids if u.startswith("replay:")]
     assert len(datasets["train"]) == 50 and len(slots) == 10  # 10 / (40 + 10) = 0.2
     assert REPLAY not in datasets
+    # a slot is as long as the longest replay row, and grouped (never weighted) as "replay"
+    assert datasets["train"].data["replay:3"] == {
+        "wav": "/nowhere/r0.wav",
+        "duration": 9.5,
+        "wrd": "the longest replay transcript",
+        "spk_id": "replay",
+        "label_source": "replay",
+        "language": "english",
+    }
 
     def held(examples, epoch):
         examples.set_epoch(epoch)
@@ -156,9 +172,10 @@ def test_replay_rows_fill_slots_by_ratio_drawn_per_seed_and_epoch(whisper):
     assert held(examples, 3) != epoch2
     assert len(set(epoch2)) == 10 and all(r.startswith("replay/r") for r in epoch2)
     assert held(examples, 2) == epoch2  # back to epoch 2: drawn again identically
-    tokens_in, tokens_out, prompt_len = examples.tokens(examples.plan(slots[0]))
+    slot = next(s for s in slots if examples.plan(s).ids[0] != "replay/r7")
+    tokens_in, tokens_out, prompt_len = examples.tokens(examples.plan(slot))
     assert tokens_out == whisper.encode_text("keep this") + [whisper.eot]
-    assert tokens_in == whisper.prompt() + whisper.encode_text("keep this")
+    assert tokens_in == whisper.prompt("english") + whisper.encode_text("keep this")
     assert [pipelines.replay_slot_count(n, r) for n, r in ((40, 0.2), (8, 0.2), (9, 0.5))] == [
         10,
         2,

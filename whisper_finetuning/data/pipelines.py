@@ -28,9 +28,11 @@ def replay_slot_count(n_train, ratio):
 def with_replay_slots(train_set, replay_rows, ratio):
     """The training set with ``replay_slot_count`` replay slots after its rows, and their IDs.
 
-    A slot's own columns only size it for sorting and dynamic batching: the longest duration
-    and transcript of the replay rows; its audio and tokens are the replay row it holds in an
-    epoch (``TrainingExamples.replayed``).
+    A slot's own columns only size it for sorting and dynamic batching (the longest duration
+    and transcript of the replay rows) and group it in the training log (``replay`` in every
+    other column, such as ``spk_id`` and ``label_source``: a replay row's loss is never
+    weighted as pseudo-labelled); its audio and tokens are the replay row it holds in an epoch
+    (``TrainingExamples.replayed``).
     """
     rows = usable_rows(train_set)
     count = replay_slot_count(len(rows), ratio)
@@ -43,7 +45,9 @@ def with_replay_slots(train_set, replay_rows, ratio):
         "wrd": max((row["wrd"] for row in replay_rows.values()), key=len),
     }
     first_replay, first_train = next(iter(replay_rows.values())), next(iter(rows.values()))
-    filler = {c: first_replay.get(c, value) for c, value in first_train.items()} | longest
+    filler = {column: REPLAY for column in first_train}  # group columns: "replay"
+    filler |= {c: first_replay.get(c, first_train[c]) for c in ("wav", "language") if c in filler}
+    filler |= longest
     return DynamicItemDataset({**rows, **{slot: dict(filler) for slot in slots}}), slots
 
 
