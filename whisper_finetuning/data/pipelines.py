@@ -69,7 +69,8 @@ def training_examples(datasets, whisper, hparams):
         clips = usable_rows(sources[NONSPEECH], NONSPEECH_CLIP)
         spoken = [key for key, row in clips.items() if not is_nonspeech(row["wrd"])]
         if not clips or spoken:
-            why = f"row {spoken[0]} has a transcript" if clips else "it has no usable rows"
+            first = spoken and spoken[0].removeprefix(NONSPEECH_CLIP.format(""))
+            why = f"row {first} has a transcript" if clips else "it has no usable rows"
             raise DataError(f"nonspeech_csv must hold non-speech clips: {why}")
     builder = examples.TrainingExamples(
         train_rows,
@@ -108,8 +109,9 @@ def add_audio(datasets, hparams, whisper, builder, audio_pipeline):
     """Give each dataset its audio: cached encoder output (``frozen_out``) where the cache
     applies, the joined audio of long-form examples, else ``audio_pipeline`` (``sig``);
     returns each dataset's audio key."""
-    # Long-form examples join utterances' audio: their encoder output cannot come from the
-    # per-utterance cache.
+    # Long-form examples join utterances' audio, non-speech replacements and replay slots
+    # change a row's audio per epoch: their encoder output cannot come from the per-utterance
+    # cache.
     joins_audio = builder is not None and builder.changes_audio
     use = {
         "train": encoder_cache.use_cache(hparams["encoder_cache"], whisper, hparams["augment"])
