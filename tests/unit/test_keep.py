@@ -209,12 +209,19 @@ def test_forgetting_is_the_paired_difference_on_the_keep_set(tmp_path):
     refs = ["a b c d", "e f g h", "i j k l", "m n o p", ""]
     zero_shot = ["a b c d", "e f g h", "i j k x", "m n o p", ""]  # 1 error in 16 words
     fine_tuned = ["a x c d", "e f y h", "i j k x", "m n o", "thanks"]  # 4 errors, a word
+    ids, speakers = [f"k{i}" for i in range(5)], ["s1", "s1", "s2", "s3", "s4"]
     for folder, hyps in ((tmp_path / "zero_shot", zero_shot), (tmp_path, fine_tuned)):
-        scorer = scoring.Scorer(BasicTextNormalizer(), ["spk_id"])
-        ids = [f"k{i}" for i in range(5)]
-        scorer.append(ids, hyps, refs, {"spk_id": ["s1", "s1", "s2", "s3", "s4"]}, [1.0] * 5)
+        scorer = scoring.Scorer(BasicTextNormalizer())  # spk_id is no group column
+        scorer.append(ids, hyps, refs, {}, [1.0] * 5)
         scorer.write(folder, "keep")
-    result = forgetting.write_forgetting(tmp_path, "keep")
+    keep = tmp_path / "keep.csv"
+    keep.write_text(
+        "ID,duration,wav,spk_id,wrd\n"
+        + "".join(f"{i},1.0,x.wav,{s},{r}\n" for i, s, r in zip(ids, speakers, refs, strict=True))
+    )
+    by_utterance = forgetting.write_forgetting(tmp_path, "keep")
+    assert by_utterance["block"] == "utterance" and by_utterance["wer"]["n_blocks"] == 4
+    result = forgetting.write_forgetting(tmp_path, "keep", keep)
     saved = json.loads((tmp_path / "forgetting_keep.json").read_text())
     assert saved == json.loads(json.dumps(result))
     assert saved["n_utterances"] == 4 and saved["block"] == "spk_id"

@@ -1,9 +1,11 @@
 """What fine-tuning cost on the keep set (``keep_test_csv``): its WER and CER zero-shot and by
 the selected checkpoint, their paired differences (fine-tuned minus zero-shot, so a positive
 difference is forgetting) with the paired bootstrap's 95% interval and p-value (blocked by
-``spk_id`` where the manifest has it; ``analysis.comparison.pairs``), and the non-speech rows'
-hallucination rates: ``forgetting_NAME.json`` and ``.md`` in the output folder."""
+the manifest's ``spk_id`` where it has the column, else by utterance;
+``analysis.comparison.pairs``), and the non-speech rows' hallucination rates:
+``forgetting_NAME.json`` and ``.md`` in the output folder."""
 
+import csv
 import json
 import logging
 import os
@@ -29,12 +31,27 @@ def _read(folder, name):
     return summary, utterances
 
 
-def write_forgetting(output_folder, name):
-    """Compare the keep set ``name`` zero-shot (``zero_shot/``) and fine-tuned; write and
-    return the comparison."""
+def _speakers(csv_path):
+    """``{ID: spk_id}`` of a manifest, or None when it has no ``spk_id`` column."""
+    if csv_path is None:
+        return None
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, skipinitialspace=True))
+    if not rows or BLOCK not in rows[0]:
+        return None
+    return {row["ID"]: row[BLOCK] for row in rows}
+
+
+def write_forgetting(output_folder, name, csv_path=None):
+    """Compare the keep set ``name`` (manifest ``csv_path``: its speakers) zero-shot
+    (``zero_shot/``) and fine-tuned; write and return the comparison."""
     zero_shot, before = _read(os.path.join(output_folder, "zero_shot"), name)
     fine_tuned, after = _read(output_folder, name)
     ids = sorted(set(before) & set(after))
+    speakers = _speakers(csv_path)
+    if speakers is not None:  # the utterances record spk_id only as a group column
+        for utterance in (*before.values(), *after.values()):
+            utterance[BLOCK] = speakers.get(utterance["id"], utterance["id"])
     block = BLOCK if ids and BLOCK in before[ids[0]] else None
     result = {"keep_set": name, "n_utterances": len(ids), "block": block or "utterance"}
     for measure in MEASURES:

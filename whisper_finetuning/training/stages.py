@@ -86,6 +86,7 @@ def finish(
                 run_on_main(longform.write_comparison, args=[output, runs.longform_names(hparams)])
         if hparams["keep_test_csv"]:
             keep = keep_test_name(hparams["keep_test_csv"])
-            run_on_main(forgetting.write_forgetting, args=[output, keep])
+            args = [output, keep, hparams["keep_test_csv"]]
+            run_on_main(forgetting.write_forgetting, args=args)
     if hparams["diagnose_after_training"]:
         run_on_main(diagnose_run, args=[output])
