@@ -124,7 +124,7 @@ class WhisperFineTuning(FineTuningBrain):
         groups = {c: getattr(batch, c) for c in self.group_columns if hasattr(batch, c)}
         if stage == sb.Stage.TRAIN:
             self.log_training_utterances(batch, token_stats, groups)
-            return loss
+            return self.with_l2sp(loss)  # + l2sp_weight x squared distance to pretrained
         if stage == sb.Stage.VALID:
             self.valid_token_stats.append(token_stats)
         self.score(batch, searched, token_stats, groups)
@@ -182,7 +182,7 @@ def dataio_prepare(hparams, datasets, whisper):
         yield torch.LongTensor(tokens + [whisper.eot])
         yield len(prompt)
 
-    builder = pipelines.training_examples(datasets["train"], whisper, hparams)
+    builder = pipelines.training_examples(datasets, whisper, hparams)  # replay slots added
     for name, dataset in datasets.items():
         if name == "train" and builder is not None:
             dataset.add_dynamic_item(pipelines.example_pipeline(builder))
@@ -222,9 +222,10 @@ def fine_tune(hparams, hparams_file, overrides, run_opts):
 
         whisper = hparams["whisper"]
         normalize = scoring.Normalizers.of(hparams["normalizer"], whisper)
-        named = manifests.named_manifests(
-            hparams["train_csv"], hparams["valid_csv"], hparams["test_csv"]
-        )
+        named = manifests.named_manifests(  # with replay, non-speech and keep test sets
+            hparams["train_csv"], hparams["valid_csv"], hparams["test_csv"],
+            **manifests.extra_manifests(hparams),
+        )  # fmt: skip
         datasets = checks.before_training(hparams, whisper, named, normalize, hparams["on_bad_row"])
         datasets = sanity.select(datasets, hparams["sanity_utterances"])
         datasets, loader_kwargs, train_examples = dataio_prepare(hparams, datasets, whisper)

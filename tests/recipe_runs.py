@@ -195,7 +195,10 @@ def prepared(hparams):
 
     whisper = hparams["whisper"]
     named = manifests.named_manifests(
-        hparams["train_csv"], hparams["valid_csv"], hparams["test_csv"]
+        hparams["train_csv"],
+        hparams["valid_csv"],
+        hparams["test_csv"],
+        **manifests.extra_manifests(hparams),
     )
     normalize = scoring.Normalizers.of(hparams["normalizer"], whisper)
     unreported = {**hparams, "data_checks": "off"}

@@ -22,6 +22,12 @@ from whisper_finetuning.training.config import HparamsError, load_hparams
             "sharding fsdp is for full fine-tuning; adapter lora trains few weights: use "
             "sharding: ddp with an adapter (or adapter: null to shard the model)",
         ),
+        (
+            {"sharding": "fsdp", "l2sp_weight": 0.01},
+            "l2sp_weight must be 0 with sharding fsdp (its pretrained copies are whole tensors, "
+            "the sharded parameters are not): use sharding: ddp with L2-SP",
+        ),
+        ({"sharding": "fsdp", "l2sp_weight": 0.0}, None),
     ],
 )
 def test_sharding_rule_and_adapter_refusal(values, problem):

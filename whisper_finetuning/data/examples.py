@@ -23,6 +23,17 @@ the very probability openai's ``transcribe`` (and transformers' ``generate``) co
 With ``nonspeech_target`` off (objective mwer, whose searches need every row's plain prompt),
 it trains as an empty transcript: the plain prompt, then end of text.
 
+Two more sources keep what Whisper knew (docs/nonspeech.md):
+
+* ``nonspeech_probability``: the row is replaced by non-speech audio with the no-speech
+  target: a clip of ``nonspeech_clips`` (a manifest of non-speech rows; cut to the replaced
+  row's duration) or, without them, a generated one (``data.nonspeech``) as long as the row;
+* ``replay_rows`` (a keep set) fill ``replay_slots``, extra training rows each of which
+  holds a replay row this epoch: the epoch's rows are the replay rows in an order drawn from
+  (seed, epoch, replay ID), one per slot (cycling when there are more slots than rows). A
+  replay row trains as a plain transcript in its own language (non-speech: the no-speech
+  target), never replaced, joined, timestamped or conditioned on previous text.
+
 Every choice (and gap) is drawn from a hash of (seed, epoch, utterance ID), never from a
 random state, so an epoch's examples are the same in every process, in every data loader
 worker and after a kill and resume.
@@ -34,6 +45,7 @@ from dataclasses import dataclass
 
 import torch
 
+from whisper_finetuning.data import nonspeech as generated
 from whisper_finetuning.data.audio import CHUNK_SECONDS, SAMPLE_RATE, read_audio
 from whisper_finetuning.evaluation.text import is_nonspeech
 from whisper_finetuning.model.vocabulary import TIME_PRECISION
@@ -93,6 +105,8 @@ class Plan:
     offsets: tuple  # each one's start in seconds
     timestamps: bool
     previous: str | None  # the preceding utterance's text when conditioned on it
+    generated: int | None = None  # the generated non-speech clip replacing the row, if any
+    seconds: float | None = None  # the replacing non-speech audio's length (None: whole)
 
 
 class TrainingExamples:
@@ -112,10 +126,20 @@ class TrainingExamples:
         longform_probability=0.0,
         condition_on_prev_probability=0.0,
         nonspeech_target=True,
+        nonspeech_probability=0.0,
+        nonspeech_clips=None,
+        replay_rows=None,
+        replay_slots=(),
     ):
-        self.rows, self.whisper, self.seed = rows, whisper, seed
-        self.nonspeech = {u for u, row in rows.items() if is_nonspeech(row["wrd"])}
+        self.whisper, self.seed = whisper, seed
+        self.clips = sorted(nonspeech_clips or ())  # keys in rows; none: generated clips
+        self.replay = list(replay_rows or ())  # replay rows' keys, in manifest order
+        self.slots = {slot: k for k, slot in enumerate(replay_slots)}
+        self.rows = {**rows, **(nonspeech_clips or {}), **(replay_rows or {})}
+        self.nonspeech = {u for u, row in self.rows.items() if is_nonspeech(row["wrd"])}
         self.nonspeech_target = nonspeech_target
+        self.nonspeech_probability = nonspeech_probability
+        self._replay_order = None  # (epoch, replay keys in this epoch's order)
         self.timestamp_probability = timestamp_probability
         self.longform_probability = longform_probability
         self.condition_on_prev_probability = condition_on_prev_probability
@@ -134,8 +158,17 @@ class TrainingExamples:
             self.timestamp_probability,
             self.longform_probability,
             self.condition_on_prev_probability,
+            self.nonspeech_probability,
         )
-        return any(p > 0 for p in probabilities) or bool(self.nonspeech_target and self.nonspeech)
+        if any(p > 0 for p in probabilities) or self.slots:
+            return True
+        return bool(self.nonspeech_target and self.nonspeech)
+
+    @property
+    def changes_audio(self):
+        """Whether a row's audio can be other than its own file's (joined, replaced, replayed):
+        then no per-utterance encoder cache applies."""
+        return self.longform_probability > 0 or self.nonspeech_probability > 0 or bool(self.slots)
 
     def set_epoch(self, epoch):
         """Draw this epoch's choices (call before the epoch's data loader starts)."""
@@ -148,8 +181,12 @@ class TrainingExamples:
 
     def plan(self, utt_id):
         """What row ``utt_id`` becomes this epoch."""
+        if utt_id in self.slots:
+            return Plan((self.replayed(utt_id),), (0.0,), False, None)
         if utt_id in self.nonspeech:
             return Plan((utt_id,), (0.0,), False, None)
+        if self.draw(utt_id, "nonspeech") < self.nonspeech_probability:
+            return self._nonspeech_plan(utt_id)
         previous = None
         ids, index = self.place[utt_id]
         if index > 0 and self.draw(utt_id, "previous") < self.condition_on_prev_probability:
@@ -161,6 +198,30 @@ class TrainingExamples:
             return Plan(*self._joined(utt_id, previous), True, previous)
         timestamps = self.draw(utt_id, "timestamps") < self.timestamp_probability
         return Plan((utt_id,), (0.0,), timestamps, previous)
+
+    def replaced(self, utt_ids):
+        """Those of ``utt_ids`` replaced by non-speech audio this epoch."""
+        return [u for u in utt_ids if self.plan(u).seconds is not None]
+
+    def _nonspeech_plan(self, utt_id):
+        """Row ``utt_id`` replaced by non-speech audio: a clip drawn from ``nonspeech_clips``
+        (or generated), as long as the row (a shorter clip: whole)."""
+        seconds = float(self.rows[utt_id]["duration"])
+        pick = self.draw(utt_id, "nonspeech clip")
+        if not self.clips:
+            return Plan(
+                (utt_id,), (0.0,), False, None, int(pick * generated.GENERATED_CLIPS), seconds
+            )
+        clip = self.clips[int(pick * len(self.clips))]
+        return Plan((clip,), (0.0,), False, None, None, seconds)
+
+    def replayed(self, slot):
+        """The replay row replay slot ``slot`` holds this epoch."""
+        if self._replay_order is None or self._replay_order[0] != self.epoch:
+            order = sorted(self.replay, key=lambda key: (self.draw(key, "replay"), key))
+            self._replay_order = (self.epoch, order)
+        order = self._replay_order[1]
+        return order[self.slots[slot] % len(order)]
 
     def _joined(self, utt_id, previous):
         """The utterances from ``utt_id`` on that fit one window, and their start times."""
@@ -199,7 +260,7 @@ class TrainingExamples:
         prompt's last position on. A non-speech row: ``<|startoftranscript|><|nospeech|>``,
         targets ``<|nospeech|>`` + EOT, prompt length 1 (see the module docstring)."""
         whisper = self.whisper
-        if self.nonspeech_target and plan.ids[0] in self.nonspeech:
+        if self.nonspeech_target and self.is_nonspeech(plan):
             start, no_speech = whisper.start_of_transcript, whisper.no_speech
             return [start, no_speech], [no_speech, whisper.eot], 1
         previous = whisper.encode_text(plan.previous) if plan.previous else ()
@@ -219,14 +280,26 @@ class TrainingExamples:
         tokens_in, _, _ = self.tokens(plan)
         return len(tokens_in) + 1
 
+    def is_nonspeech(self, plan):
+        """Whether the plan is non-speech audio (a non-speech row or a replacement)."""
+        return plan.generated is not None or plan.ids[0] in self.nonspeech
+
     def text(self, plan):
         """The plan's transcript as plain text."""
+        if plan.generated is not None:
+            return ""
         return " ".join(self.rows[utt_id]["wrd"].strip() for utt_id in plan.ids)
 
     def audio(self, plan):
-        """The plan's waveform: its utterances at their offsets, silence between them."""
+        """The plan's waveform: its utterances at their offsets, silence between them (a
+        replacing non-speech clip: at most ``plan.seconds`` of it)."""
+        if plan.generated is not None:
+            return torch.from_numpy(
+                generated.generated_clip(self.seed, plan.generated, plan.seconds)
+            )
         if len(plan.ids) == 1:
-            return read_audio(self.rows[plan.ids[0]]["wav"])
+            wav = read_audio(self.rows[plan.ids[0]]["wav"])
+            return wav if plan.seconds is None else wav[: round(plan.seconds * SAMPLE_RATE)]
         clips = [read_audio(self.rows[utt_id]["wav"]) for utt_id in plan.ids]
         starts = [round(offset * SAMPLE_RATE) for offset in plan.offsets]
         joined = torch.zeros(starts[-1] + len(clips[-1]))

@@ -37,11 +37,31 @@ class DataError(RecipeError, ValueError):
     """A manifest or audio file that cannot be used."""
 
 
-def named_manifests(train_csv, valid_csv, test_csvs):
-    """``{split name: manifest}``: train, valid and each test manifest under its file's stem
-    (the name its outputs carry); a stem that names another split is an error."""
-    manifests = {"train": train_csv, "valid": valid_csv}
-    for csv_path in test_csvs:
+REPLAY, NONSPEECH = "replay", "nonspeech"  # the split names of replay_csv and nonspeech_csv
+
+
+def extra_manifests(hparams):
+    """``named_manifests``' keyword arguments for the training sources (``replay_csv``,
+    ``nonspeech_csv``) and the keep test set (``keep_test_csv``) that ``hparams`` name."""
+    sources = {REPLAY: hparams.get("replay_csv"), NONSPEECH: hparams.get("nonspeech_csv")}
+    return {
+        "sources": {name: csv for name, csv in sources.items() if csv},
+        "keep_test_csv": hparams.get("keep_test_csv"),
+    }
+
+
+def keep_test_name(keep_test_csv):
+    """The keep test set's name (its manifest's stem), or None without one."""
+    return Path(keep_test_csv).stem if keep_test_csv else None
+
+
+def named_manifests(train_csv, valid_csv, test_csvs, sources=None, keep_test_csv=None):
+    """``{split name: manifest}``: train, valid, the training ``sources`` (``{REPLAY or
+    NONSPEECH: manifest}``), each test manifest and the keep test set (decoded as one) under
+    its file's stem (the name its outputs carry); a stem that names another split is an
+    error."""
+    manifests = {"train": train_csv, "valid": valid_csv, **(sources or {})}
+    for csv_path in [*test_csvs, *([keep_test_csv] if keep_test_csv else [])]:
         name = Path(csv_path).stem
         if name in manifests:
             raise DataError(f"test manifest {csv_path}: its name '{name}' is taken")

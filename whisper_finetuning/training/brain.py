@@ -18,7 +18,7 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 from whisper_finetuning.common.label_sources import LABEL_SOURCE
 from whisper_finetuning.evaluation import scoring
 from whisper_finetuning.evaluation.selection import best_earliest, min_loss_earliest
-from whisper_finetuning.training import distributed, mwer, resilience, sharding
+from whisper_finetuning.training import distributed, l2sp, mwer, resilience, sharding
 from whisper_finetuning.training import log as training_log
 
 logger = logging.getLogger(__name__)
@@ -48,9 +48,10 @@ class FineTuningBrain(sharding.ShardingBrain, resilience.ResilientBrain, sb.Brai
     def __init__(self, *args, normalize, training_examples=None, distiller=None, **kwargs):
         """SpeechBrain's Brain, plus the scores' text normaliser (``scoring.Normalizers``), the
         summaries' group columns, the training examples (``data.examples``; None: plain rows),
-        the teacher (``distillation.Distiller``; None: no distillation) and MWER's search and
-        first weights."""
+        the teacher (``distillation.Distiller``; None: no distillation), MWER's search and
+        first weights, and the L2-SP penalty's pretrained copies (``l2sp_weight``)."""
         super().__init__(*args, **kwargs)
+        self.l2sp = l2sp.from_hparams(self.hparams, self.modules)  # before any recovery
         self.distiller = distiller
         if distiller is not None:
             distiller.teacher.to(self.device)
@@ -62,6 +63,10 @@ class FineTuningBrain(sharding.ShardingBrain, resilience.ResilientBrain, sb.Brai
         self.init_checkpoint = None
         if self.hparams.mwer_init is not None:
             self.init_checkpoint = mwer.init_checkpoint(self.hparams.mwer_init, self.checkpointer)
+
+    def with_l2sp(self, loss):
+        """A training batch's loss plus the L2-SP penalty (``training.l2sp``), if any."""
+        return loss if self.l2sp is None else loss + self.l2sp.penalty().to(loss.device)
 
     # ---------------------------------------------------------------- logs --
     def log_training_utterances(self, batch, token_stats, groups):

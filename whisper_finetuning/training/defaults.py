@@ -79,6 +79,19 @@ ADVANCED = {
     "compression_ratio_threshold": 2.4,
     "logprob_threshold": -1.0,
     "no_speech_threshold": 0.6,
+    # Train it away: this share of training rows (drawn per seed, epoch and row) is replaced
+    # by non-speech audio with the no-speech target: clips of nonspeech_csv (a manifest of
+    # empty transcripts) or, when null, generated noise, tones and sweeps.
+    "nonspeech_probability": 0.0,
+    "nonspeech_csv": None,
+    # Keep what Whisper knew: rows of replay_csv make replay_ratio of each epoch's training
+    # rows (0.2: one per four training rows; drawn per seed and epoch); l2sp_weight adds
+    # l2sp_weight x sum ||theta - theta_pretrained||^2 over the trained parameters (not halved);
+    # keep_test_csv is decoded zero-shot and fine-tuned, forgetting_NAME.json/.md.
+    "replay_csv": None,
+    "replay_ratio": 0.2,
+    "l2sp_weight": 0.0,
+    "keep_test_csv": None,
     # ---- resilience (docs/bad-input-and-faults.md) ----
     # Intra-epoch checkpoints every so many minutes or batches (0: off).
     "ckpt_interval_minutes": 15,

@@ -369,6 +369,15 @@ RULES = {
     "compression_ratio_threshold": _number(0, low_open=True, nullable=True, **RERUN_MAY_CHANGE),
     "logprob_threshold": _number(nullable=True, **RERUN_MAY_CHANGE),
     "no_speech_threshold": _number(0, 1, nullable=True, **RERUN_MAY_CHANGE),
+    # ---- training on non-speech and keeping what Whisper knew (issue 33) ----
+    # what a checkpoint trained on (the manifests' content is compared: run.json)
+    "nonspeech_probability": _number(0, 1),
+    "nonspeech_csv": Rule("str", nullable=True, same_on_rerun=False),
+    "replay_csv": Rule("str", nullable=True, same_on_rerun=False),
+    "replay_ratio": _number(0, check=_below_one, words="a number from 0 to under 1"),
+    "l2sp_weight": _number(0),
+    # decoded like the test sets (its content is compared like theirs: run.json)
+    "keep_test_csv": Rule("str", nullable=True, **RERUN_MAY_CHANGE),
     # ---- pseudo-labels and distillation (issue 29; docs/pseudo-labels.md) ----
     "pseudo_label_weight": _number(0, **RERUN_MAY_CHANGE),
     "teacher": Rule(
@@ -428,7 +437,13 @@ def check(values):
 
 # MWER decodes and scores every row with the plain transcription prompt and its own reference,
 # which examples in the other formats do not have.
-_NOT_WITH_MWER = ("timestamp_probability", "longform_probability", "condition_on_prev_probability")
+_NOT_WITH_MWER = (
+    "timestamp_probability",
+    "longform_probability",
+    "condition_on_prev_probability",
+    "nonspeech_probability",
+    "replay_csv",
+)
 
 
 def _combination_problem(values):
@@ -451,10 +466,20 @@ def _combination_problem(values):
             f"sharding fsdp is for full fine-tuning; adapter {values['adapter']} trains few "
             "weights: use sharding: ddp with an adapter (or adapter: null to shard the model)"
         )
+    if values.get("sharding") == "fsdp" and values.get("l2sp_weight"):
+        return (
+            "l2sp_weight must be 0 with sharding fsdp (its pretrained copies are whole tensors, "
+            "the sharded parameters are not): use sharding: ddp with L2-SP"
+        )
     if values.get("objective") == "mwer":
         for key in _NOT_WITH_MWER:
             if values.get(key):
-                return f"{key} must be 0 with objective mwer (it scores plain transcripts only)"
+                none = "null" if key.endswith("_csv") else "0"
+                return (
+                    f"{key} must be {none} with objective mwer (it scores plain transcripts only)"
+                )
+    if values.get("nonspeech_csv") and not values.get("nonspeech_probability"):
+        return "nonspeech_csv needs nonspeech_probability > 0 (the share of rows it replaces)"
     return None
 
 

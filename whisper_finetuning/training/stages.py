@@ -8,11 +8,13 @@ import os
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from whisper_finetuning.analysis.diagnosis.run import run_after_training as diagnose_run
+from whisper_finetuning.data.manifests import keep_test_name
 from whisper_finetuning.decoding import longform
 from whisper_finetuning.evaluation import scoring
 from whisper_finetuning.training import (
     averaging,
     distributed,
+    forgetting,
     provenance,
     run_lock,
     runs,
@@ -34,14 +36,17 @@ def experiment(hparams, run_opts):
 
 def start(brain, hparams, trains, test_sets, test_loader_kwargs, zero_shot):
     """Before ``fit``: ``init_from``'s weights, ``run.json``, and with ``zero_shot`` the test
-    sets decoded by the model as it came (``zero_shot/``)."""
+    sets decoded by the model as it came (``zero_shot/``); the keep test set always is."""
     provenance.start_from(hparams)  # init_from: an earlier run's checkpoint, in a new folder
     if trains and if_main_process():
         training_log.write_run_info(hparams, brain.grad_accumulation_factor)
-    if zero_shot and hparams["decode_test_sets"]:
+    keep = keep_test_name(hparams["keep_test_csv"])
+    decoded = test_sets if zero_shot else {n: d for n, d in test_sets.items() if n == keep}
+    if decoded and hparams["decode_test_sets"]:
         folder = os.path.join(hparams["output_folder"], "zero_shot")
-        runs.decode_test_sets(brain, test_sets, hparams, folder, test_loader_kwargs)
-        run_on_main(runs.decode_longform_sets, args=[brain, hparams, folder, True])
+        runs.decode_test_sets(brain, decoded, hparams, folder, test_loader_kwargs)
+        if zero_shot:
+            run_on_main(runs.decode_longform_sets, args=[brain, hparams, folder, True])
 
 
 def finish(
@@ -58,7 +63,8 @@ def finish(
 ):
     """After ``fit``: averaging, the fit marker, only the kept checkpoints left, the test and
     long-form sets decoded by the checkpoint best by ``selection_metric``, the comparisons with
-    zero-shot (per ``comparison_group``), the diagnosis."""
+    zero-shot (per ``comparison_group``; on the keep test set, the forgetting), the
+    diagnosis."""
     if hparams["average_checkpoints"] > 1:
         averaging.average_best_epochs(brain, valid_set, hparams["valid_loader_kwargs"])
     # Training is over: mark it so, then keep only the selected end-of-epoch checkpoint
@@ -78,5 +84,9 @@ def finish(
             run_on_main(scoring.write_comparison, args=args)
             if longform_test_csv:
                 run_on_main(longform.write_comparison, args=[output, runs.longform_names(hparams)])
+        if hparams["keep_test_csv"]:
+            keep = keep_test_name(hparams["keep_test_csv"])
+            args = [output, keep, hparams["keep_test_csv"]]
+            run_on_main(forgetting.write_forgetting, args=args)
     if hparams["diagnose_after_training"]:
         run_on_main(diagnose_run, args=[output])
