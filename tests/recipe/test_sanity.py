@@ -53,14 +53,14 @@ def test_audio_that_does_not_follow_its_labels_fails_loudly(corpus, monkeypatch)
     from whisper_finetuning.data import encoder_cache
 
     root, args = corpus
-    draw, load_entry = random.Random(0), encoder_cache.load_entry
+    draw, load = random.Random(0), encoder_cache.EncoderCache.load
     entries = []
 
-    def misaligned(entry):
-        entries.append(entry)
-        return load_entry(draw.choice(entries))
+    def misaligned(cache, path, wav_ref):
+        entries.append((path, wav_ref))
+        return load(cache, *draw.choice(entries))
 
-    monkeypatch.setattr(encoder_cache, "load_entry", misaligned)
+    monkeypatch.setattr(encoder_cache.EncoderCache, "load", misaligned)
     with pytest.raises(SystemExit) as failure:
         train.main([*args, f"--output_folder={root / 'buggy'}"])
     message = str(failure.value.code)
