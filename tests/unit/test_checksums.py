@@ -186,6 +186,7 @@ def test_a_cache_entry_damaged_during_a_run_is_recomputed_and_counted_never_used
     np.save(entries["u0"], np.full_like(np.load(entries["u0"]), np.nan))  # NaN, same shape
     entries["u1"].write_bytes(written["u2"])  # another entry: a well-formed, wrong file
     entries["u2"].write_bytes(written["u2"][:1000])  # truncated
+    caplog.clear()  # prepare's own lines (logged when an earlier test left the level at INFO)
     with caplog.at_level(logging.WARNING):
         second = {row["ID"]: cache.load(entries[row["ID"]], row["wav"]) for row in rows}
     assert cache.damaged_reads == 3
