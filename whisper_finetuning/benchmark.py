@@ -1,4 +1,4 @@
-"""Benchmark this recipe against transformers' Seq2SeqTrainer on the same data and model.
+"""Benchmark this recipe against Seq2SeqTrainer and SpeechBrain's own Whisper recipe, same data.
 
 Both fine-tune Whisper tiny.en's decoder with the encoder frozen, on the same demo-corpus
 utterances, with the same batch size, peak learning rate and number of optimizer steps, then
