@@ -154,6 +154,10 @@ def run_recipe(args, work, model, run_name="recipe"):
         "data_checks": "off",
         "test_beam_size": 1,
         "encoder_window_seconds": args.encoder_window_seconds,
+        # plain greedy, as both baselines decode: openai's transcribe rules off
+        "logprob_threshold": None,
+        "no_speech_threshold": None,
+        "compression_ratio_threshold": None,
     }
     hparams, _ = load_hparams(ROOT / "hparams/whisper_small.yaml", overrides)
     Path(hparams["output_folder"]).mkdir(parents=True, exist_ok=True)
