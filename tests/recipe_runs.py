@@ -187,6 +187,27 @@ def assert_nothing_lost(before, folder):
         assert hashlib.sha256(content).hexdigest() == digest, f"{name} changed"
 
 
+def manifest_hparams(whisper_dir, manifests, output, **overrides):
+    """The main yaml's hparams over ready ``manifests`` (train, valid, test) and a local model,
+    offline and single-process: no preparation, cache, augmentation or loader workers."""
+    from whisper_finetuning.training.config import load_hparams
+
+    values = {
+        "whisper_hub": str(whisper_dir),
+        "output_folder": str(output),
+        "data_folder": str(manifests["train"].parent),
+        "skip_prep": True,
+        "train_csv": str(manifests["train"]),
+        "valid_csv": str(manifests["valid"]),
+        "test_csv": [str(manifests["test"])],
+        "encoder_cache": False,
+        "augment": False,
+        "num_workers": 0,
+        **overrides,
+    }
+    return load_hparams("hparams/whisper_small.yaml", values)[0]
+
+
 def prepared(hparams):
     """train.py's checked datasets with their pipelines, and the training loader's arguments
     (the data checks' report left out)."""

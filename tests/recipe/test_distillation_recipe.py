@@ -8,7 +8,7 @@ import pytest
 import speechbrain as sb
 import torch
 from conftest import make_random_whisper, read_jsonl, sine, write_manifest
-from recipe_runs import make_brain, prepared, recipe_args, run_forked
+from recipe_runs import make_brain, manifest_hparams, prepared, recipe_args, run_forked
 from speechbrain.dataio.batch import PaddedBatch
 from transformers import WhisperForConditionalGeneration
 
@@ -18,7 +18,6 @@ from whisper_finetuning.decoding.search import greedy_search
 from whisper_finetuning.export.huggingface import export
 from whisper_finetuning.model.asr import WhisperASR
 from whisper_finetuning.training import distillation
-from whisper_finetuning.training.config import load_hparams
 from whisper_finetuning.training.log import TrainingLog
 
 TEXTS = ("a cat sat on the mat", "the dog ran", "birds sing at dawn")
@@ -41,21 +40,7 @@ def teacher_dir(tmp_path_factory, random_whisper_dir):
 
 
 def _loss_and_grads(whisper_dir, corpus, output, **overrides):
-    values = {
-        "whisper_hub": str(whisper_dir),
-        "output_folder": str(output),
-        "data_folder": str(corpus["train"].parent),
-        "skip_prep": True,
-        "train_csv": str(corpus["train"]),
-        "valid_csv": str(corpus["valid"]),
-        "test_csv": [str(corpus["test"])],
-        "encoder_cache": False,
-        "augment": False,
-        "label_smoothing": 0.0,
-        "num_workers": 0,
-        **overrides,
-    }
-    hparams = load_hparams("hparams/whisper_small.yaml", values)[0]
+    hparams = manifest_hparams(whisper_dir, corpus, output, label_smoothing=0.0, **overrides)
     datasets, _ = prepared(hparams)
     distiller = distillation.from_hparams(hparams)
     brain = make_brain(hparams, checkpointer=None, distiller=distiller)

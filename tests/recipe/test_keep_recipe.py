@@ -8,9 +8,8 @@ import pytest
 import speechbrain as sb
 import torch
 from conftest import read_jsonl, sine, write_manifest
-from recipe_runs import make_brain, make_corpus, prepared, recipe_args, run_forked
+from recipe_runs import make_brain, make_corpus, manifest_hparams, prepared, recipe_args, run_forked
 
-from whisper_finetuning.training.config import load_hparams
 from whisper_finetuning.training.log import TrainingLog
 
 TEXTS = ("a cat sat on the mat", "the dog ran", "birds sing at dawn", "rain again today")
@@ -44,21 +43,7 @@ def corpus(tmp_path_factory):
 
 
 def _hparams(whisper_dir, corpus, output, **values):
-    values = {
-        "whisper_hub": str(whisper_dir),
-        "output_folder": str(output),
-        "data_folder": str(corpus["train"].parent),
-        "skip_prep": True,
-        "train_csv": str(corpus["train"]),
-        "valid_csv": str(corpus["valid"]),
-        "test_csv": [str(corpus["test"])],
-        "encoder_cache": False,
-        "augment": False,
-        "decode_max_tokens": 4,
-        "num_workers": 0,
-        **values,
-    }
-    return load_hparams("hparams/whisper_small.yaml", values)[0]
+    return manifest_hparams(whisper_dir, corpus, output, decode_max_tokens=4, **values)
 
 
 def test_replay_rows_and_nonspeech_clips_reach_the_training_set(

@@ -5,10 +5,9 @@ import pytest
 import speechbrain as sb
 import torch
 from conftest import read_jsonl, sine, write_manifest
-from recipe_runs import make_brain, prepared
+from recipe_runs import make_brain, manifest_hparams, prepared
 from speechbrain.dataio.batch import PaddedBatch
 
-from whisper_finetuning.training.config import load_hparams
 from whisper_finetuning.training.log import TrainingLog
 
 COLUMNS = ("ID", "duration", "wav", "spk_id", "label_source", "wrd")
@@ -35,22 +34,10 @@ def corpus(tmp_path_factory):
 
 
 def _brain(whisper_dir, corpus, output, weight):
-    values = {
-        "whisper_hub": str(whisper_dir),
-        "output_folder": str(output),
-        "data_folder": str(corpus["train"].parent),
-        "skip_prep": True,
-        "train_csv": str(corpus["train"]),
-        "valid_csv": str(corpus["valid"]),
-        "test_csv": [str(corpus["test"])],
-        "encoder_cache": False,
-        "augment": False,
-        "label_smoothing": 0.0,
-        "decode_max_tokens": 4,
-        "num_workers": 0,
-        "pseudo_label_weight": weight,
-    }
-    hparams = load_hparams("hparams/whisper_small.yaml", values)[0]
+    hparams = manifest_hparams(
+        whisper_dir, corpus, output, label_smoothing=0.0, decode_max_tokens=4,
+        pseudo_label_weight=weight,
+    )  # fmt: skip
     datasets, _ = prepared(hparams)
     brain = make_brain({**hparams, "output_folder": str(output)}, checkpointer=None)
     brain.training_log = TrainingLog(str(output / "log"), enabled=True, tensorboard=False)
