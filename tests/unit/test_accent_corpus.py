@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import soundfile
 
-from whisper_finetuning.data.prepare import accent_corpus
+from whisper_finetuning.data.prepare import accent_corpus, synthesis
 
 TINY_VOICES = ("en-us", "en-gb-scotland")
 TINY_SIZES = {"n_train_sentences": 4, "n_valid_sentences": 2, "n_test_sentences": 2}
@@ -18,7 +18,7 @@ MIN_SENTENCES = 330
 DURATION_TOLERANCE = 0.0015  # manifest durations are rounded to milliseconds
 
 needs_tools = pytest.mark.skipif(
-    any(shutil.which(tool) is None for tool in accent_corpus.REQUIRED_TOOLS),
+    any(shutil.which(tool) is None for tool in synthesis.REQUIRED_TOOLS),
     reason="espeak-ng and sox are required: apt-get install espeak-ng sox",
 )
 

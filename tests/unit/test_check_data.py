@@ -182,6 +182,20 @@ def test_the_same_speakers_everywhere_is_a_sentence_split_and_only_info(corpus):
     assert all("split is by sentence" in f["message"] for f in findings)
 
 
+def test_nonspeech_rows_have_no_speaker_to_share(corpus):
+    for split in ("valid", "test"):
+        for i, row in enumerate(corpus.rows[split]):
+            row["spk_id"] = "ab"[i % 2]
+    for k in range(3):  # more "speakers" than the real ones: would make it look disjoint
+        corpus.add("test", f"noise{k}", "", 2.0, spk=f"hum{k}")
+    findings = [f for f in corpus.check() if f["kind"] == "speaker_overlap"]
+    assert [f["message"].split(":")[0] for f in findings] == [
+        "2 of 2 test speakers are also in train",
+        "2 of 2 valid speakers are also in train",
+    ]
+    assert {f["severity"] for f in findings} == {"info"}
+
+
 def test_duplicate_ids_and_duplicate_rows(corpus):
     corpus.rows["valid"].append(dict(corpus.rows["valid"][0]))
     corpus.rows["train"].append({**corpus.rows["train"][5], "ID": "again"})

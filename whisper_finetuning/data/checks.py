@@ -450,7 +450,8 @@ def _check_speakers(rows, findings):
         return
     speakers = defaultdict(set)
     for row in rows:
-        if row[SPEAKER_COLUMN].strip():  # an empty value is an unknown speaker, not a shared one
+        # An empty value is an unknown speaker, not a shared one; nobody speaks in non-speech.
+        if row[SPEAKER_COLUMN].strip() and not is_nonspeech(row["wrd"]):
             speakers[row["split"]].add(row[SPEAKER_COLUMN])
     for split in sorted(speakers.keys() - {TRAIN}):
         shared = speakers[split] & speakers.get(TRAIN, set())

@@ -24,8 +24,6 @@ import hashlib
 import json
 import logging
 import random
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +36,13 @@ import soundfile as sf
 
 from whisper_finetuning.common.files import atomic_path, write_csv
 from whisper_finetuning.data.audio import SAMPLE_RATE, audio_duration, read_audio
+from whisper_finetuning.data.prepare.nonspeech_test import nonspeech_rows
+from whisper_finetuning.data.prepare.synthesis import (
+    MANIFEST_HEADER,
+    check_tools,
+    fraction,
+    run_tool,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +57,6 @@ HEADROOM_DB = 1  # espeak-ng peaks at full scale; resampling would overshoot and
 N_WORKERS = 2  # the demo machine has two cores
 
 DATA_ROOT = "$data_root"  # SpeechBrain replaces it with data_folder at load time
-MANIFEST_HEADER = ("ID", "duration", "wav", "spk_id", "dialect", "language", "wrd")
-REQUIRED_TOOLS = ("espeak-ng", "sox")
-INSTALL_HINT = "run `apt-get install espeak-ng sox` (or `make demo`, which installs them)"
 
 LONGFORM = "longform_test"  # the long-form manifest's name (a test set of train.py)
 LONGFORM_SECONDS = (40.0, 90.0)  # each recording's length lies in this range
@@ -130,20 +132,6 @@ def prosody(seed: int, utt_id: str) -> tuple[int, int]:
     return speed, pitch
 
 
-def check_tools() -> None:
-    """Raise a one-line RuntimeError if a command-line tool needed for synthesis is missing."""
-    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
-    if missing:
-        raise RuntimeError(f"{' and '.join(missing)} not found: {INSTALL_HINT}")
-
-
-def _run(cmd: list[str], utt_id: str) -> None:
-    """Run one tool, turning a failure into a RuntimeError that shows its stderr."""
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} failed for {utt_id}: {result.stderr.strip()}")
-
-
 def synthesize(utt: Utterance, data_folder: Path, tmp_dir: Path, seed: int) -> None:
     """Speak one utterance with espeak-ng and store it as 16 kHz mono 16-bit PCM.
 
@@ -156,32 +144,38 @@ def synthesize(utt: Utterance, data_folder: Path, tmp_dir: Path, seed: int) -> N
     out = data_folder / utt.rel_wav
     out.parent.mkdir(parents=True, exist_ok=True)
     espeak = ["espeak-ng", "-v", utt.voice, "-s", str(speed), "-p", str(pitch), "-w", str(raw)]
-    _run([*espeak, utt.text], utt.utt_id)
+    run_tool([*espeak, utt.text], utt.utt_id)
     convert = ["-t", "wav", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", "-e", "signed-integer"]
     gain = ["gain", f"-{HEADROOM_DB}"]  # applied before sox's automatic rate effect
     with atomic_path(out) as partial:
-        _run(["sox", "-D", "-V1", str(raw), *convert, partial, *gain], utt.utt_id)
+        run_tool(["sox", "-D", "-V1", str(raw), *convert, partial, *gain], utt.utt_id)
     raw.unlink()
 
 
 def manifests_current(
-    manifests: dict[str, Path], plan: dict[str, list[Utterance]], data_folder: Path
+    manifests: dict[str, Path],
+    plan: dict[str, list[Utterance]],
+    data_folder: Path,
+    extra_rows: dict[str, list[list[str]]],
 ) -> bool:
-    """True if every manifest lists exactly the planned utterances and all their wavs exist."""
+    """True if every manifest lists exactly the planned utterances, then its ``extra_rows``,
+    and all their wavs exist."""
     for split, path in manifests.items():
         if not path.is_file():
             return False
         with path.open(newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
-        if [(row["ID"], row["wrd"]) for row in rows] != [(u.utt_id, u.text) for u in plan[split]]:
+        planned = [(u.utt_id, u.text) for u in plan[split]]
+        planned += [(row[0], row[-1]) for row in extra_rows.get(split, [])]
+        if [(row["ID"], row["wrd"]) for row in rows] != planned:
             return False
         if not all(Path(row["wav"].replace(DATA_ROOT, str(data_folder))).is_file() for row in rows):
             return False
     return True
 
 
-def write_manifest(path: Path, utterances: list[Utterance], data_folder: Path) -> None:
-    """Write a SpeechBrain CSV manifest atomically."""
+def write_manifest(path: Path, utterances: list[Utterance], data_folder: Path, extra_rows) -> None:
+    """Write a SpeechBrain CSV manifest atomically: the utterances' rows, then ``extra_rows``."""
     rows = [
         [
             utt.utt_id,
@@ -194,7 +188,7 @@ def write_manifest(path: Path, utterances: list[Utterance], data_folder: Path) -
         ]
         for utt in utterances
     ]
-    write_csv(path, MANIFEST_HEADER, rows)
+    write_csv(path, MANIFEST_HEADER, rows + extra_rows)
 
 
 def prepare_accent_corpus(
@@ -205,13 +199,15 @@ def prepare_accent_corpus(
     n_train_sentences: int | None = None,
     voices: tuple[str, ...] = VOICES,
     seed: int = DEFAULT_SEED,
+    n_nonspeech_test: int = 0,
 ) -> dict[str, str]:
     """Synthesise the corpus into ``data_folder/wav`` and write train/valid/test manifests.
 
     Returns {"train": path, "valid": path, "test": path} of the CSVs in ``save_folder``;
-    the long-form recordings' manifest is ``save_folder/longform_test.csv``.
-    If those manifests already describe this configuration and all their wavs exist,
-    returns at once without synthesising anything.
+    the long-form recordings' manifest is ``save_folder/longform_test.csv``. The test manifest
+    ends with ``n_nonspeech_test`` non-speech clips (babble of the test sentences, chords, hum,
+    near silence; ``nonspeech_test.py``). If those manifests already describe this
+    configuration and all their audio exists, returns at once without synthesising anything.
     """
     sentences = load_sentences()
     splits = split_sentences(
@@ -219,9 +215,13 @@ def prepare_accent_corpus(
     )
     plan = {split: plan_split(sentences, splits[split], voices, "english") for split in SPLITS}
     data_folder, save_folder = Path(data_folder), Path(save_folder)
+    test_sentences = [sentences[index] for index in splits["test"]]
+    extra_rows = {
+        "test": nonspeech_rows(data_folder, n_nonspeech_test, seed, voices, test_sentences)
+    }
     manifests = {split: save_folder / f"{split}.csv" for split in SPLITS}
-    resynthesised = not manifests_current(manifests, plan, data_folder)
-    result = synthesize_corpus(plan, data_folder, save_folder, seed)
+    resynthesised = not manifests_current(manifests, plan, data_folder, extra_rows)
+    result = synthesize_corpus(plan, data_folder, save_folder, seed, extra_rows)
     longform = save_folder / f"{LONGFORM}.csv"
     if resynthesised or not longform_current(longform, data_folder):
         write_longform(longform, plan["test"], data_folder, seed)
@@ -229,13 +229,19 @@ def prepare_accent_corpus(
 
 
 def synthesize_corpus(
-    plan: dict[str, list[Utterance]], data_folder: str | Path, save_folder: str | Path, seed: int
+    plan: dict[str, list[Utterance]],
+    data_folder: str | Path,
+    save_folder: str | Path,
+    seed: int,
+    extra_rows: dict[str, list[list[str]]] | None = None,
 ) -> dict[str, str]:
-    """Speak the planned utterances of each split and write its manifest (unless current)."""
+    """Speak the planned utterances of each split and write its manifest, followed by the
+    split's ``extra_rows`` (unless current)."""
+    extra_rows = extra_rows or {}
     data_folder, save_folder = Path(data_folder), Path(save_folder)
     manifests = {split: save_folder / f"{split}.csv" for split in SPLITS}
     result = {split: str(path) for split, path in manifests.items()}
-    if manifests_current(manifests, plan, data_folder):
+    if manifests_current(manifests, plan, data_folder, extra_rows):
         logger.info("Corpus already prepared in %s", save_folder)
         return result
 
@@ -250,14 +256,8 @@ def synthesize_corpus(
 
     save_folder.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
-        write_manifest(manifests[split], plan[split], data_folder)
+        write_manifest(manifests[split], plan[split], data_folder, extra_rows.get(split, []))
     return result
-
-
-def _fraction(seed, *key):
-    """A number in [0, 1) fixed by the seed and the key."""
-    digest = hashlib.sha256(":".join(map(str, (seed, *key))).encode()).digest()
-    return int.from_bytes(digest[:8]) / 2**64
 
 
 def speech(audio):
@@ -277,8 +277,8 @@ def longform_recordings(utterances, data_folder, seed):
         rec_id = f"{voice}_long00"
         for utt in (u for u in utterances if u.voice == voice):
             clip = speech(read_audio(data_folder / utt.rel_wav).numpy())
-            fraction = _fraction(seed, rec_id, len(parts), "gap")
-            gap = LONGFORM_GAP_SECONDS[0] + fraction * (
+            share = fraction(seed, rec_id, len(parts), "gap")
+            gap = LONGFORM_GAP_SECONDS[0] + share * (
                 LONGFORM_GAP_SECONDS[1] - LONGFORM_GAP_SECONDS[0]
             )
             if parts and end + gap + len(clip) / SAMPLE_RATE > high:  # full: start another
@@ -287,7 +287,7 @@ def longform_recordings(utterances, data_folder, seed):
             start = round(end + gap, 3) if parts else 0.0
             parts.append((start, clip, utt.text))
             end = start + len(clip) / SAMPLE_RATE
-            if end >= low + (high - low) * _fraction(seed, rec_id, "length"):
+            if end >= low + (high - low) * fraction(seed, rec_id, "length"):
                 recordings.append((rec_id, voice, parts))
                 parts, end, rec_id = [], 0.0, f"{voice}_long{int(rec_id[-2:]) + 1:02d}"
         if parts and end >= low:
