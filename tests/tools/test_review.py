@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import sine, write_manifest
+from tests.tools.test_compare import SPEAKERS, hypothesis, make_run
 from whisper_finetuning.analysis.review import data as review_data
 from whisper_finetuning.analysis.review import report as review_report
 from whisper_finetuning.analysis.review import stats as review_stats
@@ -384,9 +385,9 @@ def cli_server():
     """Starts the review server (``--port 0``) and returns its URL; stops it after."""
     processes = []
 
-    def start(exp, *args):
+    def start(*args):
         process = subprocess.Popen(
-            [sys.executable, "-m", "whisper_finetuning.review", str(exp), "--port", "0", *args],
+            [sys.executable, "-m", "whisper_finetuning.review", *map(str, args), "--port", "0"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -695,3 +696,181 @@ def test_huge_integers_and_deep_nesting_get_400_and_the_server_stays_up(server):
     assert not judgments_path(exp).exists()
     label = option_of(port, "alice", "u1", [2])
     assert post(port, {"reviewer": "alice", "id": "u1", "best": label})[0] == 200
+
+
+# ---------------------------------------------------------------- review across runs ----------
+
+# Word errors per test utterance u0-u5 of each run's selected checkpoint (test_compare's runs:
+# speakers s1 s1 s2 s2 s3 s3, dialects north north north north south south). The runs' words
+# differ by |errors a - errors b|: u0 0, u1 1, u2 2, u3 3, u4 0, u5 1.
+RUN_ERRORS = {"base": [0, 1, 0, 3, 0, 0], "tuned": [0, 0, 2, 0, 0, 1]}
+# Most different first, taking turns between dialects (north u3 3, south u5 1), then within
+# north between speakers (s1 u1 1, s2 u2 2 after u3): u3, u5, u1, u2; u0 and u4 agree.
+RUNS_ORDER = ["u3", "u5", "u1", "u2"]
+# (reviewer, utterance): (best, acceptable, correction), in runs.
+RUNS_SCENARIO = {
+    ("alice", "u3"): (["tuned"], {"tuned": True, "base": False}, ""),
+    ("alice", "u5"): (["tuned"], {}, ""),
+    ("alice", "u1"): (["base"], {}, ""),
+    ("alice", "u2"): ("tie", {}, "one two three for five"),
+    ("bob", "u3"): (["tuned"], {"tuned": True, "base": True}, ""),
+    ("bob", "u5"): (["tuned"], {}, ""),
+    ("bob", "u1"): (["tuned"], {}, ""),
+    ("bob", "u2"): (["tuned"], {}, ""),
+}
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    """Two finished runs (test_compare's make_run) on one test manifest with real audio; tuned
+    selected its epoch 2, whose checkpoint is kept."""
+    data = tmp_path / "data"
+    (data / "wav").mkdir(parents=True)
+    rows = []
+    for i, spk in enumerate(SPEAKERS):
+        sine(data / "wav" / f"u{i}.wav", 0.5)
+        dialect = "south" if spk == "s3" else "north"
+        row = {"ID": f"u{i}", "duration": 0.5, "wav": f"$data_root/wav/u{i}.wav", "spk_id": spk}
+        rows.append({**row, "dialect": dialect, "wrd": "one two three four five"})
+    write_manifest(tmp_path / "test.csv", rows, MANIFEST_COLUMNS)
+    folders = {}
+    for name, epochs in (("base", ((9.0, 30.0),)), ("tuned", ((9.0, 30.0), (8.0, 20.0)))):
+        folder = make_run(tmp_path, name, RUN_ERRORS[name], epochs=epochs)
+        run = json.loads((folder / "run.json").read_text())
+        (folder / "run.json").write_text(json.dumps({**run, "data_folder": str(data)}))
+        folders[name] = folder
+    ckpt = folders["tuned"] / "save" / "CKPT+2026-11-22+07-00-00+00"
+    ckpt.mkdir()
+    (ckpt / "CKPT.yaml").write_text("epoch: 2\nWER: 20.0\nloss: 8.0\n")
+    return folders
+
+
+def label_of(port, reviewer, utt_id, text):
+    """The option label under which ``reviewer`` sees transcript ``text`` of ``utt_id``."""
+    items = json.loads(request(port, "GET", f"/api/items?reviewer={reviewer}")[2])["items"]
+    item = next(i for i in items if i["id"] == utt_id)
+    return next(o["label"] for o in item["options"] if o["hyp"] == text)
+
+
+def run_hyp(run, utt_id):
+    return hypothesis(RUN_ERRORS[run][int(utt_id[1:])])
+
+
+def test_review_across_runs_serves_both_runs_saves_judgments_and_ranks_the_runs(
+    two_runs, tmp_path, cli_server, capsys
+):
+    base, tuned = two_runs["base"], two_runs["tuned"]
+    out = tmp_path / "review_out"
+    url = cli_server("--runs", base, tuned, "--output-folder", out, "--reviewer", "carol")
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    config = json.loads(request(port, "GET", "/api/config")[2])
+    assert config == {"title": "2 runs", "reviewer": "carol", "n": 4}
+    status, _, raw = request(port, "GET", "/api/items?reviewer=alice")
+    items = json.loads(raw)["items"]
+    assert [i["id"] for i in items] == RUNS_ORDER
+    assert [sorted(o["hyp"] for o in i["options"]) for i in items] == [
+        sorted(run_hyp(r, i["id"]) for r in RUN_ERRORS) for i in items
+    ]
+    assert items[0]["groups"] == {"dialect": "north", "spk_id": "s2"}
+    assert b"base" not in raw and b"tuned" not in raw  # blind: no run is named
+    assert request(port, "GET", items[1]["audio"])[2] == (tmp_path / "data/wav/u5.wav").read_bytes()
+
+    for (reviewer, utt_id), (best, acceptable, correction) in RUNS_SCENARIO.items():
+        labels = {r: label_of(port, reviewer, utt_id, run_hyp(r, utt_id)) for r in RUN_ERRORS}
+        payload = {"reviewer": reviewer, "id": utt_id, "correction": correction}
+        payload["best"] = best if best == "tie" else labels[best[0]]
+        payload["acceptable"] = {labels[r]: ok for r, ok in acceptable.items()}
+        assert post(port, payload)[0] == 200
+    saved = [json.loads(line) for line in judgments_path(out).read_text().splitlines()]
+    assert [(j["reviewer"], j["id"]) for j in saved] == list(RUNS_SCENARIO)
+    first = {key: value for key, value in saved[0].items() if key != "time"}
+    assert {**first, "options": sorted(first["options"])} == {
+        "reviewer": "alice",
+        "id": "u3",
+        "candidates": ["base", "tuned"],
+        "options": [["base"], ["tuned"]],
+        "best": ["tuned"],
+        "acceptable": {"tuned": True, "base": False},
+        "correction": "",
+        "note": "",
+        "groups": {"dialect": "north", "spk_id": "s2"},
+    }
+    assert not (base / "review").exists() and not (tuned / "review").exists()
+    marks = json.loads(request(port, "GET", "/api/items?reviewer=bob")[2])["marks"]
+    assert sorted(marks) == sorted(RUNS_ORDER)  # a reload restores them
+
+    review_main(["summarize", "--runs", str(base), str(tuned), "--output-folder", str(out)])
+    summary = json.loads((out / "review" / "summary.json").read_text())
+    # Seven decided judgments (alice's u2 is a tie): tuned best in 6, base in 1. Wilson 95%
+    # with z = 1.96: 6/7 -> center 1.1315 / 1.5488 = 0.7306, half 0.2437: [0.4869, 0.9743].
+    assert summary["ranking"] == [
+        {"rank": 1, "run": "tuned", "k": 6, "n": 7, "rate": pytest.approx(6 / 7),
+         "ci95": pytest.approx([0.4869, 0.9743], abs=1e-4)},
+        {"rank": 2, "run": "base", "k": 1, "n": 7, "rate": pytest.approx(1 / 7),
+         "ci95": pytest.approx([0.0257, 0.5131], abs=1e-4)},
+    ]  # fmt: skip
+    # base against tuned: wins alice's u1, loses six; the tie counts for neither. The interval
+    # reaches above one half, so the preference is not decisive.
+    assert summary["head_to_head"] == {
+        "base": {"vs": "tuned", "wins": 1, "losses": 6, "k": 1, "n": 7,
+                 "rate": pytest.approx(1 / 7), "ci95": pytest.approx([0.0257, 0.5131], abs=1e-4)}
+    }  # fmt: skip
+    assert (summary["ties"], summary["undecided"], summary["n_utterances"]) == (1, 0, 4)
+    assert summary["acceptability"]["overall"] == {
+        "base": {"k": 1, "n": 2, "rate": 0.5, "ci95": pytest.approx(review_stats.wilson(1, 2))},
+        "tuned": {"k": 2, "n": 2, "rate": 1.0, "ci95": pytest.approx(review_stats.wilson(2, 2))},
+    }
+    # best: u3 (tuned, tuned), u5 (tuned, tuned), u1 (base, tuned), u2 (tie, tuned): p_o 1/2,
+    # p_e = 1/2 x 1 (tuned): kappa 0.
+    assert summary["agreement"]["best"] == [
+        {"reviewers": ["alice", "bob"], "n": 4, "agreement": 0.5, "kappa": 0.0}
+    ]
+    export = f"python -m whisper_finetuning.export_hf {tuned.resolve()} DEST --epoch 2"
+    assert summary["verdict"] == {
+        "preferred_run": "tuned",
+        "decisive": False,
+        "export_command": export,
+    }
+    assert summary["test_set"] == "test"
+    assert summary["candidates"] == {
+        "base": {"folder": str(base.resolve()), "selection_metric": "WER",
+                 "selected_epoch": 1, "WER": pytest.approx(100 * 4 / 30)},
+        "tuned": {"folder": str(tuned.resolve()), "selection_metric": "WER",
+                  "selected_epoch": 2, "WER": pytest.approx(100 * 3 / 30)},
+    }  # fmt: skip
+    with open(out / "review" / "corrections.csv", newline="") as f:
+        assert [(r["ID"], r["dialect"], r["wrd"]) for r in csv.DictReader(f)] == [
+            ("u2", "north", "one two three for five")
+        ]
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == review_report.runs_headline(summary)
+    assert printed[0].startswith("humans prefer run tuned: best in 85.7% [48.7-97.4] (6/7)")
+    assert "not decisive; ranking tuned > base; 8 judgment(s) by 2 reviewer(s)" in printed[0]
+    assert printed[1] == f"export it: {export}"
+    markdown = (out / "review" / "summary.md").read_text()
+    assert "| 1 | tuned | 2 | 10.00 | 85.7% [48.7-97.4] (6/7) | (first) | 100.0%" in markdown
+    assert "| 2 | base | 1 | 13.33 | 14.3% [2.6-51.3] (1/7) | 14.3% [2.6-51.3] (1/7) |" in markdown
+
+
+def test_review_across_runs_refusals_are_one_line(two_runs, tmp_path):
+    base, tuned = map(str, two_runs.values())
+    unfinished = make_run(tmp_path, "unfinished", RUN_ERRORS["base"], finished=False)
+    other = make_run(tmp_path, "other", RUN_ERRORS["base"], test_name="other")
+    empty = tmp_path / "empty"
+    for argv, message in (
+        (["--runs", base], "a comparison needs at least two runs, got 1"),
+        (["summarize", "--runs", base], "a comparison needs at least two runs, got 1"),
+        (["--runs", base, str(unfinished)], f"{unfinished} is unfinished: training has not ended"),
+        (["--runs", base, str(other)], "the runs' test sets differ: base has test, other has"),
+        ([base, "--runs", base, tuned], f"give an experiment folder or --runs, not both ({base}"),
+        (["--runs", base, tuned, "--candidates", "1,2"], "--candidates picks epochs of one run"),
+        (["--runs", base, tuned, "--output-folder", tuned], f"--output-folder {tuned} is run"),
+        ([], "give an experiment folder, or --runs EXP1 EXP2"),
+        (["summarize", "--runs", base, tuned, "--output-folder", str(empty)],
+         f"no judgments of these runs in {judgments_path(empty)}: review first"),
+    ):  # fmt: skip
+        with pytest.raises(SystemExit) as stopped:
+            review_main(argv)
+        text = str(stopped.value)
+        assert text.startswith(f"error: {message}") and "\n" not in text, argv
+    assert not empty.exists()

@@ -4,6 +4,8 @@ Reviewing needs no checkpoint: every epoch's validation transcripts are already 
 ``EXP/valid/utterances_epochN.jsonl``. The candidates are by default the min-WER, the min-loss
 and the last epoch; the utterances shown are those where the candidates disagree most,
 interleaved across groups (dialect, then speaker) so a short review still covers every group.
+A review across runs compares instead each finished run's selected checkpoint on their common
+test set (``EXP/utterances_NAME.jsonl``, read and checked as ``comparison.runs`` does).
 """
 
 import csv
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import ruamel.yaml
 
+from whisper_finetuning.analysis.comparison.runs import load_runs, same_utterances, test_set_names
 from whisper_finetuning.evaluation.selection import SELECTION_DIRECTIONS, best_epoch
 from whisper_finetuning.evaluation.text import edit_distance
 
@@ -107,6 +110,20 @@ def load_transcripts(exp, candidates):
             raise ReviewError(f"{path} not found: epoch {epoch} has no validation transcripts")
         transcripts[epoch] = {u["id"]: u for u in read_jsonl(path)}
     return transcripts
+
+
+def run_transcripts(folders):
+    """(runs, test set, {run label: {utt_id: record}}): the finished runs in ``folders``, the
+    first test set they were all decoded on, and each selected checkpoint's transcripts of it.
+
+    Refuses (``RecipeError``) what a comparison refuses: fewer than two runs, an unfinished
+    run, runs decoded on other test sets or on other utterances or references.
+    """
+    runs = load_runs(folders)
+    names = test_set_names(runs)
+    if not names:
+        raise ReviewError("the runs name no test set (run.json test_csv): nothing to review")
+    return runs, names[0], same_utterances(runs, names[0])
 
 
 def comparison_words(text):
@@ -242,24 +259,37 @@ def _resolve_data_folder(exp, data_folder, output_folder):
 
 @dataclass
 class ManifestSource:
-    """Where a run's validation manifest and audio are."""
+    """Where a run's validation (or test) manifest and audio are."""
 
-    valid_csv: Path
+    valid_csv: Path  # the manifest read (a test manifest for a review across runs)
     data_folder: Path
     group_columns: list
+    split: str = "valid"
 
 
-def manifest_source(exp, data_folder=None):
-    """The valid manifest and data folder: ``EXP/run.json``, else ``hyperparams.yaml``."""
+def test_manifest(run, test_set):
+    """The ``test_csv`` manifest of ``run.json`` (as a dict) whose stem is ``test_set``."""
+    found = [p for p in run.get("test_csv", []) if Path(p).stem == test_set]
+    if not found:
+        raise ReviewError(f"run.json names no test manifest '{test_set}'")
+    return found[0]
+
+
+def manifest_source(exp, data_folder=None, test_set=None):
+    """The valid manifest (or with ``test_set``, that test manifest) and data folder:
+    ``EXP/run.json``, else (valid only) ``hyperparams.yaml``."""
     exp = Path(exp)
     run_file = exp / "run.json"
     if run_file.is_file():
         run = json.loads(run_file.read_text())
         return ManifestSource(
-            Path(run["valid_csv"]),
+            Path(test_manifest(run, test_set) if test_set else run["valid_csv"]),
             Path(data_folder or run["data_folder"]),
             list(run.get("group_columns") or DEFAULT_GROUP_COLUMNS),
+            "test" if test_set else "valid",
         )
+    if test_set:
+        raise ReviewError(f"{run_file} not found: where is test set '{test_set}'?")
     hparams_file = exp / "hyperparams.yaml"
     if not hparams_file.is_file():
         raise ReviewError(f"neither {run_file} nor {hparams_file} found: where is the audio?")
@@ -272,9 +302,9 @@ def manifest_source(exp, data_folder=None):
 
 
 def read_manifest(source):
-    """(columns, {ID: row}) of the valid manifest."""
+    """(columns, {ID: row}) of the manifest."""
     if not source.valid_csv.is_file():
-        raise ReviewError(f"valid manifest {source.valid_csv} not found")
+        raise ReviewError(f"{source.split} manifest {source.valid_csv} not found")
     with open(source.valid_csv, newline="") as f:
         reader = csv.DictReader(f)
         rows = {row["ID"]: row for row in reader}

@@ -63,7 +63,7 @@ def headline(summary):
     """One line: which epoch humans prefer, how clearly, and whether min-WER is that epoch."""
     verdict = summary["verdict"]
     preferred, min_wer = verdict["preferred_epoch"], verdict["min_wer_epoch"]
-    count = f"{summary['n_judgments']} judgment(s) by {len(summary['reviewers'])} reviewer(s)"
+    count = _count(summary)
     if preferred is None:
         return f"no candidate was judged best yet ({count})"
     best = _percent(summary["preference"][str(preferred)])
@@ -81,6 +81,11 @@ def headline(summary):
 
 def markdown(summary):
     """summary.md: the headline, then tables of preference, acceptability and agreement."""
+    return "\n".join(epoch_lines(summary)) + "\n"
+
+
+def epoch_lines(summary):
+    """The lines of an epoch review's summary.md."""
     lines = ["# Human review", "", f"**{headline(summary)}**", ""]
     if summary["verdict"].get("export_command"):
         lines += ["Export it:", "", f"    {summary['verdict']['export_command']}", ""]
@@ -101,14 +106,20 @@ def markdown(summary):
         accept = _percent(summary["acceptability"]["overall"][epoch])
         roles = ", ".join(info.get("roles", []))
         lines.append(f"| {epoch} | {roles} | {wer} | {_percent(p)} | {duel_text} | {accept} |")
-    lines += ["", f"Ties: {summary['ties']}; undecided: {summary['undecided']}.", ""]
+    return lines + shared_sections(summary, "epoch")
+
+
+def shared_sections(summary, kind):
+    """The lines every summary.md ends with: ties, acceptability per group, agreement between
+    reviewers and corrections; ``kind`` names a candidate (``epoch``, ``run``)."""
+    lines = ["", f"Ties: {summary['ties']}; undecided: {summary['undecided']}.", ""]
     for column, values in summary["acceptability"]["per_group"].items():
-        epochs = list(summary["preference"])
+        names = list(summary["preference"])
         lines += [f"## Acceptable per {column}", ""]
-        lines += [f"| {column} | " + " | ".join(f"epoch {e}" for e in epochs) + " |"]
-        lines += ["|---|" + "---|" * len(epochs)]
+        lines += [f"| {column} | " + " | ".join(f"{kind} {e}" for e in names) + " |"]
+        lines += ["|---|" + "---|" * len(names)]
         for value, rates in values.items():
-            lines.append(f"| {value} | " + " | ".join(_percent(rates[e]) for e in epochs) + " |")
+            lines.append(f"| {value} | " + " | ".join(_percent(rates[e]) for e in names) + " |")
         lines.append("")
     lines += ["## Agreement between reviewers", ""]
     pairs = summary["agreement"]["best"] + summary["agreement"]["acceptable"]
@@ -130,4 +141,56 @@ def markdown(summary):
         lines[-1] += f" in `{fixes['file']}`"
     if fixes["conflicting"]:
         lines[-1] += f"; reviewers disagree on {', '.join(fixes['conflicting'])}"
+    return lines
+
+
+def _count(summary):
+    return f"{summary['n_judgments']} judgment(s) by {len(summary['reviewers'])} reviewer(s)"
+
+
+def runs_headline(summary):
+    """One line of a review across runs: which run humans prefer, and how clearly."""
+    preferred = summary["verdict"]["preferred_run"]
+    if preferred is None:
+        return f"no candidate was judged best yet ({_count(summary)})"
+    best = _percent(summary["preference"][preferred])
+    strength = "decisive" if summary["verdict"]["decisive"] else "not decisive"
+    ranking = " > ".join(r["run"] for r in summary["ranking"] if r["rank"] is not None)
+    return (
+        f"humans prefer run {preferred}: best in {best} of decided judgments; {strength}; "
+        f"ranking {ranking}; {_count(summary)}"
+    )
+
+
+def runs_markdown(summary):
+    """summary.md of a review across runs: the headline, the runs ranked, then as ``markdown``."""
+    lines = ["# Human review across runs", "", f"**{runs_headline(summary)}**", ""]
+    if summary["verdict"].get("export_command"):
+        lines += ["Export it:", "", f"    {summary['verdict']['export_command']}", ""]
+    preferred = summary["verdict"]["preferred_run"]
+    lines += [f"Test set `{summary['test_set']}`, each run's selected checkpoint.", ""]
+    lines += ["## Ranking (95% Wilson intervals)", ""]
+    lines += [
+        "*best*: share of the decided judgments (ties left out) that chose this run's "
+        "transcript; *vs first*: wins against the first-ranked run among the judgments that "
+        "put exactly one of the two first; *acceptable*: share of its transcripts marked "
+        "acceptable.",
+        "",
+    ]
+    lines += ["| rank | run | selected epoch | test WER | best | vs first (wins/losses) "
+              "| acceptable |"]  # fmt: skip
+    lines += ["|---|---|---|---|---|---|---|"]
+    for row in summary["ranking"]:
+        run = row["run"]
+        info = summary["candidates"].get(run, {})
+        duel = summary["head_to_head"].get(run)
+        duel_text = _percent(duel) if duel else ("(first)" if run == preferred else "-")
+        wer = "-" if info.get("WER") is None else f"{info['WER']:.2f}"
+        epoch = "-" if info.get("selected_epoch") is None else info["selected_epoch"]
+        accept = _percent(summary["acceptability"]["overall"][run])
+        rank = "-" if row["rank"] is None else row["rank"]
+        lines.append(
+            f"| {rank} | {run} | {epoch} | {wer} | {_percent(row)} | {duel_text} | {accept} |"
+        )
+    lines += shared_sections(summary, "run")
     return "\n".join(lines) + "\n"

@@ -126,6 +126,21 @@ def agreement(latest):
     return result
 
 
+def rank(rates, favored=None):
+    """The candidates of ``rates`` that were judged, most preferred first: the higher
+    best-rate, then the higher interval's lower end, then ``favored``, then ``rates``' order."""
+    order = list(rates)
+    return sorted(
+        (c for c in order if rates[c]["n"]),
+        key=lambda c: (-rates[c]["rate"], -rates[c]["ci95"][0], c != favored, order.index(c)),
+    )
+
+
+def all_clearly_worse(duels):
+    """Whether every head-to-head's interval lies below one half (the reference clearly wins)."""
+    return bool(duels) and all(d["n"] and d["ci95"][1] < 0.5 for d in duels.values())
+
+
 def verdict(preferred_rates, duels, min_wer):
     """The epoch humans prefer, and whether the judgments clearly separate it from min-WER.
 
@@ -133,18 +148,15 @@ def verdict(preferred_rates, duels, min_wer):
     then the earlier epoch). Decisive: in the head-to-head with min-WER, the preferred epoch's
     interval lies above one half, or (when it is min-WER) every other epoch's lies below.
     """
-    rated = {int(e): p for e, p in preferred_rates.items() if p["n"]}
-    if not rated:
+    ranked = rank(preferred_rates, str(min_wer))
+    if not ranked:
         return {"preferred_epoch": None, "min_wer_epoch": min_wer, "differs_from_min_wer": None}
-    preferred = min(
-        rated,
-        key=lambda e: (-rated[e]["rate"], -rated[e]["ci95"][0], e != min_wer, e),
-    )
+    preferred = int(ranked[0])
     if preferred != min_wer:
         duel = duels.get(str(preferred))
         decisive = bool(duel and duel["n"] and duel["ci95"][0] > 0.5)
     else:
-        decisive = bool(duels) and all(d["n"] and d["ci95"][1] < 0.5 for d in duels.values())
+        decisive = all_clearly_worse(duels)
     return {
         "preferred_epoch": preferred,
         "min_wer_epoch": min_wer,
@@ -153,21 +165,50 @@ def verdict(preferred_rates, duels, min_wer):
     }
 
 
-def summarize(latest, min_wer, group_columns):
-    """Everything ``summary.json`` holds but the corrections and the export command."""
+def judged(latest, candidates, group_columns):
+    """What every summary holds: who judged how much, preference, acceptability, agreement."""
     judgments = list(latest.values())
-    epochs = sorted({e for j in judgments for e in j["candidates"]} | {min_wer})
-    preferred = preference(judgments, epochs)
-    duels = {str(e): head_to_head(judgments, e, min_wer) for e in epochs if e != min_wer}
     return {
         "reviewers": sorted({r for r, _ in latest}),
         "n_judgments": len(judgments),
         "n_utterances": len({u for _, u in latest}),
         "ties": sum(j["best"] == TIE for j in judgments),
         "undecided": sum(j["best"] is None for j in judgments),
-        "preference": preferred,
-        "head_to_head": duels,
-        "acceptability": acceptability(judgments, epochs, group_columns),
+        "preference": preference(judgments, candidates),
+        "acceptability": acceptability(judgments, candidates, group_columns),
         "agreement": agreement(latest),
-        "verdict": verdict(preferred, duels, min_wer),
+    }
+
+
+def summarize(latest, min_wer, group_columns):
+    """Everything ``summary.json`` holds but the corrections and the export command."""
+    judgments = list(latest.values())
+    epochs = sorted({e for j in judgments for e in j["candidates"]} | {min_wer})
+    summary = judged(latest, epochs, group_columns)
+    duels = {str(e): head_to_head(judgments, e, min_wer) for e in epochs if e != min_wer}
+    return {
+        **summary,
+        "head_to_head": duels,
+        "verdict": verdict(summary["preference"], duels, min_wer),
+    }
+
+
+def summarize_runs(latest, runs, group_columns):
+    """A review across runs (candidates: run labels): ``judged``, the runs ranked by
+    preference, each other run's head-to-head against the first, and the verdict (decisive:
+    every other run's head-to-head interval lies below one half)."""
+    judgments = list(latest.values())
+    summary = judged(latest, runs, group_columns)
+    ranked = rank(summary["preference"])
+    top = ranked[0] if ranked else None
+    duels = {r: head_to_head(judgments, r, top) for r in runs if top is not None and r != top}
+    unranked = [r for r in runs if r not in ranked]
+    return {
+        **summary,
+        "ranking": [
+            {"rank": i, "run": r, **summary["preference"][r]} for i, r in enumerate(ranked, 1)
+        ]
+        + [{"rank": None, "run": r, **summary["preference"][r]} for r in unranked],
+        "head_to_head": duels,
+        "verdict": {"preferred_run": top, "decisive": top is not None and all_clearly_worse(duels)},
     }
