@@ -220,6 +220,17 @@ def test_check_rows_keeps_a_test_set_s_long_rows_and_skips_train_s(
         dataio.check_rows(
             dataio.load_manifest(corpus["train"], corpus["train"].parent), "train", model, "error"
         )
+    # A test row over 30 s may hold more than the decoder's 448 positions; a short one may not.
+    words = "word " * 500
+    lengthy = write_manifest(
+        corpus["test"].parent / "lengthy.csv",
+        [
+            row("lengthy_long", corpus["only_long"].parent / "only_long.wav", words),
+            row("lengthy_short", corpus["only_long"].parent / "u0.wav", words, 2.0),
+        ],
+    )
+    kept = dataio.check_rows(dataio.load_manifest(lengthy, lengthy.parent), "test", model, "skip")
+    assert kept.data_ids == ["lengthy_long"]
     datasets, taken = dataio.split_longform(
         {
             "train": dataio.load_manifest(corpus["plain"]["train"], corpus["train"].parent),
