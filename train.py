@@ -228,6 +228,7 @@ def fine_tune(hparams, hparams_file, overrides, run_opts):
         )  # fmt: skip
         datasets = checks.before_training(hparams, whisper, named, normalize, hparams["on_bad_row"])
         datasets = sanity.select(datasets, hparams["sanity_utterances"])
+        datasets, longform_rows = manifests.split_longform(datasets)  # test rows over 30 s
         datasets, loader_kwargs, train_examples = dataio_prepare(hparams, datasets, whisper)
         if hparams["sanity_utterances"]:  # overfit a few utterances instead of fine-tuning
             sanity.run(WhisperFineTuning, hparams, datasets["train"], run_opts, normalize=normalize)
@@ -248,6 +249,7 @@ def fine_tune(hparams, hparams_file, overrides, run_opts):
             normalize=normalize,
             training_examples=train_examples,
             distiller=distiller,
+            longform_rows=longform_rows,  # decoded long-form with their test sets
             sharding=hparams["sharding"],  # fsdp: the model sharded over torchrun's processes
         )
         test_sets = {n: d for n, d in datasets.items() if n not in ("train", "valid")}

@@ -143,7 +143,10 @@ def test_over_long_label(experiment, unstarted, tmp_path):
 def test_audio_over_30_seconds(experiment, unstarted, tmp_path):
     wav = sine(tmp_path / "long.wav", 31.0)
     messages = with_bad_row(experiment, unstarted, tmp_path, wav)
-    check = "1 rows have audio over Whisper's 30 s window"
+    check = (
+        "1 rows have audio over Whisper's 30 s window: training and validation need clips of "
+        "at most 30 s (a test set's longer rows are decoded long-form)"
+    )
     assert_row_refused(
         unstarted, messages, wav, check, "audio of 31.0 s exceeds Whisper's 30 s window"
     )

@@ -185,10 +185,10 @@ def test_zero_shot_results_are_reused_only_for_the_same_model_and_utterances(tmp
     from whisper_finetuning.training.runs import _decoded_already
 
     (tmp_path / "summary_test.json").write_text(json.dumps({"model": "m1", "n_utterances": 3}))
-    assert _decoded_already(tmp_path, "test", {"whisper_hub": "m1"}, [1, 2, 3])
-    assert not _decoded_already(tmp_path, "test", {"whisper_hub": "m2"}, [1, 2, 3])
-    assert not _decoded_already(tmp_path, "test", {"whisper_hub": "m1"}, [1, 2])
-    assert not _decoded_already(tmp_path, "other", {"whisper_hub": "m1"}, [1, 2, 3])
+    assert _decoded_already(tmp_path, "test", {"whisper_hub": "m1"}, 3)
+    assert not _decoded_already(tmp_path, "test", {"whisper_hub": "m2"}, 3)
+    assert not _decoded_already(tmp_path, "test", {"whisper_hub": "m1"}, 2)
+    assert not _decoded_already(tmp_path, "other", {"whisper_hub": "m1"}, 3)
 
 
 def read_manifest(path):

@@ -249,6 +249,18 @@ def test_audio_over_30_seconds_is_an_error(corpus):
     assert rows_of(findings, "audio_too_long", "error") == [("train", "long")]
     assert findings[0]["rows"][0]["value"] == 31.0
     assert kinds(findings) == [("error", "audio_too_long")]
+    assert "training and validation need clips of at most 30 s" in findings[0]["message"]
+
+
+def test_test_rows_over_30_seconds_are_decoded_long_form_their_labels_unbounded(corpus):
+    text = " ".join(SENTENCES[:10])
+    corpus.add("valid", "long_valid", text, 31.0, spk="b")
+    corpus.add("test", "long_test", text + " " + text, 31.0, spk="b")
+    findings = corpus.check(token_count=lambda text: len(text.split()) + 5, max_tokens=100)
+    assert rows_of(findings, "audio_too_long", "error") == [("valid", "long_valid")]
+    assert rows_of(findings, "longform_test_rows", "info") == [("test", "long_test")]
+    # The test row's 160 words (the valid row's 80 fit): over 100 positions, never teacher-forced.
+    assert not any(f["kind"] == "label_too_long" for f in findings)
 
 
 def test_mixed_sample_rates_and_channels(corpus):

@@ -12,18 +12,21 @@ same checks (``run_checks``) before training. Severities:
 * error: the results would be wrong or a row cannot be used -- the same audio in two splits,
   a transcript of at least ``LEAK_MIN_WORDS`` words in train and in another split, speakers
   shared by a split that is otherwise speaker-disjoint, duplicate IDs, labels
-  over the decoder's token limit, audio over 30 s, missing or unreadable audio, NaN or
-  infinite samples, a manifest SpeechBrain cannot read (file, line, column), a valid set
-  with no transcript that has a word once normalised (empty ones included);
+  over the decoder's token limit, audio over 30 s in train or valid (training needs at most
+  30 s), missing or unreadable audio, NaN or infinite samples, a manifest SpeechBrain cannot
+  read (file, line, column), a valid set with no transcript that has a word once normalised
+  (empty ones included);
 * warning: probably a mistake -- transcripts with no word once normalised (left out of WER),
   silent clips, clipped clips, float samples beyond [-1, 1], control characters in
   transcripts, shorter shared transcripts, the same audio twice in a split,
   mixed sample rates, manifest durations that disagree with the files, implausible speaking
   rates (characters per second, robust z-score over the corpus), distribution shift between
-  train and another split, labels over the token limit by an estimated count;
+  train and another split, labels over the token limit by an estimated count (test rows
+  over 30 s aside);
 * info: true and worth knowing -- a split by sentence with the same speakers everywhere,
   multi-channel audio (downmixed when read), no speaker column, non-speech rows (empty
-  transcripts: kept, trained toward no speech and scored apart).
+  transcripts: kept, trained toward no speech and scored apart), test rows over 30 s
+  (decoded long-form; their labels may exceed the token limit).
 
 Speakers: for each split against train, if none of its speakers is in train the split is
 speaker-disjoint; if all are, the split is by sentence (info); if at most half are, the split
@@ -52,6 +55,7 @@ from whisper_finetuning.data.manifests import (
     DataError,
     check_format,
     check_rows,
+    decodes_longform,
     has_no_rows,
     load_manifest,
     resolve_languages,
@@ -261,6 +265,12 @@ def _control_character(text):
     return next((c for c in text if unicodedata.category(c) == "Cc"), None)
 
 
+def _decoded_longform(row, audio):
+    """Whether a row is a test set's row over 30 s, decoded long-form (``split_longform``)."""
+    found = audio[row["wav"]]
+    return decodes_longform(row["split"]) and bool(found) and found["seconds"] > CHUNK_SECONDS
+
+
 def _check_rows(rows, audio, token_count, max_tokens, findings):
     """Unusable rows: unreadable audio, over-long labels, audio over 30 s; non-speech rows;
     labels with control characters."""
@@ -299,8 +309,12 @@ def _check_rows(rows, audio, token_count, max_tokens, findings):
             )
         )
     counter = token_count or estimate_tokens
+    longform = [r for r in rows if _decoded_longform(r, audio)]  # labels never teacher-forced
+    windowed = [r for r in rows if not _decoded_longform(r, audio)]
     long_labels = [
-        _ref(r, value=n) for r in rows if r["wrd"].strip() and (n := counter(r["wrd"])) > max_tokens
+        _ref(r, value=n)
+        for r in windowed
+        if r["wrd"].strip() and (n := counter(r["wrd"])) > max_tokens
     ]
     if long_labels:
         how = "" if token_count else f" ({ESTIMATE_LABEL})"
@@ -315,7 +329,7 @@ def _check_rows(rows, audio, token_count, max_tokens, findings):
         )
     too_long = [
         _ref(r, value=round(a["seconds"], 2))
-        for r in rows
+        for r in windowed
         if (a := audio[r["wav"]]) and a["seconds"] > CHUNK_SECONDS
     ]
     if too_long:
@@ -323,8 +337,21 @@ def _check_rows(rows, audio, token_count, max_tokens, findings):
             _finding(
                 "error",
                 "audio_too_long",
-                f"{len(too_long)} rows have audio over Whisper's {CHUNK_SECONDS} s window",
+                f"{len(too_long)} rows have audio over Whisper's {CHUNK_SECONDS} s window: "
+                f"training and validation need clips of at most {CHUNK_SECONDS} s (a test "
+                "set's longer rows are decoded long-form)",
                 too_long,
+            )
+        )
+    if longform:
+        findings.append(
+            _finding(
+                "info",
+                "longform_test_rows",
+                f"{len(longform)} test rows have audio over Whisper's {CHUNK_SECONDS} s window "
+                "(value: seconds): decoded long-form, as longform_test_csv sets are, and "
+                "scored with their set's other rows (n_longform)",
+                [_ref(r, value=round(audio[r["wav"]]["seconds"], 2)) for r in longform],
             )
         )
     mismatched = [

@@ -4,8 +4,11 @@ A manifest that SpeechBrain cannot read as such is one error naming its file, li
 and what was found (``check_format``). Bad rows (missing or unreadable audio, NaN or infinite
 samples, labels longer than the decoder can hold, audio over 30 s) are found before training
 starts and either skipped with a counted, logged reason or reported as one clear error, as
-``on_bad_row`` says. Labels are never truncated. Audio at another sample rate or with several
-channels is converted on reading.
+``on_bad_row`` says. Labels are never truncated. Audio over 30 s is bad only where rows are
+trained or validated on (train, valid, the training sources): a test set's rows over 30 s are
+decoded long-form (``split_longform``, ``decoding.longform``), their labels never
+teacher-forced. Audio at another sample rate or with several channels is converted on
+reading.
 
 A row with an empty transcript is a non-speech row (silence, noise, music), not a bad row: it
 is kept, trained toward Whisper's no-speech prediction, decoded and scored apart
@@ -38,6 +41,14 @@ class DataError(RecipeError, ValueError):
 
 
 REPLAY, NONSPEECH = "replay", "nonspeech"  # the split names of replay_csv and nonspeech_csv
+# Splits whose rows must fit Whisper's 30 s window; every other split is a test set.
+WINDOWED_SPLITS = ("train", "valid", REPLAY, NONSPEECH)
+
+
+def decodes_longform(name):
+    """Whether split ``name`` is a test set, whose rows over 30 s are decoded long-form rather
+    than bad rows (training and validation need clips of at most 30 s)."""
+    return name not in WINDOWED_SPLITS
 
 
 def extra_manifests(hparams):
@@ -205,17 +216,24 @@ def check_languages(named, data_folder, whisper):
         resolve_languages(dataset, name, whisper)
 
 
-def _row_problem(row, whisper):
-    """Why a manifest row cannot be trained on, or None."""
-    n_tokens = whisper.decoder_positions(row["wrd"])
-    if n_tokens > whisper.max_positions:
-        return f"label of {n_tokens} tokens exceeds the decoder's {whisper.max_positions}"
+def _over_window(info):
+    """Whether audio (``audio_info``; None: unreadable) is longer than Whisper's window."""
+    return info is not None and info.duration > CHUNK_SECONDS
+
+
+def _row_problem(row, whisper, longform=False):
+    """Why a manifest row cannot be used, or None; with ``longform`` (a test set), audio over
+    30 s is decoded long-form, and its label, never teacher-forced, may be of any length."""
     info = audio_info(row["wav"])
+    over_window = _over_window(info)
+    n_tokens = whisper.decoder_positions(row["wrd"])
+    if n_tokens > whisper.max_positions and not (longform and over_window):
+        return f"label of {n_tokens} tokens exceeds the decoder's {whisper.max_positions}"
     if info is None:
         return "missing or unreadable audio"
     if info.frames == 0:
         return "empty audio"
-    if info.duration > CHUNK_SECONDS:
+    if over_window and not longform:
         return f"audio of {info.duration:.1f} s exceeds Whisper's {CHUNK_SECONDS} s window"
     if has_non_finite(info, row["wav"]):
         return NON_FINITE
@@ -223,8 +241,12 @@ def _row_problem(row, whisper):
 
 
 def check_rows(dataset, name, whisper, on_bad_row="skip"):
-    """Drop (or refuse) rows that cannot be used; logs one line per kind of problem."""
-    problems = {utt_id: _row_problem(row, whisper) for utt_id, row in dataset.data.items()}
+    """Drop (or refuse) rows that cannot be used; logs one line per kind of problem. A test
+    set's rows over 30 s are usable (``decodes_longform``)."""
+    longform = decodes_longform(name)
+    problems = {
+        utt_id: _row_problem(row, whisper, longform) for utt_id, row in dataset.data.items()
+    }
     bad = {utt_id: why for utt_id, why in problems.items() if why}
     if bad and on_bad_row == "error":
         utt_id, why = next(iter(bad.items()))
@@ -241,3 +263,23 @@ def check_rows(dataset, name, whisper, on_bad_row="skip"):
         return dataset
     with dataset.output_keys_as(["id"]):
         return dataset.filtered_sorted(key_test={"id": lambda utt_id: utt_id not in bad})
+
+
+def split_longform(datasets):
+    """Take each test set's rows over 30 s out of it: ``(datasets, {name: {ID: row}})``. The
+    batched test search decodes what is left; the rows taken are decoded long-form and scored
+    with their set (``decoding.longform.score_rows``)."""
+    taken = {}
+    for name, dataset in datasets.items():
+        if not decodes_longform(name):
+            continue
+        rows = {utt_id: dataset.data[utt_id] for utt_id in dataset.data_ids}
+        long = {utt_id: row for utt_id, row in rows.items() if _over_window(audio_info(row["wav"]))}
+        if not long:
+            continue
+        taken[name] = long
+        with dataset.output_keys_as(["id"]):
+            datasets[name] = dataset.filtered_sorted(
+                key_test={"id": lambda utt_id, long=long: utt_id not in long}
+            )
+    return datasets, taken

@@ -16,6 +16,8 @@ a JSON list of ``[start, end, text]`` in seconds) and writes, through ``scoring.
 ``summary_longform_NAME.json`` etc. with the WER, and, for recordings with segments, the
 mean absolute boundary error: each reference segment start (end) is matched to the nearest
 hypothesis segment start (end); the mean distance in seconds over all reference boundaries.
+``score_rows`` decodes a test set's rows over 30 s the same way (``decode_rows``), into the
+scorer of the set's other rows (``utterances_NAME.jsonl``, marked ``longform``).
 """
 
 import json
@@ -256,6 +258,52 @@ def evaluate(
     dataset = resolve_languages(load_manifest(csv_path, data_folder), name, whisper)
     ids = list(dataset.data_ids)
     rows = [dataset.data[utt_id] for utt_id in ids]
+    decoded = decode_rows(
+        whisper, rows, condition_on_previous_text, max_new_tokens, loop_stop, batch_size, rules
+    )
+    scorer = Scorer(normalize, group_columns)
+    errors = []
+    timing = dict.fromkeys(
+        ("reference_segments", "hypothesis_segments", "recordings_without_segments"), 0
+    )
+    for utt_id, row, (hypothesis, extra) in zip(ids, rows, decoded, strict=True):
+        reference = reference_segments(row)
+        if reference is not None:
+            recording_errors = boundary_errors(reference, hypothesis)
+            extra["boundary_mae"] = _mean(recording_errors)
+            errors += recording_errors
+            timing["reference_segments"] += len(reference)
+            timing["hypothesis_segments"] += len(hypothesis)
+            timing["recordings_without_segments"] += not hypothesis
+        _append(scorer, utt_id, row, hypothesis, extra, group_columns)
+    timing.update(boundary_mae=_mean(errors), n_boundaries=len(errors))
+    return scorer.write(folder, f"longform_{name}", model=model, extra={"timestamps": timing})
+
+
+def settings(hparams):
+    """The long-form loop's settings in a run's hparams: ``decode_rows``' keyword arguments
+    (the test search's transcribe rules, the test batch size in windows)."""
+    return {
+        "condition_on_previous_text": hparams["longform_condition_on_previous_text"],
+        "max_new_tokens": hparams["decode_max_tokens"],
+        "loop_stop": hparams["loop_stop"],
+        "batch_size": hparams["test_batch_size"],
+        "rules": hparams["test_search"].rules,
+    }
+
+
+def decode_rows(
+    whisper,
+    rows,
+    condition_on_previous_text=True,
+    max_new_tokens=None,
+    loop_stop=None,
+    batch_size=8,
+    rules=None,
+):
+    """Decode manifest rows' recordings (``wav``, ``language``) together with the long-form
+    loop (``WindowDecoder``, ``transcribe_together``): per row, its hypothesis segments and
+    ``{"segments", "windows", "loop_stopped"}`` (the segments rounded to 10 ms)."""
     whisper.eval()
     wavs = [read_audio(row["wav"]) for row in rows]
     languages = [row["language"] for row in rows]
@@ -264,34 +312,42 @@ def evaluate(
         Transcription(len(wav), whisper.timestamp_begin, condition_on_previous_text) for wav in wavs
     ]
     transcribe_together(decoder, transcriptions)
-    scorer = Scorer(normalize, group_columns)
-    errors = []
-    timing = dict.fromkeys(
-        ("reference_segments", "hypothesis_segments", "recordings_without_segments"), 0
-    )
-    for i, (utt_id, row, transcription) in enumerate(zip(ids, rows, transcriptions, strict=True)):
+    decoded = []
+    for transcription, looped in zip(transcriptions, decoder.looped, strict=True):
         hypothesis = [
             Segment(s, e, whisper.decode_text(toks)) for s, e, toks in transcription.segments
         ]
-        reference = reference_segments(row)
         extra = {
             "segments": [[round(s.start, 2), round(s.end, 2), s.text] for s in hypothesis],
             "windows": transcription.windows,
-            "loop_stopped": decoder.looped[i],
+            "loop_stopped": looped,
         }
-        if reference is not None:
-            recording_errors = boundary_errors(reference, hypothesis)
-            extra["boundary_mae"] = _mean(recording_errors)
-            errors += recording_errors
-            timing["reference_segments"] += len(reference)
-            timing["hypothesis_segments"] += len(hypothesis)
-            timing["recordings_without_segments"] += not hypothesis
-        text = " ".join(s.text for s in hypothesis)
-        extra = {key: [value] for key, value in extra.items()}
-        groups = {column: [row[column]] for column in group_columns if column in row}
-        scorer.append([utt_id], [text], [row["wrd"]], groups, [row["duration"]], extra)
-    timing.update(boundary_mae=_mean(errors), n_boundaries=len(errors))
-    return scorer.write(folder, f"longform_{name}", model=model, extra={"timestamps": timing})
+        decoded.append((hypothesis, extra))
+    return decoded
+
+
+def hypothesis_text(hypothesis):
+    """A recording's transcript: its hypothesis segments' texts joined by spaces."""
+    return " ".join(s.text for s in hypothesis)
+
+
+def score_rows(scorer, whisper, rows, group_columns=(), **decoding):
+    """Decode a test set's rows over 30 s (``{ID: row}``) long-form (``decode_rows`` with
+    ``decoding``) into its ``scorer``, each marked ``longform: true``."""
+    if not rows:
+        return
+    decoded = decode_rows(whisper, list(rows.values()), **decoding)
+    for (utt_id, row), (hypothesis, extra) in zip(rows.items(), decoded, strict=True):
+        _append(scorer, utt_id, row, hypothesis, {"longform": True, **extra}, group_columns)
+
+
+def _append(scorer, utt_id, row, hypothesis, extra, group_columns):
+    """Score one decoded recording: its transcript against the row's, grouped by the row's
+    ``group_columns``, with its per-utterance ``extra`` fields."""
+    groups = {column: [row[column]] for column in group_columns if column in row}
+    extra = {key: [value] for key, value in extra.items()}
+    text = hypothesis_text(hypothesis)
+    scorer.append([utt_id], [text], [row["wrd"]], groups, [row["duration"]], extra)
 
 
 def _mean(values):

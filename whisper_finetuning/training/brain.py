@@ -16,6 +16,7 @@ from speechbrain.utils.checkpoints import ckpt_recency
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from whisper_finetuning.common.label_sources import LABEL_SOURCE
+from whisper_finetuning.decoding import longform
 from whisper_finetuning.evaluation import scoring
 from whisper_finetuning.evaluation.selection import best_earliest, min_loss_earliest
 from whisper_finetuning.training import distributed, l2sp, mwer, resilience, sharding
@@ -45,12 +46,22 @@ class FineTuningBrain(sharding.ShardingBrain, resilience.ResilientBrain, sb.Brai
     )
     gathered_accumulators = ("valid_token_stats",)
 
-    def __init__(self, *args, normalize, training_examples=None, distiller=None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        normalize,
+        training_examples=None,
+        distiller=None,
+        longform_rows=None,
+        **kwargs,
+    ):
         """SpeechBrain's Brain, plus the scores' text normaliser (``scoring.Normalizers``), the
         summaries' group columns, the training examples (``data.examples``; None: plain rows),
-        the teacher (``distillation.Distiller``; None: no distillation), MWER's search and
+        the teacher (``distillation.Distiller``; None: no distillation), the test sets' rows
+        over 30 s (``{test set: {ID: row}}``, ``manifests.split_longform``), MWER's search and
         first weights, and the L2-SP penalty's pretrained copies (``l2sp_weight``)."""
         super().__init__(*args, **kwargs)
+        self.longform_rows = longform_rows or {}
         self.l2sp = l2sp.from_hparams(self.hparams, self.modules)  # before any recovery
         self.distiller = distiller
         if distiller is not None:
@@ -177,8 +188,19 @@ class FineTuningBrain(sharding.ShardingBrain, resilience.ResilientBrain, sb.Brai
             folder = os.path.join(self.output_folder, "valid")
             return run_on_main(self.scorer.write, args=[folder, f"epoch{epoch}", epoch])
         model = str(self.hparams.whisper_hub)
-        args = [self.test_folder, self.test_name, self.selected_epoch(), model]
-        return run_on_main(self.scorer.write, args=args)
+        return run_on_main(self.write_test_summary, args=[self.selected_epoch(), model])
+
+    def write_test_summary(self, epoch, model):
+        """Decode the test set's rows over 30 s long-form into its scorer (the kept weights:
+        after ``on_evaluate_start``), then write its summary, with ``n_longform``."""
+        rows = self.longform_rows.get(self.test_name, {})
+        if rows:
+            settings = longform.settings(vars(self.hparams))
+            longform.score_rows(
+                self.scorer, self.hparams.whisper, rows, self.group_columns, **settings
+            )
+        extra = {"n_longform": len(rows)}
+        return self.scorer.write(self.test_folder, self.test_name, epoch, model, extra=extra)
 
     def log_valid_epoch(self, stats_meta, stats, summary):
         """Write the epoch's line of ``log/`` and warn when the valid set is too small."""

@@ -43,11 +43,13 @@ def skip_finished_epochs(save_folder, counter):
 
 
 def decode_test_sets(brain, test_sets, hparams, folder, loader_kwargs, min_key=None):
-    """Decode every test set into ``folder``; ``min_key=None`` keeps the current weights, whose
-    (zero-shot) results are computed once per model and test set."""
+    """Decode every test set into ``folder`` (its rows over 30 s, ``brain.longform_rows``,
+    long-form, with the others); ``min_key=None`` keeps the current weights, whose (zero-shot)
+    results are computed once per model and test set."""
     brain.test_folder = folder
     for name, dataset in test_sets.items():
-        if min_key is None and _decoded_already(folder, name, hparams, dataset):
+        n_rows = len(dataset) + len(brain.longform_rows.get(name, {}))
+        if min_key is None and _decoded_already(folder, name, hparams, n_rows):
             continue
         brain.test_name = name
         brain.evaluate(dataset, min_key=min_key, test_loader_kwargs=loader_kwargs)
@@ -66,13 +68,9 @@ def decode_longform_sets(brain, hparams, folder, zero_shot=False):
             brain.normalize,
             folder,
             name,
-            hparams["longform_condition_on_previous_text"],
-            hparams["decode_max_tokens"],
-            hparams["loop_stop"],
             model=str(hparams["whisper_hub"]),
             group_columns=brain.group_columns,  # the language too: its normaliser
-            batch_size=hparams["test_batch_size"],
-            rules=hparams["test_search"].rules,
+            **longform.settings(hparams),
         )
         if summary is not None:
             mae = summary["timestamps"]["boundary_mae"]  # None: no segment to compare
@@ -89,12 +87,13 @@ def longform_names(hparams):
     return [os.path.splitext(os.path.basename(p))[0] for p in hparams["longform_test_csv"]]
 
 
-def _decoded_already(folder, name, hparams, dataset=None):
-    """True if ``folder`` holds this test set's results from the same model (and utterances)."""
+def _decoded_already(folder, name, hparams, n_rows=None):
+    """True if ``folder`` holds this test set's results from the same model (and ``n_rows``
+    utterances)."""
     path = os.path.join(folder, f"summary_{name}.json")
     if not os.path.exists(path):
         return False
     with open(path) as f:
         summary = json.load(f)
     same_model = summary.get("model") == str(hparams["whisper_hub"])
-    return same_model and (dataset is None or summary["n_utterances"] == len(dataset))
+    return same_model and (n_rows is None or summary["n_utterances"] == n_rows)
