@@ -189,6 +189,11 @@ def test_zero_shot_results_are_reused_only_for_the_same_model_and_utterances(tmp
     assert not _decoded_already(tmp_path, "test", {"whisper_hub": "m2"}, 3)
     assert not _decoded_already(tmp_path, "test", {"whisper_hub": "m1"}, 2)
     assert not _decoded_already(tmp_path, "other", {"whisper_hub": "m1"}, 3)
+    # Rows with no reference word and non-speech rows were decoded too.
+    summary = {"model": "m1", "n_utterances": 3, "n_unscorable": 1, "nonspeech": {"n": 2}}
+    (tmp_path / "summary_test.json").write_text(json.dumps(summary))
+    assert _decoded_already(tmp_path, "test", {"whisper_hub": "m1"}, 6)
+    assert not _decoded_already(tmp_path, "test", {"whisper_hub": "m1"}, 3)
 
 
 def read_manifest(path):

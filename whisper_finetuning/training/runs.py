@@ -89,11 +89,14 @@ def longform_names(hparams):
 
 def _decoded_already(folder, name, hparams, n_rows=None):
     """True if ``folder`` holds this test set's results from the same model (and ``n_rows``
-    utterances)."""
+    rows)."""
     path = os.path.join(folder, f"summary_{name}.json")
     if not os.path.exists(path):
         return False
     with open(path) as f:
         summary = json.load(f)
     same_model = summary.get("model") == str(hparams["whisper_hub"])
-    return same_model and (n_rows is None or summary["n_utterances"] == n_rows)
+    # Every decoded row: scored speech, references with no word, non-speech.
+    decoded = summary["n_utterances"] + summary.get("n_unscorable", 0)
+    decoded += summary.get("nonspeech", {}).get("n", 0)
+    return same_model and (n_rows is None or decoded == n_rows)
