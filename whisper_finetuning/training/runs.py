@@ -72,7 +72,7 @@ def decode_longform_sets(brain, hparams, folder, zero_shot=False):
             model=str(hparams["whisper_hub"]),
             group_columns=brain.group_columns,  # the language too: its normaliser
             batch_size=hparams["test_batch_size"],
-            rules=hparams["test_search"].rules,
+            rules=brain.test_search.rules,  # the test sets' (an assisted search's too)
         )
         if summary is not None:
             mae = summary["timestamps"]["boundary_mae"]  # None: no segment to compare
