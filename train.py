@@ -73,7 +73,7 @@ class WhisperFineTuning(FineTuningBrain):
         prompts = examples.row_prompts(tokens_bos, batch.prompt_len)
         if stage == sb.Stage.TRAIN:
             return hidden, mwer.n_best(self.hparams.whisper, states, self.mwer_search, prompts)
-        search = self.hparams.valid_search if stage == sb.Stage.VALID else self.hparams.test_search
+        search = self.hparams.valid_search if stage == sb.Stage.VALID else self.test_search
         return hidden, search(self.hparams.whisper, states, prompts)
 
     def compute_objectives(self, predictions, batch, stage):
@@ -235,7 +235,7 @@ def fine_tune(hparams, hparams_file, overrides, run_opts):
             return
 
         distiller = distillation.from_hparams(hparams)  # cuts the student first
-        hparams["test_search"] = speculative.assisted_search(hparams)  # drafted by an assistant
+        test_search = speculative.assisted_search(hparams)  # drafted by an assistant, if any
         if hparams["keep_freed_memory"]:
             allocator.keep_freed_memory()
         asr_brain = WhisperFineTuning(
@@ -250,6 +250,7 @@ def fine_tune(hparams, hparams_file, overrides, run_opts):
             training_examples=train_examples,
             distiller=distiller,
             longform_rows=longform_rows,  # decoded long-form with their test sets
+            test_search=test_search,
             sharding=hparams["sharding"],  # fsdp: the model sharded over torchrun's processes
         )
         test_sets = {n: d for n, d in datasets.items() if n not in ("train", "valid")}

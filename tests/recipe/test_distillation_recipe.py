@@ -14,9 +14,10 @@ from transformers import WhisperForConditionalGeneration
 
 from whisper_finetuning import pseudo_label
 from whisper_finetuning.data.audio import read_audio
-from whisper_finetuning.decoding.search import greedy_search
+from whisper_finetuning.decoding.search import GreedySearch
+from whisper_finetuning.decoding.transcribe_rules import TranscribeRules
 from whisper_finetuning.export.huggingface import export
-from whisper_finetuning.model.asr import WhisperASR
+from whisper_finetuning.model.asr import EncoderStates, WhisperASR
 from whisper_finetuning.training import distillation
 from whisper_finetuning.training.log import TrainingLog
 
@@ -117,7 +118,8 @@ def test_a_2_layer_student_of_a_4_layer_teacher_trains_and_exports(
     four_layer_dir, corpus, tmp_path, capsys
 ):
     """train.py with the teacher and the cut; the export holds the trained 2-layer student,
-    whose test transcripts, drafted by the teacher, are its own greedy ones."""
+    whose test transcripts, drafted by the teacher, are its own greedy ones under openai's
+    transcribe rules (the run's seed, 1986), as every test search decodes."""
     exp = tmp_path / "exp"
     args = recipe_args(four_layer_dir, corpus, exp, tmp_path / "cache", epochs=1)
     args += [f"--teacher={four_layer_dir}", "--student_decoder_layers=2", "--data_checks=off"]
@@ -134,11 +136,12 @@ def test_a_2_layer_student_of_a_4_layer_teacher_trains_and_exports(
     teacher = WhisperForConditionalGeneration.from_pretrained(four_layer_dir)
     assert not torch.equal(saved[layer], teacher.state_dict()["model.decoder.layers.3.fc1.weight"])
     student = WhisperASR(str(dest), freeze=True).eval()
+    ruled = GreedySearch(8, rules=TranscribeRules(seed=1986))
     for utterance in read_jsonl(exp / "utterances_test.jsonl"):
         wav = read_audio(corpus["test"].parent / f"{utterance['id']}.wav")
         with torch.no_grad():
             out = student.encode(student.features(wav[None]))
-        (hyp,), _ = greedy_search(student, out, max_new_tokens=8)
+        (hyp,), _ = ruled(student, EncoderStates([([0], out)]))
         assert utterance["hyp"] == student.decode_text(hyp)
     # the student run labels audio as a pseudo-label SOURCE (its selected checkpoint)
     labels = tmp_path / "labels.csv"

@@ -255,3 +255,50 @@ def test_adapter_only_export_loads_its_folder_back_and_refuses_a_damaged_write(
     assert export_hf.main([str(experiment), str(tmp_path / "bad"), "--adapter_only"]) == 1
     assert one_line_error(capsys.readouterr().err) == f"error: {line}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp", "good"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        (  # openai's defaults: the run's hyperparams.yaml names none of them
+            "",
+            {
+                "temperature": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+                "compression_ratio_threshold": 2.4,
+                "logprob_threshold": -1.0,
+                "no_speech_threshold": 0.6,
+            },
+        ),
+        (  # overridden, as train.py's overrides are appended to the saved settings
+            "temperatures: [0.0, 0.5]\ncompression_ratio_threshold: 3.0\n"
+            "logprob_threshold: -0.5\nno_speech_threshold: 0.8\n",
+            {
+                "temperature": [0.0, 0.5],
+                "compression_ratio_threshold": 3.0,
+                "logprob_threshold": -0.5,
+                "no_speech_threshold": 0.8,
+            },
+        ),
+        (  # null: off, left out (transformers' default); no-speech needs logprob_threshold
+            "temperatures: [0.0]\ncompression_ratio_threshold:\nlogprob_threshold:\n",
+            {"temperature": [0.0]},
+        ),
+    ],
+)
+def test_the_export_writes_the_runs_transcribe_thresholds(
+    random_whisper_dir, tmp_path, settings, expected
+):
+    experiment = tmp_path / "exp"
+    experiment.mkdir()
+    _adapter_experiment(
+        experiment, random_whisper_dir, "lora", [{"epoch": 1, "loss": 1.0, "WER": 9.0}]
+    )
+    with open(experiment / "hyperparams.yaml", "a") as f:
+        f.write(settings)
+    dest, _ = export.export(experiment, tmp_path / "merged")
+    selected = json.loads((dest / "selected_checkpoint.json").read_text())
+    assert selected["generate_kwargs"] == expected
+    model = transformers.WhisperForConditionalGeneration.from_pretrained(dest).eval()
+    features = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # transformers takes them as they are
+        assert model.generate(features, max_new_tokens=3, **expected).dim() == 2

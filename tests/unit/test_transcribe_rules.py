@@ -6,6 +6,7 @@ import math
 import zlib
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,12 +17,14 @@ from whisper_finetuning.decoding.transcribe_rules import (
     Attempt,
     TranscribeRules,
     attach,
+    best_sample,
     compression_ratio,
 )
 from whisper_finetuning.model.asr import EncoderStates, WhisperASR
 from whisper_finetuning.training import hparam_rules
 
-RULES = TranscribeRules()  # openai's defaults
+RULES = TranscribeRules()  # openai's defaults (its command line's: best_of 5)
+ONE_SAMPLE = TranscribeRules(best_of=1)  # transcribe()'s own default
 
 
 def attempt(no_speech, avg_logprob, tokens=(1, 2)):
@@ -110,15 +113,18 @@ def utterances():
     return torch.arange(len(SCRIPTS), dtype=torch.float32).reshape(-1, 1, 1)
 
 
+@pytest.mark.parametrize("best_of", [1, 5])
 @pytest.mark.parametrize("beam_size", [1, 3])
-def test_fallback_and_skip_fire_as_openai_specifies(beam_size):
+def test_fallback_and_skip_fire_as_openai_specifies(beam_size, best_of):
     model = RuleScript()
+    rules = TranscribeRules(best_of=best_of)
     if beam_size == 1:
         first = lambda out, prompts: search.greedy_attempts(model, out, None, None, prompts)  # noqa: E731
     else:
         first = lambda out, prompts: search.beam_attempts(model, out, 3, prompts=prompts)  # noqa: E731
-    found = search.search_by_rules(model, utterances(), None, RULES, first, None, None)
-    assert model.attempts == [2, 1, 1, 6]
+    found = search.search_by_rules(model, utterances(), None, rules, first, None, None)
+    # one decode at temperature 0, best_of samples at each temperature above it
+    assert model.attempts == [1 + best_of, 1, 1, 1 + 5 * best_of]
     assert [a.temperature for a in found] == [0.2, 0.0, 0.0, 1.0]
     assert [a.tokens for a in found[:3]] == [[4, 5], [], [7]]  # the silence is empty
     assert [a.no_speech_prob for a in found] == pytest.approx([1 / 12, 0.9, 0.9, 1 / 12])
@@ -127,7 +133,7 @@ def test_fallback_and_skip_fire_as_openai_specifies(beam_size):
     assert found[3].avg_logprob < -1  # whatever was sampled at temperature 1
     # The searchers of the yaml, under the rules, give the same transcripts.
     states = EncoderStates([([0, 1, 2, 3], utterances())])
-    searcher = search.BeamSearch(beam_size=beam_size, rules=RULES)
+    searcher = search.BeamSearch(beam_size=beam_size, rules=rules)
     tokens, looped = searcher(RuleScript(), states)
     assert tokens[:3] == [[4, 5], [], [7]] and looped == [False] * 4
     # Without rules: the temperature-0 search alone.
@@ -160,12 +166,13 @@ def test_the_hparams_give_the_yaml_s_searches_openai_s_rules():
         "logprob_threshold": -1.0,
         "no_speech_threshold": 0.6,
         "seed": 7,
+        "best_of": 3,
         "valid_search": search.GreedySearch(8),
         "test_search": search.BeamSearch(4),
     }
     attach(hparams)
-    assert hparams["test_search"].rules == TranscribeRules(seed=7)
-    assert hparams["valid_search"].rules == TranscribeRules(seed=7)
+    assert hparams["test_search"].rules == TranscribeRules(seed=7, best_of=3)
+    assert hparams["valid_search"].rules == TranscribeRules(seed=7, best_of=3)
     assert hparams["test_search"].beam_size == 4
 
 
@@ -215,3 +222,83 @@ def test_a_sample_is_the_inverse_distribution_at_its_key_s_number_in_any_batch()
     many = [(0, 0.2, (8,), (i,)) for i in range(2000)]
     tokens = search.sample_tokens(logits[:1].expand(2000, -1), 1.0, many)[:, 0]
     assert tokens.ne(0).all() and abs(tokens.eq(1).float().mean().item() - 0.25) < 0.03
+
+
+def openai_ranker(samples, length_penalty=None):
+    """openai's ``MaximumLikelihoodRanker.rank`` for one window, written out as it is:
+    ``np.argmax`` of the summed log-probabilities over the length penalty."""
+    scores = []
+    for sample in samples:
+        length = len(sample.tokens)
+        penalty = length if length_penalty is None else ((5 + length) / 6) ** length_penalty
+        scores.append(sample.sum_logprob / penalty)
+    return int(np.argmax(scores))
+
+
+def test_the_best_sample_is_openai_s_likeliest_per_token():
+    short = Attempt([1, 2], False, -3.0, 0.1, 0.2)  # -1.5 per token
+    long = Attempt([1, 2, 3, 4], False, -4.0, 0.1, 0.2)  # -1.0 per token: the best
+    tie = Attempt([5, 6, 7, 8], False, -4.0, 0.1, 0.2)
+    assert best_sample([short, long, tie]) is long  # the first of equal scores
+    assert best_sample([short, tie, long]) is tie
+    # with openai's length penalty ((5 + n) / 6) ** p: -3 / 1.1667 beats -4 / 1.5 at p = 1,
+    # but at p = 0 (no normalisation) the summed -3 wins too; at p = 3 the long one does
+    assert best_sample([short, long], length_penalty=1.0) is short
+    assert best_sample([short, long], length_penalty=3.0) is long
+    for penalty in (None, 1.0, 3.0):
+        samples = [short, long, tie]
+        assert best_sample(samples, penalty) is samples[openai_ranker(samples, penalty)]
+
+
+def test_best_of_keeps_openai_s_pick_among_samples_drawn_as_each_row_alone(random_whisper_dir):
+    whisper = WhisperASR(str(random_whisper_dir)).eval()
+    torch.manual_seed(0)
+    out = whisper.encode(whisper.features(0.1 * torch.randn(3, 16000)))
+    prompts = torch.tensor([whisper.prompt()] * 3)
+    # logprob_threshold 0 fails every decode: each row is sampled at 0.5 and at 1.0, and the
+    # last temperature's pick stands
+    rules = TranscribeRules((0.0, 0.5, 1.0), None, 0.0, None, seed=4, best_of=4)
+
+    def greedy(o, p):
+        return search.greedy_attempts(whisper, o, 6, None, p)
+
+    found = search.search_by_rules(whisper, out, prompts, rules, greedy, 6, None)
+    assert [a.temperature for a in found] == [1.0] * 3
+    for row in range(3):
+        # sample k of the row decoded alone (k > 0 joins its sampling keys)
+        samples = [
+            search.greedy_attempts(
+                whisper, out[row : row + 1], 6, None, prompts[row : row + 1],
+                temperature=1.0, seed=4, samples=[k],
+            )[0]
+            for k in range(4)
+        ]  # fmt: skip
+        assert len({tuple(s.tokens) for s in samples}) > 1  # the samples differ
+        best = samples[openai_ranker(samples)]
+        assert found[row].tokens == best.tokens  # the batch's float sums differ in the last bits
+        assert found[row].sum_logprob == pytest.approx(best.sum_logprob, rel=1e-6)
+        (alone,) = search.search_by_rules(
+            whisper, out[row : row + 1], prompts[row : row + 1], rules, greedy, 6, None
+        )
+        assert (alone.tokens, alone.temperature) == (found[row].tokens, 1.0)
+
+
+def test_one_sample_decodes_as_the_rules_did_before_best_of(random_whisper_dir):
+    whisper = WhisperASR(str(random_whisper_dir)).eval()
+    torch.manual_seed(0)
+    out = whisper.encode(whisper.features(0.1 * torch.randn(3, 16000)))
+    prompts = torch.tensor([whisper.prompt()] * 3)
+    rules = TranscribeRules(logprob_threshold=0.0, seed=3, best_of=1)  # every row falls back
+
+    def greedy(o, p):
+        return search.greedy_attempts(whisper, o, 6, None, p)
+
+    found = search.search_by_rules(whisper, out, prompts, rules, greedy, 6, None)
+    # the fallback as it was: one sample per temperature, keyed without a sample number
+    last = [
+        search.greedy_attempts(whisper, out, 6, None, prompts, temperature=1.0, seed=3)[row]
+        for row in range(3)
+    ]
+    assert found == last
+    states = EncoderStates([([0, 1, 2], out)])
+    assert search.GreedySearch(6, rules=rules)(whisper, states)[0] == [a.tokens for a in last]

@@ -7,7 +7,7 @@ temperature 0.5, as openai does); the window's closed segments are kept, and the
 starts at the last closed segment's end timestamp, or 30 s on when the window ended with a
 single timestamp, had no pair of timestamps, or was skipped as no speech. With ``rules``
 (``transcribe_rules.TranscribeRules``), each window has openai's temperature fallback and
-no-speech skip. Not reproduced: word timestamps, ``best_of`` samples above temperature 0.
+no-speech skip (``best_of`` samples above temperature 0). Not reproduced: word timestamps.
 Each window's features are computed from the window alone (openai computes one spectrogram
 for the whole recording; the two differ only in the per-window loudness clamp).
 

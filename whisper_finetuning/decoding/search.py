@@ -16,7 +16,8 @@ exactly wherever no loop was stopped, and each searcher says where one was.
 
 With ``rules`` (``transcribe_rules.TranscribeRules``), both searchers decode as openai's
 ``transcribe`` does: a hypothesis that is too repetitive (compression ratio) or too unlikely
-(mean log-probability) is decoded again by sampling at the next temperature, and one where
+(mean log-probability) is decoded again by sampling at the next temperature (the best of
+``best_of`` samples), and one where
 ``<|nospeech|>`` was likely enough and the text unlikely enough is empty.
 """
 
@@ -26,7 +27,12 @@ from dataclasses import dataclass, field
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-from whisper_finetuning.decoding.transcribe_rules import Attempt, TranscribeRules, transcribe
+from whisper_finetuning.decoding.transcribe_rules import (
+    Attempt,
+    TranscribeRules,
+    best_sample,
+    transcribe,
+)
 from whisper_finetuning.evaluation.text import LoopStop  # noqa: F401  (hparams and callers name it here)
 from whisper_finetuning.model.vocabulary import MAX_INITIAL_TIMESTAMP_INDEX
 
@@ -143,12 +149,15 @@ def greedy_attempts(
     temperature=0.0,
     seed=0,
     no_speech=True,
+    samples=None,
 ):
     """``greedy_search`` (at ``temperature`` above 0: sampling from the logits divided by it,
     ``sample_tokens`` with ``seed``), each row's result as an ``Attempt``: tokens, loop flag, the
     summed log-probability of its tokens and end of text (after suppression, without the
     temperature, as openai sums them) and its no-speech probability (None unless
-    ``no_speech``)."""
+    ``no_speech``). ``samples`` (one number per row; default all 0) tells apart rows that
+    sample the same window: a row's sample number ``k`` above 0 joins its sampling keys, so
+    copies of one window draw different samples, and sample 0 draws as a row alone does."""
     batch = encoder_out.shape[0]
     device = encoder_out.device
     cache = new_cache()
@@ -157,6 +166,7 @@ def greedy_attempts(
     live = list(range(batch))  # the rows still searching, in the order of the cache's rows
     step_input = _prompts(model, prompts, batch, device)
     row_prompts = [tuple(p) for p in step_input.tolist()]
+    sample_key = [(k,) if k else () for k in (samples or [0] * batch)]
     for step in range(max_new_tokens_for(model, max_new_tokens, step_input)):
         logits = model.forward_decoder(step_input, encoder_out, cache)
         if step == 0 and no_speech:
@@ -170,7 +180,9 @@ def greedy_attempts(
             )
         log_probs = logits.log_softmax(dim=-1)
         if temperature > 0:
-            keys = [(seed, temperature, row_prompts[b], tuple(hyps[b])) for b in live]
+            keys = [
+                (seed, temperature, row_prompts[b], tuple(hyps[b])) + sample_key[b] for b in live
+            ]
             chosen = sample_tokens(logits, temperature, keys)
         else:
             chosen = logits.argmax(dim=-1, keepdim=True)
@@ -370,24 +382,29 @@ def search_by_rules(
 ):
     """Each row's final ``Attempt`` under openai's ``transcribe`` rules (``rules``): decoded by
     ``search(encoder_out, prompts)`` (a list of ``Attempt``) at temperature 0, by sampling
-    above it (``sample_tokens`` with ``rules.seed``); a skipped row (no speech)
-    has no tokens and no loop."""
+    above it (``sample_tokens`` with ``rules.seed``): ``rules.best_of`` samples per row, drawn
+    in one batch (each row repeated, sample ``k`` keyed by ``k``), the best by openai's ranker
+    (``transcribe_rules.best_sample``) kept; a skipped row (no speech) has no tokens and no
+    loop."""
     prompts = _prompts(model, prompts, encoder_out.shape[0], encoder_out.device)
 
     def decode(rows, temperature):
         out, rows_prompts = encoder_out[rows], prompts[rows]
         if temperature == 0:
             return search(out, rows_prompts)
-        return greedy_attempts(
+        n = rules.best_of
+        sampled = greedy_attempts(
             model,
-            out,
+            out.repeat_interleave(n, dim=0),
             max_new_tokens,
             loop_stop,
-            rows_prompts,
+            rows_prompts.repeat_interleave(n, dim=0),
             timestamps,
             temperature=temperature,
             seed=rules.seed,
+            samples=list(range(n)) * len(rows),
         )
+        return [best_sample(sampled[i : i + n]) for i in range(0, len(sampled), n)]
 
     found = transcribe(rules, decode, encoder_out.shape[0], model.decode_text)
     return [

@@ -17,10 +17,13 @@ import torch
 
 from whisper_finetuning.common.errors import RecipeError
 from whisper_finetuning.decoding.search import (
+    _search_by_window,  # the searchers' own window loop, rules or not
     mask_suppressed,
     max_new_tokens_for,  # the searchers' own length limit and masking rule
     new_cache,
+    no_speech_probabilities,
 )
+from whisper_finetuning.decoding.transcribe_rules import Attempt, TranscribeRules
 
 
 def _truncate(cache, length):
@@ -35,14 +38,39 @@ def speculative_greedy(model, assistant, encoder_out, prompt, draft_tokens=4, ma
     """The model's greedy transcript of one utterance (``encoder_out``: [1, frames, width]) from
     ``prompt``, drafted by ``assistant``; returns the tokens (no prompt, no end of text) and
     ``(drafted, accepted)`` token counts."""
+    found, counts = speculative_attempt(
+        model, assistant, encoder_out, prompt, draft_tokens, max_new_tokens
+    )
+    return found.tokens, counts
+
+
+def _logprob(masked, token):
+    """The log-probability of ``token`` in one row of masked logits."""
+    return masked.log_softmax(dim=-1)[0, token].item()
+
+
+@torch.no_grad()
+def speculative_attempt(model, assistant, encoder_out, prompt, draft_tokens=4, max_new_tokens=None):
+    """``speculative_greedy``'s transcript as a ``transcribe_rules.Attempt`` (as
+    ``search.greedy_attempts`` gives it: the summed log-probability of its tokens and end of
+    text, the no-speech probability; never loop-stopped), and the ``(drafted, accepted)``
+    token counts."""
     prompt = torch.as_tensor([list(prompt)], device=encoder_out.device)
     limit = max_new_tokens_for(model, max_new_tokens, prompt)
     model_cache, assistant_cache = new_cache(), new_cache()
-    following = model.forward_decoder(prompt, encoder_out, model_cache)[:, -1].float()
+    first = model.forward_decoder(prompt, encoder_out, model_cache)
+    (no_speech_prob,) = no_speech_probabilities(model, first, prompt)
+    following = first[:, -1].float()
     assistant_todo = prompt[0].tolist()  # tokens the assistant's cache still lacks
-    hyp, drafted, accepted = [], 0, 0
+    hyp, drafted, accepted, sum_logprob = [], 0, 0, 0.0
+
+    def attempt():
+        return Attempt(hyp, False, sum_logprob, no_speech_prob, 0.0), (drafted, accepted)
+
     while len(hyp) < limit:
-        token = int(mask_suppressed(following, model, not hyp).argmax(dim=-1))
+        masked = mask_suppressed(following, model, not hyp)
+        token = int(masked.argmax(dim=-1))
+        sum_logprob += _logprob(masked, token)
         if token == model.eot:
             break
         room = min(draft_tokens, limit - len(hyp) - 1)
@@ -53,12 +81,15 @@ def speculative_greedy(model, assistant, encoder_out, prompt, draft_tokens=4, ma
         hyp.append(token)
         kept = 0
         for position, proposed in enumerate(draft):
-            choice = int(mask_suppressed(logits[position : position + 1], model, False).argmax())
+            masked = mask_suppressed(logits[position : position + 1], model, False)
+            choice = int(masked.argmax())
             if choice != proposed:
                 break
             kept += 1
+            sum_logprob += _logprob(masked, proposed)
             if proposed == model.eot:
-                return hyp, (drafted, accepted + kept)
+                accepted += kept
+                return attempt()
             hyp.append(proposed)
         accepted += kept
         following = logits[kept : kept + 1]
@@ -66,7 +97,7 @@ def speculative_greedy(model, assistant, encoder_out, prompt, draft_tokens=4, ma
         _truncate(model_cache, len(sequence))
         _truncate(assistant_cache, len(sequence))
         assistant_todo = sequence[assistant_cache.self_attention_cache.get_seq_length() :]
-    return hyp, (drafted, accepted)
+    return attempt()
 
 
 def _draft(assistant, encoder_out, cache, todo, room):
@@ -87,35 +118,42 @@ def _draft(assistant, encoder_out, cache, todo, room):
 @dataclass
 class SpeculativeSearch:
     """Greedy search of the model with ``assistant`` drafting (the searchers' interface); the
-    drafted and accepted token counts add up in ``counts``."""
+    drafted and accepted token counts add up in ``counts``. With ``rules``, under openai's
+    ``transcribe`` rules as ``search.GreedySearch`` applies them: the drafted greedy decode at
+    temperature 0, samples (undrafted) above it."""
 
     assistant: object
     draft_tokens: int = 4
     max_new_tokens: int | None = None
     counts: list = field(default_factory=lambda: [0, 0])
+    rules: TranscribeRules | None = None
+    loop_stop = None  # speculative decoding has no loop stop (nor have the fallback's samples)
 
     def __call__(self, model, states, prompts=None):
         """Token lists and (never set) loop-stop flags for every row of ``states``, one row at
         a time, as ``GreedySearch`` gives them."""
-        found = []
-        for rows, out in states.groups:
-            self.assistant.to(out.device)
-            for position, row in enumerate(rows):
-                prompt = model.prompt() if prompts is None else prompts[row].tolist()
-                hyp, (drafted, accepted) = speculative_greedy(
+        self.assistant.to(states.groups[0][1].device)
+
+        def drafted(out, rows_prompts):
+            found = []
+            for position in range(out.shape[0]):
+                prompt = model.prompt() if rows_prompts is None else rows_prompts[position].tolist()
+                attempt, (drafted, accepted) = speculative_attempt(
                     model, self.assistant, out[position : position + 1], prompt,
                     self.draft_tokens, self.max_new_tokens,
                 )  # fmt: skip
                 self.counts[0] += drafted
                 self.counts[1] += accepted
-                found.append((row, hyp))
-        hyps = [hyp for _, hyp in sorted(found, key=lambda item: item[0])]
-        return hyps, [False] * len(hyps)
+                found.append(attempt)
+            return found
+
+        return _search_by_window(model, states, prompts, self.rules, drafted, drafted, self)
 
 
 def assisted_search(hparams):
     """The run's test search: with ``assistant`` (an experiment folder or a model), greedy
-    search drafted by it (``test_beam_size`` must be 1), else the yaml's ``test_search``."""
+    search drafted by it (``test_beam_size`` must be 1) under the test search's ``transcribe``
+    rules, else the yaml's ``test_search``."""
     if hparams["assistant"] is None:
         return hparams["test_search"]
     if hparams["test_beam_size"] != 1:
@@ -126,4 +164,8 @@ def assisted_search(hparams):
     assistant, _ = load_frozen(
         hparams["assistant"], hparams["whisper_cache"], whisper.window_seconds
     )
-    return SpeculativeSearch(assistant, max_new_tokens=hparams["decode_max_tokens"])
+    return SpeculativeSearch(
+        assistant,
+        max_new_tokens=hparams["decode_max_tokens"],
+        rules=hparams["test_search"].rules,
+    )

@@ -7,9 +7,11 @@ each 30 s window:
   when its compression ratio exceeds ``compression_ratio_threshold`` (too repetitive) or its
   mean log-probability is below ``logprob_threshold`` (too unlikely), but never when its
   no-speech probability exceeds ``no_speech_threshold`` (silence: another temperature would
-  not help). At temperature 0 the configured search decodes (greedy or beam); above 0 one
-  sample is drawn (openai drops ``beam_size`` there; one sample is ``transcribe``'s default
-  ``best_of``). If every temperature fails, the last result stands;
+  not help). At temperature 0 the configured search decodes (greedy or beam); above 0
+  ``best_of`` samples are drawn (openai drops ``beam_size`` there; its command line's
+  ``--best_of`` is 5, ``transcribe()``'s own default one sample) and the best by openai's
+  ``MaximumLikelihoodRanker`` is the result (``best_sample``). If every temperature fails, the
+  last result stands;
 * the result is skipped (an empty hypothesis; in long form the window is passed over) when
   its no-speech probability exceeds ``no_speech_threshold``, unless its mean log-probability
   exceeds ``logprob_threshold``.
@@ -61,16 +63,19 @@ class TranscribeRules:
     logprob_threshold: float | None = -1.0
     no_speech_threshold: float | None = 0.6
     seed: int = 0
+    best_of: int = 5
 
     @classmethod
     def of(cls, hparams):
-        """The rules the hparams set (``temperatures``, the three thresholds, ``seed``)."""
+        """The rules the hparams set (``temperatures``, the three thresholds, ``seed``,
+        ``best_of``)."""
         return cls(
             tuple(float(t) for t in hparams["temperatures"]),
             hparams["compression_ratio_threshold"],
             hparams["logprob_threshold"],
             hparams["no_speech_threshold"],
             hparams["seed"],
+            hparams["best_of"],
         )
 
     def _silent(self, attempt):
@@ -96,6 +101,22 @@ class TranscribeRules:
             self.logprob_threshold is not None and attempt.avg_logprob > self.logprob_threshold
         )
         return self._silent(attempt) and not likely_enough
+
+
+def best_sample(attempts, length_penalty=None):
+    """The best of one window's samples by openai's ``MaximumLikelihoodRanker``
+    (``whisper/decoding.py``): the highest summed log-probability over the length penalty,
+    the number of tokens (end of text not counted) when ``length_penalty`` is None (the
+    ``transcribe`` command line's default), else ``((5 + length) / 6) ** length_penalty``; the
+    first of equal scores (``np.argmax``). An empty sample counts as one token long (openai
+    would divide by zero; Whisper's suppression of a first end of text rules it out)."""
+
+    def score(attempt):
+        length = max(len(attempt.tokens), 1)
+        penalty = length if length_penalty is None else ((5 + length) / 6) ** length_penalty
+        return attempt.sum_logprob / penalty
+
+    return max(attempts, key=score)  # max keeps the first of equal scores
 
 
 def transcribe(rules, decode, n_rows, text_of):

@@ -48,6 +48,7 @@ from whisper_finetuning.evaluation.selection import best_earliest
 from whisper_finetuning.model import adapters
 from whisper_finetuning.model.student import cut_as_trained
 from whisper_finetuning.training.checkpointing import CHECKSUMS_KEY, VerifiedCheckpointer
+from whisper_finetuning.training.defaults import ADVANCED
 
 READABLE_FILE, READABLE_DIR = 0o644, 0o755
 CT2_SUBFOLDER = "ctranslate2"
@@ -219,6 +220,13 @@ def load_best(experiment_folder, epoch=None, allow_unvalidated=False):
     Works from any directory: the checkpoints are looked up in ``EXPERIMENT_FOLDER/save``, not
     at the (possibly relative) path the run was started with.
     """
+    hparams, checkpoint = load_best_settings(experiment_folder, epoch, allow_unvalidated)
+    return hparams["whisper"], checkpoint
+
+
+def load_best_settings(experiment_folder, epoch=None, allow_unvalidated=False):
+    """``load_best``, returning the run's settings (its ``whisper`` loaded) instead of the
+    model alone."""
     experiment_folder = Path(experiment_folder)
     hparams_file = experiment_folder / "hyperparams.yaml"
     if not hparams_file.is_file():
@@ -253,7 +261,7 @@ def load_best(experiment_folder, epoch=None, allow_unvalidated=False):
             checkpointer.load_checkpoint(checkpoint)
     if checkpoint is None:
         raise FileNotFoundError(f"no checkpoint in {save_folder}: train first")
-    return hparams["whisper"], checkpoint
+    return hparams, checkpoint
 
 
 def generation_config(whisper):
@@ -272,13 +280,27 @@ def generation_config(whisper):
 
 def generate_kwargs(rules=TranscribeRules()):  # noqa: B008  (frozen: shared safely)
     """transformers ``generate`` arguments that decode under openai's ``transcribe`` rules, as
-    the recipe's searches do: the fallback temperatures and the three thresholds."""
-    return {
+    the recipe's searches do: the fallback temperatures and the thresholds ``rules`` set. A
+    threshold switched off (None) is left out, as transformers' default (None) is off; so is
+    ``no_speech_threshold`` without ``logprob_threshold``, which transformers' no-speech skip
+    compares against (``generation_whisper.py``; the recipe skips on silence alone then).
+    ``best_of`` has no transformers argument: its fallback draws one sample."""
+    kwargs = {
         "temperature": list(rules.temperatures),
         "compression_ratio_threshold": rules.compression_ratio_threshold,
         "logprob_threshold": rules.logprob_threshold,
         "no_speech_threshold": rules.no_speech_threshold,
     }
+    if rules.logprob_threshold is None:
+        kwargs["no_speech_threshold"] = None
+    return {key: value for key, value in kwargs.items() if value is not None}
+
+
+def run_rules(hparams):
+    """The ``transcribe`` rules a run decoded with, from its saved settings (its
+    ``hyperparams.yaml`` holds only the advanced settings it changed; the samples' seed, which
+    no ``generate`` argument takes, defaults to 0)."""
+    return TranscribeRules.of({**ADVANCED, "seed": 0, **hparams})
 
 
 def describe(checkpoint):
@@ -295,7 +317,8 @@ def export(
     """Export the selected (or epoch ``epoch``'s) checkpoint of ``experiment_folder``; with
     ``adapter_only``, only its adapters, as PEFT's adapter folder. Returns the destination and
     the checkpoint."""
-    whisper, checkpoint = load_best(experiment_folder, epoch, allow_unvalidated)
+    hparams, checkpoint = load_best_settings(experiment_folder, epoch, allow_unvalidated)
+    whisper = hparams["whisper"]
     if adapter_only and whisper.adapter_config is None:
         raise ValueError("--adapter_only: this run trained no adapter (adapter: lora or dora)")
     if adapter_only and ct2:
@@ -314,7 +337,7 @@ def export(
     selected = {"checkpoint": checkpoint.path.name, **meta}
     selected["encoder_window_seconds"] = whisper.window_seconds
     selected["base_model"] = whisper.source
-    selected["generate_kwargs"] = generate_kwargs()
+    selected["generate_kwargs"] = generate_kwargs(run_rules(hparams))
     write_json(dest / "selected_checkpoint.json", selected)
     if whisper.window_seconds != CHUNK_SECONDS:
         print(

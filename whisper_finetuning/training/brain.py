@@ -53,14 +53,18 @@ class FineTuningBrain(sharding.ShardingBrain, resilience.ResilientBrain, sb.Brai
         training_examples=None,
         distiller=None,
         longform_rows=None,
+        test_search=None,
         **kwargs,
     ):
         """SpeechBrain's Brain, plus the scores' text normaliser (``scoring.Normalizers``), the
         summaries' group columns, the training examples (``data.examples``; None: plain rows),
-        the teacher (``distillation.Distiller``; None: no distillation), the test sets' rows
-        over 30 s (``{test set: {ID: row}}``, ``manifests.split_longform``), MWER's search and
-        first weights, and the L2-SP penalty's pretrained copies (``l2sp_weight``)."""
+        the teacher (``distillation.Distiller``; None: no distillation), the test sets' search
+        (None: the yaml's ``test_search``; ``speculative.assisted_search`` gives one drafted by
+        an assistant), the test sets' rows over 30 s (``{test set: {ID: row}}``,
+        ``manifests.split_longform``), MWER's search and first weights, and the L2-SP
+        penalty's pretrained copies (``l2sp_weight``)."""
         super().__init__(*args, **kwargs)
+        self.test_search = self.hparams.test_search if test_search is None else test_search
         self.longform_rows = longform_rows or {}
         self.l2sp = l2sp.from_hparams(self.hparams, self.modules)  # before any recovery
         self.distiller = distiller

@@ -74,11 +74,13 @@ ADVANCED = {
     # A hypothesis too repetitive (compression ratio) or too unlikely (mean log-probability)
     # is decoded again by sampling at the next temperature; one where <|nospeech|> is more
     # likely than no_speech_threshold at the start and the text no likelier than
-    # logprob_threshold is empty. OpenAI's defaults; null switches a rule off.
+    # logprob_threshold is empty. OpenAI's defaults; null switches a rule off. Above
+    # temperature 0, best_of samples are drawn and the likeliest per token kept (openai's CLI).
     "temperatures": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
     "compression_ratio_threshold": 2.4,
     "logprob_threshold": -1.0,
     "no_speech_threshold": 0.6,
+    "best_of": 5,
     # Train it away: this share of training rows (drawn per seed, epoch and row) is replaced
     # by non-speech audio with the no-speech target: clips of nonspeech_csv (a manifest of
     # empty transcripts) or, when null, generated noise, tones and sweeps.

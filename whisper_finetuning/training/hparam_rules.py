@@ -369,6 +369,7 @@ RULES = {
     "compression_ratio_threshold": _number(0, low_open=True, nullable=True, **RERUN_MAY_CHANGE),
     "logprob_threshold": _number(nullable=True, **RERUN_MAY_CHANGE),
     "no_speech_threshold": _number(0, 1, nullable=True, **RERUN_MAY_CHANGE),
+    "best_of": _int(1, **RERUN_MAY_CHANGE),
     # ---- training on non-speech and keeping what Whisper knew (issue 33) ----
     # what a checkpoint trained on (the manifests' content is compared: run.json)
     "nonspeech_probability": _number(0, 1),
