@@ -1,8 +1,9 @@
 """Generated non-speech audio for ``nonspeech_probability`` without a ``nonspeech_csv``.
 
 A small, fixed set of ``GENERATED_CLIPS`` clip recipes (numpy only): white, pink and brown
-noise, steady tones (one to three partials) and music-like sweeps (a gliding note with
-harmonics, pulsed like a beat). Clip ``index`` of a run is the same for a given seed on every
+noise, steady tones (one to three partials), music-like sweeps (a gliding note with
+harmonics, pulsed like a beat) and near silence (faint pink noise: a quiet room, where Whisper
+is known to write "Thank you."). Clip ``index`` of a run is the same for a given seed on every
 machine, in every data loader worker and after a kill and resume: its kind is ``index`` modulo
 the kinds, its parameters and samples come from a generator seeded by (seed, index) only. It is
 rendered at the length of the training row it replaces.
@@ -12,9 +13,10 @@ import numpy as np
 
 from whisper_finetuning.data.audio import SAMPLE_RATE
 
-KINDS = ("white", "pink", "brown", "tone", "sweep")
-GENERATED_CLIPS = 40  # 8 of each kind
+KINDS = ("white", "pink", "brown", "tone", "sweep", "quiet")
+GENERATED_CLIPS = 48  # 8 of each kind
 MIN_RMS, MAX_RMS = 0.01, 0.2  # about -40 to -14 dBFS
+QUIET_MIN_RMS, QUIET_MAX_RMS = 0.0003, 0.003  # about -70 to -50 dBFS
 
 
 def clip_kind(index):
@@ -24,14 +26,15 @@ def clip_kind(index):
 
 def generated_clip(seed, index, seconds):
     """Generated clip ``index`` (of ``GENERATED_CLIPS``) of run seed ``seed``, ``seconds``
-    long: float32 samples at 16 kHz, RMS between ``MIN_RMS`` and ``MAX_RMS``."""
+    long: float32 samples at 16 kHz, RMS between ``MIN_RMS`` and ``MAX_RMS`` (near silence:
+    between ``QUIET_MIN_RMS`` and ``QUIET_MAX_RMS``)."""
     rng = np.random.default_rng([seed % 2**32, index])
     n = max(1, round(seconds * SAMPLE_RATE))
     kind = clip_kind(index)
     if kind == "white":
         samples = rng.standard_normal(n)
-    elif kind in ("pink", "brown"):
-        samples = _coloured(rng.standard_normal(n), 1.0 if kind == "pink" else 2.0)
+    elif kind in ("pink", "brown", "quiet"):
+        samples = _coloured(rng.standard_normal(n), 2.0 if kind == "brown" else 1.0)
     elif kind == "tone":
         t = np.arange(n) / SAMPLE_RATE
         samples = sum(
@@ -41,7 +44,8 @@ def generated_clip(seed, index, seconds):
     else:
         samples = _sweep(rng, n)
     rms = np.sqrt(np.mean(samples**2)) or 1.0
-    return (samples * rng.uniform(MIN_RMS, MAX_RMS) / rms).astype(np.float32)
+    low, high = (QUIET_MIN_RMS, QUIET_MAX_RMS) if kind == "quiet" else (MIN_RMS, MAX_RMS)
+    return (samples * rng.uniform(low, high) / rms).astype(np.float32)
 
 
 def _coloured(white, exponent):
