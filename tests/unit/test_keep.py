@@ -4,6 +4,8 @@ row), generated non-speech clips, and the forgetting summary of the keep test se
 import hashlib
 import json
 import math
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -11,9 +13,13 @@ import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 from transformers.models.whisper.english_normalizer import BasicTextNormalizer
 
+from whisper_finetuning.common.errors import RecipeError
 from whisper_finetuning.data import nonspeech, pipelines
 from whisper_finetuning.data.audio import SAMPLE_RATE
 from whisper_finetuning.data.manifests import NONSPEECH, REPLAY, DataError
+from whisper_finetuning.data.prepare import accent_corpus
+from whisper_finetuning.data.prepare.swiss_corpus import SENTENCES_FOLDER
+from whisper_finetuning.data.prepare.swiss_corpus import VOICES as SWISS_VOICES
 from whisper_finetuning.evaluation import scoring
 from whisper_finetuning.model.asr import WhisperASR
 from whisper_finetuning.training import forgetting
@@ -129,6 +135,8 @@ def test_generated_clips_are_fixed_by_seed_and_index():
         rms = float(np.sqrt(np.mean(clip.astype(np.float64) ** 2)))
         if nonspeech.clip_kind(index) == "quiet":
             assert 0.0003 - 1e-7 <= rms <= 0.003 + 1e-7  # -70 to -50 dBFS
+        elif nonspeech.clip_kind(index) == "babble":
+            assert 0.002 - 1e-7 <= rms <= 0.02 + 1e-7  # -54 to -34 dBFS
         else:
             assert 0.01 - 1e-6 <= rms <= 0.2 + 1e-6
     kinds = [nonspeech.clip_kind(i) for i in range(nonspeech.GENERATED_CLIPS)]
@@ -141,6 +149,40 @@ def test_generated_clips_are_fixed_by_seed_and_index():
 
     white, brown = (nonspeech.generated_clip(7, i, 2.0) for i in (0, 2))
     assert low_share(brown) > 0.5 > 0.05 > low_share(white)
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng speaks the babble")
+def test_babble_is_six_espeak_voices_summed_below_speech(monkeypatch):
+    index = nonspeech.KINDS.index("babble")
+    spoken = []
+    real_run = subprocess.run
+
+    def recording_run(cmd, **kwargs):
+        spoken.append(cmd)
+        return real_run(cmd, **kwargs)
+
+    monkeypatch.setattr(nonspeech.subprocess, "run", recording_run)
+    nonspeech._babble.cache_clear()
+    clip = nonspeech.generated_clip(5, index, 4.0)
+    assert [cmd[:2] for cmd in spoken] == [["espeak-ng", "-v"]] * nonspeech.BABBLE_TALKERS
+    languages = {v: lang for lang, voices in SWISS_VOICES.items() for v in voices}
+    assert all(cmd[2] in languages for cmd in spoken)
+    for cmd in spoken:  # each talker's words come from its voice's language's sentences
+        sentences = accent_corpus.load_sentences(SENTENCES_FOLDER / f"{languages[cmd[2]]}.txt")
+        assert sum(sentence in cmd[5] for sentence in sentences) == nonspeech.BABBLE_SENTENCES
+    assert nonspeech._babble(5, index).shape[0] > 4 * SAMPLE_RATE  # longer than one sentence
+    assert np.array_equal(clip, nonspeech.generated_clip(5, index, 4.0))
+    assert len(spoken) == nonspeech.BABBLE_TALKERS  # spoken once per process
+    rms = float(np.sqrt(np.mean(clip.astype(np.float64) ** 2)))
+    assert 0.002 - 1e-7 <= rms <= 0.02 + 1e-7
+
+
+def test_generated_non_speech_without_espeak_is_refused_at_once(whisper, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(RecipeError, match="install espeak-ng .* or give nonspeech_csv"):
+        builder(whisper, {"train": dataset(4)}, nonspeech_probability=0.1)
+    clips = dataset(2, prefix="n", wrd="", duration=3.0)  # given clips need no espeak-ng
+    builder(whisper, {"train": dataset(4), NONSPEECH: clips}, nonspeech_probability=0.1)
 
 
 # --------------------------------------------------- part 4: keep what Whisper knew --

@@ -133,6 +133,8 @@ class TrainingExamples:
     ):
         self.whisper, self.seed = whisper, seed
         self.clips = sorted(nonspeech_clips or ())  # keys in rows; none: generated clips
+        if nonspeech_probability > 0 and not self.clips:
+            generated.check_babble_tool()
         self.replay = list(replay_rows or ())  # replay rows' keys, in manifest order
         self.slots = {slot: k for k, slot in enumerate(replay_slots)}
         self.rows = {**rows, **(nonspeech_clips or {}), **(replay_rows or {})}
