@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from whisper_finetuning.data.manifests import load_manifest
 from whisper_finetuning.data.prepare import corpora as data_prep
 from whisper_finetuning.data.prepare import prepare
 from whisper_finetuning.data.prepare.corpora import (
@@ -332,9 +333,22 @@ def test_tsv_folder_with_split_column(tmp_path, caplog):
                 "wrd": "Grüezi mitenand.",
                 "dialect": "zurich",
                 "note": "x",
-            }
+            },
+            {
+                "ID": "audio_s1_b",
+                "duration": 0.25,
+                "wav": "$data_root/audio/s1/b.wav",
+                "spk_id": "s1",
+                "wrd": "It costs $5 today.",
+                "dialect": "zurich",
+                "note": "",
+            },
         ],
     )
+    # a transcript's $ is text: the recipe loads it as written
+    loaded = load_manifest(out["train"], root)
+    assert loaded.data["audio_s1_b"]["wrd"] == "It costs $5 today."
+    assert loaded.data["audio_s1_b"]["wav"] == f"{root}/audio/s1/b.wav"
     assert_manifest(
         out["valid"],
         manifest_header,
@@ -352,8 +366,8 @@ def test_tsv_folder_with_split_column(tmp_path, caplog):
     )
     assert read_ids(out["test"][0]) == ["audio_s3_d"]
     messages = " | ".join(r.getMessage() for r in caplog.records)
-    assert "train.csv: skipped 2 rows: 0 missing audio" in messages
-    assert "1 duplicate ID, 1 '$name' in text" in messages
+    assert "train.csv: skipped 1 rows: 0 missing audio" in messages
+    assert "1 duplicate ID, 0 '$name' in audio path" in messages
     assert "test.csv: skipped 1 rows: 1 missing audio" in messages
 
 

@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("ID", "duration", "wav", "wrd")
 DATA_ROOT = "data_root"  # $data_root in a manifest is replaced by data_folder
-DOLLAR_NAME = re.compile(r"\$([\w.]+)")  # what SpeechBrain replaces in every cell
+DOLLAR_NAME = re.compile(r"\$([\w.]+)")  # a placeholder in an audio path
+DATA_ROOT_NAME = re.compile(r"\$data_root(?![\w.])")
 BOM = "\ufeff"
 BAD_ROW_POLICIES = ("skip", "error")  # the on_bad_row hparam
 
@@ -144,7 +145,8 @@ def _check_header(csv_path, header):
 
 
 def _check_cells(where, row, at, first_line):
-    """A row's ID (non-empty, new unless ``first_line`` is None), duration and ``$`` names."""
+    """A row's ID (non-empty, new unless ``first_line`` is None), duration and the ``$`` names
+    of its audio path."""
     if not row["ID"].strip():
         raise DataError(f"{where}, column {at['ID'] + 1} (ID): empty")
     if first_line is not None and row["ID"] in first_line:
@@ -161,21 +163,26 @@ def _check_cells(where, row, at, first_line):
             f"{where}, column {at['duration'] + 1} (duration): found {row['duration']!r} "
             "where a number of seconds was expected"
         )
-    for column, value in row.items():
-        unknown = [name for name in DOLLAR_NAME.findall(value) if name != DATA_ROOT]
-        if unknown:
-            raise DataError(
-                f"{where}, column {at[column] + 1} ({column}): found ${unknown[0]} in "
-                f"{value!r}; only ${DATA_ROOT} is replaced (by data_folder)"
-            )
+    unknown = [name for name in DOLLAR_NAME.findall(row["wav"]) if name != DATA_ROOT]
+    if unknown:
+        raise DataError(
+            f"{where}, column {at['wav'] + 1} (wav): found ${unknown[0]} in "
+            f"{row['wav']!r}; only ${DATA_ROOT} is replaced (by data_folder)"
+        )
 
 
 def load_manifest(csv_path, data_folder):
     """A SpeechBrain dataset from a CSV manifest, ``$data_root`` replaced by ``data_folder``."""
     check_format(csv_path)
-    return sb.dataio.dataset.DynamicItemDataset.from_csv(
-        csv_path, replacements={DATA_ROOT: str(data_folder)}
-    )
+    # Read here, not by SpeechBrain's from_csv, which fails on any other $word in any cell
+    # (a transcript's "$100").
+    data, root = {}, str(data_folder)
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f, skipinitialspace=True):
+            utt_id = row.pop("ID")
+            row = {k: DATA_ROOT_NAME.sub(lambda _: root, v) for k, v in row.items()}
+            data[utt_id] = {**row, "duration": float(row["duration"])}
+    return sb.dataio.dataset.DynamicItemDataset(data)
 
 
 def columns(dataset):

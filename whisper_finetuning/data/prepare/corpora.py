@@ -44,12 +44,10 @@ MISSING_AUDIO = "missing audio"
 UNREADABLE_AUDIO = "unreadable audio"
 EMPTY_TRANSCRIPT = "empty transcript"
 DUPLICATE_ID = "duplicate ID"
-DOLLAR_VARIABLE = "'$name' in text"
+DOLLAR_VARIABLE = "'$name' in audio path"
 SKIP_REASONS = (MISSING_AUDIO, UNREADABLE_AUDIO, EMPTY_TRANSCRIPT, DUPLICATE_ID, DOLLAR_VARIABLE)
 
-# speechbrain.dataio.dataio.load_data_csv substitutes this pattern in *every*
-# field and raises KeyError for names it was not given, so such a row would
-# crash training at load time.
+# The recipe replaces $data_root in an audio path and refuses any other such name there.
 DOLLAR_VARIABLE_PATTERN = re.compile(r"\$[\w.]+")
 
 LIBRISPEECH_SPEAKERS_FILE = "SPEAKERS.TXT"
@@ -135,8 +133,7 @@ def _skip_reason(utt: Utterance, data_folder: str, seen_ids: set[str]) -> str | 
         return MISSING_AUDIO
     if utt.id in seen_ids:
         return DUPLICATE_ID
-    fields = (utt.id, utt.wav.replace(DATA_ROOT, ""), utt.spk_id, utt.wrd, *utt.extras.values())
-    if any(DOLLAR_VARIABLE_PATTERN.search(field) for field in fields):
+    if DOLLAR_VARIABLE_PATTERN.search(utt.wav.replace(DATA_ROOT, "")):
         return DOLLAR_VARIABLE
     return None
 
