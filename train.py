@@ -182,7 +182,10 @@ def dataio_prepare(hparams, datasets, whisper):
         yield torch.LongTensor(tokens + [whisper.eot])
         yield len(prompt)
 
-    builder = pipelines.training_examples(datasets, whisper, hparams)  # replay slots added
+    # Sanity mode overfits the rows' own transcripts: none becomes non-speech.
+    nonspeech = 0.0 if hparams["sanity_utterances"] else hparams["nonspeech_probability"]
+    settings = {**hparams, "nonspeech_probability": nonspeech}
+    builder = pipelines.training_examples(datasets, whisper, settings)  # replay slots added
     for name, dataset in datasets.items():
         if name == "train" and builder is not None:
             dataset.add_dynamic_item(pipelines.example_pipeline(builder))
@@ -235,7 +238,8 @@ def fine_tune(hparams, hparams_file, overrides, run_opts):
             return
 
         distiller = distillation.from_hparams(hparams)  # cuts the student first
-        test_search = speculative.assisted_search(hparams)  # drafted by an assistant, if any
+        # The test sets' search, drafted by an assistant if one is given.
+        test_search = speculative.assisted_search(hparams, hparams["test_search"])
         if hparams["keep_freed_memory"]:
             allocator.keep_freed_memory()
         asr_brain = WhisperFineTuning(

@@ -108,7 +108,8 @@ def speak(text, path, voice="en-us"):
 
 def fine_tune_tiny_en(root, tiny_en_dir, *overrides, timeout=900):
     """One epoch of the demo recipe on the real tiny.en (4 training sentences x en-us, en-gb;
-    30 s windows, as transformers and faster-whisper use; no zero-shot pass) in ``root / 'exp'``
+    30 s windows, as transformers and faster-whisper use; no zero-shot pass, no non-speech
+    training) in ``root / 'exp'``
     with its corpus in ``root / 'data'``; ``overrides`` are further ``--key=value`` hparams."""
     require_espeak()
     done = subprocess.run(
@@ -125,6 +126,7 @@ def fine_tune_tiny_en(root, tiny_en_dir, *overrides, timeout=900):
             "--encoder_window_seconds=30",
             "--zero_shot_eval=False",
             "--num_workers=0",
+            "--nonspeech_probability=0",  # every row its own transcript, encoder outputs cached
             *overrides,
         ],
         capture_output=True,

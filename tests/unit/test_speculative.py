@@ -110,7 +110,7 @@ def test_a_run_with_an_assistant_decodes_its_long_form_sets(random_whisper_dir, 
         "decode_max_tokens": 4,
         "test_search": GreedySearch(4, rules=silent),
     }
-    assisted = assisted_search(hparams)
+    assisted = assisted_search(hparams, hparams["test_search"])
     assert isinstance(assisted, SpeculativeSearch) and assisted.rules == silent
     wav = tmp_path / "long.wav"
     noise = 0.1 * torch.randn(16000 * 35, generator=torch.Generator().manual_seed(0))

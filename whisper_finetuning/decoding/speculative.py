@@ -150,12 +150,12 @@ class SpeculativeSearch:
         return _search_by_window(model, states, prompts, self.rules, drafted, drafted, self)
 
 
-def assisted_search(hparams):
+def assisted_search(hparams, test_search):
     """The run's test search: with ``assistant`` (an experiment folder or a model), greedy
-    search drafted by it (``test_beam_size`` must be 1) under the test search's ``transcribe``
-    rules, else the yaml's ``test_search``."""
+    search drafted by it (``test_beam_size`` must be 1) under ``test_search``'s ``transcribe``
+    rules, else ``test_search`` (the yaml's)."""
     if hparams["assistant"] is None:
-        return hparams["test_search"]
+        return test_search
     if hparams["test_beam_size"] != 1:
         raise RecipeError("assistant: speculative decoding is greedy; set --test_beam_size=1")
     from whisper_finetuning.model.sources import load_frozen  # torch and the export's loader
@@ -167,5 +167,5 @@ def assisted_search(hparams):
     return SpeculativeSearch(
         assistant,
         max_new_tokens=hparams["decode_max_tokens"],
-        rules=hparams["test_search"].rules,
+        rules=test_search.rules,
     )
