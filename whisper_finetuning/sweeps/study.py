@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 import optuna
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
@@ -50,7 +50,7 @@ def _open_study(spec):
         spec.storage,
         heartbeat_interval=spec.heartbeat_seconds,
         grace_period=2 * spec.heartbeat_seconds,
-        heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=MAX_RETRIES),
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
     )
     direction = "minimize" if SELECTION_DIRECTIONS[spec.selection_metric] < 0 else "maximize"
     options = dict(
