@@ -109,7 +109,7 @@ def speak(text, path, voice="en-us"):
 def fine_tune_tiny_en(root, tiny_en_dir, *overrides, timeout=900):
     """One epoch of the demo recipe on the real tiny.en (4 training sentences x en-us, en-gb;
     30 s windows, as transformers and faster-whisper use; no zero-shot pass, no non-speech
-    training) in ``root / 'exp'``
+    training or test clips: prep_options merge into the yaml's) in ``root / 'exp'``
     with its corpus in ``root / 'data'``; ``overrides`` are further ``--key=value`` hparams."""
     require_espeak()
     done = subprocess.run(
@@ -121,6 +121,7 @@ def fine_tune_tiny_en(root, tiny_en_dir, *overrides, timeout=900):
             f"--data_folder={root / 'data'}",
             f"--output_folder={root / 'exp'}",
             "--prep_options={n_train_sentences: 4, n_valid_sentences: 2, n_test_sentences: 1, "
+            "n_nonspeech_test: 0, "
             "voices: [en-us, en-gb]}",
             "--number_of_epochs=1",
             "--encoder_window_seconds=30",

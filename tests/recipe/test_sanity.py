@@ -21,6 +21,7 @@ def corpus(tmp_path_factory, tiny_en_dir):
         f"--whisper_hub={tiny_en_dir}",
         f"--data_folder={root / 'data'}",
         "--prep_options={n_train_sentences: 2, n_valid_sentences: 1, n_test_sentences: 1, "
+        "n_nonspeech_test: 0, "
         "voices: [en-us, en-gb]}",
         "--num_workers=0",
         *SANITY,
