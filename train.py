@@ -182,10 +182,8 @@ def dataio_prepare(hparams, datasets, whisper):
         yield torch.LongTensor(tokens + [whisper.eot])
         yield len(prompt)
 
-    # Sanity mode overfits the rows' own transcripts: none becomes non-speech.
     nonspeech = 0.0 if hparams["sanity_utterances"] else hparams["nonspeech_probability"]
-    settings = {**hparams, "nonspeech_probability": nonspeech}
-    builder = pipelines.training_examples(datasets, whisper, settings)  # replay slots added
+    builder = pipelines.training_examples(datasets, whisper, hparams, nonspeech)  # + replay slots
     for name, dataset in datasets.items():
         if name == "train" and builder is not None:
             dataset.add_dynamic_item(pipelines.example_pipeline(builder))
@@ -238,8 +236,7 @@ def fine_tune(hparams, hparams_file, overrides, run_opts):
             return
 
         distiller = distillation.from_hparams(hparams)  # cuts the student first
-        # The test sets' search, drafted by an assistant if one is given.
-        test_search = speculative.assisted_search(hparams, hparams["test_search"])
+        test_search = speculative.assisted_search(hparams, hparams["test_search"])  # or drafted
         if hparams["keep_freed_memory"]:
             allocator.keep_freed_memory()
         asr_brain = WhisperFineTuning(

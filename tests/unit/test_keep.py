@@ -56,7 +56,10 @@ def dataset(n, prefix="u", wrd="the cat sat", duration=2.0, **columns):
 
 def builder(whisper, datasets, **hparams):
     """train.py's training examples for ``datasets`` (a fresh construction each call)."""
-    return pipelines.training_examples(datasets, whisper, {**HPARAMS, **hparams})
+    settings = {**HPARAMS, **hparams}
+    return pipelines.training_examples(
+        datasets, whisper, settings, settings["nonspeech_probability"]
+    )
 
 
 # ------------------------------------------------------- part 3: train it away --

@@ -51,11 +51,12 @@ def with_replay_slots(train_set, replay_rows, ratio):
     return DynamicItemDataset({**rows, **{slot: dict(filler) for slot in slots}}), slots
 
 
-def training_examples(datasets, whisper, hparams):
+def training_examples(datasets, whisper, hparams, nonspeech_probability):
     """The training rows' examples (timestamps, long form, previous text, non-speech rows'
-    no-speech target, non-speech replacements, replay), or None when every row trains as a
-    plain transcript. Takes the replay and non-speech sets out of ``datasets``; with replay,
-    ``datasets["train"]`` gains the replay slots."""
+    no-speech target, a ``nonspeech_probability`` share of rows replaced by non-speech (0 in
+    sanity mode, which overfits the rows' own transcripts), replay), or None when every row
+    trains as a plain transcript. Takes the replay and non-speech sets out of ``datasets``;
+    with replay, ``datasets["train"]`` gains the replay slots."""
     sources = {name: datasets.pop(name, None) for name in (REPLAY, NONSPEECH)}
     train_rows, slots, replay, clips = usable_rows(datasets["train"]), (), None, None
     if sources[REPLAY] is not None:
@@ -80,7 +81,7 @@ def training_examples(datasets, whisper, hparams):
         hparams["longform_probability"],
         hparams["condition_on_prev_probability"],
         nonspeech_target=hparams["objective"] != "mwer",  # mwer searches from plain prompts
-        nonspeech_probability=hparams["nonspeech_probability"],
+        nonspeech_probability=nonspeech_probability,
         nonspeech_clips=clips,
         replay_rows=replay,
         replay_slots=slots,
