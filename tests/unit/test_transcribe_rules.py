@@ -176,6 +176,23 @@ def test_the_hparams_give_the_yaml_s_searches_openai_s_rules():
     assert hparams["test_search"].beam_size == 4
 
 
+def test_valid_temperatures_switch_the_fallback_off_for_the_valid_search_alone():
+    hparams = {
+        "temperatures": list(OPENAI_TEMPERATURES),
+        "valid_temperatures": [0.0],
+        "compression_ratio_threshold": 2.4,
+        "logprob_threshold": -1.0,
+        "no_speech_threshold": 0.6,
+        "seed": 0,
+        "best_of": 5,
+        "valid_search": search.GreedySearch(8),
+        "test_search": search.BeamSearch(4),
+    }
+    attach(hparams)
+    assert hparams["valid_search"].rules == TranscribeRules(temperatures=(0.0,))
+    assert hparams["test_search"].rules == TranscribeRules()
+
+
 def test_long_form_passes_a_skipped_window_over_and_resets_the_prompt_when_hot():
     begin = 1000
     transcription = Transcription(70 * 16000, begin)
@@ -302,3 +319,14 @@ def test_one_sample_decodes_as_the_rules_did_before_best_of(random_whisper_dir):
     assert found == last
     states = EncoderStates([([0, 1, 2], out)])
     assert search.GreedySearch(6, rules=rules)(whisper, states)[0] == [a.tokens for a in last]
+
+
+def test_valid_temperatures_are_null_or_a_fallback_sequence():
+    from whisper_finetuning.training.hparam_rules import check
+
+    assert check({"valid_temperatures": None}) is None
+    assert check({"valid_temperatures": [0.0, 0.5]}) is None
+    assert check({"valid_temperatures": [0.5, 0.2]}) == (
+        "valid_temperatures must be a non-empty list of increasing temperatures >= 0 or null, "
+        "not [0.5, 0.2] (not increasing)"
+    )

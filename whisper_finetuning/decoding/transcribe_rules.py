@@ -134,8 +134,13 @@ def transcribe(rules, decode, n_rows, text_of):
 
 
 def attach(hparams):
-    """Give the yaml's searches (``valid_search``, ``test_search``) the hparams' rules."""
+    """Give the yaml's searches (``valid_search``, ``test_search``) the hparams' rules; the
+    valid search falls back over ``valid_temperatures`` where set (``[0.0]``: never)."""
     rules = TranscribeRules.of(hparams)
-    for key in ("valid_search", "test_search"):
+    valid_temperatures = hparams.get("valid_temperatures")
+    valid_rules = rules
+    if valid_temperatures is not None:
+        valid_rules = dataclasses.replace(rules, temperatures=tuple(map(float, valid_temperatures)))
+    for key, key_rules in (("valid_search", valid_rules), ("test_search", rules)):
         if key in hparams:
-            hparams[key] = dataclasses.replace(hparams[key], rules=rules)
+            hparams[key] = dataclasses.replace(hparams[key], rules=key_rules)

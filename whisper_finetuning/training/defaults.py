@@ -81,6 +81,9 @@ ADVANCED = {
     "logprob_threshold": -1.0,
     "no_speech_threshold": 0.6,
     "best_of": 5,
+    # The valid search's own temperatures (null: temperatures); [0.0] keeps the no-speech
+    # skip and picks checkpoints by deterministic greedy output.
+    "valid_temperatures": None,
     # Train it away: this share of training rows (drawn per seed, epoch and row) is replaced
     # by non-speech audio with the no-speech target: clips of nonspeech_csv (a manifest of
     # empty transcripts) or, when null, generated noise, tones and sweeps.

@@ -366,6 +366,13 @@ RULES = {
         words="a non-empty list of increasing temperatures >= 0",
         **RERUN_MAY_CHANGE,
     ),
+    "valid_temperatures": Rule(
+        "number_list",
+        nullable=True,
+        check=lambda value: _temperatures(value),
+        words="a non-empty list of increasing temperatures >= 0",
+        **RERUN_MAY_CHANGE,
+    ),
     "compression_ratio_threshold": _number(0, low_open=True, nullable=True, **RERUN_MAY_CHANGE),
     "logprob_threshold": _number(nullable=True, **RERUN_MAY_CHANGE),
     "no_speech_threshold": _number(0, 1, nullable=True, **RERUN_MAY_CHANGE),
