@@ -223,9 +223,9 @@ def fine_tune(hparams, hparams_file, overrides, run_opts):
 
         whisper = hparams["whisper"]
         normalize = scoring.Normalizers.of(hparams["normalizer"], whisper)
-        named = manifests.named_manifests(  # with replay, non-speech and keep test sets
+        named = manifests.named_manifests(  # + replay and non-speech rows, the keep test set
             hparams["train_csv"], hparams["valid_csv"], hparams["test_csv"],
-            **manifests.extra_manifests(hparams),
+            manifests.training_sources(hparams), hparams["keep_test_csv"],
         )  # fmt: skip
         datasets = checks.before_training(hparams, whisper, named, normalize, hparams["on_bad_row"])
         datasets = sanity.select(datasets, hparams["sanity_utterances"])

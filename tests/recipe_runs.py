@@ -219,7 +219,8 @@ def prepared(hparams):
         hparams["train_csv"],
         hparams["valid_csv"],
         hparams["test_csv"],
-        **manifests.extra_manifests(hparams),
+        manifests.training_sources(hparams),
+        hparams.get("keep_test_csv"),
     )
     normalize = scoring.Normalizers.of(hparams["normalizer"], whisper)
     unreported = {**hparams, "data_checks": "off"}

@@ -43,3 +43,37 @@ def test_swiss_corpus_manifests(tmp_path):
     # crosses splits.
     assert not lines["train"] & lines["test"] and not lines["train"] & lines["valid"]
     assert len(lines["test"]) == SIZES["n_test_sentences"]
+
+
+@pytest.mark.slow
+def test_keep_and_replay_sets_are_english_sentences_apart_and_german_prompted_nonspeech(tmp_path):
+    options = {"n_keep_sentences": 2, "n_replay_sentences": 3, "n_nonspeech_keep": 4}
+    manifests = swiss_corpus.prepare_swiss_corpus(
+        tmp_path / "data", tmp_path / "save", voices=VOICES, **SIZES, **options
+    )
+    assert set(manifests) == {"train", "valid", "test", "keep_test", "replay"}
+    keep, replay = read_rows(manifests["keep_test"]), read_rows(manifests["replay"])
+    english = accent_corpus.load_sentences()
+    n_voices = len(swiss_corpus.KEEP_VOICES)
+    speech, nonspeech = keep[: 2 * n_voices], keep[2 * n_voices :]
+    assert len(replay) == 3 * n_voices
+    for row in speech + replay:
+        assert row["language"] == "english" and row["spk_id"] in swiss_corpus.KEEP_VOICES
+        assert row["wrd"] == english[int(row["ID"].rsplit("_s", 1)[1])]
+    assert not {row["wrd"] for row in speech} & {row["wrd"] for row in replay}
+    assert [row["ID"] for row in nonspeech] == [
+        "nonspeech_000_babble", "nonspeech_001_chords", "nonspeech_002_hum", "nonspeech_003_room",
+    ]  # fmt: skip
+    assert {(row["language"], row["wrd"]) for row in nonspeech} == {("german", "")}
+    assert all(
+        (tmp_path / "data" / row["wav"].removeprefix("$data_root/")).is_file() for row in keep
+    )
+    # A rerun finds everything current and rewrites nothing.
+    stamps = {
+        path: (tmp_path / "save" / path).stat().st_mtime_ns
+        for path in ("keep_test.csv", "replay.csv")
+    }
+    swiss_corpus.prepare_swiss_corpus(
+        tmp_path / "data", tmp_path / "save", voices=VOICES, **SIZES, **options
+    )
+    assert stamps == {path: (tmp_path / "save" / path).stat().st_mtime_ns for path in stamps}

@@ -52,14 +52,11 @@ def decodes_longform(name):
     return name not in WINDOWED_SPLITS
 
 
-def extra_manifests(hparams):
-    """``named_manifests``' keyword arguments for the training sources (``replay_csv``,
-    ``nonspeech_csv``) and the keep test set (``keep_test_csv``) that ``hparams`` name."""
+def training_sources(hparams):
+    """``named_manifests``' training sources: ``{REPLAY or NONSPEECH: manifest}`` of the
+    ``replay_csv`` and ``nonspeech_csv`` that ``hparams`` name."""
     sources = {REPLAY: hparams.get("replay_csv"), NONSPEECH: hparams.get("nonspeech_csv")}
-    return {
-        "sources": {name: csv for name, csv in sources.items() if csv},
-        "keep_test_csv": hparams.get("keep_test_csv"),
-    }
+    return {name: csv for name, csv in sources.items() if csv}
 
 
 def keep_test_name(keep_test_csv):

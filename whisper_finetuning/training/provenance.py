@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from whisper_finetuning.common.errors import RecipeError
-from whisper_finetuning.data.manifests import extra_manifests, named_manifests
+from whisper_finetuning.data.manifests import named_manifests, training_sources
 from whisper_finetuning.evaluation.selection import best_earliest
 from whisper_finetuning.export.huggingface import describe
 from whisper_finetuning.training.checkpointing import VerifiedCheckpointer
@@ -45,8 +45,9 @@ def manifest_hashes(hparams):
     """``{split name: SHA-256 of its manifest}`` for train, valid, every test manifest, the
     replay and non-speech sets and the keep test set."""
     named = named_manifests(
-        hparams["train_csv"], hparams["valid_csv"], hparams["test_csv"], **extra_manifests(hparams)
-    )
+        hparams["train_csv"], hparams["valid_csv"], hparams["test_csv"],
+        training_sources(hparams), hparams.get("keep_test_csv"),
+    )  # fmt: skip
     return {name: file_sha256(path) for name, path in named.items()}
 
 

@@ -235,18 +235,19 @@ def synthesize_corpus(
     seed: int,
     extra_rows: dict[str, list[list[str]]] | None = None,
 ) -> dict[str, str]:
-    """Speak the planned utterances of each split and write its manifest, followed by the
-    split's ``extra_rows`` (unless current)."""
+    """Speak the planned utterances of each split (``plan``'s keys: train, valid, test and any
+    other manifest, e.g. a keep test set) and write ``SPLIT.csv``, followed by the split's
+    ``extra_rows`` (unless current)."""
     extra_rows = extra_rows or {}
     data_folder, save_folder = Path(data_folder), Path(save_folder)
-    manifests = {split: save_folder / f"{split}.csv" for split in SPLITS}
+    manifests = {split: save_folder / f"{split}.csv" for split in plan}
     result = {split: str(path) for split, path in manifests.items()}
     if manifests_current(manifests, plan, data_folder, extra_rows):
         logger.info("Corpus already prepared in %s", save_folder)
         return result
 
     check_tools()
-    utterances = [utt for split in SPLITS for utt in plan[split]]
+    utterances = [utt for split in plan for utt in plan[split]]
     logger.info("Synthesising %d utterances into %s", len(utterances), data_folder)
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(N_WORKERS) as pool:
@@ -255,7 +256,7 @@ def synthesize_corpus(
     logger.info("Synthesis took %.1f s", time.monotonic() - start)
 
     save_folder.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
+    for split in plan:
         write_manifest(manifests[split], plan[split], data_folder, extra_rows.get(split, []))
     return result
 

@@ -115,9 +115,10 @@ def synthesize_clip(seed, index, voices, sentences, path, tmp_dir):
         run_tool(["sox", "-R", "-D", "-V1", *source, *PCM, partial, *effects, *level], name)
 
 
-def nonspeech_rows(data_folder, n_clips, seed, voices, sentences):
+def nonspeech_rows(data_folder, n_clips, seed, voices, sentences, language="english"):
     """The manifest rows of ``n_clips`` clips under ``data_folder/nonspeech``, making those
-    that do not exist yet (babble: ``voices`` speaking ``sentences``)."""
+    that do not exist yet (babble: ``voices`` speaking ``sentences``), each prompted in
+    ``language``."""
     data_folder = Path(data_folder)
     (data_folder / "nonspeech").mkdir(parents=True, exist_ok=True)
     rows = []
@@ -130,6 +131,6 @@ def nonspeech_rows(data_folder, n_clips, seed, voices, sentences):
                 synthesize_clip(seed, index, voices, sentences, data_folder / rel_wav, tmp)
             duration = f"{audio_duration(data_folder / rel_wav):.3f}"
             rows.append(
-                [name, duration, f"${DATA_ROOT}/{rel_wav}", kind, "nonspeech", "english", ""]
+                [name, duration, f"${DATA_ROOT}/{rel_wav}", kind, "nonspeech", language, ""]
             )
     return rows
