@@ -27,7 +27,9 @@ def experiment(tmp_path_factory):
             f"--data_folder={root / 'data'}",
             f"--output_folder={root / 'exp'}",
             "--prep_options={n_train_sentences: 1, n_valid_sentences: 1, n_test_sentences: 1, "
-            "voices: {german: [de], french: [fr-ch], italian: [it]}}",
+            "voices: {german: [de], french: [fr-ch], italian: [it]}, n_keep_sentences: 0, "
+            "n_replay_sentences: 0, n_nonspeech_keep: 0}",  # merged into the yaml's: all set
+            "--keep_test_csv=null",
             "--number_of_epochs=1",
             "--selection_metric=BLEU",
             "--encoder_window_seconds=30",  # what transformers pads to
