@@ -1,7 +1,8 @@
 """Compare finished runs on the same test set: which run is better beyond noise.
 
 Each run's checkpoint selected by its selection metric, on each test set the runs were
-decoded on (or the ``--test_csv`` manifests): WER, CER, BLEU and chrF with 95% intervals,
+tested on (or the ``--test_csv`` manifests; a run not decoded on one is decoded first, by
+train.py's test stage in its folder): WER, CER, BLEU and chrF with 95% intervals,
 every pair's paired difference with a speaker-blocked bootstrap interval, Holm-corrected
 across the pairs, overall and per group, a verdict per pair, and the runs' valid curves
 (``analysis/comparison``). Writes ``comparison.md``, ``comparison.json`` and
@@ -11,6 +12,7 @@ Usage: python -m whisper_finetuning.compare EXP1 EXP2 [...] [--test_csv CSV ...]
 """
 
 import argparse
+import logging
 import sys
 
 from whisper_finetuning.analysis.comparison import report
@@ -24,10 +26,11 @@ def main(argv=None):
         "--test_csv",
         nargs="+",
         default=[],
-        help="test manifests to compare on (default: the runs' own test sets)",
+        help="test manifests to compare on (default: every test set of the runs)",
     )
     parser.add_argument("--output_folder", default=".", help="where the comparison is written")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         result = report.build(args.runs, args.test_csv)
         path = report.write(result, args.output_folder)

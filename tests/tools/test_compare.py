@@ -46,8 +46,12 @@ def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def make_run(root, name, errors, test_name="test", finished=True, epochs=((9.0, 30.0),)):
-    """A finished run folder as train.py leaves it, with scripted test utterances."""
+def make_run(
+    root, name, errors, test_name="test", finished=True, epochs=((9.0, 30.0),), test_sha256=None
+):
+    """A finished run folder as train.py leaves it, with scripted test utterances (no
+    checkpoint or settings: nothing to decode with); ``test_sha256``: the test manifest's
+    content hash run.json records."""
     folder = root / name
     (folder / "save").mkdir(parents=True)
     info = {
@@ -55,6 +59,8 @@ def make_run(root, name, errors, test_name="test", finished=True, epochs=((9.0, 
         "group_columns": ["spk_id", "dialect"],
         "test_csv": [str(root / f"{test_name}.csv")],
     }
+    if test_sha256:
+        info["manifest_sha256"] = {test_name: test_sha256}
     (folder / "run.json").write_text(json.dumps(info))
     if finished:
         (folder / "save" / "fit_done.json").write_text('{"epochs": 2}')
@@ -175,9 +181,28 @@ def test_refusals_are_one_line_and_keep_an_earlier_comparison(tmp_path, capsys):
     assert refusal(capsys, tmp_path, a, unfinished) == (
         f"error: {unfinished} is unfinished: training has not ended (no save/fit_done.json)"
     )
+    hashed = make_run(tmp_path, "H1", ERRORS["A"], test_sha256="1" * 64)
+    rehashed = make_run(tmp_path, "H2", ERRORS["B"], test_sha256="2" * 64)
+    assert refusal(capsys, tmp_path, hashed, rehashed) == (
+        "error: the runs' test sets differ: H1 and H2 were tested on other manifests named "
+        "'test' (run.json manifest_sha256)"
+    )
     other = make_run(tmp_path, "O", ERRORS["B"], test_name="other")
     assert refusal(capsys, tmp_path, a, other) == (
-        "error: the runs' test sets differ: A has test, O has other"
+        f"error: test manifest {tmp_path / 'other.csv'} not found: A cannot decode it"
+    )
+    (tmp_path / "other.csv").write_text("ID,wav\n" + "".join(f"u{i},x.wav\n" for i in range(6)))
+    assert refusal(capsys, tmp_path, a, other) == (
+        "error: A has no checkpoint in save/ to decode test set 'other'"
+    )
+    (a / "save" / "CKPT+2026-12-06+00-00-00+00").mkdir()
+    assert refusal(capsys, tmp_path, a, other) == (
+        f"error: {a} has no hyperparams.yaml: its checkpoint cannot be decoded"
+    )
+    (a / "hyperparams.yaml").write_text("output_folder: elsewhere/A\n")
+    assert refusal(capsys, tmp_path, a, other) == (
+        f"error: {a / 'hyperparams.yaml'} names output_folder elsewhere/A, which is not {a} "
+        "from here: decode from the directory the run was started in, where it was trained"
     )
     changed = make_run(tmp_path, "D", ERRORS["B"])
     rows = (changed / "utterances_test.jsonl").read_text().replace("five", "six", 1)
@@ -186,8 +211,7 @@ def test_refusals_are_one_line_and_keep_an_earlier_comparison(tmp_path, capsys):
         "error: test set 'test' differs between A and D (other utterances or references)"
     )
     assert refusal(capsys, tmp_path, a, b, "--test_csv", tmp_path / "elsewhere.csv") == (
-        f"error: {a} has no utterances_elsewhere.jsonl: its selected checkpoint did not decode "
-        "test set 'elsewhere' (decoding here is not supported; add the set to the run's test_csv)"
+        f"error: test manifest {tmp_path / 'elsewhere.csv'} not found"
     )
     assert refusal(capsys, tmp_path, a, tmp_path / "A") == "error: a run folder is given twice"
     assert (tmp_path / "out" / "comparison.md").read_text() == "earlier"

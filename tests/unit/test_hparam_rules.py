@@ -149,3 +149,22 @@ def test_a_rerun_with_another_lora_alpha_is_refused(tmp_path):
     assert f"{tmp_path} holds a checkpoint of a run with lora_alpha: 32, not 64" in str(
         refused.value
     )
+
+
+def test_a_finished_run_may_decode_other_test_manifests_but_not_train_on_other_data(tmp_path):
+    from whisper_finetuning.training import provenance, runs
+
+    hparams = _folder_with_checkpoint(tmp_path, lora_alpha=32)
+    other = tmp_path / "other.csv"
+    other.write_text("ID,duration,wav,wrd\nx,1.0,x.wav,x\n")
+    elsewhere = {**hparams, "test_csv": [str(other)]}
+    with pytest.raises(RecipeError) as refused:  # it would train on: the test sets are its own
+        provenance.check_rerun(elsewhere)
+    assert f"{tmp_path} holds a checkpoint of a run with no test manifest" in str(refused.value)
+    runs.mark_fit_done(hparams["save_folder"], hparams["number_of_epochs"])
+    assert provenance.check_rerun(elsewhere) is False  # it only decodes
+    with pytest.raises(RecipeError) as refused:
+        provenance.check_rerun({**elsewhere, "valid_csv": str(other)})
+    assert f"{tmp_path} holds a checkpoint of a run with another valid manifest" in str(
+        refused.value
+    )

@@ -5,8 +5,9 @@ a continued checkpoint depends on (``settings``: ``hparam_rules.rerun_settings``
 a folder that holds a checkpoint (kept by a finished run, or left by a killed one) with other
 manifests or settings stops with one line; to train on them, use a new output folder, where
 ``init_from`` (that folder) starts training from its min-WER checkpoint (``start_from``). A run
-that does not train (its folder's training finished with as many epochs) leaves the files
-that describe the training (``run.json``, ``hyperparams.yaml``, the data report) as they are.
+that does not train (its folder's training finished with as many epochs) only decodes: it may
+name other test manifests than the run's, and leaves the files that describe the training
+(``run.json``, ``hyperparams.yaml``, the data report) as they are.
 """
 
 import hashlib
@@ -16,7 +17,7 @@ import os
 from pathlib import Path
 
 from whisper_finetuning.common.errors import RecipeError
-from whisper_finetuning.data.manifests import named_manifests, training_sources
+from whisper_finetuning.data.manifests import WINDOWED_SPLITS, named_manifests, training_sources
 from whisper_finetuning.evaluation.selection import best_earliest
 from whisper_finetuning.export.huggingface import describe
 from whisper_finetuning.training.checkpointing import VerifiedCheckpointer
@@ -67,15 +68,19 @@ def holds_checkpoint(hparams):
 
 def check_rerun(hparams):
     """Raise a ``RecipeError`` if this folder's checkpoint was trained on other manifests or
-    settings than ``hparams`` name; returns whether this run trains."""
+    settings than ``hparams`` name (a run that does not train: other training manifests);
+    returns whether this run trains."""
     info_path = Path(hparams["output_folder"]) / RUN_INFO
     if not holds_checkpoint(hparams) or not info_path.exists():
         return True
+    trains = will_train(hparams)
     recorded = json.loads(info_path.read_text())
     folder = hparams["output_folder"]
     advice = f"use a new --output_folder (with --init_from={folder} to start from its checkpoint)"
     hashes, recorded_hashes = manifest_hashes(hparams), recorded.get("manifest_sha256")
     for name in dict.fromkeys([*(recorded_hashes or {}), *hashes]):
+        if not trains and name not in WINDOWED_SPLITS:
+            continue  # a test set: the checkpoint only decodes it
         if recorded_hashes is not None and recorded_hashes.get(name) != hashes.get(name):
             how = "another" if name in recorded_hashes and name in hashes else "no"
             raise RecipeError(
@@ -89,7 +94,7 @@ def check_rerun(hparams):
                 f"{folder} holds a checkpoint of a run with {key}: {json.dumps(value)}, "
                 f"not {json.dumps(settings.get(key))} (run.json); {advice}"
             )
-    return will_train(hparams)
+    return trains
 
 
 INIT_FROM_ADVICE = (

@@ -3,7 +3,7 @@ paired difference and verdict, overall and per group, and the valid curves' plot
 
 import os
 
-from whisper_finetuning.analysis.comparison import pairs, runs
+from whisper_finetuning.analysis.comparison import decoding, pairs, runs
 from whisper_finetuning.analysis.comparison.plots import valid_curves
 from whisper_finetuning.analysis.diagnosis.stats import BOOTSTRAP_SAMPLES
 from whisper_finetuning.common.files import write_json, write_text
@@ -27,10 +27,11 @@ def curve(run, metric_name):
 
 
 def build(folders, test_csv=()):
-    """The comparison of the runs in ``folders`` as the ``comparison.json`` dict."""
+    """The comparison of the runs in ``folders`` as the ``comparison.json`` dict; a run not
+    decoded on a compared test set is decoded first (``decoding``)."""
     compared = runs.load_runs(folders)
-    names = runs.test_set_names(compared, test_csv)
-    manifests = list(test_csv) or [None] * len(names)
+    manifests = runs.test_manifests(compared, test_csv)
+    decoding.decode_missing(compared, manifests)
     decide = decision_metric(compared)
     group_columns = list(
         dict.fromkeys(
@@ -50,8 +51,9 @@ def build(folders, test_csv=()):
         "curves": {r.label: curve(r, decide) for r in compared},
         "test_sets": {},
     }
-    for name, csv_path in zip(names, manifests, strict=True):
-        decoded = runs.same_utterances(compared, name, csv_path)
+    for name, csv_path in manifests.items():
+        # A given manifest must hold the decoded utterances; the runs' own may have moved.
+        decoded = runs.same_utterances(compared, name, csv_path if test_csv else None)
         scores = {}
         for run in compared:
             summary = run.summary(name)

@@ -1,8 +1,8 @@
 """What a comparison reads from each run folder, and the refusals when runs cannot be compared.
 
-A run folder (train.py's ``output_folder``) must be finished (``save/fit_done.json``) and hold
-each compared test set's ``utterances_NAME.jsonl`` and ``summary_NAME.json``, written by its
-selected checkpoint. The valid curves come from ``epochs.jsonl``.
+A run folder (train.py's ``output_folder``) must be finished (``save/fit_done.json``); each
+compared test set's ``utterances_NAME.jsonl`` and ``summary_NAME.json`` are its selected
+checkpoint's (``decoding`` writes those it lacks). The valid curves come from ``epochs.jsonl``.
 """
 
 import csv
@@ -19,6 +19,7 @@ from whisper_finetuning.analysis.diagnosis.records import (
 from whisper_finetuning.common.errors import RecipeError
 
 FIT_DONE = Path("save") / "fit_done.json"  # training/runs.py writes it when fit ends
+DECODED_FILES = (("utterances", "jsonl"), ("summary", "json"))  # per test set, by the recipe
 
 
 @dataclass
@@ -40,17 +41,29 @@ class Run:
 
     def test_sets(self):
         """The test sets run.json names (manifest stems), in its order."""
-        return [Path(csv_path).stem for csv_path in read_json(self.folder / RUN_FILE)["test_csv"]]
+        return list(self.test_manifests())
+
+    def test_manifests(self):
+        """``{name: manifest}`` of the test sets run.json names, in its order."""
+        info = read_json(self.folder / RUN_FILE)
+        return {Path(csv_path).stem: csv_path for csv_path in info["test_csv"]}
+
+    def has_decoded(self, name):
+        """Whether the selected checkpoint's utterances and summary of test set ``name`` are
+        in the folder."""
+        return all(self._path(name, kind, ext).exists() for kind, ext in DECODED_FILES)
 
     def _decoded(self, name, kind, extension):
-        path = self.folder / f"{kind}_{name}.{extension}"
+        path = self._path(name, kind, extension)
         if not path.exists():
             raise RecipeError(
                 f"{self.folder} has no {path.name}: its selected checkpoint did not decode "
-                f"test set '{name}' (decoding here is not supported; add the set to the run's "
-                f"test_csv)"
+                f"test set '{name}' (python -m whisper_finetuning.compare decodes it)"
             )
         return path
+
+    def _path(self, name, kind, extension):
+        return self.folder / f"{kind}_{name}.{extension}"
 
 
 def load_runs(folders):
@@ -83,11 +96,40 @@ def manifest_ids(csv_path):
         return {row["ID"] for row in csv.DictReader(f)}
 
 
-def test_set_names(runs, test_csv=()):
-    """The test sets to compare: the ``test_csv`` manifests' stems, else those of the first
-    run; refuses when the runs were not decoded on the same sets."""
+def test_manifests(runs, test_csv=()):
+    """``{name: manifest}`` of the test sets to compare: the ``test_csv`` manifests, else every
+    test set a run names in run.json (a run not decoded on one is decoded by ``decoding``);
+    refuses a given manifest that is missing, two manifests of one name, and runs whose
+    run.json records other contents for a test set of the same name."""
     if test_csv:
-        return [Path(p).stem for p in test_csv]
+        manifests = {}
+        for csv_path in test_csv:
+            if not Path(csv_path).is_file():
+                raise RecipeError(f"test manifest {csv_path} not found")
+            name = Path(csv_path).stem
+            if name in manifests:
+                raise RecipeError(f"two test manifests are named '{name}': rename one")
+            manifests[name] = str(Path(csv_path).resolve())
+        return manifests
+    manifests, recorded = {}, {}
+    for run in runs:
+        hashes = read_json(run.folder / RUN_FILE).get("manifest_sha256", {})
+        for name, csv_path in run.test_manifests().items():
+            manifests.setdefault(name, csv_path)
+            if hashes.get(name) is None:
+                continue
+            first = recorded.setdefault(name, (run.label, hashes[name]))
+            if first[1] != hashes[name]:
+                raise RecipeError(
+                    f"the runs' test sets differ: {first[0]} and {run.label} were tested on "
+                    f"other manifests named '{name}' (run.json manifest_sha256)"
+                )
+    return manifests
+
+
+def test_set_names(runs):
+    """The test sets the runs name in run.json (those of the first run); refuses when the runs
+    name other sets (a review does not decode)."""
     first = runs[0].test_sets()
     for run in runs[1:]:
         if run.test_sets() != first:
