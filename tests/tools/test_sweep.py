@@ -127,6 +127,43 @@ def test_a_killed_sweep_resumes_without_repeating_finished_trials(tmp_path):
     assert json.loads((tmp_path / "sweep" / "sweep.json").read_text())["best"]["number"] == 0
 
 
+REFUSED = "trial {} failed (train.py exit status 1): error: lr must be a number > 0, not {}"
+
+
+@pytest.mark.slow  # the stub hands the refused learning rates to train.py
+def test_a_trial_train_py_refuses_fails_alone_and_the_sweep_goes_on(tmp_path):
+    spec = write_spec(tmp_path, [0.2, -1.0, 0.4], overrides={"data_folder": str(tmp_path)})
+    running = start_sweep(spec, 0)
+    assert running.wait(timeout=300) == 0, running.stderr.read()[-2000:]
+    trials = stored_trials(tmp_path)
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    refusal = REFUSED.format(1, -1)
+    assert trials[1].user_attrs["error"] == refusal
+    assert "error" not in trials[0].user_attrs and "error" not in trials[2].user_attrs
+    assert len(trainings(tmp_path / "sweep" / "trial_002")) == 1  # the next trial ran
+    result = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    failed = result["trials"][1]
+    assert (failed["state"], failed["value"], failed["error"]) == ("FAIL", None, refusal)
+    assert [row["error"] for row in result["trials"]] == [None, refusal, None]
+    assert result["best"]["params"] == {"lr": 0.2}
+    markdown = (tmp_path / "sweep" / "sweep.md").read_text()
+    assert f"| 1 | FAIL | -1.0 | - | - | {refusal} |" in markdown
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_every_trial_failed_ends_in_one_error_line(tmp_path):
+    spec = write_spec(tmp_path, [-1.0, 0.0], overrides={"data_folder": str(tmp_path)})
+    with pytest.raises(SystemExit) as stop:
+        sweep.main([str(spec)])
+    assert stop.value.code == f"error: every trial failed (2); the last: {REFUSED.format(1, 0)}"
+    trials = stored_trials(tmp_path)
+    assert [t.user_attrs["error"] for t in trials] == [
+        REFUSED.format(0, -1),
+        REFUSED.format(1, 0),
+    ]
+    assert not (tmp_path / "sweep" / "sweep.json").exists()
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

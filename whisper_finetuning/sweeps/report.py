@@ -11,6 +11,7 @@ from whisper_finetuning.analysis.comparison.pairs import BLOCK, paired_differenc
 from whisper_finetuning.analysis.diagnosis import Unavailable, checks, records
 from whisper_finetuning.common.files import write_json, write_text
 from whisper_finetuning.sweeps import trials
+from whisper_finetuning.sweeps.study import ERROR
 
 JSON_FILE, MARKDOWN_FILE = "sweep.json", "sweep.md"
 
@@ -71,6 +72,7 @@ def trial_rows(spec, study):
             "folder": folder,
             "selected_epoch": None,
             "warning": None,
+            "error": trial.user_attrs.get(ERROR),  # train.py's, when the trial failed
         }
         if trial.state == TrialState.COMPLETE:
             row["selected_epoch"] = trials.selected_value(folder, spec.selection_metric)[0]
@@ -112,14 +114,15 @@ def markdown(result):
         f"only (storage {result['storage']}). The test sets were decoded for the chosen trial "
         "alone.",
         "",
-        f"| trial | state | {', '.join(best['params'])} | valid {metric} | epoch | warning |",
+        f"| trial | state | {', '.join(best['params'])} | valid {metric} | epoch "
+        "| warning or error |",
         "|---|---|---|---|---|---|",
     ]
     for row in result["trials"]:
         values = ", ".join(str(v) for v in row["params"].values())
         lines.append(
             f"| {row['number']} | {row['state']} | {values} | {_number(row['value'])} "
-            f"| {row['selected_epoch'] or '-'} | {row['warning'] or ''} |"
+            f"| {row['selected_epoch'] or '-'} | {row['warning'] or row['error'] or ''} |"
         )
     lines += ["", f"## chosen: trial {best['number']} ({best['folder']})", ""]
     for name, summary in best["test"].items():

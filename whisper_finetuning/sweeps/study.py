@@ -5,7 +5,9 @@ processes or machines pointed at the same database URL run distinct trials of on
 Each trial beats a heartbeat into the database; a trial whose heartbeat stopped (its process
 was killed) is marked failed when a sweep next starts, and Optuna's retry callback queues it
 again with the same values and folder, where train.py resumes from its own checkpoint.
-Finished trials are never repeated: the study counts them.
+A trial whose train.py fails (exits non-zero: a refused setting, a crash) is failed with its
+error line (user attribute ``error``) and the study goes on; it is not run again. Finished
+trials are never repeated: the study counts them.
 """
 
 import fcntl
@@ -16,15 +18,16 @@ from pathlib import Path
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
+from whisper_finetuning.common.errors import RecipeError
 from whisper_finetuning.evaluation.selection import SELECTION_DIRECTIONS
 from whisper_finetuning.sweeps import spec as specs
 from whisper_finetuning.sweeps import trials
 
-COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+ENDED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_RETRIES = 3  # a trial killed more often than this is left failed
+ERROR = "error"  # the user attribute of a failed trial's error line
 
 
 def sampler(spec):
@@ -83,9 +86,30 @@ def _wait_for_the_grid(study, seconds=10):
         time.sleep(0.1)
 
 
+def failed_by_the_recipe(study):
+    """Trials whose train.py failed (not those killed: they are queued again)."""
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    return [trial for trial in failed if ERROR in trial.user_attrs]
+
+
+def ended(study):
+    """How many trials have ended: finished, pruned or failed by the recipe."""
+    return len(study.get_trials(deepcopy=False, states=ENDED)) + len(failed_by_the_recipe(study))
+
+
 def counted(study):
-    """Trials that count towards ``n_trials``: finished, pruned or running elsewhere."""
-    return len(study.get_trials(deepcopy=False, states=COUNTED))
+    """Trials that count towards ``n_trials``: ended, or running elsewhere."""
+    return ended(study) + len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def stop_at(n_trials):
+    """A callback that stops the study once ``n_trials`` trials count."""
+
+    def stop(study, _trial):
+        if counted(study) >= n_trials:
+            study.stop()
+
+    return stop
 
 
 def objective(spec):
@@ -94,7 +118,11 @@ def objective(spec):
         # A retried trial keeps its folder (user attributes are copied): train.py resumes.
         folder = trial.user_attrs.get("folder") or str(trials.trial_folder(spec, trial.number))
         trial.set_user_attr("folder", folder)
-        return trials.run(spec, trial, params, Path(folder))
+        try:
+            return trials.run(spec, trial, params, Path(folder))
+        except RecipeError as error:
+            trial.set_user_attr(ERROR, str(error))
+            raise
 
     return run_trial
 
@@ -107,7 +135,8 @@ def run(spec):
     if counted(study) < spec.n_trials or waiting:
         study.optimize(
             objective(spec),
-            callbacks=[MaxTrialsCallback(spec.n_trials, states=COUNTED)],
+            catch=(RecipeError,),  # a failed trial: the next one runs
+            callbacks=[stop_at(spec.n_trials)],
             gc_after_trial=False,
         )
     return study
@@ -115,7 +144,6 @@ def run(spec):
 
 def finished(study, spec):
     """Whether every trial has ended (none running in another process)."""
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    return len(done) >= spec.n_trials and not study.get_trials(
+    return ended(study) >= spec.n_trials and not study.get_trials(
         deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)
     )
