@@ -4,9 +4,9 @@ decode_test_sets=True) in a fraction of a second, after ``STUB_SECONDS`` of "tra
 
 Ten valid utterances of one word, one speaker each: at epoch 1 the first ``10 * lr`` have
 one word error (WER ``100 * lr``), at epoch 2 half as many, except from lr 0.8 on, where the
-WER stalls while the loss falls (seed 001's warning sign). Each start appends a line to
-``starts.txt``. A learning rate of 0 or less is handed to train.py itself, which refuses it
-in one line.
+WER stalls while the loss falls (seed 001's warning sign); epoch 2 is logged
+``STUB_EPOCH_SECONDS`` after epoch 1. Each start appends a line to ``starts.txt``. A learning
+rate of 0 or less is handed to train.py itself, which refuses it in one line.
 """
 
 import json
@@ -27,7 +27,8 @@ lr = float(args["lr"])
 info = {"selection_metric": args["selection_metric"], "test_csv": ["/data/test.csv"]}
 (folder / "run.json").write_text(json.dumps(info))
 (folder / "valid").mkdir(exist_ok=True)
-epochs = []
+epochs_file = folder / "epochs.jsonl"
+epochs_file.write_text("")
 for epoch, wer in ((1, 100 * lr), (2, 100 * lr if lr >= 0.8 else 50 * lr)):
     errors = round(wer / 10)
     rows = [
@@ -43,8 +44,10 @@ for epoch, wer in ((1, 100 * lr), (2, 100 * lr if lr >= 0.8 else 50 * lr)):
     ]
     valid = folder / "valid" / f"utterances_epoch{epoch}.jsonl"
     valid.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    epochs.append({"epoch": epoch, "loss": 3.0 - epoch, "WER": 10.0 * errors})
-(folder / "epochs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in epochs))
+    with open(epochs_file, "a") as log:
+        log.write(json.dumps({"epoch": epoch, "loss": 3.0 - epoch, "WER": 10.0 * errors}) + "\n")
+    if epoch == 1:
+        time.sleep(float(os.environ.get("STUB_EPOCH_SECONDS", "0")))
 (folder / "save").mkdir(exist_ok=True)
 (folder / "save" / "fit_done.json").write_text('{"epochs": 2}')
 if args["decode_test_sets"] == "True":

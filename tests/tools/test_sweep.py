@@ -20,6 +20,7 @@ from conftest import require_espeak
 from recipe_runs import make_corpus
 
 from whisper_finetuning import sweep
+from whisper_finetuning.sweeps import trials
 
 STUB = Path(__file__).with_name("sweep_stub.py")
 HEARTBEAT = 1  # seconds; a killed trial is stale after twice this
@@ -127,6 +128,33 @@ def test_a_killed_sweep_resumes_without_repeating_finished_trials(tmp_path):
     assert json.loads((tmp_path / "sweep" / "sweep.json").read_text())["best"]["number"] == 0
 
 
+@pytest.mark.parametrize("pruning", [{"n_startup_trials": 2}, False], ids=["on", "off"])
+def test_a_trial_worse_than_the_others_at_an_epoch_is_pruned_with_pruning_on(
+    tmp_path, monkeypatch, pruning
+):
+    monkeypatch.setattr(trials, "POLL_SECONDS", 0.1)
+    monkeypatch.setenv("STUB_EPOCH_SECONDS", "1")  # epoch 1 is seen before epoch 2 is logged
+    spec = write_spec(tmp_path, [0.2, 0.4, 0.6], pruning=pruning)
+    assert sweep.main([str(spec)]) == 0
+    first, second, third = stored_trials(tmp_path)
+    # Every epoch's valid WER is reported, the last ones too: 100 x lr, then half of it.
+    assert first.intermediate_values == {1: 20.0, 2: 10.0}
+    assert second.intermediate_values == {1: 40.0, 2: 20.0}
+    logged = [record["epoch"] for record in trials.valid_epochs(third.user_attrs["folder"])]
+    report = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    states = [row["state"] for row in report["trials"]]
+    if pruning:
+        # Its epoch 1 (60) is worse than the median of the two finished trials' (20, 40):
+        # pruned, and its train.py stopped before epoch 2.
+        assert third.state.name == "PRUNED" and third.intermediate_values == {1: 60.0}
+        assert logged == [1]
+        assert states == ["COMPLETE", "COMPLETE", "PRUNED"]
+    else:
+        assert third.state.name == "COMPLETE" and third.intermediate_values == {1: 60.0, 2: 30.0}
+        assert logged == [1, 2]
+        assert states == ["COMPLETE"] * 3
+
+
 REFUSED = "trial {} failed (train.py exit status 1): error: lr must be a number > 0, not {}"
 
 
@@ -171,6 +199,12 @@ def test_a_sweep_whose_every_trial_failed_ends_in_one_error_line(tmp_path):
         ({"space": {"lr": {"low": 0.1, "high": 1}}}, "space.lr: a grid needs a list of values"),
         ({"sampler": "random"}, "'n_trials' is required for sampler random"),
         ({"budget": 3}, "unknown key(s) budget; known: "),
+        ({"pruning": "yes"}, "pruning is true, false or the median pruner's arguments"),
+        (
+            {"pruning": {"patience": 2}},
+            "pruning: MedianPruner.__init__() got an unexpected keyword argument 'patience'",
+        ),
+        ({"pruning": {"n_startup_trials": -1}}, "pruning: Number of startup trials cannot be"),
     ],
 )
 def test_a_bad_spec_is_one_line(tmp_path, capsys, extra, message):

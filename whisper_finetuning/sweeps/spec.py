@@ -8,7 +8,8 @@ n_trials: 4                          # default for grid: the grid's size
 seed: 0                              # the sampler's (give each process sharing a study its own)
 storage: null                        # a database URL; default sqlite:///OUTPUT_FOLDER/study.db
 study_name: null                     # default: the output folder's name
-pruning: false                       # Optuna's median pruner on the valid metric per epoch
+pruning: false                       # Optuna's median pruner on the valid metric per epoch:
+                                     # true, or its arguments ({n_startup_trials: 2, ...})
 selection_metric: WER                # what trials are chosen by (valid only)
 heartbeat_seconds: 60                # a trial silent for twice this long was killed
 overrides: {number_of_epochs: 2}     # --key=value given to every trial
@@ -23,6 +24,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import optuna
 import ruamel.yaml
 
 from whisper_finetuning.common.errors import RecipeError
@@ -42,7 +44,7 @@ class SweepSpec:
     seed: int = None
     storage: str = None
     study_name: str = None
-    pruning: bool = False
+    pruning: bool | dict = False  # a dict: MedianPruner's arguments
     selection_metric: str = "WER"
     heartbeat_seconds: int = 60
     overrides: dict = field(default_factory=dict)
@@ -88,12 +90,26 @@ def _check(spec, path):
             raise RecipeError(f"{path}: space.{name}: a grid needs a list of values")
         elif not isinstance(values, dict) or not {"low", "high"} <= set(values):
             raise RecipeError(f"{path}: space.{name} is a list or {{low, high[, log, int]}}")
+    if not isinstance(spec.pruning, (bool, dict)):
+        raise RecipeError(f"{path}: pruning is true, false or the median pruner's arguments")
+    try:
+        pruner(spec)
+    except (TypeError, ValueError) as error:
+        raise RecipeError(f"{path}: pruning: {error}") from None
     if spec.n_trials is None:
         if spec.sampler != "grid":
             raise RecipeError(f"{path}: 'n_trials' is required for sampler {spec.sampler}")
         spec.n_trials = math.prod(len(v) for v in spec.space.values())
     if not isinstance(spec.n_trials, int) or spec.n_trials < 1:
         raise RecipeError(f"{path}: n_trials must be a positive integer")
+
+
+def pruner(spec):
+    """Optuna's median pruner on the valid metric per epoch (Optuna's defaults, or the spec's
+    ``pruning`` arguments: it prunes from trial ``n_startup_trials + 1`` on), or none."""
+    if spec.pruning is False:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(**(spec.pruning if isinstance(spec.pruning, dict) else {}))
 
 
 def suggest(trial, space):

@@ -61,7 +61,7 @@ def _open_study(spec):
         study_name=spec.study_name,
         direction=direction,
         sampler=sampler(spec),
-        pruner=optuna.pruners.MedianPruner() if spec.pruning else optuna.pruners.NopPruner(),
+        pruner=specs.pruner(spec),
     )
     try:
         study = optuna.create_study(**options)

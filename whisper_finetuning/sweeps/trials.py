@@ -72,9 +72,24 @@ def selected_value(folder, metric):
     return epoch, next(r[metric] for r in epochs if r["epoch"] == epoch)
 
 
+def report_epochs(trial, folder, metric, reported):
+    """Report to Optuna each epoch's valid ``metric`` not in ``reported`` (epochs, updated);
+    returns the epochs reported now."""
+    epochs = []
+    for record in valid_epochs(folder):
+        value = record.get(metric)
+        if record["epoch"] in reported or value is None:
+            continue
+        reported.add(record["epoch"])
+        trial.report(value, record["epoch"])
+        epochs.append(record["epoch"])
+    return epochs
+
+
 def run(spec, trial, params, folder):
-    """Run the trial's train.py to its end; with pruning, report each epoch's valid metric and
-    stop the run (SIGTERM: train.py stops at its next step) when Optuna prunes it."""
+    """Run the trial's train.py to its end, reporting each epoch's valid metric as it is
+    logged; stop the run (SIGTERM: train.py stops at its next step) when the pruner prunes it
+    (``pruning``; without, it never does)."""
     folder.mkdir(parents=True, exist_ok=True)
     reported = set()
     with open(folder / LOG_FILE, "a") as log:
@@ -82,18 +97,11 @@ def run(spec, trial, params, folder):
         try:
             while child.poll() is None:
                 time.sleep(POLL_SECONDS)
-                if not spec.pruning:
-                    continue
-                for record in valid_epochs(folder):
-                    value = record.get(spec.selection_metric)
-                    if record["epoch"] in reported or value is None:
-                        continue
-                    reported.add(record["epoch"])
-                    trial.report(value, record["epoch"])
+                for epoch in report_epochs(trial, folder, spec.selection_metric, reported):
                     if trial.should_prune():
                         child.send_signal(signal.SIGTERM)
                         child.wait()
-                        raise optuna.TrialPruned(f"pruned after epoch {record['epoch']}")
+                        raise optuna.TrialPruned(f"pruned after epoch {epoch}")
         finally:
             if child.poll() is None:  # the sweep itself is stopping: so does its trial
                 child.send_signal(signal.SIGTERM)
@@ -103,6 +111,8 @@ def run(spec, trial, params, folder):
             f"trial {trial.number} failed (train.py exit status {child.returncode}): "
             f"{last_line(folder / LOG_FILE)}"
         )
+    # The epochs logged as train.py ended: the pruner compares later trials with every epoch.
+    report_epochs(trial, folder, spec.selection_metric, reported)
     return selected_value(folder, spec.selection_metric)[1]
 
 
