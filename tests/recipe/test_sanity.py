@@ -48,6 +48,26 @@ def test_a_correct_pipeline_reproduces_its_utterances(corpus):
     assert not list((out / "save").glob("CKPT+*"))  # the check leaves no checkpoints
 
 
+def test_sanity_mode_trains_the_rows_own_transcripts_whatever_the_non_speech_share(corpus):
+    """Were non-speech replacement on, every row would train as silence and none reproduce."""
+    root, args = corpus
+    out = root / "nonspeech"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            *args,
+            "--nonspeech_probability=1.0",
+            f"--output_folder={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "sanity check passed: 4 utterances reproduced" in (out / "log.txt").read_text()
+
+
 def test_audio_that_does_not_follow_its_labels_fails_loudly(corpus, monkeypatch):
     """The planted bug: every read returns some training utterance's encoder output."""
     import train
