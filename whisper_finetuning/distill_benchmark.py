@@ -8,7 +8,7 @@ itself (N maximally spaced decoder layers, untrained), the initialisation a dist
 starts from.
 
 Usage: python -m whisper_finetuning.distill_benchmark TEACHER (--student EXP_OR_MODEL | --cut N)
-    --audio MANIFEST [--limit 100] [--draft_tokens 4] [--output results.json]
+    --audio MANIFEST [--data_folder D] [--limit 100] [--draft_tokens 4] [--output results.json]
 """
 
 import argparse
@@ -97,6 +97,7 @@ def main(argv=None):
     parser.add_argument("--student", help="experiment folder or model")
     parser.add_argument("--cut", type=int, help="student: N spaced decoder layers of the teacher")
     parser.add_argument("--audio", required=True, help="manifest with ID, wav, wrd")
+    parser.add_argument("--data_folder", help="what $data_root is (default: the manifest's)")
     parser.add_argument("--limit", type=int, default=100, help="first N rows")
     parser.add_argument("--draft_tokens", type=int, default=4)
     parser.add_argument("--max_new_tokens", type=int, help="default: the decoder's limit")
@@ -115,7 +116,7 @@ def main(argv=None):
             keep_decoder_layers(student.model, args.cut)
         else:
             student, _ = load_frozen(args.student, args.whisper_cache, args.window_seconds)
-        rows = input_rows(args.audio)[: args.limit]
+        rows = input_rows(args.audio, args.data_folder)[: args.limit]
         wavs = [read_audio(row["path"]) for row in rows]
         references = [row["wrd"] for row in rows]
         summary = run(teacher, student, wavs, references, args.draft_tokens, args.max_new_tokens)
