@@ -229,3 +229,33 @@ def test_a_test_manifest_must_hold_the_decoded_utterances(tmp_path, capsys):
         f"error: A's test set 'test' holds other utterances than {manifest}"
     )
     assert Path(tmp_path / "out" / "comparison.json").exists()
+
+
+def test_non_speech_rows_are_compared_clip_by_clip_with_mcnemar(tmp_path):
+    """Words on 5 non-speech clips: A on n0-n3, B on n3 alone; a --test_csv manifest lists the
+    speech and the non-speech rows."""
+    written = {"A": [3, 1, 2, 4, 0], "B": [0, 0, 0, 2, 0]}
+    for name, words in written.items():
+        folder = make_run(tmp_path, name, ERRORS[name])
+        write_jsonl(
+            folder / "nonspeech_test.jsonl",
+            [
+                {"id": f"n{i}", "ref": "", "hyp": "x " * w, "hyp_words": w}
+                for i, w in enumerate(words)
+            ],
+        )
+    ids = [f"u{i}" for i in range(6)] + [f"n{i}" for i in range(5)]
+    (tmp_path / "test.csv").write_text("ID,wav\n" + "".join(f"{i},x.wav\n" for i in ids))
+    result, out = compared(tmp_path, "A", "B", argv=["--test_csv", str(tmp_path / "test.csv")])
+    nonspeech = result["test_sets"]["test"]["nonspeech"]
+    assert nonspeech["n"] == 5 and nonspeech["with_words"] == {"A": 4, "B": 1}
+    # Discordant clips: 3 with words from A alone, none from B alone: p = 2 x 0.5^3.
+    assert nonspeech["pairs"] == [{"a": "A", "b": "B", "only_a": 3, "only_b": 0, "p": 0.25}]
+    assert "| A - B | 3 | 0 | 0.2500 |" in (out / "comparison.md").read_text()
+    # Another run that decoded other non-speech rows is refused.
+    write_jsonl(tmp_path / "B" / "nonspeech_test.jsonl", [{"id": "n0", "hyp_words": 0}])
+    with pytest.raises(SystemExit) as stop:
+        compare.main([str(tmp_path / "A"), str(tmp_path / "B"), "--output_folder", str(out)])
+    assert stop.value.code == (
+        "error: test set 'test' differs between A and B (other utterances or references)"
+    )

@@ -1,7 +1,10 @@
 """``comparison.json`` and ``comparison.md``: the runs' scores with 95% intervals, every pair's
 paired difference and verdict, overall and per group, and the valid curves' plot."""
 
+import itertools
 import os
+
+from scipy.stats import binomtest
 
 from whisper_finetuning.analysis.comparison import decoding, pairs, runs
 from whisper_finetuning.analysis.comparison.plots import valid_curves
@@ -70,6 +73,27 @@ def build(folders, test_csv=()):
             "scores": scores,
             **pairs.compare(decoded, group_columns, decide),
         }
+        written = {run.label: run.nonspeech(name) for run in compared}
+        if any(written.values()):
+            result["test_sets"][name]["nonspeech"] = nonspeech_pairs(written)
+    return result
+
+
+def nonspeech_pairs(written):
+    """Words on the non-speech rows, pair by pair (``written``: ``{label: {id: words}}``, the
+    same rows for every run): the rows where only one run wrote words and the exact McNemar
+    test on them (two-sided binomial, p 0.5)."""
+    rows = sorted(next(iter(written.values())))
+    result = {
+        "n": len(rows),
+        "with_words": {label: sum(words[i] > 0 for i in rows) for label, words in written.items()},
+        "pairs": [],
+    }
+    for a, b in itertools.combinations(written, 2):
+        only_a = sum(written[a][i] > 0 and written[b][i] == 0 for i in rows)
+        only_b = sum(written[b][i] > 0 and written[a][i] == 0 for i in rows)
+        p = binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0
+        result["pairs"].append({"a": a, "b": b, "only_a": only_a, "only_b": only_b, "p": p})
     return result
 
 
@@ -99,6 +123,18 @@ def _pair_table(rows, label, group=None):
     return lines + [""]
 
 
+def _nonspeech_lines(nonspeech):
+    """Words on the non-speech rows per run, and the pairs' exact McNemar tests."""
+    n = nonspeech["n"]
+    lines = ["### non-speech rows with words", ""]
+    lines += [f"- {label}: {k} of {n}" for label, k in nonspeech["with_words"].items()]
+    lines += ["", "| pair | only a wrote words | only b wrote words | exact McNemar p |"]
+    lines.append("|---|---|---|---|")
+    for r in nonspeech["pairs"]:
+        lines.append(f"| {r['a']} - {r['b']} | {r['only_a']} | {r['only_b']} | {r['p']:.4f} |")
+    return lines + [""]
+
+
 def markdown(result, plotted):
     """The comparison as Markdown."""
     decide = result["decision_metric"]
@@ -125,6 +161,8 @@ def markdown(result, plotted):
             )
             lines.append(f"| {label} | {s['selected_epoch']} | {s['n_utterances']} | {cells} |")
         lines.append("")
+        if "nonspeech" in test:
+            lines += _nonspeech_lines(test["nonspeech"])
         for metric_name, rows in test["overall"].items():
             lines += [f"### {metric_name}", ""] + _pair_table(rows, metric_name)
         for column, values in test["per_group"].items():

@@ -35,6 +35,13 @@ class Run:
         """The test set ``name``'s scored utterances by the selected checkpoint."""
         return read_jsonl(self._decoded(name, "utterances", "jsonl"), [])
 
+    def nonspeech(self, name):
+        """The test set ``name``'s non-speech rows (empty transcripts) as decoded: ``{id:
+        words written}``; empty when it has none."""
+        path = self._path(name, "nonspeech", "jsonl")
+        rows = read_jsonl(path, []) if path.exists() else []
+        return {row["id"]: row["hyp_words"] for row in rows}
+
     def summary(self, name):
         """The test set ``name``'s summary (headline, intervals, selected epoch)."""
         return read_json(self._decoded(name, "summary", "json"))
@@ -148,15 +155,18 @@ def same_utterances(runs, name, csv_path=None):
     for run in runs:
         by_id = {u["id"]: u for u in run.utterances(name)}
         unscorable = set(run.summary(name).get("unscorable_ids", []))
-        if csv_path is not None and set(by_id) | unscorable != manifest_ids(csv_path):
+        listed = set(by_id) | unscorable | set(run.nonspeech(name))
+        if csv_path is not None and listed != manifest_ids(csv_path):
             raise RecipeError(
                 f"{run.label}'s test set '{name}' holds other utterances than {csv_path}"
             )
         decoded[run.label] = by_id
     reference = runs[0].label
     references = {i: u["ref"] for i, u in decoded[reference].items()}
+    nonspeech = {run.label: set(run.nonspeech(name)) for run in runs}
     for label, by_id in decoded.items():
-        if {i: u["ref"] for i, u in by_id.items()} != references:
+        same_nonspeech = nonspeech[label] == nonspeech[reference]
+        if {i: u["ref"] for i, u in by_id.items()} != references or not same_nonspeech:
             raise RecipeError(
                 f"test set '{name}' differs between {reference} and {label} "
                 f"(other utterances or references)"
