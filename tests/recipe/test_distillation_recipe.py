@@ -4,6 +4,8 @@ prompts and transcripts; distill_weight 0 gives plain training's loss and gradie
 import csv
 import shutil
 
+import ctranslate2
+import numpy as np
 import pytest
 import speechbrain as sb
 import torch
@@ -16,7 +18,7 @@ from whisper_finetuning import pseudo_label
 from whisper_finetuning.data.audio import read_audio
 from whisper_finetuning.decoding.search import GreedySearch
 from whisper_finetuning.decoding.transcribe_rules import TranscribeRules
-from whisper_finetuning.export.huggingface import export
+from whisper_finetuning.export.huggingface import CT2_SUBFOLDER, export
 from whisper_finetuning.model.asr import EncoderStates, WhisperASR
 from whisper_finetuning.training import distillation
 from whisper_finetuning.training.log import TrainingLog
@@ -117,7 +119,8 @@ def four_layer_dir(tmp_path_factory, random_whisper_dir):
 def test_a_2_layer_student_of_a_4_layer_teacher_trains_and_exports(
     four_layer_dir, corpus, tmp_path, capsys
 ):
-    """train.py with the teacher and the cut; the export holds the trained 2-layer student,
+    """train.py with the teacher and the cut; the export (and its CTranslate2 conversion, which
+    decodes greedily as the student does) holds the trained 2-layer student,
     whose test transcripts, drafted by the teacher, are its own greedy ones under openai's
     transcribe rules (the run's seed, 1986), as every test search decodes."""
     exp = tmp_path / "exp"
@@ -127,7 +130,7 @@ def test_a_2_layer_student_of_a_4_layer_teacher_trains_and_exports(
     args += [f"--assistant={four_layer_dir}", "--test_beam_size=1"]  # the teacher drafts
     code, stderr = run_forked(args)
     assert code == 0, stderr[-3000:]
-    dest, _ = export(exp, tmp_path / "hf")
+    dest, _ = export(exp, tmp_path / "hf", ct2=True)
     exported = WhisperForConditionalGeneration.from_pretrained(dest)
     assert exported.config.decoder_layers == 2
     saved = torch.load(next((exp / "save").glob("CKPT+*/whisper.ckpt")), weights_only=True)
@@ -136,6 +139,7 @@ def test_a_2_layer_student_of_a_4_layer_teacher_trains_and_exports(
     teacher = WhisperForConditionalGeneration.from_pretrained(four_layer_dir)
     assert not torch.equal(saved[layer], teacher.state_dict()["model.decoder.layers.3.fc1.weight"])
     student = WhisperASR(str(dest), freeze=True).eval()
+    ct2_student = ctranslate2.models.Whisper(str(dest / CT2_SUBFOLDER))
     ruled = GreedySearch(8, rules=TranscribeRules(seed=1986))
     for utterance in read_jsonl(exp / "utterances_test.jsonl"):
         wav = read_audio(corpus["test"].parent / f"{utterance['id']}.wav")
@@ -143,6 +147,20 @@ def test_a_2_layer_student_of_a_4_layer_teacher_trains_and_exports(
             out = student.encode(student.features(wav[None]))
         (hyp,), _ = ruled(student, EncoderStates([([0], out)]))
         assert utterance["hyp"] == student.decode_text(hyp)
+        # The CTranslate2 export decodes as the student does (plain greedy, nothing suppressed;
+        # its length limit is its own, so the student's 8 tokens are compared as a prefix).
+        (plain,), _ = GreedySearch(8)(student, EncoderStates([([0], out)]))
+        features = student.features(wav[None]).numpy()
+        (found,) = ct2_student.generate(
+            ctranslate2.StorageView.from_array(np.ascontiguousarray(features)),
+            [student.prompt()],
+            beam_size=1,
+            suppress_blank=False,
+            suppress_tokens=[],
+        )
+        expected = [t for t in plain if t != student.eot]
+        ended = len(expected) < len(plain)
+        assert found.sequences_ids[0][: None if ended else len(expected)] == expected
     # the student run labels audio as a pseudo-label SOURCE (its selected checkpoint)
     labels = tmp_path / "labels.csv"
     args = [str(exp), f"--audio={corpus['test']}", f"--output={labels}", "--max_new_tokens=4"]
