@@ -259,3 +259,21 @@ def test_non_speech_rows_are_compared_clip_by_clip_with_mcnemar(tmp_path):
     assert stop.value.code == (
         "error: test set 'test' differs between A and B (other utterances or references)"
     )
+
+
+def test_speakers_come_from_the_manifest_when_the_utterances_lack_them(tmp_path):
+    """The recipe's utterance files record spk_id only as a group column: the blocks are then
+    the --test_csv manifest's speakers, and give the same numbers as recorded speakers."""
+    for name in ("A", "C"):
+        folder = make_run(tmp_path, name, ERRORS[name])
+        path = folder / "utterances_test.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        write_jsonl(path, [{k: v for k, v in r.items() if k != "spk_id"} for r in rows])
+    lines = "".join(f"u{i},x.wav,{speaker}\n" for i, speaker in enumerate(SPEAKERS))
+    (tmp_path / "test.csv").write_text("ID,wav,spk_id\n" + lines)
+    result, _ = compared(tmp_path, "A", "C", argv=["--test_csv", str(tmp_path / "test.csv")])
+    test = result["test_sets"]["test"]
+    assert test["blocked_by"] == "spk_id"
+    (wer,) = test["overall"]["WER"]
+    assert wer["difference"] == pytest.approx(-800 / 30)
+    assert wer["p"] == pytest.approx(2 / 27, abs=P_TOLERANCE)  # three speaker blocks

@@ -5,12 +5,11 @@ the manifest's ``spk_id`` where it has the column, else by utterance;
 ``analysis.comparison.pairs``), and the non-speech rows' hallucination rates:
 ``forgetting_NAME.json`` and ``.md`` in the output folder."""
 
-import csv
 import json
 import logging
 import os
 
-from whisper_finetuning.analysis.comparison.pairs import BLOCK, paired_difference
+from whisper_finetuning.analysis.comparison.pairs import BLOCK, add_speakers, paired_difference
 from whisper_finetuning.common.files import write_json, write_text
 
 logger = logging.getLogger(__name__)
@@ -31,27 +30,13 @@ def _read(folder, name):
     return summary, utterances
 
 
-def _speakers(csv_path):
-    """``{ID: spk_id}`` of a manifest, or None when it has no ``spk_id`` column."""
-    if csv_path is None:
-        return None
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, skipinitialspace=True))
-    if not rows or BLOCK not in rows[0]:
-        return None
-    return {row["ID"]: row[BLOCK] for row in rows}
-
-
 def write_forgetting(output_folder, name, csv_path=None):
     """Compare the keep set ``name`` (manifest ``csv_path``: its speakers) zero-shot
     (``zero_shot/``) and fine-tuned; write and return the comparison."""
     zero_shot, before = _read(os.path.join(output_folder, "zero_shot"), name)
     fine_tuned, after = _read(output_folder, name)
     ids = sorted(set(before) & set(after))
-    speakers = _speakers(csv_path)
-    if speakers is not None:  # the utterances record spk_id only as a group column
-        for utterance in (*before.values(), *after.values()):
-            utterance[BLOCK] = speakers.get(utterance["id"], utterance["id"])
+    add_speakers([*before.values(), *after.values()], csv_path)
     block = BLOCK if ids and BLOCK in before[ids[0]] else None
     result = {"keep_set": name, "n_utterances": len(ids), "block": block or "utterance"}
     for measure in MEASURES:

@@ -1,7 +1,9 @@
 """Every pair of runs on the same utterances: paired speaker-blocked bootstrap differences,
 Holm-corrected across the pairs, and a verdict per pair."""
 
+import csv
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 
@@ -12,6 +14,21 @@ from whisper_finetuning.evaluation.selection import SELECTION_DIRECTIONS, SELECT
 ALPHA = 0.05  # family-wise error rate of the verdicts (per metric and group)
 BLOCK = "spk_id"  # utterances of one speaker are resampled together
 NO_DIFFERENCE = "no difference shown"
+
+
+def add_speakers(utterances, csv_path):
+    """Give the utterance records that lack ``spk_id`` (the recipe records it only as a group
+    column) their speaker from manifest ``csv_path``, where it exists and has the column:
+    the bootstrap's blocks."""
+    if csv_path is None or not Path(csv_path).is_file():
+        return
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, skipinitialspace=True))
+    if not rows or BLOCK not in rows[0]:
+        return
+    speakers = {row["ID"]: row[BLOCK] for row in rows}
+    for utterance in utterances:
+        utterance.setdefault(BLOCK, speakers.get(utterance["id"], utterance["id"]))
 
 
 def beats(a, b):
