@@ -3,9 +3,11 @@ speculative decoding (the student drafts, the teacher verifies) with its speed-u
 its transcripts are the teacher's.
 
 Every system transcribes each utterance alone (batch 1, greedy), encoder included; the
-student reads audio through its own encoder. ``--cut N`` makes the student from the teacher
-itself (N maximally spaced decoder layers, untrained), the initialisation a distillation run
-starts from.
+student reads audio through its own encoder. Each system's time is split into the encoder's
+share and milliseconds per decoded token, so a student's speed-up separates what its
+shallower decoder gains per token from what longer or shorter transcripts cost. ``--cut N``
+makes the student from the teacher itself (N maximally spaced decoder layers, untrained), the
+initialisation a distillation run starts from.
 
 Usage: python -m whisper_finetuning.distill_benchmark TEACHER (--student EXP_OR_MODEL | --cut N)
     --audio MANIFEST [--data_folder D] [--limit 100] [--draft_tokens 4] [--output results.json]
@@ -42,10 +44,19 @@ def _wer(normalize, references, hypotheses):
 
 @torch.no_grad()
 def _transcribe(model, wavs, search):
-    """Each clip's transcript and the seconds all of them took."""
-    start = time.perf_counter()
-    texts = [model.decode_text(search(model, model.encode(model.features(w[None])))) for w in wavs]
-    return texts, time.perf_counter() - start
+    """Each clip's transcript, the seconds all of them took, the encoder's share of them and
+    the tokens decoded."""
+    texts, seconds, encoder_seconds, tokens = [], 0.0, 0.0, 0
+    for wav in wavs:
+        start = time.perf_counter()
+        encoded = model.encode(model.features(wav[None]))
+        encoded_at = time.perf_counter()
+        hypothesis = search(model, encoded)
+        seconds += time.perf_counter() - start
+        encoder_seconds += encoded_at - start
+        texts.append(model.decode_text(hypothesis))
+        tokens += len(hypothesis)
+    return texts, seconds, encoder_seconds, tokens
 
 
 def run(teacher, student, wavs, references, draft_tokens=4, max_new_tokens=None):
@@ -68,19 +79,28 @@ def run(teacher, student, wavs, references, draft_tokens=4, max_new_tokens=None)
         ("student", student, greedy),
         ("speculative", teacher, assisted),
     ):
-        texts, seconds = _transcribe(model, wavs, search)
+        texts, seconds, encoder_seconds, tokens = _transcribe(model, wavs, search)
         results[name] = {"texts": texts, "seconds": seconds}
+        results[name] |= {"encoder_seconds": encoder_seconds, "tokens": tokens}
     normalize = Normalizers.of("auto", teacher)
     summary = {"utterances": len(wavs), "draft_tokens": draft_tokens}
     for name, found in results.items():
+        decoder_seconds = found["seconds"] - found["encoder_seconds"]
         summary[name] = {
             "utterances_per_s": len(wavs) / found["seconds"],
             "wer": _wer(normalize, references, found["texts"]),
+            "encoder_share": found["encoder_seconds"] / found["seconds"],
+            "tokens_per_utterance": found["tokens"] / len(wavs),
+            "decoder_ms_per_token": 1000 * decoder_seconds / max(found["tokens"], 1),
         }
     teacher_texts = results["teacher"]["texts"]
     student_texts = results["student"]["texts"]
     summary["student"]["wer_vs_teacher"] = _wer(normalize, teacher_texts, student_texts)
     summary["student_speedup"] = results["teacher"]["seconds"] / results["student"]["seconds"]
+    # What the speed-up would be with the teacher's transcript lengths: per decoded token.
+    summary["student_speedup_per_token"] = (
+        summary["teacher"]["decoder_ms_per_token"] / summary["student"]["decoder_ms_per_token"]
+    )
     summary["speculative_speedup"] = (
         results["teacher"]["seconds"] / results["speculative"]["seconds"]
     )

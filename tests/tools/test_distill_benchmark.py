@@ -3,6 +3,7 @@ decoding's transcripts are the teacher's."""
 
 import json
 
+import pytest
 from conftest import sine, write_manifest
 
 from whisper_finetuning import distill_benchmark
@@ -25,5 +26,11 @@ def test_teacher_student_and_speculative_side_by_side(random_whisper_dir, tmp_pa
     assert 0 <= numbers["draft_acceptance"] <= 1
     for system in ("teacher", "student", "speculative"):
         assert numbers[system]["utterances_per_s"] > 0
+        assert numbers[system]["tokens_per_utterance"] == 8  # the limit: no EOT
+        assert numbers[system]["decoder_ms_per_token"] > 0
+        assert 0 < numbers[system]["encoder_share"] < 1
+    assert numbers["student_speedup_per_token"] == pytest.approx(
+        numbers["teacher"]["decoder_ms_per_token"] / numbers["student"]["decoder_ms_per_token"]
+    )
     assert distill_benchmark.main([str(random_whisper_dir), f"--audio={manifest}"]) == 1
     assert capsys.readouterr().err == "error: give either --student or --cut\n"
