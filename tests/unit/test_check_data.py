@@ -301,6 +301,10 @@ def test_distribution_shift_between_train_and_test(corpus):
     )
     assert messages[1].startswith("test differs from train in duration (s): KS statistic 1.00")
     assert messages[2].startswith("test differs from train in label length (characters): KS")
+    # A set that differs by design (a keep test set, replay rows): the same shifts, as info.
+    by_design = corpus.check(expected_shift=("test",))
+    assert kinds(by_design) == [("info", "distribution_shift")] * 3
+    assert sorted(f["message"] for f in by_design) == [f"{m} (by design)" for m in messages]
 
 
 def test_cli_exits_non_zero_on_errors_and_reads_the_bundled_tokenizer(corpus, tmp_path, capsys):

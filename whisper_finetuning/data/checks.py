@@ -51,12 +51,15 @@ from whisper_finetuning.common.files import write_json, write_text
 from whisper_finetuning.data import audio_sources
 from whisper_finetuning.data.audio import CHUNK_SECONDS, CLIPPED_LEVEL, audio_info, sample_stats
 from whisper_finetuning.data.manifests import (
+    NONSPEECH,
+    REPLAY,
     REQUIRED_COLUMNS,
     DataError,
     check_format,
     check_rows,
     decodes_longform,
     has_no_rows,
+    keep_test_name,
     load_manifest,
     resolve_languages,
 )
@@ -549,8 +552,9 @@ def _total_variation(a, b):
     return 0.5 * sum(abs(pa[v] / len(a) - pb[v] / len(b)) for v in pa.keys() | pb.keys())
 
 
-def _check_shift(rows, audio, group_columns, findings):
-    """How each split differs from train in duration, label length and group proportions."""
+def _check_shift(rows, audio, group_columns, findings, expected_shift=()):
+    """How each split differs from train in duration, label length and group proportions; a
+    split of ``expected_shift`` (one that differs by design) is reported as info."""
     splits = defaultdict(list)
     for row in rows:
         splits[row["split"]].append(row)
@@ -597,13 +601,11 @@ def _check_shift(rows, audio, group_columns, findings):
                 if shift["statistic"] == "KS"
                 else f"total variation {shift['value']:.2f} > {TV_THRESHOLD}"
             )
-            findings.append(
-                _finding(
-                    "warning",
-                    "distribution_shift",
-                    f"{shift['split']} differs from train in {shift['measure']}: {how}",
-                )
-            )
+            message = f"{shift['split']} differs from train in {shift['measure']}: {how}"
+            if shift["split"] in expected_shift:
+                findings.append(_finding("info", "distribution_shift", f"{message} (by design)"))
+            else:
+                findings.append(_finding("warning", "distribution_shift", message))
     return shifts
 
 
@@ -643,6 +645,7 @@ def run_checks(
     group_columns=None,
     token_count_name="model tokenizer",
     normalize=None,
+    expected_shift=(),
 ):
     """Check manifests before training; returns the findings, most severe first.
 
@@ -668,6 +671,9 @@ def run_checks(
     normalize : callable or None
         The scoring's text normalisers (``scoring.Normalizers``, given each row's language);
         None: Whisper's basic one.
+    expected_shift : collection of str
+        Splits that differ from train by design (a keep test set, replay and non-speech
+        sources): their shifts are info, not warnings.
     """
     started = time.monotonic()
     findings = []
@@ -684,7 +690,7 @@ def run_checks(
         group_columns = group_columns_of(rows)
     present = {c for r in rows for c in r}
     group_columns = [c for c in group_columns if c != SPEAKER_COLUMN and c in present]
-    shifts = _check_shift(rows, audio, group_columns, findings)
+    shifts = _check_shift(rows, audio, group_columns, findings, expected_shift)
     findings.sort(key=lambda f: SEVERITIES.index(f["severity"]))
     if output_dir is not None:
         report = {
@@ -784,6 +790,7 @@ def check_before_training(hparams, whisper, manifests, normalize, on_bad_row):
             max_tokens=whisper.max_positions,
             group_columns=hparams["group_columns"],
             normalize=normalize,
+            expected_shift=(REPLAY, NONSPEECH, keep_test_name(hparams.get("keep_test_csv"))),
         )
 
     from speechbrain.utils.distributed import run_on_main
