@@ -43,6 +43,13 @@ def init_group(run_opts):
         raise RecipeError(str(error).strip().splitlines()[-1]) from None
 
 
+def leave_group():
+    """Destroy the process group, if any: gloo's worker threads left to the interpreter's exit
+    can abort the process (SIGABRT) while it finalizes (pytorch/pytorch#179291)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def is_distributed():
     """True when several processes share the work."""
     return sb.utils.distributed.is_distributed_initialized()

@@ -31,7 +31,10 @@ def experiment(hparams, run_opts):
     with run_lock.holding(hparams["output_folder"]):  # before anything is written there
         stopping.install()
         distributed.init_group(run_opts)
-        yield provenance.check_rerun(hparams)
+        try:
+            yield provenance.check_rerun(hparams)
+        finally:
+            distributed.leave_group()
 
 
 def start(brain, hparams, trains, test_sets, test_loader_kwargs, zero_shot):
