@@ -57,8 +57,8 @@ def build(folders, test_csv=()):
     for name, csv_path in manifests.items():
         # A given manifest must hold the decoded utterances; the runs' own may have moved.
         decoded = runs.same_utterances(compared, name, csv_path if test_csv else None)
-        for by_id in decoded.values():  # blocks: the manifest's speakers
-            pairs.add_speakers(by_id.values(), csv_path)
+        utterances = [u for by_id in decoded.values() for u in by_id.values()]
+        pairs.add_speakers(utterances, csv_path)  # blocks: the manifest's speakers
         scores = {}
         for run in compared:
             summary = run.summary(name)

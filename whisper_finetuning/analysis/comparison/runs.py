@@ -152,10 +152,11 @@ def same_utterances(runs, name, csv_path=None):
     refuses when the runs scored other utterances or references (or, with ``csv_path``, not
     that manifest's)."""
     decoded = {}
+    nonspeech = {run.label: set(run.nonspeech(name)) for run in runs}
     for run in runs:
         by_id = {u["id"]: u for u in run.utterances(name)}
         unscorable = set(run.summary(name).get("unscorable_ids", []))
-        listed = set(by_id) | unscorable | set(run.nonspeech(name))
+        listed = set(by_id) | unscorable | nonspeech[run.label]
         if csv_path is not None and listed != manifest_ids(csv_path):
             raise RecipeError(
                 f"{run.label}'s test set '{name}' holds other utterances than {csv_path}"
@@ -163,7 +164,6 @@ def same_utterances(runs, name, csv_path=None):
         decoded[run.label] = by_id
     reference = runs[0].label
     references = {i: u["ref"] for i, u in decoded[reference].items()}
-    nonspeech = {run.label: set(run.nonspeech(name)) for run in runs}
     for label, by_id in decoded.items():
         same_nonspeech = nonspeech[label] == nonspeech[reference]
         if {i: u["ref"] for i, u in by_id.items()} != references or not same_nonspeech:
