@@ -45,6 +45,7 @@ from whisper_finetuning.data.audio import CHUNK_SECONDS, SAMPLE_RATE
 from whisper_finetuning.model import adapters, cross_attention_cache
 from whisper_finetuning.model.absorbed_attention import absorb_cross_attention
 from whisper_finetuning.model.bundled import resolve_source
+from whisper_finetuning.model.search_projection import SearchProjection
 from whisper_finetuning.model.vocabulary import (
     ENGLISH,
     LANGUAGE_AND_TASK_TOKENS,
@@ -176,6 +177,7 @@ class WhisperASR(torch.nn.Module):
         cross_attention_cache_mb=0,
     ):
         super().__init__()
+        self.search_projection = SearchProjection()
         self.window_seconds = window_seconds
         self.source = source = resolve_source(source, save_path)
         check_model_folder(source)
@@ -490,6 +492,12 @@ class WhisperASR(torch.nn.Module):
         frames = _absolute_lengths(padded, rel_lens)
         return [(rows, _take(padded, rows)[:, :n]) for n, rows in _rows_by_key(frames)]
 
+    def train(self, mode=True):
+        """``nn.Module.train``; training forgets the searches' copy of the output projection."""
+        if mode:
+            self.search_projection.forget()
+        return super().train(mode)
+
     def forward(
         self,
         audio,
@@ -544,9 +552,13 @@ class WhisperASR(torch.nn.Module):
         """Decoder logits for ``tokens`` attending to ``encoder_out``.
 
         With ``past_key_values`` (a transformers cache), ``tokens`` holds only the new positions
-        and the cache is updated in place; used by the searchers (``decoding.py``).
+        and the cache is updated in place; used by the searchers (``decoding.py``), whose
+        steps project through ``search_projection``.
         """
-        return self.model.proj_out(self.decoder_hidden(tokens, encoder_out, past_key_values))
+        hidden = self.decoder_hidden(tokens, encoder_out, past_key_values)
+        if past_key_values is None:
+            return self.model.proj_out(hidden)
+        return self.search_projection(self.model.proj_out, hidden)
 
     def decoder_hidden(self, tokens, encoder_out, past_key_values=None):
         """The decoder's final hidden states (``forward_decoder`` before the projection)."""
