@@ -195,7 +195,7 @@ def encode_valid_set(hparams, whisper):
     The recipe caches every manifest while preparing its data, which would charge the valid
     set's encoder pass to training and leave its decoding only the decoder's work. The
     baselines run the encoder while decoding, so the valid set's pass is timed here and
-    charged to decoding (zero where the cache already holds it).
+    charged to decoding (where the cache already holds it, only the files' hashing).
     """
     from whisper_finetuning.data import encoder_cache, manifests
 
