@@ -11,8 +11,11 @@ from whisper_finetuning import synthetic_benchmark
 from whisper_finetuning.profiling import flops
 
 
-def test_device_section_runs_on_cpu_and_reports_its_ratios(tmp_path):
-    report_file = tmp_path / "synthetic.json"
+@pytest.fixture(scope="module")
+def device_section(tmp_path_factory):
+    """One run of the section on CPU, the tiny shape, with its two-process DDP scaling:
+    (printed output, JSON report)."""
+    report_file = tmp_path_factory.mktemp("synthetic") / "synthetic.json"
     done = subprocess.run(
         [
             sys.executable,
@@ -23,13 +26,18 @@ def test_device_section_runs_on_cpu_and_reports_its_ratios(tmp_path):
             "--shapes",
             "test",
         ]
-        + ["--batch_size", "2", "--steps", "2", f"--json={report_file}"],
+        + ["--batch_size", "2", "--steps", "2", "--ddp", "2", f"--json={report_file}"],
         capture_output=True,
         text=True,
         timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(report_file.read_text())
+    return done.stdout, json.loads(report_file.read_text())
+
+
+@pytest.mark.slow
+def test_device_section_runs_on_cpu_and_reports_its_ratios(device_section):
+    stdout, report = device_section
     assert (report["device"], report["precision"]) == ("cpu", "fp32")
     shape = report["test"]
     recipe, baseline, speechbrain = shape["recipe"], shape["baseline"], shape["speechbrain"]
@@ -50,7 +58,7 @@ def test_device_section_runs_on_cpu_and_reports_its_ratios(tmp_path):
             figures["train_flops_per_second"] / report["matmul_peak_flops"]
         )
     assert recipe["cache_utterances_per_second"] > 0
-    assert "train utterances/s" in done.stdout
+    assert "train utterances/s" in stdout
 
 
 def test_step_flops_count_the_baselines_encoder_and_full_projection():
@@ -72,30 +80,14 @@ def test_unknown_shape_is_one_clear_error(capsys):
 
 
 @pytest.mark.slow
-def test_ddp_scaling_runs_two_gloo_processes(tmp_path):
-    report_file = tmp_path / "ddp.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "whisper_finetuning.benchmark",
-            "--device",
-            "cpu",
-            "--shapes",
-            "test",
-        ]
-        + ["--batch_size", "2", "--steps", "2", "--ddp", "2", f"--json={report_file}"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    scaling = json.loads(report_file.read_text())["test"]["ddp"]
+def test_ddp_scaling_runs_two_gloo_processes(device_section):
+    stdout, report = device_section
+    scaling = report["test"]["ddp"]
     assert scaling["processes"] == 2
     assert scaling["scaling_efficiency"] == pytest.approx(
         scaling["utterances_per_second"] / (2 * scaling["one_process_utterances_per_second"])
     )
-    assert "scaling efficiency" in done.stdout
+    assert "scaling efficiency" in stdout
 
 
 def test_ddp_is_refused_on_a_gpu(capsys):
