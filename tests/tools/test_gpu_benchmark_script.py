@@ -1,6 +1,7 @@
 """The device section's one script (whisper_finetuning/profiling/gpu_benchmark.sh): valid bash, and
-its path without a CUDA GPU (the tiny test shape on CPU) runs the three systems and writes the
-merged JSON."""
+its path without a CUDA GPU (the tiny test shape on CPU) runs the three systems and the
+two-process DDP scaling and writes the merged JSON, whose ratios and utilisations are the
+figures' own."""
 
 import json
 import subprocess
@@ -17,27 +18,68 @@ def test_the_script_is_valid_bash():
     assert done.returncode == 0, done.stderr
 
 
-def test_without_a_gpu_it_runs_the_test_shape_on_cpu_and_writes_one_json(tmp_path):
+@pytest.fixture(scope="module")
+def cpu_run(tmp_path_factory):
+    """The script run once without a GPU, with the DDP scaling asked for: (its output folder,
+    the merged JSON)."""
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present: the script would run the real shapes")
+    out = tmp_path_factory.mktemp("gpu_benchmark")
     done = subprocess.run(
-        ["bash", str(SCRIPT), str(tmp_path)],
+        ["bash", str(SCRIPT), str(out), "--steps", "2", "--ddp", "2"],
         capture_output=True,
         text=True,
         timeout=900,
-        env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"},
+        env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin", "SHAPE_SECONDS": "800"},
         cwd="/",  # it finds the repository from its own path
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads((tmp_path / "gpu_benchmark.json").read_text())
+    return out, json.loads((out / "gpu_benchmark.json").read_text())
+
+
+@pytest.mark.slow
+def test_without_a_gpu_it_runs_the_test_shape_on_cpu_and_writes_one_json(cpu_run):
+    out, report = cpu_run
     assert report["timed_out"] == [] and report["device"] == "cpu"
-    shape = report["test"]
-    assert {"recipe", "baseline", "speechbrain"} <= set(shape)
-    assert shape["train_throughput_ratio_speechbrain"] == pytest.approx(
-        shape["recipe"]["train_utterances_per_second"]
-        / shape["speechbrain"]["train_utterances_per_second"]
-    )
-    text = (tmp_path / "gpu_benchmark.txt").read_text()
+    assert {"recipe", "baseline", "speechbrain"} <= set(report["test"])
+    text = (out / "gpu_benchmark.txt").read_text()
     assert "no CUDA GPU" in text and "speechbrain" in text
+
+
+@pytest.mark.slow
+def test_the_device_section_reports_its_ratios(cpu_run):
+    out, report = cpu_run
+    assert (report["device"], report["precision"]) == ("cpu", "fp32")
+    shape = report["test"]
+    recipe, baseline, speechbrain = shape["recipe"], shape["baseline"], shape["speechbrain"]
+    for other, suffix in ((baseline, ""), (speechbrain, "_speechbrain")):
+        assert shape["train_throughput_ratio" + suffix] == pytest.approx(
+            recipe["train_utterances_per_second"] / other["train_utterances_per_second"]
+        )
+        assert shape["peak_memory_ratio" + suffix] == pytest.approx(
+            recipe["peak_memory_mb"] / other["peak_memory_mb"]
+        )
+    # SpeechBrain's recipe encodes 30 s and projects every position, as Seq2SeqTrainer does
+    assert speechbrain["train_flops_per_second"] * speechbrain["step_seconds"] == pytest.approx(
+        baseline["train_flops_per_second"] * baseline["step_seconds"]
+    )
+    for figures in (recipe, baseline, speechbrain):
+        assert figures["train_utterances_per_second"] == pytest.approx(2 / figures["step_seconds"])
+        assert figures["flop_utilisation"] == pytest.approx(
+            figures["train_flops_per_second"] / report["matmul_peak_flops"]
+        )
+    assert recipe["cache_utterances_per_second"] > 0
+    assert "train utterances/s" in (out / "gpu_benchmark.txt").read_text()
+
+
+@pytest.mark.slow
+def test_ddp_scaling_runs_two_gloo_processes(cpu_run):
+    out, report = cpu_run
+    scaling = report["test"]["ddp"]
+    assert scaling["processes"] == 2
+    assert scaling["scaling_efficiency"] == pytest.approx(
+        scaling["utterances_per_second"] / (2 * scaling["one_process_utterances_per_second"])
+    )
+    assert "scaling efficiency" in (out / "gpu_benchmark.txt").read_text()
