@@ -10,7 +10,8 @@ makes the student from the teacher itself (N maximally spaced decoder layers, un
 initialisation a distillation run starts from.
 
 Usage: python -m whisper_finetuning.distill_benchmark TEACHER (--student EXP_OR_MODEL | --cut N)
-    --audio MANIFEST [--data_folder D] [--limit 100] [--draft_tokens 4] [--output results.json]
+    --audio MANIFEST [--data_folder D] [--limit 100] [--draft_tokens 4] [--language L]
+    [--output results.json]
 """
 
 import argparse
@@ -125,17 +126,19 @@ def main(argv=None):
     parser.add_argument(
         "--window_seconds", type=int, default=30, help="encoder window of models (runs: theirs)"
     )
+    parser.add_argument("--language", help="a multilingual model's prompt language (runs: theirs)")
     parser.add_argument("--output", help="also write the numbers as JSON")
     args = parser.parse_args(argv)
     try:
         if (args.student is None) == (args.cut is None):
             raise RecipeError("give either --student or --cut")
-        teacher, _ = load_frozen(args.teacher, args.whisper_cache, args.window_seconds)
+        models = args.whisper_cache, args.window_seconds, args.language
+        teacher, _ = load_frozen(args.teacher, *models)
         if args.cut:
             student = copy.deepcopy(teacher)
             keep_decoder_layers(student.model, args.cut)
         else:
-            student, _ = load_frozen(args.student, args.whisper_cache, args.window_seconds)
+            student, _ = load_frozen(args.student, *models)
         rows = input_rows(args.audio, args.data_folder)[: args.limit]
         wavs = [read_audio(row["path"]) for row in rows]
         references = [row["wrd"] for row in rows]

@@ -34,3 +34,22 @@ def test_teacher_student_and_speculative_side_by_side(random_whisper_dir, tmp_pa
     )
     assert distill_benchmark.main([str(random_whisper_dir), f"--audio={manifest}"]) == 1
     assert capsys.readouterr().err == "error: give either --student or --cut\n"
+
+
+def test_a_multilingual_teacher_prompts_in_the_language_given(
+    random_multilingual_dir, tmp_path, capsys
+):
+    from whisper_finetuning.model.sources import load_frozen
+
+    wav = sine(tmp_path / "u.wav", 1.0)
+    rows = [{"ID": "u", "duration": 1, "wav": wav, "wrd": "hallo"}]
+    manifest = write_manifest(tmp_path / "m.csv", rows, ("ID", "duration", "wav", "wrd"))
+    args = [str(random_multilingual_dir), "--cut=1", f"--audio={manifest}", "--max_new_tokens=4"]
+    assert distill_benchmark.main(args) == 1
+    assert "error: a multilingual Whisper needs a language" in capsys.readouterr().err
+    assert distill_benchmark.main([*args, "--language=german"]) == 0
+    teacher, _ = load_frozen(str(random_multilingual_dir), language="german")
+    tokenizer = teacher.tokenizer
+    assert teacher.prefix_tokens[:3] == tokenizer.convert_tokens_to_ids(
+        ["<|startoftranscript|>", "<|de|>", "<|transcribe|>"]
+    )

@@ -17,15 +17,20 @@ def is_experiment(source):
     return (Path(str(source)) / "hyperparams.yaml").is_file()
 
 
-def load_frozen(source, save_path=None, window_seconds=CHUNK_SECONDS):
+def load_frozen(source, save_path=None, window_seconds=CHUNK_SECONDS, language=None):
     """``(WhisperASR in eval mode with every parameter frozen, what was loaded in words)``; a
-    model (not a run, which keeps its own) encodes ``window_seconds`` windows."""
+    model (not a run, which keeps its own) encodes ``window_seconds`` windows and prompts in
+    ``language`` (a multilingual model's default)."""
     if is_experiment(source):
         whisper, checkpoint = load_best(source)
         loaded = f"{describe(checkpoint)} of {source}"
     else:
         whisper = WhisperASR(
-            str(source), save_path=save_path, freeze=True, window_seconds=window_seconds
+            str(source),
+            save_path=save_path,
+            freeze=True,
+            window_seconds=window_seconds,
+            language=language,
         )
         loaded = str(source)
     whisper.requires_grad_(False)
