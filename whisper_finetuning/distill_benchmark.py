@@ -98,9 +98,18 @@ def run(teacher, student, wavs, references, draft_tokens=4, max_new_tokens=None)
     student_texts = results["student"]["texts"]
     summary["student"]["wer_vs_teacher"] = _wer(normalize, teacher_texts, student_texts)
     summary["student_speedup"] = results["teacher"]["seconds"] / results["student"]["seconds"]
-    # What the speed-up would be with the teacher's transcript lengths: per decoded token.
+    # What the speed-up would be with the teacher's transcript lengths: per decoded token, and
+    # per utterance (the student's encoder pass, then the teacher's token count at the
+    # student's pace): the most a student this fast per token can give.
     summary["student_speedup_per_token"] = (
         summary["teacher"]["decoder_ms_per_token"] / summary["student"]["decoder_ms_per_token"]
+    )
+    student_at_teacher_tokens = (
+        results["student"]["encoder_seconds"]
+        + results["teacher"]["tokens"] * summary["student"]["decoder_ms_per_token"] / 1000
+    )
+    summary["student_speedup_at_teacher_tokens"] = (
+        results["teacher"]["seconds"] / student_at_teacher_tokens
     )
     summary["speculative_speedup"] = (
         results["teacher"]["seconds"] / results["speculative"]["seconds"]

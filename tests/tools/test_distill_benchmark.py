@@ -32,6 +32,15 @@ def test_teacher_student_and_speculative_side_by_side(random_whisper_dir, tmp_pa
     assert numbers["student_speedup_per_token"] == pytest.approx(
         numbers["teacher"]["decoder_ms_per_token"] / numbers["student"]["decoder_ms_per_token"]
     )
+    # both write 8 tokens an utterance: at the teacher's token count the student is as fast as
+    # it was, and the figure follows from the per-system ones
+    assert numbers["student_speedup_at_teacher_tokens"] == pytest.approx(numbers["student_speedup"])
+    teacher, student = numbers["teacher"], numbers["student"]
+    student_seconds = student["encoder_share"] * 3 / student["utterances_per_s"]
+    student_seconds += 3 * teacher["tokens_per_utterance"] * student["decoder_ms_per_token"] / 1000
+    assert numbers["student_speedup_at_teacher_tokens"] == pytest.approx(
+        3 / teacher["utterances_per_s"] / student_seconds
+    )
     assert distill_benchmark.main([str(random_whisper_dir), f"--audio={manifest}"]) == 1
     assert capsys.readouterr().err == "error: give either --student or --cut\n"
 
