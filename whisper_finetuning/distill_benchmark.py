@@ -141,13 +141,13 @@ def main(argv=None):
     try:
         if (args.student is None) == (args.cut is None):
             raise RecipeError("give either --student or --cut")
-        models = args.whisper_cache, args.window_seconds, args.language
-        teacher, _ = load_frozen(args.teacher, *models)
+        model_options = args.whisper_cache, args.window_seconds, args.language
+        teacher, _ = load_frozen(args.teacher, *model_options)
         if args.cut:
             student = copy.deepcopy(teacher)
             keep_decoder_layers(student.model, args.cut)
         else:
-            student, _ = load_frozen(args.student, *models)
+            student, _ = load_frozen(args.student, *model_options)
         rows = input_rows(args.audio, args.data_folder)[: args.limit]
         wavs = [read_audio(row["path"]) for row in rows]
         references = [row["wrd"] for row in rows]

@@ -69,7 +69,7 @@ def test_benchmark_runs_the_recipe_and_both_baselines_and_writes_its_ratios(tiny
     # SpeechBrain's recipe encodes 30 s and projects every position, as Seq2SeqTrainer does
     assert speechbrain["train_flops"] == baseline["train_flops"]
     assert report["matmul_peak_flops"] > 0
-    for system in (recipe, warm, baseline):
+    for system in (recipe, warm, baseline, speechbrain):
         assert system["train_flops_per_second"] == pytest.approx(
             system["train_flops"] / system["train_seconds"]
         )
@@ -80,6 +80,7 @@ def test_benchmark_runs_the_recipe_and_both_baselines_and_writes_its_ratios(tiny
     # what had to be fixed to run SpeechBrain's recipe, and what was kept as shipped
     assert {"fp16 on CPU", "Noam scheduler"} <= set(report["speechbrain_fixes"])
     assert "30 s padding" in report["speechbrain_kept"]
+    assert "vs SpeechBrain" in done.stdout and "vs Seq2SeqTrainer" in done.stdout
 
 
 def test_training_flops_follow_each_systems_encoder_runs_windows_and_projection(
