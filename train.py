@@ -25,7 +25,6 @@ from whisper_finetuning.decoding import speculative
 from whisper_finetuning.evaluation import scoring
 from whisper_finetuning.evaluation.selection import SELECTION_METRICS
 from whisper_finetuning.training import (
-    allocator,
     distillation,
     distributed,
     mwer,
@@ -237,8 +236,6 @@ def fine_tune(hparams, hparams_file, overrides, run_opts):
 
         distiller = distillation.from_hparams(hparams)  # cuts the student first
         test_search = speculative.assisted_search(hparams, hparams["test_search"])  # or drafted
-        if hparams["keep_freed_memory"]:
-            allocator.keep_freed_memory()
         asr_brain = WhisperFineTuning(
             modules=hparams["modules"],
             opt_class=optimizers.adamw_8bit(hparams)

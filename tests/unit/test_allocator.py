@@ -37,3 +37,43 @@ def test_a_freed_large_tensor_stays_resident_for_reuse():
     assert default["held"] > 70 and kept["held"] > 70
     assert default["freed"] < 1  # glibc's default: its pages go back to the system at once
     assert kept["freed"] == pytest.approx(kept["held"], abs=1)  # kept for the next step's tensor
+
+
+BRAIN_PROBE = """
+import json, os, sys, torch
+model, data, keep = sys.argv[1:]
+sys.argv = ["train.py"]  # SpeechBrain reads nothing from the probe's arguments
+import train
+from whisper_finetuning.evaluation import scoring
+from whisper_finetuning.training.config import load_hparams
+
+def resident_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+overrides = {"whisper_hub": model, "data_folder": data, "keep_freed_memory": keep == "True"}
+hparams, _ = load_hparams("hparams/whisper_small.yaml", overrides)
+normalize = scoring.Normalizers.of(hparams["normalizer"], hparams["whisper"])
+train.WhisperFineTuning(
+    modules=hparams["modules"], hparams=hparams, checkpointer=None, normalize=normalize
+)
+torch.ones(1_000_000).add_(1)
+before = resident_mb()
+x = torch.ones(20_000_000)
+del x
+print(json.dumps({"freed": resident_mb() - before}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.parametrize("keep", [True, False])
+def test_the_recipes_brain_applies_the_setting(keep, random_whisper_dir, tmp_path):
+    """The Brain applies it (not train.py's main), so a run that builds the Brain itself, as
+    the benchmark does, trains with the recipe's allocator too."""
+    done = subprocess.run(
+        [sys.executable, "-c", BRAIN_PROBE, str(random_whisper_dir), str(tmp_path), str(keep)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    freed = json.loads(done.stdout.splitlines()[-1])["freed"]
+    assert freed > 70 if keep else freed < 1
