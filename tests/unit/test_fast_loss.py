@@ -123,3 +123,17 @@ def test_projected_forward_equals_the_hidden_states_projected(random_whisper_dir
         hidden, _ = whisper(audio, lens, tokens, lens, project=False)
         expected = torch.log_softmax(whisper.model.proj_out(hidden).float(), dim=-1)
     torch.testing.assert_close(log_probs, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_the_logits_in_vocabulary_blocks_equal_one_product(autocast):
+    """A vocabulary of 2.5 blocks (the last one short); under bf16 autocast the blocks keep
+    the product's dtype."""
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randn(37, 64, generator=generator)
+    weight = torch.randn(fast_loss.CPU_VOCAB_BLOCK * 5 // 2, 64, generator=generator)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        blocked, plain = fast_loss.logits(rows, weight), torch.matmul(rows, weight.t())
+    assert blocked.dtype == plain.dtype == (torch.bfloat16 if autocast else torch.float32)
+    assert blocked.shape == plain.shape
+    _assert_close(blocked, plain)
