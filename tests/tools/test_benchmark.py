@@ -144,3 +144,29 @@ def test_the_valid_sets_encoder_pass_is_timed_apart_from_training(random_whisper
     cache._compute = lambda *args: pytest.fail(f"the recipe would encode {args[0]} again")
     entries = cache.prepare(manifests.load_manifest(hparams["valid_csv"], tmp_path))
     assert sorted(entries) == ["a", "b"] and all(path.exists() for path in entries.values())
+
+
+def test_the_recipes_decoding_time_includes_the_valid_sets_encoder_pass(
+    random_whisper_dir, tmp_path, monkeypatch
+):
+    """``run_recipe`` charges ``encode_valid_set``'s seconds to decoding, not to training."""
+    from whisper_finetuning import benchmark
+
+    rows = []
+    for name in ("a", "b", "c"):
+        sine(tmp_path / f"{name}.wav", seconds=1.5)
+        rows.append({"ID": name, "duration": "1.5", "wav": f"$data_root/{name}.wav", "wrd": "hi"})
+    columns = ("ID", "duration", "wav", "wrd")
+    write_manifest(tmp_path / "train.csv", rows[:2], columns=columns)
+    write_manifest(tmp_path / "valid.csv", rows[2:], columns=columns)
+    encoder_seconds = 1000.0  # longer than the whole run takes: only it can reach the figure
+    monkeypatch.setattr(benchmark, "encode_valid_set", lambda hparams, whisper: encoder_seconds)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # run_recipe sets SpeechBrain's own
+    args = benchmark.parse_args(
+        ["--epochs=1", "--batch_size=2", f"--data_folder={tmp_path}", "--encoder_window_seconds=10"]
+    )
+    train_seconds, valid_seconds, summary = benchmark.run_recipe(
+        args, tmp_path, str(random_whisper_dir)
+    )
+    assert summary["n_utterances"] == 1
+    assert train_seconds < encoder_seconds < valid_seconds < encoder_seconds + train_seconds + 60
