@@ -17,12 +17,15 @@ Each system runs in its own process, so each peak memory figure is its own. Each
 training FLOPs are counted from the model's shapes (``profiling.flops``) and set
 against a matrix-product probe run at the start: how close each comes to the machine's limit.
 
+A single invocation is at the mercy of the machine's drift (the baselines' throughput moved by
+up to 20% between invocations on an idle machine); ``--repeats N`` runs every system N times,
+alternating which goes first, and reports medians with their ranges.
+
 Usage: python -m whisper_finetuning.benchmark \
-    [--epochs N] [--train_utterances N] [--encoder_window_seconds S]
-                                 [--json FILE]
+           [--epochs N] [--train_utterances N] [--encoder_window_seconds S] [--repeats N]
+           [--json FILE]
        python -m whisper_finetuning.benchmark --device cuda ...
-       (random models of the real shapes on a
-                                 GPU: whisper_finetuning/synthetic_benchmark.py)
+           (random models of the real shapes on a GPU: whisper_finetuning/synthetic_benchmark.py)
 """
 
 import argparse
@@ -31,6 +34,7 @@ import json
 import math
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,6 +86,15 @@ def parse_args(argv):
         choices=SYSTEMS,
         default=list(SYSTEMS),
         help="which systems to run (the recipe always runs: the ratios are its own)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run every system this many times, each repeat on a fresh work folder (the "
+        "recipe's cold run builds its cache again) and the baselines first in every second "
+        "one; the figures and ratios are then medians over the repeats, each repeat's own "
+        "report under 'repeats'",
     )
     parser.add_argument("--json", help="also write the figures and ratios to this file")
     parser.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)
@@ -475,6 +488,54 @@ def print_table(report, systems):
         print("  kept as shipped: " + "; ".join(report["speechbrain_kept"]))
 
 
+def run_systems(argv, args, systems, order):
+    """One repeat: the probe, then each system in ``order`` in its own process, on a fresh work
+    folder; its report."""
+    from whisper_finetuning.profiling.flops import matmul_peak
+
+    peak = matmul_peak()  # before the systems, on the same threads and machine
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model = prepare_subsets(args, work)
+        (work / "model").symlink_to(Path(model).resolve())
+        results = {}
+        for system in order:
+            command = [sys.executable, "-m", "whisper_finetuning.benchmark", *argv]
+            command += [f"--system={system}", f"--work_folder={work}"]
+            done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+            lines = [ln for ln in done.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+            if done.returncode or not lines:
+                sys.exit(f"error: the {system} run failed:\n{done.stderr[-2000:]}")
+            results[system] = json.loads(lines[-1][len(RESULT_PREFIX) :])
+    return build_report({system: results[system] for system in systems}, peak)
+
+
+def median_of(values):
+    """The element-wise median of equally shaped reports (numbers; lists and dicts of them);
+    anything else is taken from the first."""
+    first = values[0]
+    if isinstance(first, dict):
+        return {key: median_of([v[key] for v in values]) for key in first}
+    if isinstance(first, list):
+        return [median_of(list(items)) for items in zip(*values, strict=True)]
+    if isinstance(first, int | float) and not isinstance(first, bool):
+        return statistics.median(values)
+    return first
+
+
+def print_spread(reports, systems):
+    """Each ratio and share of the probe: its median and range over the repeats."""
+    print(f"over {len(reports)} repeats, median (lowest-highest):")
+    rows = [(key, [r[key] for r in reports]) for key in reports[0] if "_ratio" in key]
+    rows += [
+        (f"{system} share of the probe", [r[system]["flop_utilisation"] for r in reports])
+        for system in systems
+    ]
+    for label, values in rows:
+        middle, low, high = statistics.median(values), min(values), max(values)
+        print(f"  {label:50}{middle:>7.3f}  ({low:.3f}-{high:.3f})")
+
+
 def main(argv=None):
     argv = list(argv if argv is not None else sys.argv[1:])
     if any(arg == "--device" or arg.startswith("--device=") for arg in argv):
@@ -484,25 +545,20 @@ def main(argv=None):
     args = parse_args(argv)
     if args.system:
         return worker(args)
-    from whisper_finetuning.profiling.flops import matmul_peak
-
+    if args.repeats < 1:
+        sys.exit(f"error: --repeats must be at least 1, not {args.repeats}")
     systems = [s for s in SYSTEMS if s == "recipe" or s in args.systems]
-    peak = matmul_peak()  # before the systems, on the same threads and machine
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        model = prepare_subsets(args, work)
-        (work / "model").symlink_to(Path(model).resolve())
-        results = {}
-        for system in systems:
-            command = [sys.executable, "-m", "whisper_finetuning.benchmark", *argv]
-            command += [f"--system={system}", f"--work_folder={work}"]
-            done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-            lines = [ln for ln in done.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
-            if done.returncode or not lines:
-                sys.exit(f"error: the {system} run failed:\n{done.stderr[-2000:]}")
-            results[system] = json.loads(lines[-1][len(RESULT_PREFIX) :])
-    report = build_report(results, peak)
+    baselines_first = [s for s in systems if s in BASELINES] + [
+        s for s in systems if s not in BASELINES
+    ]
+    reports = [
+        run_systems(argv, args, systems, baselines_first if repeat % 2 else systems)
+        for repeat in range(args.repeats)
+    ]
+    report = reports[0] if len(reports) == 1 else {**median_of(reports), "repeats": reports}
     print_table(report, systems)
+    if len(reports) > 1:
+        print_spread(reports, systems)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0

@@ -170,3 +170,72 @@ def test_the_recipes_decoding_time_includes_the_valid_sets_encoder_pass(
     )
     assert summary["n_utterances"] == 1
     assert train_seconds < encoder_seconds < valid_seconds < encoder_seconds + train_seconds + 60
+
+
+def test_repeats_run_every_system_on_a_fresh_folder_and_report_medians(
+    tmp_path, monkeypatch, capsys
+):
+    """Three repeats with faked system runs: each repeat prepares its own work folder, every
+    second one runs the baselines first, and the report's figures and ratios are the medians
+    of the repeats' (each repeat's ratios its own systems' side by side)."""
+    from types import SimpleNamespace
+
+    from whisper_finetuning import benchmark
+    from whisper_finetuning.profiling import flops
+
+    # (recipe, baseline) training audio-s/s per repeat: ratios 4, 5 and 8, median 5
+    throughput = {"recipe": [40.0, 60.0, 64.0], "baseline": [10.0, 12.0, 8.0]}
+    peaks = iter([100.0, 300.0, 200.0])
+    runs = []
+
+    def fake_run(command, **kwargs):
+        system = command[-2].removeprefix("--system=")
+        work = command[-1].removeprefix("--work_folder=")
+        runs.append((system, work))
+        repeat = sum(1 for s, _ in runs if s == system) - 1
+        figures = {
+            "train_audio_seconds_per_second": throughput[system][repeat],
+            "train_seconds": 10.0,
+            "train_flops": 1000.0 * (repeat + 1),
+            "train_flops_per_second": 100.0 * (repeat + 1),
+            "valid_utterances_per_second": 2.0,
+            "peak_rss_mb": 500.0 if system == "recipe" else 1000.0,
+            "wer": 20.0 + repeat,
+            "wer_ci95": [15.0 + repeat, 25.0 + repeat],
+            "loop_stopped": 0,
+        }
+        return SimpleNamespace(returncode=0, stdout=benchmark.RESULT_PREFIX + json.dumps(figures))
+
+    monkeypatch.setattr(benchmark.subprocess, "run", fake_run)
+    monkeypatch.setattr(flops, "matmul_peak", lambda: next(peaks))
+    monkeypatch.setattr(benchmark, "prepare_subsets", lambda args, work: str(tmp_path))
+    report_file = tmp_path / "report.json"
+    argv = ["--systems", "baseline", "--repeats=3", f"--json={report_file}"]
+    assert benchmark.main(argv) == 0
+
+    order = ["recipe", "baseline", "baseline", "recipe", "recipe", "baseline"]
+    assert [system for system, _ in runs] == order
+    folders = [work for _, work in runs]
+    assert folders[0] == folders[1] and folders[2] == folders[3] and folders[4] == folders[5]
+    assert len({folders[0], folders[2], folders[4]}) == 3
+    report = json.loads(report_file.read_text())
+    assert [r["train_throughput_ratio"] for r in report["repeats"]] == [4.0, 5.0, 8.0]
+    assert report["train_throughput_ratio"] == 5.0  # the median ratio, not 60 / 10
+    assert report["recipe"]["train_audio_seconds_per_second"] == 60.0
+    assert report["baseline"]["train_audio_seconds_per_second"] == 10.0
+    assert report["matmul_peak_flops"] == 200.0
+    # utilisation per repeat against that repeat's probe: 100/100, 200/300, 300/200
+    utilisations = [r["recipe"]["flop_utilisation"] for r in report["repeats"]]
+    assert utilisations == pytest.approx([1.0, 2 / 3, 1.5])
+    assert report["recipe"]["flop_utilisation"] == pytest.approx(1.0)
+    assert report["recipe"]["wer_ci95"] == [16.0, 26.0] and report["wer_recipe"] == 21.0
+    assert report["peak_rss_ratio"] == 0.5
+    out = capsys.readouterr().out
+    assert "over 3 repeats" in out and "5.000  (4.000-8.000)" in out
+
+
+def test_repeats_below_one_are_an_error():
+    from whisper_finetuning import benchmark
+
+    with pytest.raises(SystemExit, match="error: --repeats must be at least 1, not 0"):
+        benchmark.main(["--repeats=0"])
