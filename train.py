@@ -94,6 +94,9 @@ class WhisperFineTuning(FineTuningBrain):
             weights = torch.tensor(weights, device=self.device)
             if self.hparams.augment and hasattr(batch, "sig"):
                 weights = self.hparams.wav_augment.replicate_labels(weights)
+        distill = None
+        if stage == sb.Stage.TRAIN and self.distiller is not None:  # searched: teacher logits
+            distill = self.distiller.targets(searched, prompt_lens, tokens_eos.shape[1])
         loss, token_stats = self.hparams.nll_loss(
             self.hparams.whisper.model.proj_out,
             hidden,
@@ -102,13 +105,9 @@ class WhisperFineTuning(FineTuningBrain):
             statistics_rows=0 if stage == sb.Stage.TEST else len(batch.id),  # not the copies
             entropy=stage == sb.Stage.VALID,
             row_weights=weights,
+            distillation=distill,
         )
         self.mwer_logged = None
-        if stage == sb.Stage.TRAIN and self.distiller is not None:  # searched: teacher logits
-            loss = self.distiller.loss(
-                loss, self.hparams.whisper.model.proj_out, hidden, searched, tokens_eos,
-                tokens_eos_lens, prompt_lens,
-            )  # fmt: skip
         if stage == sb.Stage.TRAIN and self.hparams.objective == "mwer":
             copies = len(searched.tokens) // len(batch.id)  # augmented copies follow
             loss, self.mwer_logged = mwer.objective(

@@ -69,6 +69,51 @@ def test_chunked_loss_gradients_and_statistics_equal_the_reference(
     assert stats["tokens"] == [9, 1, 6]
 
 
+@pytest.mark.parametrize("chunk_size", [1, 4, 1000])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("row_weights", [None, (1.0, 0.0, 0.5, 2.0)])
+def test_the_loss_with_a_teacher_equals_the_nll_plus_the_weighted_kl(
+    chunk_size, label_smoothing, row_weights
+):
+    """The reference adds ``weight`` times the mean KL over the target positions (teacher
+    logits at padding positions count for nothing); the chunked path, which adds the KL's
+    gradient to the NLL's before its products, equals it in loss and gradients."""
+    hidden, projection, targets, lengths = _random_batch(seed=11)
+    generator = torch.Generator().manual_seed(12)
+    teacher = 3 * torch.randn(*targets.shape, projection.out_features, generator=generator)
+    distill = fast_loss.Distillation(teacher, 0.7, 2.0)
+    weights = None if row_weights is None else torch.tensor(row_weights)
+    mask = torch.arange(targets.shape[1])[None] < torch.round(lengths * targets.shape[1])[:, None]
+    with torch.no_grad():
+        plain, _ = fast_loss.nll_loss(
+            projection, hidden, targets, lengths, label_smoothing, 0, row_weights=weights
+        )
+        kl = fast_loss.distillation_kl(projection(hidden)[mask], teacher[mask], 2.0).mean()
+    results = {}
+    for size in (0, chunk_size):
+        projection.zero_grad()
+        states = hidden.clone().requires_grad_()
+        loss, _ = fast_loss.nll_loss(
+            projection, states, targets, lengths, label_smoothing, size, 3,
+            row_weights=weights, distillation=distill,
+        )  # fmt: skip
+        (2.5 * loss).backward()
+        results[size] = (loss.detach(), states.grad, projection.weight.grad.clone())
+    (ref_loss, ref_hidden, ref_weight), (loss, grad_hidden, grad_weight) = results.values()
+    _assert_close(ref_loss, plain + 0.7 * kl)
+    _assert_close(loss, ref_loss)
+    _assert_close(grad_hidden, ref_hidden)
+    _assert_close(grad_weight, ref_weight)
+    assert not grad_hidden[1, 1:].any()
+    other = fast_loss.Distillation(teacher.masked_fill(~mask[..., None], 50.0), 0.7, 2.0)
+    with torch.no_grad():
+        again, _ = fast_loss.nll_loss(
+            projection, hidden, targets, lengths, label_smoothing, chunk_size,
+            row_weights=weights, distillation=other,
+        )  # fmt: skip
+    assert torch.equal(again, loss)
+
+
 def test_chunked_loss_without_gradients_and_without_statistics():
     hidden, projection, targets, lengths = _random_batch(seed=3)
     projection.requires_grad_(False)

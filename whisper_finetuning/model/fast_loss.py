@@ -8,13 +8,36 @@ of them at a time, and computes each chunk's gradients with respect to the hidde
 projection weight in the forward pass (the loss is a sum over positions, so the backward pass
 only scales them): at most one chunk's logits exist at any time. The token statistics the
 training log and the diagnosis read (``training_log.token_statistics``) come from the same pass.
+With a teacher (``Distillation``), the KL to its distribution comes from the same logits too,
+its gradient added to the NLL's before the two products, so distilling multiplies by the
+vocabulary as often as plain training does.
 """
+
+from typing import NamedTuple
 
 import torch
 
 # Vocabulary rows per product on CPU: MKL multiplies a few hundred positions by a block of the
 # [vocabulary, width] weight 13-25% faster than by the whole transposed weight (docs/speed.md).
 CPU_VOCAB_BLOCK = 2048
+
+
+class Distillation(NamedTuple):
+    """What the loss adds for a teacher: ``weight`` times the KL of the student's distribution
+    from the teacher's (``teacher_logits``, aligned with the targets), both softened by
+    ``temperature``, times its square (Hinton et al.), averaged over the target positions."""
+
+    teacher_logits: torch.Tensor
+    weight: float
+    temperature: float
+
+
+def distillation_kl(student_logits, teacher_logits, temperature):
+    """``temperature ** 2`` times KL(teacher || student) at each row (a position's logits), both
+    distributions softened by ``temperature``."""
+    student = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+    teacher = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return temperature**2 * (teacher.exp() * (teacher - student)).sum(dim=-1)
 
 
 def nll_loss(
@@ -27,9 +50,12 @@ def nll_loss(
     statistics_rows=0,
     entropy=False,
     row_weights=None,
+    distillation=None,
 ):
     """Label-smoothed NLL of ``targets`` and, for the first ``statistics_rows`` rows, their
-    token statistics (``training_log.token_statistics``'s dict; None when 0 rows).
+    token statistics (``training_log.token_statistics``'s dict; None when 0 rows). With
+    ``distillation`` (a ``Distillation``), plus its weighted KL to the teacher, averaged over the
+    same tokens (not scaled by ``row_weights``).
 
     ``row_weights`` (batch,), if given, scale each row's tokens' terms: the loss is the
     weighted sum over tokens divided by the (unweighted) token count, so weights of 1 give the
@@ -47,6 +73,7 @@ def nll_loss(
         from whisper_finetuning.training.log import token_statistics
 
         log_probs = torch.nn.functional.log_softmax(projection(hidden).float(), dim=-1)
+        n_tokens = torch.round(length * targets.shape[1])
         if row_weights is None:
             loss = speechbrain_nll_loss(
                 log_probs, targets, length=length, label_smoothing=label_smoothing
@@ -55,8 +82,14 @@ def nll_loss(
             per_row = speechbrain_nll_loss(
                 log_probs, targets, length, label_smoothing=label_smoothing, reduction="batch"
             )
-            n_tokens = torch.round(length * targets.shape[1])
             loss = (per_row * n_tokens * row_weights).sum() / n_tokens.sum()
+        if distillation is not None:
+            mask = torch.arange(targets.shape[1], device=targets.device)[None] < n_tokens[:, None]
+            # log-probabilities are the logits shifted per row: the same softened distribution
+            kl = distillation_kl(
+                log_probs[mask], distillation.teacher_logits[mask], distillation.temperature
+            )
+            loss = loss + distillation.weight * kl.sum() / max(kl.numel(), 1)
         stats = None
         if statistics_rows:
             n = statistics_rows
@@ -70,6 +103,8 @@ def nll_loss(
     token_weights = None
     if row_weights is not None:
         token_weights = row_weights[:, None].expand(mask.shape)[mask].float()
+    if distillation is not None:
+        distillation = distillation._replace(teacher_logits=distillation.teacher_logits[mask])
     loss, target_lp, top_lp, argmax, entropies = _ProjectedNLL.apply(
         hidden[mask],
         projection.weight,
@@ -78,6 +113,7 @@ def nll_loss(
         chunk_size,
         entropy,
         token_weights,
+        distillation,
     )
     stats = None
     if statistics_rows:
@@ -126,10 +162,21 @@ class _ProjectedNLL(torch.autograd.Function):
     """Mean label-smoothed NLL of ``targets`` (one per row of ``hidden``; each term times its
     ``token_weights`` entry, if given) under the logits ``hidden @ weight.T``, and per-row
     target log-probability, top log-probability, argmax and (with ``entropy``) entropy, which
-    carry no gradient."""
+    carry no gradient; with ``distillation``, plus its weighted KL (its teacher's logits one
+    row per row of ``hidden``)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, label_smoothing, chunk_size, entropy, token_weights):
+    def forward(
+        ctx,
+        hidden,
+        weight,
+        targets,
+        label_smoothing,
+        chunk_size,
+        entropy,
+        token_weights,
+        distillation,
+    ):
         count = max(hidden.shape[0], 1)
         want_hidden, want_weight = ctx.needs_input_grad[:2]
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
@@ -139,7 +186,14 @@ class _ProjectedNLL(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_size):
             rows = hidden[start : start + chunk_size]
             row_targets = targets[start : start + chunk_size]
-            log_probs = torch.log_softmax(logits(rows, weight).float(), dim=-1)
+            chunk_logits = logits(rows, weight).float()
+            log_probs = torch.log_softmax(chunk_logits, dim=-1)
+            kl_grad = None
+            if distillation is not None:
+                teacher = distillation.teacher_logits[start : start + chunk_size]
+                kl, kl_grad = _distillation_term(chunk_logits, teacher, distillation)
+                total = total + kl
+            del chunk_logits
             picked = log_probs.gather(-1, row_targets[:, None])[:, 0]
             smoothed = (1 - label_smoothing) * -picked - label_smoothing * log_probs.mean(dim=-1)
             row_weights = None
@@ -160,6 +214,8 @@ class _ProjectedNLL(torch.autograd.Function):
                 grad_logits /= count
                 if row_weights is not None:
                     grad_logits *= row_weights[:, None]
+                if kl_grad is not None:
+                    grad_logits += kl_grad.div_(count)
                 if want_hidden:
                     grad_hidden[start : start + chunk_size] = torch.matmul(grad_logits, weight)
                 if want_weight:
@@ -167,7 +223,7 @@ class _ProjectedNLL(torch.autograd.Function):
                     grad_weight = product if grad_weight is None else grad_weight.add_(product)
                     del product  # else it lives on beside the next chunk's
                 del grad_logits
-            del log_probs  # before the next chunk's logits exist
+            del log_probs, kl_grad  # before the next chunk's logits exist
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         empty = {"argmax": hidden.new_zeros(0, dtype=torch.long)}
@@ -189,4 +245,15 @@ class _ProjectedNLL(torch.autograd.Function):
             if grad_loss.item() != 1:  # the CE alone (the usual case) takes the sum as it is
                 grad_weight = grad_weight * grad_loss
             grad_weight = grad_weight.to(ctx.weight_dtype)
-        return grad_hidden, grad_weight, None, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None, None
+
+
+def _distillation_term(student_logits, teacher_logits, distillation):
+    """A chunk's weighted sum of ``distillation_kl`` and its gradient with respect to the
+    student's logits: ``weight x T x (softmax(student / T) - softmax(teacher / T))``."""
+    weight, temperature = distillation.weight, distillation.temperature
+    student = torch.log_softmax(student_logits / temperature, dim=-1)
+    teacher = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    teacher_probs = teacher.exp()
+    kl = temperature**2 * (teacher_probs * (teacher - student)).sum()
+    return weight * kl, student.exp_().sub_(teacher_probs).mul_(weight * temperature)

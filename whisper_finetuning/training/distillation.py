@@ -8,7 +8,8 @@ the transcripts (cross-entropy) and the teacher's token distribution (KL).
 * ``teacher: EXP_OR_MODEL`` (an experiment folder's selected checkpoint or a model) is teacher
   forced on each training batch's own prompts and transcripts; the loss becomes
   ``CE + distill_weight * KL`` with the KL between the teacher's and the student's token
-  distributions at temperature ``distill_temperature``, times its square (Hinton et al.).
+  distributions at temperature ``distill_temperature``, times its square (Hinton et al.),
+  computed by ``fast_loss`` from the same logits as the CE.
   With a frozen student encoder equal to the teacher's, the teacher's decoder reads the
   student's encoder states, so the encoder cache serves both.
 """
@@ -16,16 +17,8 @@ the transcripts (cross-entropy) and the teacher's token distribution (KL).
 import torch
 
 from whisper_finetuning.data.examples import align_to_targets
+from whisper_finetuning.model.fast_loss import Distillation
 from whisper_finetuning.model.student import DistillationError, keep_decoder_layers
-
-
-def distillation_loss(student_logits, teacher_logits, mask, temperature):
-    """``temperature ** 2`` times the mean over the ``mask``ed positions of
-    KL(teacher || student), both distributions softened by ``temperature``."""
-    student = torch.log_softmax(student_logits[mask].float() / temperature, dim=-1)
-    teacher = torch.log_softmax(teacher_logits[mask].float() / temperature, dim=-1)
-    per_position = (teacher.exp() * (teacher - student)).sum(dim=-1)
-    return temperature**2 * per_position.sum() / max(per_position.numel(), 1)
 
 
 class Distiller:
@@ -55,16 +48,14 @@ class Distiller:
             hidden, _ = self.teacher(wavs, wav_lens, tokens, token_lens, project=False)
             return self.teacher.model.proj_out(hidden)
 
-    def loss(self, ce, projection, hidden, teacher_logits, targets, target_lens, prompt_lens):
-        """``ce + weight * KL`` at the target positions: the student's ``hidden`` states
-        (aligned with ``targets``, projected by ``projection``) against the teacher's logits
-        over the decoder inputs (aligned here, as the student's were)."""
-        length = targets.shape[1]
-        teacher_logits = align_to_targets(teacher_logits, prompt_lens, length)
-        n_tokens = torch.round(target_lens * length)
-        mask = torch.arange(length, device=targets.device)[None] < n_tokens[:, None]
-        kl = distillation_loss(projection(hidden), teacher_logits, mask, self.temperature)
-        return ce + self.weight * kl
+    def targets(self, teacher_logits, prompt_lens, length):
+        """What the loss adds for the teacher's logits over the decoder inputs (``fast_loss``
+        computes its KL from the student's own logits): the logits aligned with the targets
+        as the student's hidden states are; None with ``distill_weight: 0``."""
+        if not self.weight:
+            return None
+        aligned = align_to_targets(teacher_logits, prompt_lens, length)
+        return Distillation(aligned, self.weight, self.temperature)
 
 
 def _same_encoder(teacher, student):
