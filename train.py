@@ -65,7 +65,7 @@ class WhisperFineTuning(FineTuningBrain):
             if self.distiller is None:
                 return hidden, None
             audio = (None, None) if cached else (wavs, wav_lens)  # the teacher's, if needed
-            return hidden, self.distiller.teacher_logits(
+            return hidden, self.distiller.teacher_hidden(
                 states, tokens_bos, tokens_bos_lens, *audio
             )
         # Searches start from each row's own prompt (its language).
@@ -95,7 +95,7 @@ class WhisperFineTuning(FineTuningBrain):
             if self.hparams.augment and hasattr(batch, "sig"):
                 weights = self.hparams.wav_augment.replicate_labels(weights)
         distill = None
-        if stage == sb.Stage.TRAIN and self.distiller is not None:  # searched: teacher logits
+        if stage == sb.Stage.TRAIN and self.distiller is not None:  # searched: teacher states
             distill = self.distiller.targets(searched, prompt_lens, tokens_eos.shape[1])
         loss, token_stats = self.hparams.nll_loss(
             self.hparams.whisper.model.proj_out,

@@ -24,10 +24,13 @@ CPU_VOCAB_BLOCK = 2048
 
 class Distillation(NamedTuple):
     """What the loss adds for a teacher: ``weight`` times the KL of the student's distribution
-    from the teacher's (``teacher_logits``, aligned with the targets), both softened by
-    ``temperature``, times its square (Hinton et al.), averaged over the target positions."""
+    from the teacher's, both softened by ``temperature``, times its square (Hinton et al.),
+    averaged over the target positions. The teacher's logits are its final decoder states
+    (``teacher_hidden``, aligned with the targets) through its bias-free output projection
+    (``teacher_projection``), projected a chunk of target positions at a time as the student's."""
 
-    teacher_logits: torch.Tensor
+    teacher_hidden: torch.Tensor
+    teacher_projection: torch.nn.Module
     weight: float
     temperature: float
 
@@ -85,10 +88,10 @@ def nll_loss(
             loss = (per_row * n_tokens * row_weights).sum() / n_tokens.sum()
         if distillation is not None:
             mask = torch.arange(targets.shape[1], device=targets.device)[None] < n_tokens[:, None]
+            with torch.no_grad():  # the teacher is frozen
+                teacher_logits = distillation.teacher_projection(distillation.teacher_hidden[mask])
             # log-probabilities are the logits shifted per row: the same softened distribution
-            kl = distillation_kl(
-                log_probs[mask], distillation.teacher_logits[mask], distillation.temperature
-            )
+            kl = distillation_kl(log_probs[mask], teacher_logits, distillation.temperature)
             loss = loss + distillation.weight * kl.sum() / max(kl.numel(), 1)
         stats = None
         if statistics_rows:
@@ -104,7 +107,9 @@ def nll_loss(
     if row_weights is not None:
         token_weights = row_weights[:, None].expand(mask.shape)[mask].float()
     if distillation is not None:
-        distillation = distillation._replace(teacher_logits=distillation.teacher_logits[mask])
+        if distillation.teacher_projection.bias is not None:
+            raise ValueError("the chunked loss expects a bias-free teacher projection")
+        distillation = distillation._replace(teacher_hidden=distillation.teacher_hidden[mask])
     loss, target_lp, top_lp, argmax, entropies = _ProjectedNLL.apply(
         hidden[mask],
         projection.weight,
@@ -162,7 +167,7 @@ class _ProjectedNLL(torch.autograd.Function):
     """Mean label-smoothed NLL of ``targets`` (one per row of ``hidden``; each term times its
     ``token_weights`` entry, if given) under the logits ``hidden @ weight.T``, and per-row
     target log-probability, top log-probability, argmax and (with ``entropy``) entropy, which
-    carry no gradient; with ``distillation``, plus its weighted KL (its teacher's logits one
+    carry no gradient; with ``distillation``, plus its weighted KL (its teacher's states one
     row per row of ``hidden``)."""
 
     @staticmethod
@@ -190,8 +195,12 @@ class _ProjectedNLL(torch.autograd.Function):
             log_probs = torch.log_softmax(chunk_logits, dim=-1)
             kl_grad = None
             if distillation is not None:
-                teacher = distillation.teacher_logits[start : start + chunk_size]
+                teacher = logits(
+                    distillation.teacher_hidden[start : start + chunk_size],
+                    distillation.teacher_projection.weight,
+                )
                 kl, kl_grad = _distillation_term(chunk_logits, teacher, distillation)
+                del teacher
                 total = total + kl
             del chunk_logits
             picked = log_probs.gather(-1, row_targets[:, None])[:, 0]

@@ -30,32 +30,33 @@ class Distiller:
         self.teacher, self.weight, self.temperature = teacher, weight, temperature  # on the CPU
         self.shares_encoder = student.encoder_frozen and _same_encoder(teacher, student)
 
-    def teacher_logits(self, states, tokens, token_lens, wavs=None, wav_lens=None):
-        """The teacher's logits for a batch's decoder inputs: on the student's encoder
-        states when they are the teacher's, else from the audio."""
+    def teacher_hidden(self, states, tokens, token_lens, wavs=None, wav_lens=None):
+        """The teacher's final decoder states for a batch's decoder inputs (projected in the
+        loss): on the student's encoder states when they are the teacher's, else from the
+        audio."""
         with torch.no_grad():
             if self.shares_encoder:
                 padded = self.teacher.pad_tokens(tokens, token_lens)
-                hidden = states.rejoin(
+                return states.rejoin(
                     [self.teacher.decoder_hidden(padded[rows], out) for rows, out in states.groups]
                 )
-                return self.teacher.model.proj_out(hidden)
             if wavs is None:
                 raise DistillationError(
                     "the teacher's encoder differs from the student's frozen one: train with "
                     "encoder_cache: false so that the teacher hears the audio"
                 )
             hidden, _ = self.teacher(wavs, wav_lens, tokens, token_lens, project=False)
-            return self.teacher.model.proj_out(hidden)
+            return hidden
 
-    def targets(self, teacher_logits, prompt_lens, length):
-        """What the loss adds for the teacher's logits over the decoder inputs (``fast_loss``
-        computes its KL from the student's own logits): the logits aligned with the targets
-        as the student's hidden states are; None with ``distill_weight: 0``."""
+    def targets(self, teacher_hidden, prompt_lens, length):
+        """What the loss adds for the teacher's states over the decoder inputs (``fast_loss``
+        computes its KL from the student's own logits): the states aligned with the targets
+        as the student's are, and the teacher's projection; None with ``distill_weight: 0``."""
         if not self.weight:
             return None
-        aligned = align_to_targets(teacher_logits, prompt_lens, length)
-        return Distillation(aligned, self.weight, self.temperature)
+        aligned = align_to_targets(teacher_hidden, prompt_lens, length)
+        projection = self.teacher.model.proj_out
+        return Distillation(aligned, projection, self.weight, self.temperature)
 
 
 def _same_encoder(teacher, student):
