@@ -38,9 +38,17 @@ class Distillation(NamedTuple):
 def distillation_kl(student_logits, teacher_logits, temperature):
     """``temperature ** 2`` times KL(teacher || student) at each row (a position's logits), both
     distributions softened by ``temperature``."""
+    return _softened_kl(student_logits, teacher_logits, temperature)[0]
+
+
+def _softened_kl(student_logits, teacher_logits, temperature):
+    """``distillation_kl``'s rows, and the softened student log-probabilities and teacher
+    probabilities they came from."""
     student = torch.log_softmax(student_logits.float() / temperature, dim=-1)
     teacher = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    return temperature**2 * (teacher.exp() * (teacher - student)).sum(dim=-1)
+    teacher_probs = teacher.exp()
+    kl = temperature**2 * (teacher_probs * (teacher - student)).sum(dim=-1)
+    return kl, student, teacher_probs
 
 
 def nll_loss(
@@ -69,6 +77,8 @@ def nll_loss(
     ``length`` are SpeechBrain's relative lengths. ``chunk_size`` positions are projected at a
     time; 0 projects the whole batch at once (the reference path).
     """
+    n_tokens = torch.round(length * targets.shape[1]).long()
+    mask = torch.arange(targets.shape[1], device=targets.device)[None] < n_tokens[:, None]
     if chunk_size == 0:
         # imported here: the chunked path (and the GPU benchmark) needs neither
         from speechbrain.nnet.losses import nll_loss as speechbrain_nll_loss
@@ -76,7 +86,6 @@ def nll_loss(
         from whisper_finetuning.training.log import token_statistics
 
         log_probs = torch.nn.functional.log_softmax(projection(hidden).float(), dim=-1)
-        n_tokens = torch.round(length * targets.shape[1])
         if row_weights is None:
             loss = speechbrain_nll_loss(
                 log_probs, targets, length=length, label_smoothing=label_smoothing
@@ -87,7 +96,6 @@ def nll_loss(
             )
             loss = (per_row * n_tokens * row_weights).sum() / n_tokens.sum()
         if distillation is not None:
-            mask = torch.arange(targets.shape[1], device=targets.device)[None] < n_tokens[:, None]
             with torch.no_grad():  # the teacher is frozen
                 teacher_logits = distillation.teacher_projection(distillation.teacher_hidden[mask])
             # log-probabilities are the logits shifted per row: the same softened distribution
@@ -101,8 +109,6 @@ def nll_loss(
         return loss, stats
     if projection.bias is not None:
         raise ValueError("the chunked loss expects a bias-free output projection")
-    n_tokens = torch.round(length * targets.shape[1]).long()
-    mask = torch.arange(targets.shape[1], device=targets.device)[None] < n_tokens[:, None]
     token_weights = None
     if row_weights is not None:
         token_weights = row_weights[:, None].expand(mask.shape)[mask].float()
@@ -261,8 +267,5 @@ def _distillation_term(student_logits, teacher_logits, distillation):
     """A chunk's weighted sum of ``distillation_kl`` and its gradient with respect to the
     student's logits: ``weight x T x (softmax(student / T) - softmax(teacher / T))``."""
     weight, temperature = distillation.weight, distillation.temperature
-    student = torch.log_softmax(student_logits / temperature, dim=-1)
-    teacher = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    teacher_probs = teacher.exp()
-    kl = temperature**2 * (teacher_probs * (teacher - student)).sum()
-    return weight * kl, student.exp_().sub_(teacher_probs).mul_(weight * temperature)
+    kl, student, teacher_probs = _softened_kl(student_logits, teacher_logits, temperature)
+    return weight * kl.sum(), student.exp_().sub_(teacher_probs).mul_(weight * temperature)
