@@ -1,5 +1,6 @@
 """train.py's loss with a teacher: CE + distill_weight x KL to the teacher's logits on the same
-prompts and transcripts; distill_weight 0 gives plain training's loss and gradients."""
+prompts and transcripts; distill_weight 0 gives plain training's loss and gradients and does not
+load the teacher."""
 
 import csv
 import shutil
@@ -65,6 +66,28 @@ def test_distill_weight_zero_is_plain_training(random_whisper_dir, teacher_dir, 
     )
     assert torch.equal(zero, plain)
     assert all(torch.equal(z, p) for z, p in zip(zero_grads, plain_grads, strict=True))
+
+
+def test_distill_weight_zero_does_not_load_the_teacher(
+    random_whisper_dir, teacher_dir, corpus, tmp_path, monkeypatch
+):
+    from whisper_finetuning.model import sources
+
+    loaded = []
+    load_frozen = sources.load_frozen
+    monkeypatch.setattr(sources, "load_frozen", lambda *a: loaded.append(a[0]) or load_frozen(*a))
+    hparams = manifest_hparams(
+        random_whisper_dir,
+        corpus,
+        tmp_path,
+        teacher=str(teacher_dir),
+        distill_weight=0.0,
+        student_decoder_layers=1,
+    )
+    assert distillation.from_hparams(hparams) is None and loaded == []
+    assert len(hparams["whisper"].model.model.decoder.layers) == 1  # the cut still happens
+    hparams["distill_weight"], hparams["student_decoder_layers"] = 0.5, 0
+    assert distillation.from_hparams(hparams).weight == 0.5 and loaded == [str(teacher_dir)]
 
 
 def test_the_loss_adds_the_kl_to_the_teachers_logits(

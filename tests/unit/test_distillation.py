@@ -1,7 +1,7 @@
 """Distillation: the KL term on scripted logits equals its hand-computed value (the fused
 loss against it: ``test_fast_loss.py``), maximally spaced student layers equal the teacher's
-chosen layers at initialisation, and a teacher with distill_weight 0 trains exactly as no
-teacher."""
+chosen layers at initialisation, and only a teacher with the student's frozen encoder reads the
+student's encoder states (distill_weight 0: ``tests/recipe/test_distillation_recipe.py``)."""
 
 import math
 import shutil

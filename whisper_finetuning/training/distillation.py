@@ -51,9 +51,7 @@ class Distiller:
     def targets(self, teacher_hidden, prompt_lens, length):
         """What the loss adds for the teacher's states over the decoder inputs (``fast_loss``
         computes its KL from the student's own logits): the states aligned with the targets
-        as the student's are, and the teacher's projection; None with ``distill_weight: 0``."""
-        if not self.weight:
-            return None
+        as the student's are, and the teacher's projection."""
         aligned = align_to_targets(teacher_hidden, prompt_lens, length)
         projection = self.teacher.model.proj_out
         return Distillation(aligned, projection, self.weight, self.temperature)
@@ -72,8 +70,9 @@ def _same_encoder(teacher, student):
 
 
 def from_hparams(hparams):
-    """The run's ``Distiller`` (None without a ``teacher``), after cutting the student's
-    decoder when ``student_decoder_layers`` asks (a cut needs no teacher)."""
+    """The run's ``Distiller`` (None without a ``teacher`` or at ``distill_weight: 0``, where
+    the teacher is neither loaded nor run), after cutting the student's decoder when
+    ``student_decoder_layers`` asks (a cut needs no teacher)."""
     student = hparams["whisper"]
     if hparams["student_decoder_layers"]:
         keep_decoder_layers(student.model, hparams["student_decoder_layers"])
@@ -81,6 +80,8 @@ def from_hparams(hparams):
         return None
     if hparams["objective"] == "mwer":
         raise DistillationError("teacher: distillation trains with objective ce, not mwer")
+    if not hparams["distill_weight"]:
+        return None
     from whisper_finetuning.model.sources import load_frozen  # the teacher's own loader
 
     # a teacher model encodes as the student does, so that an equal encoder is shared
