@@ -12,14 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
-from transformers import WhisperConfig, WhisperForConditionalGeneration
 from transformers.models.whisper.modeling_whisper import WhisperAttention
 
 from whisper_finetuning.data.audio import read_audio
 from whisper_finetuning.model.bundled import ensure_tiny_en
-from whisper_finetuning.model.ct2 import PROCESSOR_FILES
 from whisper_finetuning.model.vocabulary import ENGLISH_ONLY_VOCAB_SIZE
+from whisper_finetuning.profiling import shapes
 
 
 @pytest.fixture(scope="session")
@@ -34,28 +32,9 @@ def make_random_whisper(folder, tokenizer_source, multilingual=False, seed=0):
     The multilingual variant only differs by its vocabulary size, which is what tells a
     multilingual checkpoint apart; the tokenizer already knows the language tokens.
     """
-    torch.manual_seed(seed)
-    config = WhisperConfig(
-        vocab_size=ENGLISH_ONLY_VOCAB_SIZE + int(multilingual),
-        num_mel_bins=80,
-        d_model=64,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=128,
-        decoder_ffn_dim=128,
-        max_source_positions=1500,
-        max_target_positions=448,
-        decoder_start_token_id=50257,
-        pad_token_id=50256,
-        bos_token_id=50256,
-        eos_token_id=50256,
-    )
-    WhisperForConditionalGeneration(config).save_pretrained(folder)
-    for name in PROCESSOR_FILES:
-        shutil.copy(tokenizer_source / name, folder / name)
-    return folder
+    vocab_size = ENGLISH_ONLY_VOCAB_SIZE + int(multilingual)
+    dimensions = (*shapes.TEST_SHAPE[:-1], vocab_size)
+    return shapes.save_random_whisper(folder, tokenizer_source, dimensions, seed)
 
 
 @pytest.fixture(scope="session")

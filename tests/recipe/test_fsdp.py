@@ -1,50 +1,53 @@
 """``sharding: fsdp`` on CPU (gloo): FSDP2 over 2 processes trains the weights one process
 trains on the same global batch; its consolidated checkpoint loads into a plain model and
-resumes exactly (``tests/fsdp_worker.py`` is the torchrun side). Through train.py: DDP's
-weights, and a killed run rerun ends exactly where the uninterrupted one ends."""
+resumes exactly (``whisper_finetuning/profiling/fsdp_check.py``, which the GPU script runs with
+NCCL). Through train.py: DDP's weights, and a killed run rerun ends exactly where the
+uninterrupted one ends."""
 
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-import fsdp_worker as worker
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow  # torchrun
+from whisper_finetuning.profiling import fsdp_check as worker
 
-# FSDP's reduce-scatter sums the two processes' gradients in another order than one process's
-# backward over the whole batch: float32 rounding, amplified by AdamW's normalisation over
-# 2 steps of lr 1e-2 (measured: 1.1e-5). Training moves every parameter by more than 100x this.
-TOLERANCE = 1e-4
+pytestmark = pytest.mark.slow  # torchrun
 
 
 @pytest.fixture(scope="module")
-def sharded_run(tmp_path_factory, random_whisper_dir):
-    """What 2 FSDP processes wrote (see ``fsdp_worker``)."""
+def check(tmp_path_factory, tiny_en_dir):
+    """What ``fsdp_check`` wrote after its 2 gloo processes ran in fp32 and in bf16 mixed
+    precision: its folder and report."""
     out = tmp_path_factory.mktemp("fsdp")
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-        + [str(root / "tests" / "fsdp_worker.py"), str(random_whisper_dir), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(root)},  # this checkout's package
-    )
-    assert done.returncode == 0, done.stderr[-5000:]
-    return out
+    command = [sys.executable, "-m", "whisper_finetuning.profiling.fsdp_check", str(out)]
+    command += ["--tokenizer_source", str(tiny_en_dir), "--precisions", "fp32,bf16"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-5000:]
+    return out, json.loads((out / "fsdp_check.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def sharded_run(check):
+    """What the 2 FSDP processes wrote in fp32."""
+    return check[0] / "fp32"
+
+
+@pytest.fixture(scope="module")
+def model_dir(check):
+    """The random Whisper the processes trained."""
+    return check[0] / "model"
 
 
 def load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def test_two_fsdp_processes_train_the_weights_of_one_process(sharded_run, random_whisper_dir):
+def test_two_fsdp_processes_train_the_weights_of_one_process(sharded_run, model_dir, check):
     saved = load(sharded_run / "whisper.ckpt")
-    single = worker.model(random_whisper_dir)
+    single = worker.model(model_dir)
     initial = worker.full_parameters(single)
     opt = worker.optimizer(single)
     for step in range(worker.STEPS):
@@ -52,16 +55,36 @@ def test_two_fsdp_processes_train_the_weights_of_one_process(sharded_run, random
     trained = worker.full_parameters(single)
     assert saved.keys() == trained.keys() and len(saved) == 88  # every parameter trains
     differences = [float((saved[name] - trained[name]).abs().max()) for name in saved]
-    assert max(differences) < TOLERANCE
+    assert max(differences) < worker.TOLERANCE
     moved = [float((trained[name] - initial[name]).abs().max()) for name in saved]
-    assert min(moved) > 100 * TOLERANCE
+    assert min(moved) > 100 * worker.TOLERANCE
+    # the check's own report holds the same figures
+    report = check[1]["fp32"]
+    assert report["max_difference_vs_one_process"] == max(differences)
+    assert report["min_moved"] == min(float((saved[n] - initial[n]).abs().max()) for n in saved)
+    assert report["passed"] and (check[1]["processes"], check[1]["backend"]) == (2, "gloo")
 
 
-def test_consolidated_checkpoint_loads_into_a_plain_model(sharded_run, random_whisper_dir):
+def test_bf16_mixed_precision_trains_saves_and_resumes_exactly(check):
+    """FSDP's bf16 MixedPrecisionPolicy under bf16 autocast (the recipe's ``precision: bf16``):
+    the checkpoint is the gathered model, loads exactly and the resumed step is bit-identical;
+    bf16's distance from one fp32 process is reported, larger than fp32's rounding."""
+    report = check[1]["bf16"]
+    assert report["checkpoint_is_the_gathered_model"] and report["loaded_is_the_checkpoint"]
+    assert report["resumed_step_max_difference"] == 0.0 and report["passed"]
+    assert (
+        report["max_difference_vs_one_process"] > check[1]["fp32"]["max_difference_vs_one_process"]
+    )
+    assert report["min_moved"] > 100 * worker.TOLERANCE
+    saved = load(check[0] / "bf16" / "whisper.ckpt")
+    assert all(value.dtype == torch.float32 for value in saved.values())  # fp32 master weights
+
+
+def test_consolidated_checkpoint_loads_into_a_plain_model(sharded_run, model_dir):
     reference = load(sharded_run / "reference.pt")
     saved = load(sharded_run / "whisper.ckpt")
     assert saved.keys() == reference["params"].keys()
-    plain = worker.model(random_whisper_dir)
+    plain = worker.model(model_dir)
     plain.load_trained(sharded_run / "whisper.ckpt")
     params = dict(plain.model.named_parameters())
     for name, value in reference["params"].items():

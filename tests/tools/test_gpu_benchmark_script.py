@@ -1,7 +1,7 @@
 """The device section's one script (whisper_finetuning/profiling/gpu_benchmark.sh): valid bash, and
-its path without a CUDA GPU (the tiny test shape on CPU) runs the three systems and the
-two-process DDP scaling and writes the merged JSON, whose ratios and utilisations are the
-figures' own."""
+its path without a CUDA GPU (the tiny test shape on CPU) runs the three systems, the
+two-process DDP scaling and the FSDP checks (2 gloo processes) and writes the merged JSON, whose
+ratios and utilisations are the figures' own."""
 
 import json
 import subprocess
@@ -19,9 +19,9 @@ def test_the_script_is_valid_bash():
 
 
 @pytest.fixture(scope="module")
-def cpu_run(tmp_path_factory):
-    """The script run once without a GPU, with the DDP scaling asked for: (its output folder,
-    the merged JSON)."""
+def cpu_run(tmp_path_factory, tiny_en_dir):
+    """The script run once without a GPU, with the DDP scaling asked for and the FSDP checks
+    reading tiny.en's tokenizer: (its output folder, the merged JSON)."""
     import torch
 
     if torch.cuda.is_available():
@@ -32,7 +32,12 @@ def cpu_run(tmp_path_factory):
         capture_output=True,
         text=True,
         timeout=900,
-        env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin", "SHAPE_SECONDS": "800"},
+        env={
+            "PYTHON": sys.executable,
+            "PATH": "/usr/bin:/bin",
+            "SHAPE_SECONDS": "800",
+            "TOKENIZER_SOURCE": str(tiny_en_dir),
+        },
         cwd="/",  # it finds the repository from its own path
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -83,3 +88,35 @@ def test_ddp_scaling_runs_two_gloo_processes(cpu_run):
         scaling["utterances_per_second"] / (2 * scaling["one_process_utterances_per_second"])
     )
     assert "scaling efficiency" in (out / "gpu_benchmark.txt").read_text()
+
+
+@pytest.mark.slow
+def test_the_fsdp_checks_run_and_their_report_is_merged(cpu_run):
+    out, report = cpu_run
+    fsdp = report["fsdp"]
+    assert fsdp == json.loads((out / "fsdp" / "fsdp_check.json").read_text())
+    assert (fsdp["processes"], fsdp["backend"], fsdp["passed"]) == (2, "gloo", True)
+    assert fsdp["fp32"]["max_difference_vs_one_process"] < fsdp["tolerance"]
+    assert fsdp["fp32"]["resumed_step_max_difference"] == 0.0 and "bf16" not in fsdp
+    assert "fsdp 2 x gloo, fp32" in (out / "gpu_benchmark.txt").read_text()
+
+
+def test_without_a_tokenizer_the_fsdp_checks_are_skipped_and_said_so(tmp_path):
+    """Only the FSDP part runs (no shapes): the JSON's fsdp is null and the text says why."""
+    done = subprocess.run(
+        ["bash", str(SCRIPT), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            "PYTHON": sys.executable,
+            "PATH": "/usr/bin:/bin",
+            "SHAPES": "",
+            "TOKENIZER_SOURCE": str(tmp_path / "nowhere"),
+        },
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_benchmark.json").read_text())
+    assert report == {"timed_out": [], "fsdp": None}
+    text = (tmp_path / "gpu_benchmark.txt").read_text()
+    assert "FSDP checks skipped: no Whisper tokenizer at" in text

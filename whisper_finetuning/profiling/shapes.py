@@ -1,5 +1,9 @@
 """The dimensions of OpenAI's Whisper checkpoints as transformers configurations (no weights):
-what the memory planner and the benchmarks build random models of. Needs transformers only."""
+what the memory planner and the benchmarks build random models of, and a 64-wide one for tests
+and checks."""
+
+import shutil
+from pathlib import Path
 
 from transformers import WhisperConfig
 
@@ -15,6 +19,8 @@ SHAPES = {
     "large-v3": (1280, 32, 32, 20, 5120, 128, 51866),
     "large-v3-turbo": (1280, 32, 4, 20, 5120, 128, 51866),
 }
+# 64 wide, 2 encoder and 2 decoder layers, the English-only vocabulary: seconds to train on CPU.
+TEST_SHAPE = (64, 2, 2, 2, 128, 80, 51864)
 
 
 def config_of(dimensions, **options):
@@ -37,3 +43,18 @@ def config_of(dimensions, **options):
         decoder_start_token_id=50257,
         **options,
     )
+
+
+def save_random_whisper(folder, tokenizer_source, dimensions=TEST_SHAPE, seed=0):
+    """``folder`` holding a random Whisper of ``dimensions`` with the tokenizer and feature
+    extractor files of the Whisper folder ``tokenizer_source`` (of the same vocabulary)."""
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    from whisper_finetuning.model.ct2 import PROCESSOR_FILES
+
+    torch.manual_seed(seed)
+    WhisperForConditionalGeneration(config_of(dimensions)).save_pretrained(folder)
+    for name in PROCESSOR_FILES:
+        shutil.copy(Path(tokenizer_source) / name, Path(folder) / name)
+    return Path(folder)
