@@ -85,6 +85,17 @@ def full_parameters(whisper):
     }
 
 
+def deterministic_cuda():
+    """Kernels that give the same result for the same inputs, so that the resumed step can be
+    compared bit for bit: deterministic cuBLAS workspaces and algorithms, and attention by the
+    math backend (the fused ones accumulate their backward in no fixed order)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cuda.enable_flash_sdp(False)
+    torch.backends.cuda.enable_mem_efficient_sdp(False)
+    torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def worker(model_dir, out_dir, bf16):
     """One torchrun process: train, save the consolidated checkpoint and what the checks read
     (``reference.pt``: the gathered parameters and AdamW moments; ``resumed.pt``: a fresh
@@ -93,7 +104,7 @@ def worker(model_dir, out_dir, bf16):
     device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if cuda else "cpu"
     if cuda:
         torch.cuda.set_device(device)
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        deterministic_cuda()
     torch.distributed.init_process_group("nccl" if cuda else "gloo")
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     rows = list(range(rank, ROWS, world))
@@ -200,6 +211,8 @@ def main(argv):
     if args.tokenizer_source is None:
         parser.error("--tokenizer_source is required")
     cuda = torch.cuda.is_available()
+    if cuda:  # the one-process reference too; the processes inherit the cuBLAS setting
+        deterministic_cuda()
     processes = args.processes or (torch.cuda.device_count() if cuda else 2)
     precisions = (args.precisions or ("fp32,bf16" if cuda else "fp32")).split(",")
     out = Path(args.out_dir)
