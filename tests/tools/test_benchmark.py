@@ -65,6 +65,13 @@ def test_benchmark_runs_the_recipe_and_both_baselines_and_writes_its_ratios(tiny
     # FLOP counts: the baseline runs the 30 s encoder on every step, the cold recipe encodes
     # each utterance once (10 s window), the warm one not at all; utilisation against the probe
     warm = report["recipe_warm_cache"]
+    for figures, suffix in ((baseline, ""), (speechbrain, "_speechbrain")):
+        for figure, ratio in (
+            ("train_audio_seconds_per_second", "train_throughput_ratio_warm_cache"),
+            ("valid_utterances_per_second", "valid_decode_ratio_warm_cache"),
+        ):
+            assert report[ratio + suffix] == pytest.approx(warm[figure] / figures[figure])
+    assert "valid decoding from the cache" in done.stdout
     assert baseline["train_flops"] > recipe["train_flops"] > warm["train_flops"] > 0
     # SpeechBrain's recipe encodes 30 s and projects every position, as Seq2SeqTrainer does
     assert speechbrain["train_flops"] == baseline["train_flops"]
