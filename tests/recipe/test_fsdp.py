@@ -228,3 +228,9 @@ def test_recipe_under_fsdp_killed_and_rerun_ends_where_an_uninterrupted_run_ends
     assert done.returncode == 0, done.stderr[-5000:]
     assert "Loading a checkpoint" in (exp / "log.txt").read_text()
     assert_same_final_state(exp, fsdp_run)
+
+
+def test_the_check_refuses_more_processes_than_the_global_batch_has_rows(tmp_path):
+    with pytest.raises(SystemExit, match="error: --processes must be 1 to 4"):
+        worker.main([str(tmp_path), "--tokenizer_source", str(tmp_path), "--processes", "5"])
+    assert list(tmp_path.iterdir()) == []  # nothing written

@@ -1,10 +1,10 @@
 """FSDP2 (``sharding: fsdp``) checked where it runs: 2 gloo processes on CPU (the tests), one
 process per GPU with NCCL and bf16 mixed precision (``profiling/gpu_benchmark.sh``).
 
-N processes (one per GPU; 2 gloo processes on CPU) train a 2-layer random Whisper with every
-parameter trainable under ``sharding.shard``, each on its rows of one global batch, save the
-consolidated checkpoint, and load it into a fresh sharded model. Then this process checks, per
-precision:
+N processes (one per GPU, at most 4; 2 gloo processes on CPU) train a 2-layer random Whisper
+with every parameter trainable under ``sharding.shard``, each on its rows of one global batch,
+save the consolidated checkpoint, and load it into a fresh sharded model. Then this process
+checks, per precision:
 
 * ``max_difference_vs_one_process``: one process training the whole batch reaches the same
   weights (fp32: under ``TOLERANCE``); under bf16 the one process trains in fp32, so the figure
@@ -201,7 +201,7 @@ def main(argv):
     parser.add_argument("out_dir")
     parser.add_argument("--tokenizer_source", help="an English-only Whisper folder")
     parser.add_argument("--precisions", default=None, help="default: fp32,bf16 on GPUs, fp32")
-    parser.add_argument("--processes", type=int, help="default: one per GPU; 2 on CPU")
+    parser.add_argument("--processes", type=int, help="default: one per GPU (at most 4); 2 on CPU")
     # one torchrun process, training the model of this folder
     parser.add_argument("--worker", metavar="MODEL_DIR", help=argparse.SUPPRESS)
     parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
@@ -213,7 +213,9 @@ def main(argv):
     cuda = torch.cuda.is_available()
     if cuda:  # the one-process reference too; the processes inherit the cuBLAS setting
         deterministic_cuda()
-    processes = args.processes or (torch.cuda.device_count() if cuda else 2)
+    processes = args.processes or (min(torch.cuda.device_count(), ROWS) if cuda else 2)
+    if not 1 <= processes <= ROWS:
+        sys.exit(f"error: --processes must be 1 to {ROWS} (the global batch's rows)")
     precisions = (args.precisions or ("fp32,bf16" if cuda else "fp32")).split(",")
     out = Path(args.out_dir)
     model_dir = shapes.save_random_whisper(out / "model", args.tokenizer_source)
