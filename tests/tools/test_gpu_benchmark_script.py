@@ -18,6 +18,21 @@ def test_the_script_is_valid_bash():
     assert done.returncode == 0, done.stderr
 
 
+def run_script(out, options, **env):
+    """The script writing into ``out`` from outside the repository (it finds the repository from
+    its own path), with this Python and ``env``'s variables only."""
+    done = subprocess.run(
+        ["bash", str(SCRIPT), str(out), *options],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"}
+        | {k: str(v) for k, v in env.items()},
+        cwd="/",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def cpu_run(tmp_path_factory, tiny_en_dir):
     """The script run once without a GPU, with the DDP scaling asked for and the FSDP checks
@@ -27,20 +42,9 @@ def cpu_run(tmp_path_factory, tiny_en_dir):
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present: the script would run the real shapes")
     out = tmp_path_factory.mktemp("gpu_benchmark")
-    done = subprocess.run(
-        ["bash", str(SCRIPT), str(out), "--steps", "2", "--ddp", "2"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={
-            "PYTHON": sys.executable,
-            "PATH": "/usr/bin:/bin",
-            "SHAPE_SECONDS": "800",
-            "TOKENIZER_SOURCE": str(tiny_en_dir),
-        },
-        cwd="/",  # it finds the repository from its own path
+    run_script(
+        out, ["--steps", "2", "--ddp", "2"], SHAPE_SECONDS="800", TOKENIZER_SOURCE=tiny_en_dir
     )
-    assert done.returncode == 0, done.stderr[-3000:]
     return out, json.loads((out / "gpu_benchmark.json").read_text())
 
 
@@ -103,19 +107,7 @@ def test_the_fsdp_checks_run_and_their_report_is_merged(cpu_run):
 
 def test_without_a_tokenizer_the_fsdp_checks_are_skipped_and_said_so(tmp_path):
     """Only the FSDP part runs (no shapes): the JSON's fsdp is null and the text says why."""
-    done = subprocess.run(
-        ["bash", str(SCRIPT), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={
-            "PYTHON": sys.executable,
-            "PATH": "/usr/bin:/bin",
-            "SHAPES": "",
-            "TOKENIZER_SOURCE": str(tmp_path / "nowhere"),
-        },
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_script(tmp_path, [], SHAPES="", TOKENIZER_SOURCE=tmp_path / "nowhere")
     report = json.loads((tmp_path / "gpu_benchmark.json").read_text())
     assert report == {"timed_out": [], "fsdp": None}
     text = (tmp_path / "gpu_benchmark.txt").read_text()
