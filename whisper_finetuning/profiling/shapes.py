@@ -48,6 +48,7 @@ def config_of(dimensions, **options):
 def save_random_whisper(folder, tokenizer_source, dimensions=TEST_SHAPE, seed=0):
     """``folder`` holding a random Whisper of ``dimensions`` with the tokenizer and feature
     extractor files of the Whisper folder ``tokenizer_source`` (of the same vocabulary)."""
+    # imported here: the memory planner reads the shapes and needs none of these
     import torch
     from transformers import WhisperForConditionalGeneration
 
