@@ -47,7 +47,7 @@ CONFIGURATIONS.update(
     }
 )
 STEPS = 3
-SMALL_ALLOCATION = 2**16  # bytes from which an allocation gets its own pages (``_measure``)
+SMALL_ALLOCATION = 2**16  # bytes from which an allocation gets its own pages (both measures)
 
 
 def _status_kb(field):
@@ -156,7 +156,7 @@ def _measure_loss(shape, chunk_size, projection_trains, queue):
     from whisper_finetuning.model.fast_loss import nll_loss
     from whisper_finetuning.training.allocator import return_freed_memory
 
-    return_freed_memory(2**20)  # the peak the planner counts: that of the live tensors
+    return_freed_memory(SMALL_ALLOCATION)  # the peak the planner counts: the live tensors'
     torch.set_num_threads(1)
     batch, positions, width, vocab = shape
     generator = torch.Generator().manual_seed(0)

@@ -222,8 +222,9 @@ def loss_bytes(batch_size, tokens, vocab, d_model, chunk_size, projection_trains
     whole batch. Otherwise (``fast_loss``), in rows of the vocabulary: a chunk's logits and
     log-probabilities while its log-softmax runs; when the output projection trains, its float32
     weight gradient (``d_model`` rows: the first chunk's product, to which each later chunk adds
-    a temporary product of the same size) beside the chunk's gradient. The gradient for the
-    hidden states (positions, width) is kept for the backward pass.
+    a temporary product of the same size) beside the chunk's gradient. The hidden states' rows
+    that predict a target are gathered into one (positions, width) tensor for the forward, and
+    its gradient of the same size is kept for the backward pass.
     """
     positions = batch_size * tokens
     if chunk_size == 0:
@@ -234,7 +235,7 @@ def loss_bytes(batch_size, tokens, vocab, d_model, chunk_size, projection_trains
     rows = max(2 * first, first + weight)
     if later:
         rows = max(rows, weight + max(2 * later, weight + later))
-    return vocab * FP32 * rows + positions * d_model * FP32
+    return vocab * FP32 * rows + 2 * positions * d_model * FP32
 
 
 def batch_activations(batch_size, per_utterance, frozen_encoder_per_utterance, loss):
