@@ -119,7 +119,7 @@ def test_the_chunked_loss_peak_is_the_measured_one(batch, tokens, projection_tra
     """fast_loss alone at tiny's width and vocabulary in chunks of 256 (two chunks, 256 + 48
     targets; seven, 6 x 256 + 64): the measured peak of the live tensors (107 and 170 MB;
     111 and 217 MB) within 1% of the prediction. (With only allocations above 1 MB on their own
-    pages the resident peak wandered by up to 6 MB between runs; a full-suite run failed 4 MiB.)"""
+    pages the resident peak wandered by up to 6 MB between runs, more than the term it missed.)"""
     shape = (batch, tokens, TINY["d"], TINY["vocab"])
     measured = memory_benchmark.measure_loss(shape, 256, projection_trains)
     predicted = loss_bytes(batch, tokens, TINY["vocab"], TINY["d"], 256, projection_trains)
