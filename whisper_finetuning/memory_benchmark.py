@@ -23,13 +23,12 @@ import argparse
 import dataclasses
 import json
 import multiprocessing
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from whisper_finetuning.model.ct2 import PROCESSOR_FILES
-from whisper_finetuning.profiling.memory_plan import GB, Settings, predict
+from whisper_finetuning.profiling.memory_plan import GB, Settings, predict, shape_name
+from whisper_finetuning.profiling.shapes import SHAPES, save_random_whisper
 
 DECODER_ATTENTION = (
     r"decoder\.layers\.\d+\.(self_attn|encoder_attn)\.(q_proj|k_proj|v_proj|out_proj)$",
@@ -56,19 +55,6 @@ def _status_kb(field):
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     raise KeyError(field)
-
-
-def _random_whisper(folder, settings, tokenizer_source):
-    """A random Whisper of the settings' shapes with the real tokenizer, saved in ``folder``."""
-    import torch
-    from transformers import WhisperForConditionalGeneration
-
-    from whisper_finetuning.profiling.memory_plan import whisper_config
-
-    torch.manual_seed(0)
-    WhisperForConditionalGeneration(whisper_config(settings.model)).save_pretrained(folder)
-    for name in PROCESSOR_FILES:
-        shutil.copy(Path(tokenizer_source) / name, Path(folder) / name)
 
 
 def _measure(settings, model_dir, queue):
@@ -227,7 +213,7 @@ def main(argv=None):
                 encoder_window_seconds=args.encoder_window_seconds,
                 loss_chunk_size=args.loss_chunk_size,
             )
-            _random_whisper(model_dir, base, tokenizer_source)
+            save_random_whisper(model_dir, tokenizer_source, SHAPES[shape_name(model)])
             for label in args.configurations:
                 settings = dataclasses.replace(base, **CONFIGURATIONS[label])
                 plan = predict(settings)

@@ -8,6 +8,7 @@ import pytest
 from whisper_finetuning import memory as memory_tool
 from whisper_finetuning import memory_benchmark
 from whisper_finetuning.profiling.memory_plan import GB, Settings, loss_bytes, predict, shape_name
+from whisper_finetuning.profiling.shapes import SHAPES, save_random_whisper
 
 DECODER_ATTENTION = (
     r"decoder\.layers\.\d+\.(self_attn|encoder_attn)\.(q_proj|k_proj|v_proj|out_proj)$",
@@ -158,10 +159,7 @@ def random_tiny_en(tmp_path_factory):
     from whisper_finetuning.model.bundled import BUNDLED_TINY_EN, resolve_source
 
     folder = tmp_path_factory.mktemp("random_tiny_en")
-    memory_benchmark._random_whisper(
-        folder, Settings(model="tiny.en"), resolve_source(BUNDLED_TINY_EN, None)
-    )
-    return folder
+    return save_random_whisper(folder, resolve_source(BUNDLED_TINY_EN, None), SHAPES["tiny.en"])
 
 
 # Each kind of step once, two of them under gradient checkpointing (the suite's time: about
