@@ -19,7 +19,7 @@ from whisper_finetuning.common.label_sources import LABEL_SOURCE
 from whisper_finetuning.decoding import longform
 from whisper_finetuning.evaluation import scoring
 from whisper_finetuning.evaluation.selection import best_earliest, min_loss_earliest
-from whisper_finetuning.training import allocator, distributed, l2sp, mwer, resilience, sharding
+from whisper_finetuning.training import distributed, l2sp, mwer, resilience, sharding
 from whisper_finetuning.training import log as training_log
 
 logger = logging.getLogger(__name__)
@@ -62,10 +62,8 @@ class FineTuningBrain(sharding.ShardingBrain, resilience.ResilientBrain, sb.Brai
         (None: the yaml's ``test_search``; ``speculative.assisted_search`` gives one drafted by
         an assistant), the test sets' rows over 30 s (``{test set: {ID: row}}``,
         ``manifests.split_longform``), MWER's search and first weights, and the L2-SP
-        penalty's pretrained copies (``l2sp_weight``); applies ``keep_freed_memory``."""
+        penalty's pretrained copies (``l2sp_weight``)."""
         super().__init__(*args, **kwargs)
-        if self.hparams.keep_freed_memory:  # for the whole process: every step's tensors
-            allocator.keep_freed_memory()
         self.test_search = self.hparams.test_search if test_search is None else test_search
         self.longform_rows = longform_rows or {}
         self.l2sp = l2sp.from_hparams(self.hparams, self.modules)  # before any recovery

@@ -16,7 +16,7 @@ from hyperpyyaml import load_hyperpyyaml, resolve_references
 
 from whisper_finetuning.common.errors import RecipeError
 from whisper_finetuning.decoding import transcribe_rules
-from whisper_finetuning.training import hparam_rules
+from whisper_finetuning.training import allocator, hparam_rules
 from whisper_finetuning.training.defaults import ADVANCED
 
 
@@ -96,7 +96,8 @@ def load_hparams(hparams_file, overrides="", run_opts=None):
     Every plain value is checked (``hparam_rules``) before any object is built. SpeechBrain
     takes some keys (``--grad_accumulation_factor``, ``--precision`` ...) as run options
     (``run_opts``) instead of overrides: those given are checked too and replace the file's
-    values in ``hparams``, so that ``hparams`` says what the run uses.
+    values in ``hparams``, so that ``hparams`` says what the run uses. Applies
+    ``keep_freed_memory`` to the process.
     """
     values = plain_values(hparams_file, overrides)
     given = getattr(run_opts, "overridden_args", ())
@@ -119,6 +120,8 @@ def load_hparams(hparams_file, overrides="", run_opts=None):
             "sharding fsdp shards the model over the processes of a torchrun: start it with "
             "torchrun --nproc_per_node=N train.py HPARAMS, or use sharding: ddp for one process"
         )
+    if settings["keep_freed_memory"]:  # for the whole run: the model's loading, the encoder
+        allocator.keep_freed_memory()  # cache's pass (before any Brain exists), every step
     file_overrides, advanced = split_overrides(hparams_file, overrides)
     with open(hparams_file) as stream:
         hparams = load_hyperpyyaml(stream, file_overrides)

@@ -31,8 +31,8 @@ ADVANCED = {
     # (null: <output_folder>/encoder_cache).
     "encoder_cache": "auto",
     "encoder_cache_folder": None,
-    # Freed memory stays in the process for reuse (glibc): big step tensors are not
-    # page-faulted in again every step.
+    # Freed memory stays in the process for reuse (glibc): big tensors (each step's, each
+    # encoder cache batch's) are not page-faulted in again every time.
     "keep_freed_memory": True,
     # AdamW with 8-bit states (bitsandbytes, CUDA only).
     "adamw_8bit": False,
