@@ -96,7 +96,7 @@ def load_hparams(hparams_file, overrides="", run_opts=None):
     Every plain value is checked (``hparam_rules``) before any object is built. SpeechBrain
     takes some keys (``--grad_accumulation_factor``, ``--precision`` ...) as run options
     (``run_opts``) instead of overrides: those given are checked too and replace the file's
-    values in ``hparams``, so that ``hparams`` says what the run uses. Applies
+    values in ``hparams``, so that ``hparams`` says what the run uses. Where it is set, applies
     ``keep_freed_memory`` to the process.
     """
     values = plain_values(hparams_file, overrides)
