@@ -7,7 +7,7 @@ several larger tensors (the tied embedding's gradient, the output projection's, 
 decoding step's batch), and so does the encoder (tiny.en's feed-forward activations are 74 MB
 a layer for 8 clips at the 30 s window): each step and batch zero-fills all their pages again.
 Served from the heap, which is never trimmed, freed blocks are reused instead; the peak
-resident memory hardly moves (docs/speed.md: a warm run's unchanged, a cold run's +3.5%).
+resident memory hardly moves (measured in docs/speed.md).
 """
 
 import ctypes
